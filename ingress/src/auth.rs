@@ -1,0 +1,226 @@
+//! Is a request genuine? (SPEC §3.2)
+//!
+//! Three ways, checked fail-closed:
+//!
+//! 1. a Standard Webhooks / Svix signature (Meeting BaaS API v2): `{id}.{timestamp}.{body}`
+//!    signed with HMAC-SHA256 under any configured secret, timestamp within ±300 s. When any
+//!    signature header is present, the signature decides alone: a wrong signature is refused
+//!    even if the request also carries a valid API key, so a forged or replayed signed request
+//!    cannot fall back to a weaker check;
+//! 2. the `x-meeting-baas-api-key` header (API v1) equal to `MEETING_BAAS_API_KEY`;
+//! 3. the `x-mb-secret` header (API v2 per-bot callbacks) equal to `CALLBACK_SECRET`.
+//!
+//! Comparisons are constant time: signatures through `subtle`, keys by comparing their SHA-256
+//! digests in constant time, so neither content nor length leaks through timing.
+
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine;
+use hmac::{Hmac, Mac};
+use http::HeaderMap;
+use sha2::{Digest, Sha256};
+use shared::config::ConfigError;
+use subtle::ConstantTimeEq;
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// How far a signature timestamp may be from now, either way.
+pub const TOLERANCE_SECS: i64 = 300;
+
+pub const API_KEY_HEADER: &str = "x-meeting-baas-api-key";
+pub const CALLBACK_SECRET_HEADER: &str = "x-mb-secret";
+
+/// Why a request is not genuine. Every variant is answered 401 `unauthorized`; the message says
+/// which check failed, never what the expected value is.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("no credentials: sign the request (Standard Webhooks) or send x-meeting-baas-api-key or x-mb-secret")]
+    Missing,
+    #[error("incomplete signature headers: {0} is missing")]
+    IncompleteSignature(&'static str),
+    #[error("the signature timestamp is not a Unix time in seconds")]
+    BadTimestamp,
+    #[error("the signature timestamp is more than 300 seconds from now")]
+    StaleTimestamp,
+    #[error("the signature does not match")]
+    BadSignature,
+    #[error("the {0} header does not match")]
+    WrongSecret(&'static str),
+}
+
+/// The configured credentials.
+#[derive(Clone)]
+pub struct Verifier {
+    signing_keys: Vec<Vec<u8>>,
+    api_key: Option<[u8; 32]>,
+    callback_secret: Option<[u8; 32]>,
+    allow_unsigned: bool,
+}
+
+impl std::fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Verifier")
+            .field("signing_keys", &self.signing_keys.len())
+            .field("api_key", &self.api_key.is_some())
+            .field("callback_secret", &self.callback_secret.is_some())
+            .field("allow_unsigned", &self.allow_unsigned)
+            .finish()
+    }
+}
+
+fn digest(value: &[u8]) -> [u8; 32] {
+    Sha256::digest(value).into()
+}
+
+/// Decodes one Standard Webhooks secret: base64 after an optional `whsec_` prefix.
+pub fn decode_secret(secret: &str) -> Result<Vec<u8>, String> {
+    let b64 = secret.strip_prefix("whsec_").unwrap_or(secret);
+    match BASE64.decode(b64) {
+        Ok(key) if !key.is_empty() => Ok(key),
+        Ok(_) => Err("a secret is empty".into()),
+        Err(_) => Err("a secret is not base64 after its whsec_ prefix".into()),
+    }
+}
+
+impl Verifier {
+    /// Builds the verifier; refuses a configuration that would accept nothing genuine-checked
+    /// unless `allow_unsigned` says so.
+    pub fn from_config(
+        webhook_secrets: Option<&str>,
+        api_key: Option<&str>,
+        callback_secret: Option<&str>,
+        allow_unsigned: bool,
+    ) -> Result<Self, ConfigError> {
+        let signing_keys = match webhook_secrets {
+            None => Vec::new(),
+            Some(list) => list
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| decode_secret(s).map_err(|p| ConfigError::new("WEBHOOK_SECRETS", p)))
+                .collect::<Result<Vec<_>, _>>()?,
+        };
+        let verifier = Self {
+            signing_keys,
+            api_key: api_key.map(|k| digest(k.as_bytes())),
+            callback_secret: callback_secret.map(|k| digest(k.as_bytes())),
+            allow_unsigned,
+        };
+        if !verifier.allow_unsigned && !verifier.has_credentials() {
+            return Err(ConfigError::new(
+                "WEBHOOK_SECRETS",
+                "no authentication configured: set WEBHOOK_SECRETS, MEETING_BAAS_API_KEY or CALLBACK_SECRET \
+                 (or ALLOW_UNSIGNED=true to accept everything, for local testing only)",
+            ));
+        }
+        Ok(verifier)
+    }
+
+    pub fn has_credentials(&self) -> bool {
+        !self.signing_keys.is_empty() || self.api_key.is_some() || self.callback_secret.is_some()
+    }
+
+    pub fn allows_unsigned(&self) -> bool {
+        self.allow_unsigned
+    }
+
+    /// Checks a request; `now` is the current Unix time in seconds (a parameter, for tests).
+    pub fn verify(&self, headers: &HeaderMap, body: &[u8], now: i64) -> Result<(), AuthError> {
+        if self.allow_unsigned {
+            return Ok(());
+        }
+        if let Some(signature) = SignatureHeaders::find(headers) {
+            return self.verify_signature(signature?, body, now);
+        }
+        let mut failure = AuthError::Missing;
+        for (header, expected) in [(API_KEY_HEADER, &self.api_key), (CALLBACK_SECRET_HEADER, &self.callback_secret)] {
+            if let Some(sent) = headers.get(header) {
+                match expected {
+                    Some(expected) if bool::from(digest(sent.as_bytes()).ct_eq(expected)) => return Ok(()),
+                    _ => failure = AuthError::WrongSecret(header),
+                }
+            }
+        }
+        Err(failure)
+    }
+
+    fn verify_signature(&self, sig: SignatureHeaders<'_>, body: &[u8], now: i64) -> Result<(), AuthError> {
+        let timestamp: i64 = sig.timestamp.trim().parse().map_err(|_| AuthError::BadTimestamp)?;
+        if (now - timestamp).abs() > TOLERANCE_SECS {
+            return Err(AuthError::StaleTimestamp);
+        }
+        let sent: Vec<Vec<u8>> = sig
+            .signatures
+            .split(' ')
+            .filter_map(|s| s.strip_prefix("v1,"))
+            .filter_map(|b64| BASE64.decode(b64).ok())
+            .collect();
+        for key in &self.signing_keys {
+            let Ok(mut mac) = HmacSha256::new_from_slice(key) else { continue };
+            mac.update(sig.id.as_bytes());
+            mac.update(b".");
+            mac.update(sig.timestamp.as_bytes());
+            mac.update(b".");
+            mac.update(body);
+            let expected = mac.finalize().into_bytes();
+            // Every candidate is compared, matched or not, so timing does not tell which one hit.
+            let mut matched = subtle::Choice::from(0);
+            for candidate in &sent {
+                matched |= expected.as_slice().ct_eq(candidate);
+            }
+            if bool::from(matched) {
+                return Ok(());
+            }
+        }
+        Err(AuthError::BadSignature)
+    }
+}
+
+/// The three Standard Webhooks headers, `svix-*` or `webhook-*`.
+#[derive(Debug, Clone, Copy)]
+pub struct SignatureHeaders<'a> {
+    pub id: &'a str,
+    pub timestamp: &'a str,
+    pub signatures: &'a str,
+}
+
+impl<'a> SignatureHeaders<'a> {
+    /// `None` when no signature header is present; an error when some but not all are (or one is
+    /// not text).
+    pub fn find(headers: &'a HeaderMap) -> Option<Result<Self, AuthError>> {
+        let get = |name: &'static str| -> Option<Result<&'a str, AuthError>> {
+            let svix = format!("svix-{name}");
+            let value = headers.get(svix.as_str()).or_else(|| headers.get(format!("webhook-{name}").as_str()))?;
+            Some(value.to_str().map_err(|_| AuthError::BadSignature))
+        };
+        let (id, timestamp, signatures) = (get("id"), get("timestamp"), get("signature"));
+        if id.is_none() && timestamp.is_none() && signatures.is_none() {
+            return None;
+        }
+        Some((|| {
+            Ok(Self {
+                id: id.ok_or(AuthError::IncompleteSignature("svix-id / webhook-id"))??,
+                timestamp: timestamp.ok_or(AuthError::IncompleteSignature("svix-timestamp / webhook-timestamp"))??,
+                signatures: signatures.ok_or(AuthError::IncompleteSignature("svix-signature / webhook-signature"))??,
+            })
+        })())
+    }
+}
+
+/// The message id of a signed request (`svix-id` or `webhook-id`), the first dedup identity.
+pub fn message_id(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get("svix-id")
+        .or_else(|| headers.get("webhook-id"))
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+}
+
+/// Signs like a Standard Webhooks sender: `v1,<base64 HMAC-SHA256>` (used by tests and tools).
+pub fn sign(secret: &str, msg_id: &str, timestamp: i64, body: &[u8]) -> Result<String, String> {
+    let key = decode_secret(secret)?;
+    let mut mac = HmacSha256::new_from_slice(&key).map_err(|e| e.to_string())?;
+    mac.update(format!("{msg_id}.{timestamp}.").as_bytes());
+    mac.update(body);
+    Ok(format!("v1,{}", BASE64.encode(mac.finalize().into_bytes())))
+}

@@ -1,0 +1,330 @@
+//! The HTTP server: routes, the webhook pipeline, graceful shutdown.
+//!
+//! The webhook pipeline runs the checks of SPEC §3.4 in order — media type, size, authenticity,
+//! envelope — and then makes exactly one Redis round trip: the dedup+append script, sent by SHA
+//! over the one multiplexed connection every request shares (concurrent requests are pipelined
+//! on one socket). Only a stored event, or a recognised duplicate, is answered 200.
+
+use crate::auth::{self, Verifier};
+use crate::config::{IngressConfig, HEADER_READ_TIMEOUT};
+use crate::identity;
+use crate::metrics::{record, Outcome};
+use crate::response::{json, ApiError, Body};
+use bytes::Bytes;
+use http::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
+use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use redis::aio::ConnectionManager;
+use serde::Serialize;
+use shared::append::{Appended, DedupAppend};
+use shared::entry::{self, NewEntry};
+use shared::keys::Keys;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::net::TcpListener;
+
+pub const WEBHOOK_PATH: &str = "/webhooks/meeting-baas";
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// How long one Redis command may take before the request is answered 503. A command that timed
+/// out may still have been applied; the sender's retry is then answered "duplicate" with the id,
+/// so nothing is lost either way.
+const REDIS_RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A bound, not yet serving, ingress.
+pub struct Ingress {
+    listener: TcpListener,
+    state: Arc<State>,
+}
+
+struct State {
+    keys: Keys,
+    redis: ConnectionManager,
+    script: DedupAppend,
+    verifier: Verifier,
+    dedup_ttl_secs: u64,
+    max_body_bytes: usize,
+    shutdown_grace: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("invalid Redis settings: {0}")]
+    Redis(#[from] redis::RedisError),
+}
+
+impl Ingress {
+    /// Binds the listener (port 0 picks a free port) and prepares the Redis connection, which is
+    /// made lazily: the ingress starts while Redis is down and answers 503 until it is back.
+    pub async fn build(config: IngressConfig) -> Result<Self, BuildError> {
+        let listener = TcpListener::bind(config.listen_addr)
+            .await
+            .map_err(|source| BuildError::Bind { addr: config.listen_addr, source })?;
+        let client = shared::conn::client(&config.common.redis_url)?;
+        let redis = shared::conn::manager(client, Some(REDIS_RESPONSE_TIMEOUT))?;
+        if config.verifier.allows_unsigned() {
+            tracing::warn!("ALLOW_UNSIGNED=true: every request is accepted without authentication");
+        }
+        let _ = shared::telemetry::metrics();
+        Ok(Self {
+            listener,
+            state: Arc::new(State {
+                keys: Keys::new(&config.common.namespace),
+                redis,
+                script: DedupAppend::new(),
+                verifier: config.verifier,
+                dedup_ttl_secs: config.dedup_ttl_secs,
+                max_body_bytes: config.max_body_bytes,
+                shutdown_grace: config.common.shutdown_grace,
+            }),
+        })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `shutdown` resolves; then stops accepting, lets in-flight requests finish
+    /// (idle keep-alive connections are closed) for up to `SHUTDOWN_GRACE_MS`, and returns.
+    /// Returns `true` when every connection finished within the grace period.
+    pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> bool {
+        let Ingress { listener, state } = self;
+        let graceful = GracefulShutdown::new();
+        let mut http = http1::Builder::new();
+        http.timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT).keep_alive(true);
+        tokio::pin!(shutdown);
+        if let Ok(addr) = listener.local_addr() {
+            tracing::info!(%addr, "ingress listening");
+        }
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                accepted = listener.accept() => {
+                    let (stream, _) = match accepted {
+                        Ok(conn) => conn,
+                        Err(err) => {
+                            // E.g. out of file descriptors: wait a moment instead of spinning.
+                            tracing::warn!(error = %err, "accept failed");
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            continue;
+                        }
+                    };
+                    let _ = stream.set_nodelay(true);
+                    let state = state.clone();
+                    let service = service_fn(move |req| {
+                        let state = state.clone();
+                        async move { Ok::<_, std::convert::Infallible>(handle(&state, req).await) }
+                    });
+                    let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+                    tokio::spawn(async move {
+                        if let Err(err) = conn.await {
+                            tracing::debug!(error = %err, "connection ended with an error");
+                        }
+                    });
+                }
+            }
+        }
+        drop(listener);
+        let open = graceful.count();
+        tracing::info!(open_connections = open, "stopped accepting; finishing in-flight requests");
+        match tokio::time::timeout(state.shutdown_grace, graceful.shutdown()).await {
+            Ok(()) => {
+                tracing::info!("all connections finished");
+                true
+            }
+            Err(_) => {
+                tracing::warn!(grace = ?state.shutdown_grace, "grace period over with requests still in flight");
+                false
+            }
+        }
+    }
+}
+
+/// The caller's `x-request-id` when it is a sane token, else a new one.
+fn request_id(headers: &HeaderMap) -> HeaderValue {
+    headers
+        .get(REQUEST_ID_HEADER)
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.as_bytes().iter().all(|b| b.is_ascii_graphic()))
+        .cloned()
+        .unwrap_or_else(|| {
+            HeaderValue::from_str(&uuid::Uuid::new_v4().simple().to_string())
+                .unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+        })
+}
+
+async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
+    let request_id = request_id(req.headers());
+    let method = req.method().clone();
+    let mut response = match req.uri().path() {
+        WEBHOOK_PATH if method == Method::POST => webhook(state, req, &request_id).await,
+        WEBHOOK_PATH => ApiError::method_not_allowed(&method, WEBHOOK_PATH, "POST").into_response(),
+        path @ ("/healthz" | "/readyz" | "/metrics") if method != Method::GET && method != Method::HEAD => {
+            ApiError::method_not_allowed(&method, path, "GET, HEAD").into_response()
+        }
+        "/healthz" => json(StatusCode::OK, &Status { status: "ok" }),
+        "/readyz" => readyz(state).await,
+        "/metrics" => metrics_text(),
+        path => ApiError::not_found(&method, path).into_response(),
+    };
+    response.headers_mut().insert(REQUEST_ID_HEADER, request_id);
+    response
+}
+
+#[derive(Serialize)]
+struct Status {
+    status: &'static str,
+}
+
+#[derive(Serialize)]
+struct Stored<'a> {
+    status: &'static str,
+    id: &'a str,
+}
+
+async fn readyz(state: &State) -> Response<Body> {
+    let mut con = state.redis.clone();
+    match redis::cmd("PING").query_async::<String>(&mut con).await {
+        Ok(_) => json(StatusCode::OK, &Status { status: "ready" }),
+        Err(err) => ApiError::unavailable(format!("Redis does not answer PING: {err}")).into_response(),
+    }
+}
+
+fn metrics_text() -> Response<Body> {
+    let mut response = Response::new(Full::new(Bytes::from(shared::telemetry::metrics().render())));
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
+    response
+}
+
+/// `application/json`, any case, optionally with parameters (`; charset=utf-8`).
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|media| media.trim().eq_ignore_ascii_case("application/json"))
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+async fn webhook(state: &State, req: Request<Incoming>, request_id: &HeaderValue) -> Response<Body> {
+    let started = Instant::now();
+    let rid = request_id.to_str().unwrap_or("");
+    let (outcome, response) = match accept(state, req, rid).await {
+        Ok((outcome, appended)) => {
+            let status = if outcome == Outcome::Accepted { "accepted" } else { "duplicate" };
+            (outcome, json(StatusCode::OK, &Stored { status, id: appended.id() }))
+        }
+        Err((outcome, err)) => {
+            if outcome == Outcome::Unavailable {
+                tracing::warn!(request_id = rid, outcome = outcome.as_str(), "{}", err.message);
+            } else {
+                tracing::info!(request_id = rid, outcome = outcome.as_str(), status = err.status.as_u16(), "{}", err.message);
+            }
+            (outcome, err.into_response())
+        }
+    };
+    record(outcome, started);
+    response
+}
+
+type Rejection = (Outcome, ApiError);
+
+fn reject(outcome: Outcome, status: StatusCode, code: &'static str, message: impl Into<String>) -> Rejection {
+    (outcome, ApiError::new(status, code, message))
+}
+
+/// The checks of SPEC §3.4, in order, then the dedup+append script.
+async fn accept(state: &State, req: Request<Incoming>, request_id: &str) -> Result<(Outcome, Appended), Rejection> {
+    let (parts, body) = req.into_parts();
+    if !is_json(&parts.headers) {
+        return Err(reject(
+            Outcome::Unsupported,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "content-type must be application/json",
+        ));
+    }
+    let too_large = || {
+        reject(
+            Outcome::TooLarge,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("the body is larger than {} bytes", state.max_body_bytes),
+        )
+    };
+    let declared = parts
+        .headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > state.max_body_bytes as u64) {
+        return Err(too_large());
+    }
+    // Reading stops at the limit: a body that grows past it is never buffered beyond it.
+    let body: Bytes = match Limited::new(body, state.max_body_bytes).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(err) if err.downcast_ref::<LengthLimitError>().is_some() => return Err(too_large()),
+        Err(err) => {
+            return Err(reject(
+                Outcome::Invalid,
+                StatusCode::BAD_REQUEST,
+                "invalid_payload",
+                format!("the body could not be read: {err}"),
+            ))
+        }
+    };
+    if let Err(err) = state.verifier.verify(&parts.headers, &body, unix_now()) {
+        return Err(reject(Outcome::Unauthorized, StatusCode::UNAUTHORIZED, "unauthorized", err.to_string()));
+    }
+    let envelope = identity::envelope(&body)
+        .map_err(|err| reject(Outcome::Invalid, StatusCode::BAD_REQUEST, "invalid_payload", err.to_string()))?;
+    let dedup_id = identity::dedup_identity(auth::message_id(&parts.headers), &envelope, &body);
+    let received_at = entry::timestamp_now();
+    let new_entry = NewEntry {
+        event: &envelope.event,
+        source: entry::SOURCE_MEETING_BAAS,
+        dedup_id: &dedup_id,
+        payload: &body,
+        received_at: &received_at,
+        request_id,
+    };
+    let mut con = state.redis.clone();
+    let appended = state
+        .script
+        .run(&mut con, &state.keys.dedup(&dedup_id), &state.keys.events, state.dedup_ttl_secs, &new_entry)
+        .await
+        .map_err(|err| {
+            reject(
+                Outcome::Unavailable,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                format!("the event could not be stored, retry later: {err}"),
+            )
+        })?;
+    let outcome = match appended {
+        Appended::Accepted(_) => Outcome::Accepted,
+        Appended::Duplicate(_) => Outcome::Duplicate,
+    };
+    tracing::info!(
+        request_id,
+        stream_id = appended.id(),
+        event = %envelope.event,
+        dedup_id = %dedup_id,
+        outcome = outcome.as_str(),
+        "webhook"
+    );
+    Ok((outcome, appended))
+}

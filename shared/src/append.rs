@@ -1,0 +1,99 @@
+//! The dedup+append script: the only way an event enters `{ns}:events`.
+//!
+//! Why one script: if the dedup key were set by one command and the entry appended by another,
+//! a crash (or a Redis error) between the two would leave a key that says "seen" for an event
+//! that is not in the stream, and the sender's retry would be answered "duplicate" — the event
+//! would be lost. Inside a Lua script the GET, XADD and SET run as one atomic step: either both
+//! the key and the entry exist, or neither does.
+//!
+//! The dedup key stores the stream id of the first copy, so a duplicate is answered with the id
+//! the sender's first attempt got. Both keys share the namespace hash tag (see [`crate::keys`]),
+//! so the script is valid on Redis Cluster.
+//!
+//! The script is sent by SHA (EVALSHA); after a Redis restart empties the script cache, the
+//! client library loads it again on the `NOSCRIPT` answer and retries, once.
+
+use crate::entry::NewEntry;
+use redis::aio::ConnectionLike;
+use redis::{RedisResult, Script};
+
+const SCRIPT: &str = r#"
+-- KEYS[1] dedup key, KEYS[2] events stream
+-- ARGV[1] dedup TTL in seconds, ARGV[2..] the entry's field/value pairs
+local first = redis.call('GET', KEYS[1])
+if first then
+  return {0, first}
+end
+local id = redis.call('XADD', KEYS[2], '*', unpack(ARGV, 2))
+redis.call('SET', KEYS[1], id, 'NX', 'EX', ARGV[1])
+return {1, id}
+"#;
+
+/// What the script did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Appended {
+    /// A first copy: appended under this stream id.
+    Accepted(String),
+    /// A copy of an event seen within the TTL: nothing written; the first copy's id.
+    Duplicate(String),
+}
+
+impl Appended {
+    pub fn id(&self) -> &str {
+        match self {
+            Appended::Accepted(id) | Appended::Duplicate(id) => id,
+        }
+    }
+}
+
+/// The compiled script (its SHA is computed once, here).
+#[derive(Debug, Clone)]
+pub struct DedupAppend {
+    script: Script,
+}
+
+impl Default for DedupAppend {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl DedupAppend {
+    pub fn new() -> Self {
+        Self {
+            script: Script::new(SCRIPT),
+        }
+    }
+
+    /// The script's SHA1, as `EVALSHA` and `redis-benchmark` want it.
+    pub fn sha(&self) -> &str {
+        self.script.get_hash()
+    }
+
+    /// The script's source, for `SCRIPT LOAD` by tools.
+    pub fn source() -> &'static str {
+        SCRIPT
+    }
+
+    /// One round trip: set the dedup key and append the entry, or answer the first copy's id.
+    pub async fn run<C: ConnectionLike>(
+        &self,
+        con: &mut C,
+        dedup_key: &str,
+        events_key: &str,
+        ttl_secs: u64,
+        entry: &NewEntry<'_>,
+    ) -> RedisResult<Appended> {
+        let mut invocation = self.script.key(dedup_key);
+        invocation.key(events_key).arg(ttl_secs);
+        for (field, value) in entry.fields() {
+            invocation.arg(field).arg(value);
+        }
+        let (fresh, id): (i64, String) = invocation.invoke_async(con).await?;
+        Ok(if fresh == 1 {
+            Appended::Accepted(id)
+        } else {
+            Appended::Duplicate(id)
+        })
+    }
+}

@@ -1,0 +1,250 @@
+//! Configuration from environment variables.
+//!
+//! Settings are read through [`Source`], a tiny trait over "a source of strings": the process
+//! environment in production ([`Env`]), a `HashMap` in tests, so every parse rule is unit-tested
+//! without touching the real environment. Every problem is a [`ConfigError`] naming the variable;
+//! the binaries print it as one line and exit with [`crate::EXIT_USAGE`] (64).
+//!
+//! An empty value counts as unset (compose files often pass `VAR=` through), and surrounding
+//! white space is ignored.
+
+use std::collections::HashMap;
+use std::fmt::Display;
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// A source of configuration strings.
+pub trait Source {
+    fn get(&self, name: &str) -> Option<String>;
+}
+
+/// The process environment.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Env;
+
+impl Source for Env {
+    fn get(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
+}
+
+impl Source for HashMap<String, String> {
+    fn get(&self, name: &str) -> Option<String> {
+        HashMap::get(self, name).cloned()
+    }
+}
+
+impl Source for HashMap<&str, &str> {
+    fn get(&self, name: &str) -> Option<String> {
+        HashMap::get(self, name).map(|v| v.to_string())
+    }
+}
+
+/// A bad setting: which variable, and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid configuration: {var}: {problem}")]
+pub struct ConfigError {
+    pub var: &'static str,
+    pub problem: String,
+}
+
+impl ConfigError {
+    pub fn new(var: &'static str, problem: impl Into<String>) -> Self {
+        Self { var, problem: problem.into() }
+    }
+}
+
+/// One documented variable, for `--help` and for tests that check the list is complete.
+#[derive(Debug, Clone, Copy)]
+pub struct Var {
+    pub name: &'static str,
+    pub default: &'static str,
+    pub help: &'static str,
+}
+
+/// The variables as a `--help` table.
+pub fn help_table(vars: &[Var]) -> String {
+    let width = vars.iter().map(|v| v.name.len()).max().unwrap_or(0);
+    let mut out = String::from("Configuration (environment variables):\n");
+    for var in vars {
+        out.push_str(&format!("  {:width$}  {} [default: {}]\n", var.name, var.help, var.default));
+    }
+    out
+}
+
+/// Typed reads from a [`Source`].
+pub struct Reader<'a> {
+    source: &'a dyn Source,
+}
+
+impl<'a> Reader<'a> {
+    pub fn new(source: &'a dyn Source) -> Self {
+        Self { source }
+    }
+
+    /// The trimmed value, `None` when unset or empty.
+    pub fn raw(&self, name: &str) -> Option<String> {
+        self.source
+            .get(name)
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+    }
+
+    pub fn string(&self, name: &str, default: &str) -> String {
+        self.raw(name).unwrap_or_else(|| default.to_string())
+    }
+
+    /// A value parsed with `FromStr`.
+    pub fn parse<T>(&self, name: &'static str, default: T) -> Result<T, ConfigError>
+    where
+        T: FromStr,
+        T::Err: Display,
+    {
+        match self.raw(name) {
+            None => Ok(default),
+            Some(v) => v
+                .parse()
+                .map_err(|e| ConfigError::new(name, format!("{v:?} is not valid: {e}"))),
+        }
+    }
+
+    /// A whole number in `min..=max`.
+    pub fn number(&self, name: &'static str, default: u64, min: u64, max: u64) -> Result<u64, ConfigError> {
+        let value = match self.raw(name) {
+            None => return Ok(default),
+            Some(v) => v
+                .parse::<u64>()
+                .map_err(|_| ConfigError::new(name, format!("{v:?} is not a whole number")))?,
+        };
+        if value < min || value > max {
+            return Err(ConfigError::new(name, format!("{value} is out of range ({min} to {max})")));
+        }
+        Ok(value)
+    }
+
+    /// Milliseconds, as a duration (at least 1 ms).
+    pub fn millis(&self, name: &'static str, default: u64) -> Result<Duration, ConfigError> {
+        self.number(name, default, 1, u64::from(u32::MAX)).map(Duration::from_millis)
+    }
+
+    /// `true`/`false` (also `1`/`0`, `yes`/`no`, `on`/`off`, any case).
+    pub fn bool(&self, name: &'static str, default: bool) -> Result<bool, ConfigError> {
+        match self.raw(name) {
+            None => Ok(default),
+            Some(v) => match v.to_ascii_lowercase().as_str() {
+                "true" | "1" | "yes" | "on" => Ok(true),
+                "false" | "0" | "no" | "off" => Ok(false),
+                _ => Err(ConfigError::new(name, format!("{v:?} is not true or false"))),
+            },
+        }
+    }
+
+    pub fn socket_addr(&self, name: &'static str, default: &str) -> Result<SocketAddr, ConfigError> {
+        let v = self.string(name, default);
+        v.parse()
+            .map_err(|_| ConfigError::new(name, format!("{v:?} is not an address like 0.0.0.0:8080")))
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The settings both binaries read.
+#[derive(Debug, Clone)]
+pub struct Common {
+    pub redis_url: String,
+    pub namespace: String,
+    pub log_format: LogFormat,
+    pub shutdown_grace: Duration,
+}
+
+/// The variables of [`Common`].
+pub const COMMON_VARS: &[Var] = &[
+    Var { name: "REDIS_URL", default: "redis://127.0.0.1:6379", help: "Redis to use (redis:// or unix://)" },
+    Var { name: "HOOKSTREAM_NAMESPACE", default: "hookstream", help: "key prefix, used as the hash tag {ns}" },
+    Var { name: "LOG_FORMAT", default: "text", help: "text or json; the level comes from RUST_LOG (info)" },
+    Var { name: "SHUTDOWN_GRACE_MS", default: "25000", help: "time to finish in-flight work after SIGTERM/SIGINT" },
+];
+
+impl Common {
+    pub fn read(r: &Reader<'_>) -> Result<Self, ConfigError> {
+        let redis_url = r.string("REDIS_URL", "redis://127.0.0.1:6379");
+        crate::conn::client(&redis_url).map_err(|e| ConfigError::new("REDIS_URL", format!("{redis_url:?}: {e}")))?;
+        let namespace = r.string("HOOKSTREAM_NAMESPACE", "hookstream");
+        if let Some(bad) = namespace.chars().find(|c| matches!(c, '{' | '}') || c.is_whitespace() || c.is_control()) {
+            return Err(ConfigError::new(
+                "HOOKSTREAM_NAMESPACE",
+                format!("{namespace:?} contains {bad:?}; braces, spaces and control characters are not allowed"),
+            ));
+        }
+        let log_format = match r.string("LOG_FORMAT", "text").to_ascii_lowercase().as_str() {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            other => return Err(ConfigError::new("LOG_FORMAT", format!("{other:?} is not text or json"))),
+        };
+        Ok(Self {
+            redis_url,
+            namespace,
+            log_format,
+            shutdown_grace: r.millis("SHUTDOWN_GRACE_MS", 25_000)?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(pairs: &[(&'static str, &'static str)]) -> Result<Common, ConfigError> {
+        let map: HashMap<&str, &str> = pairs.iter().copied().collect();
+        Common::read(&Reader::new(&map))
+    }
+
+    #[test]
+    fn defaults() {
+        let c = read(&[]).expect("defaults are valid");
+        assert_eq!(c.redis_url, "redis://127.0.0.1:6379");
+        assert_eq!(c.namespace, "hookstream");
+        assert_eq!(c.log_format, LogFormat::Text);
+        assert_eq!(c.shutdown_grace, Duration::from_millis(25_000));
+    }
+
+    #[test]
+    fn empty_means_unset() {
+        let c = read(&[("HOOKSTREAM_NAMESPACE", "  "), ("LOG_FORMAT", "")]).expect("valid");
+        assert_eq!(c.namespace, "hookstream");
+    }
+
+    #[test]
+    fn every_invalid_value_names_its_variable() {
+        for (var, value) in [
+            ("REDIS_URL", "http://nope"),
+            ("HOOKSTREAM_NAMESPACE", "a{b}"),
+            ("HOOKSTREAM_NAMESPACE", "a b"),
+            ("LOG_FORMAT", "xml"),
+            ("SHUTDOWN_GRACE_MS", "soon"),
+            ("SHUTDOWN_GRACE_MS", "0"),
+            ("SHUTDOWN_GRACE_MS", "-5"),
+        ] {
+            let err = read(&[(var, value)]).expect_err(value);
+            assert_eq!(err.var, var, "{value}");
+            assert!(err.to_string().contains(var), "{err}");
+        }
+    }
+
+    #[test]
+    fn bools_and_numbers() {
+        let map: HashMap<&str, &str> = [("A", "TRUE"), ("B", "off"), ("C", "maybe"), ("N", "99")].into_iter().collect();
+        let r = Reader::new(&map);
+        assert!(r.bool("A", false).expect("valid"));
+        assert!(!r.bool("B", true).expect("valid"));
+        assert_eq!(r.bool("C", true).expect_err("invalid").var, "C");
+        assert_eq!(r.number("N", 1, 1, 10).expect_err("too big").var, "N");
+        assert_eq!(r.number("MISSING", 7, 1, 10), Ok(7));
+    }
+}

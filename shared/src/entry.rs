@@ -1,0 +1,47 @@
+//! The fields of a stream entry in `{ns}:events` (and, with more fields, in `{ns}:dead`).
+
+/// Field: the event name (`calendar.sync_events`, `bot.completed`, …).
+pub const EVENT: &str = "event";
+/// Field: where the event came from; always [`SOURCE_MEETING_BAAS`] today.
+pub const SOURCE: &str = "source";
+/// Field: the dedup identity, before hashing.
+pub const DEDUP_ID: &str = "dedup_id";
+/// Field: the request body, byte for byte.
+pub const PAYLOAD: &str = "payload";
+/// Field: when the ingress received the request (RFC 3339 UTC, milliseconds).
+pub const RECEIVED_AT: &str = "received_at";
+/// Field: the request's `x-request-id`, or a generated one.
+pub const REQUEST_ID: &str = "request_id";
+
+/// The value of [`SOURCE`] for Meeting BaaS webhooks.
+pub const SOURCE_MEETING_BAAS: &str = "meeting-baas";
+
+/// An event about to be appended to the stream.
+#[derive(Debug, Clone)]
+pub struct NewEntry<'a> {
+    pub event: &'a str,
+    pub source: &'a str,
+    pub dedup_id: &'a str,
+    pub payload: &'a [u8],
+    pub received_at: &'a str,
+    pub request_id: &'a str,
+}
+
+impl<'a> NewEntry<'a> {
+    /// The entry as XADD field/value pairs, in the order of the SPEC.
+    pub fn fields(&self) -> [(&'static str, &'a [u8]); 6] {
+        [
+            (EVENT, self.event.as_bytes()),
+            (SOURCE, self.source.as_bytes()),
+            (DEDUP_ID, self.dedup_id.as_bytes()),
+            (PAYLOAD, self.payload),
+            (RECEIVED_AT, self.received_at.as_bytes()),
+            (REQUEST_ID, self.request_id.as_bytes()),
+        ]
+    }
+}
+
+/// Now as RFC 3339 UTC with milliseconds (`2026-05-19T13:58:02.417Z`).
+pub fn timestamp_now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}

@@ -1,0 +1,22 @@
+//! The code both hookstream binaries must agree on, and nothing else:
+//!
+//! - [`keys`]: the Redis key names (all under one `{namespace}` hash tag);
+//! - [`entry`]: the fields of a stream entry;
+//! - [`append`]: the dedup+append Lua script, the only way an event enters the stream;
+//! - [`config`]: environment parsing with typed errors, and the settings both sides read;
+//! - [`conn`]: how a Redis connection is made (lazy, reconnecting, bounded waits);
+//! - [`telemetry`]: logging and the Prometheus recorder;
+//! - [`shutdown`]: the SIGTERM/SIGINT future;
+//! - [`healthcheck`]: the `healthcheck` subcommand's probe, for images without curl.
+
+pub mod append;
+pub mod config;
+pub mod conn;
+pub mod entry;
+pub mod healthcheck;
+pub mod keys;
+pub mod shutdown;
+pub mod telemetry;
+
+/// Exit code for bad configuration or bad command-line arguments (`EX_USAGE` in sysexits.h).
+pub const EXIT_USAGE: u8 = 64;
