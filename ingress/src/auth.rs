@@ -224,3 +224,122 @@ pub fn sign(secret: &str, msg_id: &str, timestamp: i64, body: &[u8]) -> Result<S
     mac.update(body);
     Ok(format!("v1,{}", BASE64.encode(mac.finalize().into_bytes())))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    const VECTORS: &str = include_str!("../../tests/fixtures/standard-webhooks.json");
+
+    #[derive(serde::Deserialize)]
+    struct Vectors {
+        vectors: Vec<Vector>,
+    }
+
+    #[derive(serde::Deserialize)]
+    struct Vector {
+        name: String,
+        secret: String,
+        msg_id: String,
+        timestamp: i64,
+        payload: String,
+        signature: String,
+    }
+
+    fn vectors() -> Vec<Vector> {
+        serde_json::from_str::<Vectors>(VECTORS).expect("vectors parse").vectors
+    }
+
+    fn signed(prefix: &str, v: &Vector, signature: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(
+            http::HeaderName::from_bytes(format!("{prefix}-id").as_bytes()).expect("name"),
+            HeaderValue::from_str(&v.msg_id).expect("value"),
+        );
+        h.insert(
+            http::HeaderName::from_bytes(format!("{prefix}-timestamp").as_bytes()).expect("name"),
+            HeaderValue::from_str(&v.timestamp.to_string()).expect("value"),
+        );
+        h.insert(
+            http::HeaderName::from_bytes(format!("{prefix}-signature").as_bytes()).expect("name"),
+            HeaderValue::from_str(signature).expect("value"),
+        );
+        h
+    }
+
+    fn verifier(secrets: &str) -> Verifier {
+        Verifier::from_config(Some(secrets), Some("key"), None, false).expect("config")
+    }
+
+    #[test]
+    fn published_vectors_verify_with_both_header_prefixes() {
+        for v in vectors() {
+            assert_eq!(sign(&v.secret, &v.msg_id, v.timestamp, v.payload.as_bytes()).as_deref(), Ok(v.signature.as_str()), "{}", v.name);
+            for prefix in ["svix", "webhook"] {
+                let h = signed(prefix, &v, &v.signature);
+                assert_eq!(verifier(&v.secret).verify(&h, v.payload.as_bytes(), v.timestamp), Ok(()), "{} {prefix}", v.name);
+            }
+        }
+    }
+
+    #[test]
+    fn tolerance_is_300_seconds_either_way() {
+        for v in vectors() {
+            let h = signed("svix", &v, &v.signature);
+            let check = |now| verifier(&v.secret).verify(&h, v.payload.as_bytes(), now);
+            assert_eq!(check(v.timestamp + 300), Ok(()));
+            assert_eq!(check(v.timestamp - 300), Ok(()));
+            assert_eq!(check(v.timestamp + 301), Err(AuthError::StaleTimestamp));
+            assert_eq!(check(v.timestamp - 301), Err(AuthError::StaleTimestamp));
+        }
+    }
+
+    #[test]
+    fn tampering_is_refused() {
+        let v = &vectors()[0];
+        let other = &vectors()[2];
+        let ok = verifier(&v.secret);
+        // Another payload, another id, another timestamp's signature: all refused.
+        let h = signed("svix", v, &v.signature);
+        assert_eq!(ok.verify(&h, b"{}", v.timestamp), Err(AuthError::BadSignature));
+        let h = signed("svix", v, &other.signature);
+        assert_eq!(ok.verify(&h, v.payload.as_bytes(), v.timestamp), Err(AuthError::BadSignature));
+        // Wrong secret.
+        let wrong = verifier("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw");
+        let h = signed("svix", v, &v.signature);
+        assert_eq!(wrong.verify(&h, v.payload.as_bytes(), v.timestamp), Err(AuthError::BadSignature));
+        // Garbage entries next to a valid one still pass; only garbage does not.
+        let list = format!("v1,bm9wZQ== v2,abc junk {}", v.signature);
+        assert_eq!(ok.verify(&signed("svix", v, &list), v.payload.as_bytes(), v.timestamp), Ok(()));
+        assert_eq!(ok.verify(&signed("svix", v, "v1,@@@ v1,"), v.payload.as_bytes(), v.timestamp), Err(AuthError::BadSignature));
+        // Not a number.
+        let mut h = signed("svix", v, &v.signature);
+        h.insert("svix-timestamp", HeaderValue::from_static("soon"));
+        assert_eq!(ok.verify(&h, v.payload.as_bytes(), v.timestamp), Err(AuthError::BadTimestamp));
+    }
+
+    #[test]
+    fn rotation_accepts_any_configured_secret() {
+        let v = &vectors()[0];
+        let rotated = verifier(&format!("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw, {}", v.secret));
+        assert_eq!(rotated.verify(&signed("svix", v, &v.signature), v.payload.as_bytes(), v.timestamp), Ok(()));
+    }
+
+    #[test]
+    fn partial_signature_headers_are_refused_even_with_a_valid_api_key() {
+        let v = &vectors()[0];
+        let mut h = signed("svix", v, &v.signature);
+        h.remove("svix-timestamp");
+        h.insert(API_KEY_HEADER, HeaderValue::from_static("key"));
+        assert!(matches!(verifier(&v.secret).verify(&h, v.payload.as_bytes(), v.timestamp), Err(AuthError::IncompleteSignature(_))));
+    }
+
+    #[test]
+    fn secrets_decode_with_or_without_prefix() {
+        assert!(decode_secret("whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD").is_ok());
+        assert!(decode_secret("C2FVsBQIhrscChlQIMV+b5sSYspob7oD").is_ok());
+        assert!(decode_secret("whsec_!!").is_err());
+        assert!(decode_secret("whsec_").is_err());
+    }
+}

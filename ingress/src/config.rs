@@ -31,6 +31,8 @@ pub struct IngressConfig {
     pub verifier: Verifier,
     pub dedup_ttl_secs: u64,
     pub max_body_bytes: usize,
+    /// Not an environment variable: [`HEADER_READ_TIMEOUT`] in production; tests shorten it.
+    pub header_read_timeout: Duration,
 }
 
 impl IngressConfig {
@@ -47,7 +49,14 @@ impl IngressConfig {
         let dedup_ttl_secs = r.number("DEDUP_TTL_SECS", 86_400, 1, 366 * 86_400)?;
         // 1 GiB is far beyond any webhook; the bound keeps the value a sane usize everywhere.
         let max_body_bytes = r.number("MAX_BODY_BYTES", 8_388_608, 1, 1 << 30)? as usize;
-        Ok(Self { common, listen_addr, verifier, dedup_ttl_secs, max_body_bytes })
+        Ok(Self {
+            common,
+            listen_addr,
+            verifier,
+            dedup_ttl_secs,
+            max_body_bytes,
+            header_read_timeout: HEADER_READ_TIMEOUT,
+        })
     }
 }
 

@@ -179,7 +179,7 @@ mod tests {
         assert_eq!(envelope(br#"{"data":{}}"#).expect_err("missing"), PayloadError::NoEvent);
         assert!(matches!(envelope(b"{").expect_err("truncated"), PayloadError::NotJson(_)));
         assert!(matches!(envelope(b"").expect_err("empty"), PayloadError::NotJson(_)));
-        assert!(matches!(envelope(b"{} x").expect_err("trailing"), PayloadError::NotJson(_)));
+        assert!(matches!(envelope(br#"{"event":"x"} x"#).expect_err("trailing"), PayloadError::NotJson(_)));
         assert!(matches!(envelope(b"\xff").expect_err("bytes"), PayloadError::NotJson(_)));
         assert_eq!(envelope(br#" {"event":"x","extra":[1,2]} "#).expect("ok").event, "x");
     }

@@ -6,7 +6,7 @@
 //! on one socket). Only a stored event, or a recognised duplicate, is answered 200.
 
 use crate::auth::{self, Verifier};
-use crate::config::{IngressConfig, HEADER_READ_TIMEOUT};
+use crate::config::IngressConfig;
 use crate::identity;
 use crate::metrics::{record, Outcome};
 use crate::response::{json, ApiError, Body};
@@ -52,6 +52,7 @@ struct State {
     dedup_ttl_secs: u64,
     max_body_bytes: usize,
     shutdown_grace: Duration,
+    header_read_timeout: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -85,6 +86,7 @@ impl Ingress {
                 dedup_ttl_secs: config.dedup_ttl_secs,
                 max_body_bytes: config.max_body_bytes,
                 shutdown_grace: config.common.shutdown_grace,
+                header_read_timeout: config.header_read_timeout,
             }),
         })
     }
@@ -100,7 +102,7 @@ impl Ingress {
         let Ingress { listener, state } = self;
         let graceful = GracefulShutdown::new();
         let mut http = http1::Builder::new();
-        http.timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT).keep_alive(true);
+        http.timer(TokioTimer::new()).header_read_timeout(state.header_read_timeout).keep_alive(true);
         tokio::pin!(shutdown);
         if let Ok(addr) = listener.local_addr() {
             tracing::info!(%addr, "ingress listening");

@@ -1,0 +1,184 @@
+//! Helpers for the ingress tests: an in-process ingress on port 0, signing, raw HTTP.
+#![allow(dead_code)]
+
+use ingress::{Ingress, IngressConfig};
+use shared::config::Reader;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::{SystemTime, UNIX_EPOCH};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub const API_KEY: &str = "test-api-key";
+pub const CALLBACK_SECRET: &str = "test-callback-secret";
+/// The published Standard Webhooks test secret.
+pub const SECRET: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
+/// A second secret, for rotation.
+pub const OLD_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+pub const NS: &str = "hookstream";
+pub const EVENTS: &str = "{hookstream}:events";
+
+/// An ingress served in-process.
+pub struct TestIngress {
+    pub addr: SocketAddr,
+    pub base: String,
+    shutdown: Option<oneshot::Sender<()>>,
+    handle: JoinHandle<bool>,
+}
+
+/// The configuration every test starts from: all three credentials, both secrets.
+pub fn default_vars(redis_url: &str) -> HashMap<String, String> {
+    [
+        ("REDIS_URL", redis_url),
+        ("LISTEN_ADDR", "127.0.0.1:0"),
+        ("MEETING_BAAS_API_KEY", API_KEY),
+        ("CALLBACK_SECRET", CALLBACK_SECRET),
+        ("WEBHOOK_SECRETS", &format!("{SECRET},{OLD_SECRET}")),
+        ("SHUTDOWN_GRACE_MS", "10000"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
+}
+
+pub async fn start_ingress(redis_url: &str) -> TestIngress {
+    start_with(default_vars(redis_url), |_| {}).await
+}
+
+/// Starts an ingress from `vars`, after `adjust` has changed the parsed config.
+pub async fn start_with(vars: HashMap<String, String>, adjust: impl FnOnce(&mut IngressConfig)) -> TestIngress {
+    let mut config = IngressConfig::read(&Reader::new(&vars)).expect("test config is valid");
+    adjust(&mut config);
+    let ingress = Ingress::build(config).await.expect("ingress builds");
+    let addr = ingress.local_addr().expect("bound");
+    let (tx, rx) = oneshot::channel::<()>();
+    let handle = tokio::spawn(ingress.run_until(async move {
+        let _ = rx.await;
+    }));
+    TestIngress { addr, base: format!("http://{addr}"), shutdown: Some(tx), handle }
+}
+
+impl TestIngress {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub fn webhook_url(&self) -> String {
+        self.url("/webhooks/meeting-baas")
+    }
+
+    /// Signals shutdown without waiting.
+    pub fn begin_shutdown(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+
+    /// Signals shutdown and waits; `true` when every connection finished within the grace period.
+    pub async fn stop(mut self) -> bool {
+        self.begin_shutdown();
+        self.handle.await.expect("ingress task")
+    }
+
+    pub async fn join(self) -> bool {
+        self.handle.await.expect("ingress task")
+    }
+}
+
+pub fn now() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_secs() as i64
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::new()
+}
+
+/// POSTs `body` as JSON with the v1 API-key header.
+pub async fn post_v1(ingress: &TestIngress, body: &[u8]) -> reqwest::Response {
+    client()
+        .post(ingress.webhook_url())
+        .header("content-type", "application/json")
+        .header("x-meeting-baas-api-key", API_KEY)
+        .body(body.to_vec())
+        .send()
+        .await
+        .expect("request")
+}
+
+/// POSTs `body` signed with `secret` as message `msg_id` at `timestamp`, with `prefix` headers.
+pub async fn post_signed(
+    ingress: &TestIngress,
+    prefix: &str,
+    secret: &str,
+    msg_id: &str,
+    timestamp: i64,
+    body: &[u8],
+) -> reqwest::Response {
+    let signature = ingress::auth::sign(secret, msg_id, timestamp, body).expect("sign");
+    client()
+        .post(ingress.webhook_url())
+        .header("content-type", "application/json")
+        .header(format!("{prefix}-id"), msg_id)
+        .header(format!("{prefix}-timestamp"), timestamp.to_string())
+        .header(format!("{prefix}-signature"), signature)
+        .body(body.to_vec())
+        .send()
+        .await
+        .expect("request")
+}
+
+/// Status and JSON body.
+pub async fn answer(response: reqwest::Response) -> (u16, serde_json::Value) {
+    let status = response.status().as_u16();
+    let text = response.text().await.expect("body");
+    let json = serde_json::from_str(&text).unwrap_or_else(|e| panic!("body is not JSON ({e}): {text}"));
+    (status, json)
+}
+
+/// Asserts an error answer: status and `error` code, with a non-empty `message`.
+pub async fn assert_error(response: reqwest::Response, status: u16, code: &str) -> serde_json::Value {
+    assert!(response.headers().contains_key("x-request-id"), "x-request-id on every answer");
+    let (got, body) = answer(response).await;
+    assert_eq!((got, body["error"].as_str()), (status, Some(code)), "{body}");
+    assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
+    body
+}
+
+/// XLEN of the events stream.
+pub fn xlen(redis: &hookstream_tests::RedisServer) -> u64 {
+    redis::cmd("XLEN").arg(EVENTS).query(&mut redis.con()).expect("XLEN")
+}
+
+/// Number of keys in the database.
+pub fn dbsize(redis: &hookstream_tests::RedisServer) -> u64 {
+    redis::cmd("DBSIZE").query(&mut redis.con()).expect("DBSIZE")
+}
+
+/// The stream's entries as (id, field map).
+pub fn entries(redis: &hookstream_tests::RedisServer) -> Vec<(String, HashMap<String, Vec<u8>>)> {
+    let reply: redis::streams::StreamRangeReply =
+        redis::cmd("XRANGE").arg(EVENTS).arg("-").arg("+").query(&mut redis.con()).expect("XRANGE");
+    reply
+        .ids
+        .into_iter()
+        .map(|e| {
+            let fields = e
+                .map
+                .into_iter()
+                .map(|(k, v)| (k, redis::from_redis_value::<Vec<u8>>(v).expect("bytes")))
+                .collect();
+            (e.id, fields)
+        })
+        .collect()
+}
+
+/// Sends raw bytes on a new connection and reads until the server closes it (or `limit` bytes).
+pub async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> String {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(request).await.expect("write");
+    let mut out = Vec::new();
+    let _ = stream.read_to_end(&mut out).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
