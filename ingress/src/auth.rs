@@ -200,7 +200,8 @@ impl<'a> SignatureHeaders<'a> {
             Ok(Self {
                 id: id.ok_or(AuthError::IncompleteSignature("svix-id / webhook-id"))??,
                 timestamp: timestamp.ok_or(AuthError::IncompleteSignature("svix-timestamp / webhook-timestamp"))??,
-                signatures: signatures.ok_or(AuthError::IncompleteSignature("svix-signature / webhook-signature"))??,
+                signatures: signatures
+                    .ok_or(AuthError::IncompleteSignature("svix-signature / webhook-signature"))??,
             })
         })())
     }
@@ -275,10 +276,20 @@ mod tests {
     #[test]
     fn published_vectors_verify_with_both_header_prefixes() {
         for v in vectors() {
-            assert_eq!(sign(&v.secret, &v.msg_id, v.timestamp, v.payload.as_bytes()).as_deref(), Ok(v.signature.as_str()), "{}", v.name);
+            assert_eq!(
+                sign(&v.secret, &v.msg_id, v.timestamp, v.payload.as_bytes()).as_deref(),
+                Ok(v.signature.as_str()),
+                "{}",
+                v.name
+            );
             for prefix in ["svix", "webhook"] {
                 let h = signed(prefix, &v, &v.signature);
-                assert_eq!(verifier(&v.secret).verify(&h, v.payload.as_bytes(), v.timestamp), Ok(()), "{} {prefix}", v.name);
+                assert_eq!(
+                    verifier(&v.secret).verify(&h, v.payload.as_bytes(), v.timestamp),
+                    Ok(()),
+                    "{} {prefix}",
+                    v.name
+                );
             }
         }
     }
@@ -312,7 +323,10 @@ mod tests {
         // Garbage entries next to a valid one still pass; only garbage does not.
         let list = format!("v1,bm9wZQ== v2,abc junk {}", v.signature);
         assert_eq!(ok.verify(&signed("svix", v, &list), v.payload.as_bytes(), v.timestamp), Ok(()));
-        assert_eq!(ok.verify(&signed("svix", v, "v1,@@@ v1,"), v.payload.as_bytes(), v.timestamp), Err(AuthError::BadSignature));
+        assert_eq!(
+            ok.verify(&signed("svix", v, "v1,@@@ v1,"), v.payload.as_bytes(), v.timestamp),
+            Err(AuthError::BadSignature)
+        );
         // Not a number.
         let mut h = signed("svix", v, &v.signature);
         h.insert("svix-timestamp", HeaderValue::from_static("soon"));
@@ -332,7 +346,10 @@ mod tests {
         let mut h = signed("svix", v, &v.signature);
         h.remove("svix-timestamp");
         h.insert(API_KEY_HEADER, HeaderValue::from_static("key"));
-        assert!(matches!(verifier(&v.secret).verify(&h, v.payload.as_bytes(), v.timestamp), Err(AuthError::IncompleteSignature(_))));
+        assert!(matches!(
+            verifier(&v.secret).verify(&h, v.payload.as_bytes(), v.timestamp),
+            Err(AuthError::IncompleteSignature(_))
+        ));
     }
 
     #[test]

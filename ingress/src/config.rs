@@ -8,10 +8,26 @@ use std::time::Duration;
 /// Variables only the ingress reads (see also [`COMMON_VARS`]).
 pub const INGRESS_VARS: &[Var] = &[
     Var { name: "LISTEN_ADDR", default: "0.0.0.0:8080", help: "address of the HTTP listener" },
-    Var { name: "WEBHOOK_SECRETS", default: "unset", help: "Standard Webhooks secrets (whsec_…), comma-separated for rotation" },
-    Var { name: "MEETING_BAAS_API_KEY", default: "unset", help: "accepted in the x-meeting-baas-api-key header (API v1 webhooks)" },
-    Var { name: "CALLBACK_SECRET", default: "unset", help: "accepted in the x-mb-secret header (API v2 per-bot callbacks)" },
-    Var { name: "ALLOW_UNSIGNED", default: "false", help: "true accepts every request without authentication (local testing only)" },
+    Var {
+        name: "WEBHOOK_SECRETS",
+        default: "unset",
+        help: "Standard Webhooks secrets (whsec_…), comma-separated for rotation",
+    },
+    Var {
+        name: "MEETING_BAAS_API_KEY",
+        default: "unset",
+        help: "accepted in the x-meeting-baas-api-key header (API v1 webhooks)",
+    },
+    Var {
+        name: "CALLBACK_SECRET",
+        default: "unset",
+        help: "accepted in the x-mb-secret header (API v2 per-bot callbacks)",
+    },
+    Var {
+        name: "ALLOW_UNSIGNED",
+        default: "false",
+        help: "true accepts every request without authentication (local testing only)",
+    },
     Var { name: "DEDUP_TTL_SECS", default: "86400", help: "how long a delivered event's dedup key is kept" },
     Var { name: "MAX_BODY_BYTES", default: "8388608", help: "largest accepted request body; larger ones get 413" },
 ];

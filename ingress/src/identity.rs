@@ -98,16 +98,15 @@ fn scalar(value: &Option<Value>) -> Option<String> {
 
 fn v1_identity(envelope: &Envelope<'_>) -> Option<String> {
     let event = envelope.event.as_str();
-    if !matches!(event, "calendar.sync_events" | "bot.status_change" | "complete" | "failed" | "transcription_complete") {
+    if !matches!(event, "calendar.sync_events" | "bot.status_change" | "complete" | "failed" | "transcription_complete")
+    {
         return None;
     }
     let data: V1Data = serde_json::from_str(envelope.data?.get()).ok()?;
     match event {
-        "calendar.sync_events" => Some(format!(
-            "calendar.sync_events:{}:{}",
-            scalar(&data.calendar_id)?,
-            scalar(&data.last_updated_ts)?
-        )),
+        "calendar.sync_events" => {
+            Some(format!("calendar.sync_events:{}:{}", scalar(&data.calendar_id)?, scalar(&data.last_updated_ts)?))
+        }
         "bot.status_change" => {
             let status = data.status?;
             Some(format!(
@@ -139,11 +138,15 @@ mod tests {
     #[test]
     fn v1_rules() {
         assert_eq!(
-            identity(r#"{"event":"calendar.sync_events","data":{"calendar_id":"c","last_updated_ts":"t","affected_event_uuids":[]}}"#),
+            identity(
+                r#"{"event":"calendar.sync_events","data":{"calendar_id":"c","last_updated_ts":"t","affected_event_uuids":[]}}"#
+            ),
             "calendar.sync_events:c:t"
         );
         assert_eq!(
-            identity(r#"{"event":"bot.status_change","data":{"bot_id":"b","status":{"code":"joining_call","created_at":"t"}}}"#),
+            identity(
+                r#"{"event":"bot.status_change","data":{"bot_id":"b","status":{"code":"joining_call","created_at":"t"}}}"#
+            ),
             "bot.status_change:b:joining_call:t"
         );
         for event in ["complete", "failed", "transcription_complete"] {
@@ -165,10 +168,7 @@ mod tests {
         ] {
             assert_eq!(identity(body), body_identity(body.as_bytes()), "{body}");
         }
-        assert_eq!(
-            body_identity(b"abc"),
-            "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-        );
+        assert_eq!(body_identity(b"abc"), "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
     }
 
     #[test]

@@ -202,9 +202,7 @@ async fn readyz(state: &State) -> Response<Body> {
 
 fn metrics_text() -> Response<Body> {
     let mut response = Response::new(Full::new(Bytes::from(shared::telemetry::metrics().render())));
-    response
-        .headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
+    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
     response
 }
 
@@ -233,7 +231,13 @@ async fn webhook(state: &State, req: Request<Incoming>, request_id: &HeaderValue
             if outcome == Outcome::Unavailable {
                 tracing::warn!(request_id = rid, outcome = outcome.as_str(), "{}", err.message);
             } else {
-                tracing::info!(request_id = rid, outcome = outcome.as_str(), status = err.status.as_u16(), "{}", err.message);
+                tracing::info!(
+                    request_id = rid,
+                    outcome = outcome.as_str(),
+                    status = err.status.as_u16(),
+                    "{}",
+                    err.message
+                );
             }
             (outcome, err.into_response())
         }
@@ -267,11 +271,7 @@ async fn accept(state: &State, req: Request<Incoming>, request_id: &str) -> Resu
             format!("the body is larger than {} bytes", state.max_body_bytes),
         )
     };
-    let declared = parts
-        .headers
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+    let declared = parts.headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|len| len > state.max_body_bytes as u64) {
         return Err(too_large());
     }

@@ -60,9 +60,7 @@ impl Default for DedupAppend {
 
 impl DedupAppend {
     pub fn new() -> Self {
-        Self {
-            script: Script::new(SCRIPT),
-        }
+        Self { script: Script::new(SCRIPT) }
     }
 
     /// The script's SHA1, as `EVALSHA` and `redis-benchmark` want it.
@@ -90,10 +88,6 @@ impl DedupAppend {
             invocation.arg(field).arg(value);
         }
         let (fresh, id): (i64, String) = invocation.invoke_async(con).await?;
-        Ok(if fresh == 1 {
-            Appended::Accepted(id)
-        } else {
-            Appended::Duplicate(id)
-        })
+        Ok(if fresh == 1 { Appended::Accepted(id) } else { Appended::Duplicate(id) })
     }
 }

@@ -85,10 +85,7 @@ impl<'a> Reader<'a> {
 
     /// The trimmed value, `None` when unset or empty.
     pub fn raw(&self, name: &str) -> Option<String> {
-        self.source
-            .get(name)
-            .map(|v| v.trim().to_string())
-            .filter(|v| !v.is_empty())
+        self.source.get(name).map(|v| v.trim().to_string()).filter(|v| !v.is_empty())
     }
 
     pub fn string(&self, name: &str, default: &str) -> String {
@@ -103,9 +100,7 @@ impl<'a> Reader<'a> {
     {
         match self.raw(name) {
             None => Ok(default),
-            Some(v) => v
-                .parse()
-                .map_err(|e| ConfigError::new(name, format!("{v:?} is not valid: {e}"))),
+            Some(v) => v.parse().map_err(|e| ConfigError::new(name, format!("{v:?} is not valid: {e}"))),
         }
     }
 
@@ -113,9 +108,7 @@ impl<'a> Reader<'a> {
     pub fn number(&self, name: &'static str, default: u64, min: u64, max: u64) -> Result<u64, ConfigError> {
         let value = match self.raw(name) {
             None => return Ok(default),
-            Some(v) => v
-                .parse::<u64>()
-                .map_err(|_| ConfigError::new(name, format!("{v:?} is not a whole number")))?,
+            Some(v) => v.parse::<u64>().map_err(|_| ConfigError::new(name, format!("{v:?} is not a whole number")))?,
         };
         if value < min || value > max {
             return Err(ConfigError::new(name, format!("{value} is out of range ({min} to {max})")));
@@ -142,8 +135,7 @@ impl<'a> Reader<'a> {
 
     pub fn socket_addr(&self, name: &'static str, default: &str) -> Result<SocketAddr, ConfigError> {
         let v = self.string(name, default);
-        v.parse()
-            .map_err(|_| ConfigError::new(name, format!("{v:?} is not an address like 0.0.0.0:8080")))
+        v.parse().map_err(|_| ConfigError::new(name, format!("{v:?} is not an address like 0.0.0.0:8080")))
     }
 }
 
@@ -187,12 +179,7 @@ impl Common {
             "json" => LogFormat::Json,
             other => return Err(ConfigError::new("LOG_FORMAT", format!("{other:?} is not text or json"))),
         };
-        Ok(Self {
-            redis_url,
-            namespace,
-            log_format,
-            shutdown_grace: r.millis("SHUTDOWN_GRACE_MS", 25_000)?,
-        })
+        Ok(Self { redis_url, namespace, log_format, shutdown_grace: r.millis("SHUTDOWN_GRACE_MS", 25_000)? })
     }
 }
 

@@ -17,7 +17,8 @@ pub fn target(listen: SocketAddr) -> SocketAddr {
 
 /// `GET /healthz` on `addr`; `Ok` when the answer is 200, else a sentence saying what happened.
 pub fn probe(addr: SocketAddr, timeout: Duration) -> Result<(), String> {
-    let mut stream = TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+    let mut stream =
+        TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("cannot connect to {addr}: {e}"))?;
     stream.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
     stream.set_write_timeout(Some(timeout)).map_err(|e| e.to_string())?;
     stream

@@ -17,9 +17,8 @@ pub fn init_logging(format: LogFormat) {
 }
 
 /// Latency buckets in seconds, from 100 µs to 30 s.
-const DURATION_BUCKETS: &[f64] = &[
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-];
+const DURATION_BUCKETS: &[f64] =
+    &[0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
 
 /// The process-wide Prometheus recorder, installed on first use. `/metrics` renders its handle.
 pub fn metrics() -> &'static PrometheusHandle {

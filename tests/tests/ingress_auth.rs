@@ -110,9 +110,16 @@ async fn api_key_and_callback_secret() {
     assert_error(send("x-mb-secret", "wrong", body.clone()).await.unwrap(), 401, "unauthorized").await;
     // The API key is not a callback secret, nor the other way round.
     assert_error(send("x-mb-secret", API_KEY, body.clone()).await.unwrap(), 401, "unauthorized").await;
-    assert_error(send("x-meeting-baas-api-key", CALLBACK_SECRET, body.clone()).await.unwrap(), 401, "unauthorized").await;
+    assert_error(send("x-meeting-baas-api-key", CALLBACK_SECRET, body.clone()).await.unwrap(), 401, "unauthorized")
+        .await;
     // No credentials at all.
-    let r = client().post(ingress.webhook_url()).header("content-type", "application/json").body(body.clone()).send().await.unwrap();
+    let r = client()
+        .post(ingress.webhook_url())
+        .header("content-type", "application/json")
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
     assert_error(r, 401, "unauthorized").await;
     assert_eq!(dbsize(&redis), 0);
 

@@ -19,7 +19,9 @@ fn expected_v1_identity(name: &str) -> String {
     let json = fixture_json(&format!("meeting-baas/v1/{name}"));
     let data = &json["data"];
     match json["event"].as_str().unwrap() {
-        "calendar.sync_events" => format!("calendar.sync_events:{}:{}", s(&data["calendar_id"]), s(&data["last_updated_ts"])),
+        "calendar.sync_events" => {
+            format!("calendar.sync_events:{}:{}", s(&data["calendar_id"]), s(&data["last_updated_ts"]))
+        }
         "bot.status_change" => format!(
             "bot.status_change:{}:{}:{}",
             s(&data["bot_id"]),
@@ -59,7 +61,9 @@ async fn every_v1_fixture_gets_its_documented_identity_and_dedups() {
         assert_eq!(dup["id"], first["id"], "a duplicate answers the first copy's id");
     }
     // Sanity: the expected identities are the documented shapes.
-    assert!(ids.values().any(|i| i == "calendar.sync_events:aa98aa89-07ae-4a23-b441-48725f0386e6:2026-05-20T08:41:17Z"));
+    assert!(ids
+        .values()
+        .any(|i| i == "calendar.sync_events:aa98aa89-07ae-4a23-b441-48725f0386e6:2026-05-20T08:41:17Z"));
     assert!(ids.values().any(|i| i == "complete:ef1f203a-2a58-45bd-9215-bda2881656ae"));
 
     let stored = entries(&redis);
@@ -79,8 +83,7 @@ async fn dedup_key_holds_the_first_id_with_the_configured_ttl() {
     let (_, first) = answer(post_v1(&ingress, &body).await).await;
     let key = shared::keys::Keys::new(NS).dedup(&expected_v1_identity("failed.json"));
     let mut con = redis.con();
-    let (value, ttl): (String, i64) =
-        redis::pipe().cmd("GET").arg(&key).cmd("PTTL").arg(&key).query(&mut con).unwrap();
+    let (value, ttl): (String, i64) = redis::pipe().cmd("GET").arg(&key).cmd("PTTL").arg(&key).query(&mut con).unwrap();
     assert_eq!(value, first["id"].as_str().unwrap());
     assert!(ttl > 0 && ttl <= 1000, "ttl {ttl}");
 

@@ -56,7 +56,8 @@ async fn content_type_must_be_json() {
     let redis = RedisServer::start();
     let ingress = start_ingress(&redis.url()).await;
     let body = fixture("meeting-baas/v1/failed.json");
-    for content_type in [None, Some("text/plain"), Some("application/jsonp"), Some("application/x-www-form-urlencoded")] {
+    for content_type in [None, Some("text/plain"), Some("application/jsonp"), Some("application/x-www-form-urlencoded")]
+    {
         let mut req = client().post(ingress.webhook_url()).header("x-meeting-baas-api-key", API_KEY).body(body.clone());
         if let Some(ct) = content_type {
             req = req.header("content-type", ct);
@@ -149,9 +150,21 @@ async fn checks_run_in_the_documented_order() {
     let c = client();
     let big_invalid = "z".repeat(100);
     // 415 before 413 before 401 before 400.
-    let r = c.post(ingress.webhook_url()).header("content-type", "text/plain").body(big_invalid.clone()).send().await.unwrap();
+    let r = c
+        .post(ingress.webhook_url())
+        .header("content-type", "text/plain")
+        .body(big_invalid.clone())
+        .send()
+        .await
+        .unwrap();
     assert_error(r, 415, "unsupported_media_type").await;
-    let r = c.post(ingress.webhook_url()).header("content-type", "application/json").body(big_invalid).send().await.unwrap();
+    let r = c
+        .post(ingress.webhook_url())
+        .header("content-type", "application/json")
+        .body(big_invalid)
+        .send()
+        .await
+        .unwrap();
     assert_error(r, 413, "payload_too_large").await;
     let r = c.post(ingress.webhook_url()).header("content-type", "application/json").body("nope").send().await.unwrap();
     assert_error(r, 401, "unauthorized").await;
@@ -186,10 +199,7 @@ async fn unknown_events_are_stored_with_every_field_and_the_exact_body() {
     assert_eq!(fields["event"], b"something.new");
     assert_eq!(fields["source"], b"meeting-baas");
     assert_eq!(fields["request_id"], b"req-abc-123");
-    assert_eq!(
-        String::from_utf8_lossy(&fields["dedup_id"]),
-        ingress::identity::body_identity(body.as_bytes())
-    );
+    assert_eq!(String::from_utf8_lossy(&fields["dedup_id"]), ingress::identity::body_identity(body.as_bytes()));
     let received_at = String::from_utf8(fields["received_at"].clone()).unwrap();
     let parsed = chrono_like(&received_at);
     assert!(parsed, "received_at {received_at:?} is RFC 3339 UTC with milliseconds");

@@ -68,7 +68,8 @@ async fn half_sent_request(ingress: &TestIngress, body: &[u8]) -> TcpStream {
     let mut interim = Vec::new();
     while !interim.ends_with(b"\r\n\r\n") {
         let mut byte = [0u8; 1];
-        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut byte)).await.expect("100 Continue").unwrap();
+        let n =
+            tokio::time::timeout(Duration::from_secs(10), stream.read(&mut byte)).await.expect("100 Continue").unwrap();
         assert_eq!(n, 1, "connection closed before 100 Continue");
         interim.push(byte[0]);
     }
@@ -110,7 +111,8 @@ async fn shutdown_gives_up_after_the_grace_period() {
     let body = fixture("meeting-baas/v1/failed.json");
     let _stuck = half_sent_request(&ingress, &body).await;
     ingress.begin_shutdown();
-    let finished = tokio::time::timeout(Duration::from_secs(10), ingress.join()).await.expect("returns after the grace");
+    let finished =
+        tokio::time::timeout(Duration::from_secs(10), ingress.join()).await.expect("returns after the grace");
     assert!(!finished, "a request that never completes is cut off at the grace period");
     assert_eq!(xlen(&redis), 0);
 }

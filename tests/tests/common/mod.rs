@@ -164,11 +164,8 @@ pub fn entries(redis: &hookstream_tests::RedisServer) -> Vec<(String, HashMap<St
         .ids
         .into_iter()
         .map(|e| {
-            let fields = e
-                .map
-                .into_iter()
-                .map(|(k, v)| (k, redis::from_redis_value::<Vec<u8>>(v).expect("bytes")))
-                .collect();
+            let fields =
+                e.map.into_iter().map(|(k, v)| (k, redis::from_redis_value::<Vec<u8>>(v).expect("bytes"))).collect();
             (e.id, fields)
         })
         .collect()
