@@ -8,7 +8,11 @@ use tracing_subscriber::EnvFilter;
 /// Logs to stderr as text or JSON lines; the level comes from `RUST_LOG` (default `info`).
 pub fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    use std::io::IsTerminal;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
     // `try_init` fails only when a subscriber is already set (tests); that one stays.
     let _ = match format {
         LogFormat::Text => builder.try_init(),
