@@ -116,3 +116,19 @@ async fn shutdown_gives_up_after_the_grace_period() {
     assert!(!finished, "a request that never completes is cut off at the grace period");
     assert_eq!(xlen(&redis), 0);
 }
+
+/// A Redis command error (here: the stream key holds a string) is a 503, and the script leaves
+/// no dedup key behind: the sender's retry, once the problem is fixed, is a first copy.
+#[tokio::test]
+async fn a_redis_error_is_503_and_leaves_no_dedup_key() {
+    let redis = RedisServer::start();
+    let ingress = start_ingress(&redis.url()).await;
+    let _: () = redis::cmd("SET").arg(EVENTS).arg("not a stream").query(&mut redis.con()).unwrap();
+    let body = fixture("meeting-baas/v1/complete.json");
+    assert_error(post_v1(&ingress, &body).await, 503, "unavailable").await;
+    assert_eq!(dbsize(&redis), 1, "only the key the test set; no dedup key");
+
+    let _: () = redis::cmd("DEL").arg(EVENTS).query(&mut redis.con()).unwrap();
+    let (_, answer) = answer(post_v1(&ingress, &body).await).await;
+    assert_eq!(answer["status"], "accepted");
+}
