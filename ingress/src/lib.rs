@@ -9,7 +9,6 @@ pub mod auth;
 pub mod config;
 pub mod identity;
 pub mod metrics;
-pub mod response;
 pub mod server;
 
 pub use config::IngressConfig;

@@ -9,20 +9,16 @@ use crate::auth::{self, Verifier};
 use crate::config::IngressConfig;
 use crate::identity;
 use crate::metrics::{record, Outcome};
-use crate::response::{json, ApiError, Body};
 use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
 use http::{HeaderMap, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use redis::aio::ConnectionManager;
 use serde::Serialize;
 use shared::append::{Appended, DedupAppend};
 use shared::entry::{self, NewEntry};
+use shared::http::{json, metrics_response, ApiError, Body, ServeOptions};
 use shared::keys::Keys;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -100,54 +96,16 @@ impl Ingress {
     /// Returns `true` when every connection finished within the grace period.
     pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> bool {
         let Ingress { listener, state } = self;
-        let graceful = GracefulShutdown::new();
-        let mut http = http1::Builder::new();
-        http.timer(TokioTimer::new()).header_read_timeout(state.header_read_timeout).keep_alive(true);
-        tokio::pin!(shutdown);
         if let Ok(addr) = listener.local_addr() {
             tracing::info!(%addr, "ingress listening");
         }
-        loop {
-            tokio::select! {
-                _ = &mut shutdown => break,
-                accepted = listener.accept() => {
-                    let (stream, _) = match accepted {
-                        Ok(conn) => conn,
-                        Err(err) => {
-                            // E.g. out of file descriptors: wait a moment instead of spinning.
-                            tracing::warn!(error = %err, "accept failed");
-                            tokio::time::sleep(Duration::from_millis(100)).await;
-                            continue;
-                        }
-                    };
-                    let _ = stream.set_nodelay(true);
-                    let state = state.clone();
-                    let service = service_fn(move |req| {
-                        let state = state.clone();
-                        async move { Ok::<_, std::convert::Infallible>(handle(&state, req).await) }
-                    });
-                    let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
-                    tokio::spawn(async move {
-                        if let Err(err) = conn.await {
-                            tracing::debug!(error = %err, "connection ended with an error");
-                        }
-                    });
-                }
-            }
-        }
-        drop(listener);
-        let open = graceful.count();
-        tracing::info!(open_connections = open, "stopped accepting; finishing in-flight requests");
-        match tokio::time::timeout(state.shutdown_grace, graceful.shutdown()).await {
-            Ok(()) => {
-                tracing::info!("all connections finished");
-                true
-            }
-            Err(_) => {
-                tracing::warn!(grace = ?state.shutdown_grace, "grace period over with requests still in flight");
-                false
-            }
-        }
+        let options =
+            ServeOptions { header_read_timeout: state.header_read_timeout, shutdown_grace: state.shutdown_grace };
+        let handler = move |req: Request<Incoming>| {
+            let state = state.clone();
+            async move { handle(&state, req).await }
+        };
+        shared::http::serve(listener, Arc::new(handler), options, shutdown).await
     }
 }
 
@@ -174,7 +132,7 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
         }
         "/healthz" => json(StatusCode::OK, &Status { status: "ok" }),
         "/readyz" => readyz(state).await,
-        "/metrics" => metrics_text(),
+        "/metrics" => metrics_response(),
         path => ApiError::not_found(&method, path).into_response(),
     };
     response.headers_mut().insert(REQUEST_ID_HEADER, request_id);
@@ -198,12 +156,6 @@ async fn readyz(state: &State) -> Response<Body> {
         Ok(_) => json(StatusCode::OK, &Status { status: "ready" }),
         Err(err) => ApiError::unavailable(format!("Redis does not answer PING: {err}")).into_response(),
     }
-}
-
-fn metrics_text() -> Response<Body> {
-    let mut response = Response::new(Full::new(Bytes::from(shared::telemetry::metrics().render())));
-    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
-    response
 }
 
 /// `application/json`, any case, optionally with parameters (`; charset=utf-8`).

@@ -7,6 +7,7 @@
 //! - [`conn`]: how a Redis connection is made (lazy, reconnecting, bounded waits);
 //! - [`telemetry`]: logging and the Prometheus recorder;
 //! - [`shutdown`]: the SIGTERM/SIGINT future;
+//! - [`http`]: JSON answers and the HTTP serve loop (keep-alive, timeouts, graceful shutdown);
 //! - [`healthcheck`]: the `healthcheck` subcommand's probe, for images without curl.
 
 pub mod append;
@@ -14,6 +15,7 @@ pub mod config;
 pub mod conn;
 pub mod entry;
 pub mod healthcheck;
+pub mod http;
 pub mod keys;
 pub mod shutdown;
 pub mod telemetry;
