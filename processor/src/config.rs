@@ -1,0 +1,249 @@
+//! The processor's settings (SPEC §5).
+
+use reqwest::Url;
+use shared::config::{Common, ConfigError, Reader, Var, COMMON_VARS};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Variables only the processor reads (see also [`COMMON_VARS`]).
+pub const PROCESSOR_VARS: &[Var] = &[
+    Var { name: "METRICS_ADDR", default: "0.0.0.0:9090", help: "address of /healthz, /readyz and /metrics" },
+    Var { name: "CONSUMER_GROUP", default: "processors", help: "the consumer group (created at id 0 when missing)" },
+    Var {
+        name: "CONSUMER_NAME",
+        default: "<hostname>-<pid>",
+        help: "this replica's consumer name; unique per replica",
+    },
+    Var { name: "CONCURRENCY", default: "16", help: "entries handled at once" },
+    Var { name: "BATCH_SIZE", default: "64", help: "most entries read by one XREADGROUP" },
+    Var { name: "BLOCK_MS", default: "5000", help: "how long one XREADGROUP waits for new entries" },
+    Var { name: "CLAIM_IDLE_MS", default: "60000", help: "entries idle this long in any consumer are reclaimed" },
+    Var { name: "MAX_DELIVERIES", default: "5", help: "an entry delivered more often is dead-lettered unhandled" },
+    Var { name: "HANDLER_TIMEOUT_MS", default: "30000", help: "time limit of one handler attempt" },
+    Var { name: "RETRY_INITIAL_MS", default: "500", help: "first retry delay (exponential, with jitter)" },
+    Var { name: "RETRY_MAX_INTERVAL_MS", default: "30000", help: "longest delay between two attempts" },
+    Var { name: "RETRY_MAX_ELAPSED_MS", default: "120000", help: "give up (dead-letter) after retrying this long" },
+    Var { name: "STREAM_RETENTION_SECS", default: "3600", help: "processed entries older than this are trimmed" },
+    Var { name: "MEETING_BAAS_API_URL", default: "https://api.meetingbaas.com", help: "the Meeting BaaS API" },
+    Var { name: "MEETING_BAAS_API_KEY", default: "unset", help: "sent as x-meeting-baas-api-key on every API call" },
+    Var { name: "RECORD_POLICY", default: "all", help: "which meetings get a bot: all, organizer or none" },
+    Var { name: "BOT_NAME", default: "hookstream recorder", help: "the bot_name of scheduled bots" },
+    Var { name: "BOT_CONFIG", default: "{}", help: "JSON object merged under bot_name into every bot request" },
+    Var { name: "FORWARD_URL", default: "unset", help: "where other events (bot.*, complete, failed, …) are POSTed" },
+];
+
+/// Every variable the processor reads, in `--help` order.
+pub fn all_vars() -> Vec<Var> {
+    COMMON_VARS.iter().chain(PROCESSOR_VARS).copied().collect()
+}
+
+/// Which meetings get a recording bot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordPolicy {
+    /// Every event with a meeting URL that has not ended.
+    All,
+    /// Only events the calendar's owner organises.
+    Organizer,
+    /// None.
+    None,
+}
+
+impl std::str::FromStr for RecordPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "all" => Ok(Self::All),
+            "organizer" => Ok(Self::Organizer),
+            "none" => Ok(Self::None),
+            _ => Err("expected all, organizer or none".into()),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ProcessorConfig {
+    pub common: Common,
+    pub metrics_addr: SocketAddr,
+    pub group: String,
+    pub consumer: String,
+    pub concurrency: usize,
+    pub batch_size: usize,
+    pub block: Duration,
+    pub claim_idle: Duration,
+    pub max_deliveries: u64,
+    pub handler_timeout: Duration,
+    pub retry_initial: Duration,
+    pub retry_max_interval: Duration,
+    pub retry_max_elapsed: Duration,
+    pub stream_retention: Duration,
+    pub api_url: Url,
+    pub api_key: Option<String>,
+    pub record_policy: RecordPolicy,
+    pub bot_name: String,
+    pub bot_config: serde_json::Map<String, serde_json::Value>,
+    pub forward_url: Option<Url>,
+    /// Not an environment variable: how often the trimmer runs (tests shorten it).
+    pub trim_interval: Duration,
+}
+
+/// `<hostname>-<pid>`: unique per container (compose gives each replica its own hostname) and
+/// per process on one host.
+pub fn default_consumer_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "processor".into());
+    format!("{host}-{}", std::process::id())
+}
+
+fn http_url(r: &Reader<'_>, name: &'static str, value: &str) -> Result<Url, ConfigError> {
+    let url = Url::parse(value).map_err(|e| ConfigError::new(name, format!("{value:?} is not a URL: {e}")))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err(ConfigError::new(name, format!("{value:?} must be an http:// or https:// URL with a host")));
+    }
+    let _ = r;
+    Ok(url)
+}
+
+fn name(r: &Reader<'_>, var: &'static str, default: String) -> Result<String, ConfigError> {
+    let value = r.raw(var).unwrap_or(default);
+    if value.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(ConfigError::new(var, format!("{value:?} must not contain spaces or control characters")));
+    }
+    Ok(value)
+}
+
+impl ProcessorConfig {
+    pub fn read(r: &Reader<'_>) -> Result<Self, ConfigError> {
+        let common = Common::read(r)?;
+        let bot_config = match r.raw("BOT_CONFIG") {
+            None => serde_json::Map::new(),
+            Some(text) => match serde_json::from_str::<serde_json::Value>(&text) {
+                Ok(serde_json::Value::Object(map)) => map,
+                Ok(_) => return Err(ConfigError::new("BOT_CONFIG", "must be a JSON object")),
+                Err(e) => return Err(ConfigError::new("BOT_CONFIG", format!("is not valid JSON: {e}"))),
+            },
+        };
+        let api_url =
+            http_url(r, "MEETING_BAAS_API_URL", &r.string("MEETING_BAAS_API_URL", "https://api.meetingbaas.com"))?;
+        let forward_url = match r.raw("FORWARD_URL") {
+            None => None,
+            Some(v) => Some(http_url(r, "FORWARD_URL", &v)?),
+        };
+        let record_policy = r.parse("RECORD_POLICY", RecordPolicy::All)?;
+        let bot_name = r.string("BOT_NAME", "hookstream recorder");
+        if bot_name.chars().count() > 255 {
+            return Err(ConfigError::new("BOT_NAME", "must be at most 255 characters"));
+        }
+        let max_ms = u64::from(u32::MAX);
+        let config = Self {
+            common,
+            metrics_addr: r.socket_addr("METRICS_ADDR", "0.0.0.0:9090")?,
+            group: name(r, "CONSUMER_GROUP", "processors".into())?,
+            consumer: name(r, "CONSUMER_NAME", default_consumer_name())?,
+            concurrency: r.number("CONCURRENCY", 16, 1, 100_000)? as usize,
+            batch_size: r.number("BATCH_SIZE", 64, 1, 100_000)? as usize,
+            block: Duration::from_millis(r.number("BLOCK_MS", 5_000, 1, max_ms)?),
+            claim_idle: Duration::from_millis(r.number("CLAIM_IDLE_MS", 60_000, 30, max_ms)?),
+            max_deliveries: r.number("MAX_DELIVERIES", 5, 1, 1_000_000)?,
+            handler_timeout: r.millis("HANDLER_TIMEOUT_MS", 30_000)?,
+            retry_initial: r.millis("RETRY_INITIAL_MS", 500)?,
+            retry_max_interval: r.millis("RETRY_MAX_INTERVAL_MS", 30_000)?,
+            retry_max_elapsed: Duration::from_millis(r.number("RETRY_MAX_ELAPSED_MS", 120_000, 0, max_ms)?),
+            stream_retention: Duration::from_secs(r.number("STREAM_RETENTION_SECS", 3_600, 0, 10 * 366 * 86_400)?),
+            api_url,
+            api_key: r.raw("MEETING_BAAS_API_KEY"),
+            record_policy,
+            bot_name,
+            bot_config,
+            forward_url,
+            trim_interval: Duration::from_secs(10),
+        };
+        if config.retry_max_interval < config.retry_initial {
+            return Err(ConfigError::new("RETRY_MAX_INTERVAL_MS", "must not be smaller than RETRY_INITIAL_MS"));
+        }
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn read(pairs: &[(&'static str, &'static str)]) -> Result<ProcessorConfig, ConfigError> {
+        let map: HashMap<&str, &str> = pairs.iter().copied().collect();
+        ProcessorConfig::read(&Reader::new(&map))
+    }
+
+    #[test]
+    fn defaults() {
+        let c = read(&[]).expect("defaults are valid");
+        assert_eq!(c.metrics_addr, "0.0.0.0:9090".parse().expect("addr"));
+        assert_eq!(c.group, "processors");
+        assert!(c.consumer.ends_with(&format!("-{}", std::process::id())), "{}", c.consumer);
+        assert_eq!((c.concurrency, c.batch_size), (16, 64));
+        assert_eq!(c.block, Duration::from_millis(5_000));
+        assert_eq!(c.claim_idle, Duration::from_millis(60_000));
+        assert_eq!(c.max_deliveries, 5);
+        assert_eq!(c.handler_timeout, Duration::from_millis(30_000));
+        assert_eq!(
+            (c.retry_initial, c.retry_max_interval, c.retry_max_elapsed),
+            (Duration::from_millis(500), Duration::from_millis(30_000), Duration::from_millis(120_000))
+        );
+        assert_eq!(c.stream_retention, Duration::from_secs(3_600));
+        assert_eq!(c.api_url.as_str(), "https://api.meetingbaas.com/");
+        assert_eq!(c.api_key, None);
+        assert_eq!(c.record_policy, RecordPolicy::All);
+        assert_eq!(c.bot_name, "hookstream recorder");
+        assert!(c.bot_config.is_empty());
+        assert_eq!(c.forward_url, None);
+    }
+
+    #[test]
+    fn values_are_read() {
+        let c = read(&[
+            ("RECORD_POLICY", "Organizer"),
+            ("BOT_CONFIG", r#"{"recording_mode":"audio_only"}"#),
+            ("FORWARD_URL", "http://127.0.0.1:9/hook"),
+            ("CONSUMER_NAME", "replica-1"),
+        ])
+        .expect("valid");
+        assert_eq!(c.record_policy, RecordPolicy::Organizer);
+        assert_eq!(c.bot_config["recording_mode"], "audio_only");
+        assert_eq!(c.forward_url.expect("set").as_str(), "http://127.0.0.1:9/hook");
+        assert_eq!(c.consumer, "replica-1");
+    }
+
+    #[test]
+    fn every_invalid_value_names_its_variable() {
+        for (var, value) in [
+            ("METRICS_ADDR", "9090"),
+            ("CONSUMER_GROUP", "two words"),
+            ("CONSUMER_NAME", "a b"),
+            ("CONCURRENCY", "0"),
+            ("CONCURRENCY", "many"),
+            ("BATCH_SIZE", "0"),
+            ("BLOCK_MS", "0"),
+            ("CLAIM_IDLE_MS", "5"),
+            ("MAX_DELIVERIES", "0"),
+            ("HANDLER_TIMEOUT_MS", "1.5"),
+            ("RETRY_INITIAL_MS", "-1"),
+            ("RETRY_MAX_INTERVAL_MS", "100"),
+            ("RETRY_MAX_ELAPSED_MS", "x"),
+            ("STREAM_RETENTION_SECS", "1h"),
+            ("MEETING_BAAS_API_URL", "not a url"),
+            ("MEETING_BAAS_API_URL", "ftp://example.com"),
+            ("RECORD_POLICY", "some"),
+            ("BOT_CONFIG", "[1]"),
+            ("BOT_CONFIG", "{"),
+            ("FORWARD_URL", "example.com/hook"),
+            ("REDIS_URL", "nope"),
+        ] {
+            let err = read(&[(var, value)]).expect_err(value);
+            assert_eq!(err.var, var, "{var}={value}: {err}");
+        }
+    }
+}

@@ -1,0 +1,57 @@
+//! The forwarder: every event without a handler of its own (`bot.*`, `complete`, `failed`, …)
+//! is POSTed, byte for byte, to `FORWARD_URL`. Unset: logged and acked.
+//!
+//! Delivery downstream is at least once: `x-hookstream-id` carries the dedup identity, the same
+//! on every retry and redelivery, so the receiver can drop repeats.
+
+use super::{Event, Handler, HandlerError, HandlerFuture};
+use reqwest::header::{HeaderValue, CONTENT_TYPE};
+use reqwest::Url;
+
+pub const EVENT_HEADER: &str = "x-hookstream-event";
+pub const ID_HEADER: &str = "x-hookstream-id";
+
+pub struct Forward {
+    http: reqwest::Client,
+    url: Option<Url>,
+}
+
+impl Forward {
+    pub fn new(http: reqwest::Client, url: Option<Url>) -> Self {
+        Self { http, url }
+    }
+}
+
+impl Handler for Forward {
+    fn handle<'a>(&'a self, event: &'a Event) -> HandlerFuture<'a> {
+        Box::pin(async move {
+            let Some(url) = &self.url else {
+                tracing::info!(stream_id = %event.id, event = %event.name, "no handler and no FORWARD_URL; acked");
+                return Ok(());
+            };
+            let what = format!("POST {url}");
+            let header = |name: &str, value: &str| {
+                HeaderValue::from_str(value)
+                    .map_err(|_| HandlerError::permanent(format!("{name} {value:?} cannot be sent as an HTTP header")))
+            };
+            let (event_name, id) = (header(EVENT_HEADER, &event.name)?, header(ID_HEADER, &event.dedup_id)?);
+            let response = self
+                .http
+                .post(url.clone())
+                .header(CONTENT_TYPE, "application/json")
+                .header(EVENT_HEADER, event_name)
+                .header(ID_HEADER, id)
+                .body(event.payload.clone())
+                .send()
+                .await
+                .map_err(|e| HandlerError::from_request(&what, &e))?;
+            let status = response.status();
+            if status.is_success() {
+                return Ok(());
+            }
+            let wait = super::retry_after(response.headers());
+            let body = response.text().await.unwrap_or_default();
+            Err(HandlerError::from_status(&what, status, wait, &body))
+        })
+    }
+}

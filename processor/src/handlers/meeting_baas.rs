@@ -1,0 +1,143 @@
+//! The Meeting BaaS API client: one reused HTTP client, the API key on every call, answers
+//! classified into [`HandlerError`]s. Every request is built to be valid for the published
+//! OpenAPI documents (existing operations, no undeclared query parameters, schema-valid bodies).
+
+use super::{retry_after, HandlerError};
+use crate::config::{ProcessorConfig, RecordPolicy};
+use reqwest::{Method, StatusCode, Url};
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value};
+
+pub const API_KEY_HEADER: &str = "x-meeting-baas-api-key";
+
+pub struct Api {
+    http: reqwest::Client,
+    base: Url,
+    api_key: Option<String>,
+    pub policy: RecordPolicy,
+    bot_name: String,
+    bot_config: Map<String, Value>,
+}
+
+/// A successful answer.
+pub struct Answer {
+    pub status: StatusCode,
+    pub body: String,
+}
+
+impl Api {
+    pub fn new(http: reqwest::Client, config: &ProcessorConfig) -> Self {
+        Self {
+            http,
+            base: config.api_url.clone(),
+            api_key: config.api_key.clone(),
+            policy: config.record_policy,
+            bot_name: config.bot_name.clone(),
+            bot_config: config.bot_config.clone(),
+        }
+    }
+
+    /// `base` + the path segments, each percent-encoded (an id can never change the path).
+    fn url(&self, segments: &[&str]) -> Result<Url, HandlerError> {
+        let mut url = self.base.clone();
+        url.path_segments_mut()
+            .map_err(|_| HandlerError::permanent(format!("MEETING_BAAS_API_URL {} cannot take a path", self.base)))?
+            .pop_if_empty()
+            .extend(segments);
+        Ok(url)
+    }
+
+    /// Sends one request. `Ok(None)` is a 404; other non-2xx answers are classified errors.
+    pub async fn call(
+        &self,
+        method: Method,
+        segments: &[&str],
+        body: Option<&Value>,
+    ) -> Result<Option<Answer>, HandlerError> {
+        let url = self.url(segments)?;
+        let what = format!("{method} {}", url.path());
+        let mut request = self.http.request(method, url);
+        if let Some(key) = &self.api_key {
+            request = request.header(API_KEY_HEADER, key);
+        }
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request.send().await.map_err(|e| HandlerError::from_request(&what, &e))?;
+        let status = response.status();
+        let wait = retry_after(response.headers());
+        let body = response.text().await.map_err(|e| HandlerError::from_request(&what, &e))?;
+        if status == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        if !status.is_success() {
+            return Err(HandlerError::from_status(&what, status, wait, &body));
+        }
+        Ok(Some(Answer { status, body }))
+    }
+
+    /// GET a JSON document; `None` when it does not exist (404).
+    pub async fn get<T: DeserializeOwned>(&self, segments: &[&str]) -> Result<Option<T>, HandlerError> {
+        match self.call(Method::GET, segments, None).await? {
+            None => Ok(None),
+            Some(answer) => serde_json::from_str(&answer.body).map(Some).map_err(|e| {
+                HandlerError::permanent(format!(
+                    "GET /{} answered a document hookstream cannot read: {e}",
+                    segments.join("/")
+                ))
+            }),
+        }
+    }
+
+    /// A bot request body: `BOT_CONFIG`, with `bot_name` and then `fields` set over it.
+    pub fn bot_body(&self, fields: &[(&str, Value)]) -> Value {
+        let mut body = self.bot_config.clone();
+        body.insert("bot_name".into(), Value::String(self.bot_name.clone()));
+        for (key, value) in fields {
+            body.insert((*key).to_string(), value.clone());
+        }
+        Value::Object(body)
+    }
+}
+
+/// Whether `id` matches the UUID pattern of the v2 OpenAPI document (version 1–8, RFC variant,
+/// or the nil and max UUIDs), which the v2 API requires in paths and bodies.
+pub fn is_uuid(id: &str) -> bool {
+    if id == "00000000-0000-0000-0000-000000000000" || id.eq_ignore_ascii_case("ffffffff-ffff-ffff-ffff-ffffffffffff") {
+        return true;
+    }
+    let b = id.as_bytes();
+    b.len() == 36
+        && b.iter().enumerate().all(|(i, c)| match i {
+            8 | 13 | 18 | 23 => *c == b'-',
+            14 => (b'1'..=b'8').contains(c),
+            19 => matches!(c, b'8' | b'9' | b'a' | b'b' | b'A' | b'B'),
+            _ => c.is_ascii_hexdigit(),
+        })
+}
+
+/// Checks an id before it goes into a v2 request; a malformed one is a permanent error, since
+/// no retry can make the request valid.
+pub fn require_uuid(field: &str, id: &str) -> Result<(), HandlerError> {
+    if is_uuid(id) {
+        Ok(())
+    } else {
+        Err(HandlerError::permanent(format!("{field} {id:?} is not a UUID; the v2 API accepts only UUIDs")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uuid_shape() {
+        assert!(is_uuid("647da78e-783d-4a7a-be5c-117ad3b10d5c"));
+        assert!(!is_uuid("evt-1"));
+        assert!(!is_uuid("647da78e-783d-4a7a-be5c-117ad3b10d5"));
+        assert!(!is_uuid("647da78e+783d-4a7a-be5c-117ad3b10d5c"));
+        assert!(!is_uuid("647da78e-783d-9a7a-be5c-117ad3b10d5c"), "version nibble");
+        assert!(!is_uuid("647da78e-783d-4a7a-ce5c-117ad3b10d5c"), "variant nibble");
+        assert!(is_uuid("00000000-0000-0000-0000-000000000000"));
+    }
+}

@@ -1,0 +1,193 @@
+//! What the processor does with each event.
+//!
+//! A [`Handler`] does the work for one event name; the [`Registry`] maps names to handlers, with
+//! the forwarder as the fallback for every name without one. To add a handler: write a type that
+//! implements [`Handler`] in a file of this folder and register it in [`Registry::standard`].
+//!
+//! Handlers may run more than once for one entry (a crash, a reclaim, a retry after a partial
+//! success), so each one reads the current state before acting and treats "already done" as done.
+//!
+//! Errors are classified where they arise ([`HandlerError::from_status`],
+//! [`HandlerError::from_request`]): transient for network errors, timeouts, HTTP 408, 425, 429
+//! and 5xx; permanent for other 4xx and for payloads that cannot be understood. The retry loop
+//! only reads the class.
+
+pub mod calendar_v1;
+pub mod calendar_v2;
+pub mod forward;
+pub mod meeting_baas;
+
+use crate::config::ProcessorConfig;
+use reqwest::StatusCode;
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A stream entry as handlers see it.
+#[derive(Debug, Clone)]
+pub struct Event {
+    /// The entry id in `{ns}:events`.
+    pub id: String,
+    /// The `event` field.
+    pub name: String,
+    /// The `dedup_id` field (the entry id when the entry has none).
+    pub dedup_id: String,
+    /// The `payload` field, byte for byte.
+    pub payload: Vec<u8>,
+}
+
+/// Why an attempt failed, and whether trying again can help.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HandlerError {
+    #[error("{reason}")]
+    Transient { reason: String, retry_after: Option<Duration> },
+    #[error("{0}")]
+    Permanent(String),
+}
+
+impl HandlerError {
+    pub fn transient(reason: impl Into<String>) -> Self {
+        Self::Transient { reason: reason.into(), retry_after: None }
+    }
+
+    pub fn permanent(reason: impl Into<String>) -> Self {
+        Self::Permanent(reason.into())
+    }
+
+    /// Classifies a non-2xx answer to `what` (e.g. "POST /calendar_events/…/bot").
+    pub fn from_status(what: &str, status: StatusCode, retry_after: Option<Duration>, body: &str) -> Self {
+        let snippet: String = body.chars().take(300).collect();
+        let reason = format!("{what} answered {status}: {snippet}");
+        let code = status.as_u16();
+        if code == 408 || code == 425 || code == 429 || status.is_server_error() {
+            Self::Transient { reason, retry_after }
+        } else {
+            Self::Permanent(reason)
+        }
+    }
+
+    /// Classifies a failed request (no answer): always transient (connect errors, timeouts, resets).
+    pub fn from_request(what: &str, err: &reqwest::Error) -> Self {
+        let kind = if err.is_timeout() {
+            "timed out"
+        } else if err.is_connect() {
+            "could not connect"
+        } else {
+            "failed"
+        };
+        Self::transient(format!("{what} {kind}: {err}"))
+    }
+}
+
+/// The boxed future a handler returns.
+pub type HandlerFuture<'a> = Pin<Box<dyn Future<Output = Result<(), HandlerError>> + Send + 'a>>;
+
+/// Does the work one event asks for.
+pub trait Handler: Send + Sync {
+    fn handle<'a>(&'a self, event: &'a Event) -> HandlerFuture<'a>;
+}
+
+/// Event name → handler, with a fallback.
+#[derive(Clone)]
+pub struct Registry {
+    handlers: HashMap<String, Arc<dyn Handler>>,
+    fallback: Arc<dyn Handler>,
+}
+
+impl Registry {
+    pub fn new(fallback: Arc<dyn Handler>) -> Self {
+        Self { handlers: HashMap::new(), fallback }
+    }
+
+    pub fn register(&mut self, event: &str, handler: Arc<dyn Handler>) -> &mut Self {
+        self.handlers.insert(event.to_string(), handler);
+        self
+    }
+
+    pub fn get(&self, event: &str) -> &Arc<dyn Handler> {
+        self.handlers.get(event).unwrap_or(&self.fallback)
+    }
+
+    /// The built-in handlers of SPEC §4.1.
+    pub fn standard(config: &ProcessorConfig) -> Result<Self, reqwest::Error> {
+        let http = http_client(config.handler_timeout)?;
+        let api = Arc::new(meeting_baas::Api::new(http.clone(), config));
+        let mut registry = Self::new(Arc::new(forward::Forward::new(http, config.forward_url.clone())));
+        registry.register("calendar.sync_events", Arc::new(calendar_v1::SyncEvents::new(api.clone())));
+        let schedule = Arc::new(calendar_v2::Schedule::new(api.clone()));
+        for event in ["calendar.event_created", "calendar.event_updated", "calendar.events_synced"] {
+            registry.register(event, schedule.clone());
+        }
+        registry.register("calendar.event_cancelled", Arc::new(calendar_v2::Cancel::new(api)));
+        Ok(registry)
+    }
+}
+
+/// The one outbound HTTP client (connection pool, rustls), reused by every handler.
+pub fn http_client(timeout: Duration) -> Result<reqwest::Client, reqwest::Error> {
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(5).min(timeout))
+        .timeout(timeout)
+        .user_agent(concat!("hookstream/", env!("CARGO_PKG_VERSION")))
+        .build()
+}
+
+/// `Retry-After` as seconds or an HTTP date.
+pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let value = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let when = chrono::DateTime::parse_from_rfc2822(value).ok()?;
+    (when.with_timezone(&chrono::Utc) - chrono::Utc::now()).to_std().ok()
+}
+
+/// Whether an RFC 3339 end time lies in the past. A missing or unreadable time counts as not
+/// ended: a meeting is never skipped for want of a parsable end.
+pub fn has_ended(end: Option<&str>) -> bool {
+    end.and_then(|e| chrono::DateTime::parse_from_rfc3339(e).ok())
+        .is_some_and(|end| end.with_timezone(&chrono::Utc) < chrono::Utc::now())
+}
+
+/// Parses a payload leniently (unknown fields ignored); an unreadable one is permanent.
+pub fn parse_payload<'a, T: serde::Deserialize<'a>>(event: &'a Event) -> Result<T, HandlerError> {
+    serde_json::from_slice(&event.payload)
+        .map_err(|e| HandlerError::permanent(format!("malformed {} payload: {e}", event.name)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classification() {
+        let t = |code: u16| HandlerError::from_status("x", StatusCode::from_u16(code).expect("code"), None, "");
+        for code in [408, 425, 429, 500, 502, 503, 504] {
+            assert!(matches!(t(code), HandlerError::Transient { .. }), "{code}");
+        }
+        for code in [400, 401, 403, 404, 409, 422] {
+            assert!(matches!(t(code), HandlerError::Permanent(_)), "{code}");
+        }
+    }
+
+    #[test]
+    fn retry_after_forms() {
+        let mut h = reqwest::header::HeaderMap::new();
+        assert_eq!(retry_after(&h), None);
+        h.insert(reqwest::header::RETRY_AFTER, "2".parse().expect("value"));
+        assert_eq!(retry_after(&h), Some(Duration::from_secs(2)));
+        let later = (chrono::Utc::now() + chrono::Duration::seconds(30)).to_rfc2822();
+        h.insert(reqwest::header::RETRY_AFTER, later.parse().expect("value"));
+        assert!(retry_after(&h).is_some_and(|d| d > Duration::from_secs(20)));
+    }
+
+    #[test]
+    fn ended() {
+        assert!(has_ended(Some("2001-01-01T00:00:00Z")));
+        assert!(!has_ended(Some("2030-07-02T16:30:00Z")));
+        assert!(!has_ended(None));
+        assert!(!has_ended(Some("soon")));
+    }
+}

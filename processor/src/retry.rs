@@ -1,0 +1,188 @@
+//! The retry policy: exponential backoff with jitter, a per-attempt timeout, `Retry-After`
+//! honoured, and a total time budget.
+//!
+//! This is the only module that knows the `backoff` crate. The crate is marked unmaintained
+//! (RUSTSEC-2025-0012, accepted in `deny.toml`); swapping it for another policy is a change to
+//! this file alone. The loop itself is written here rather than with `backoff::future::retry`
+//! because that helper lets a `Retry-After` bypass the time budget; here a server's requested
+//! delay that would cross the budget ends the retries instead.
+
+use crate::handlers::HandlerError;
+use backoff::backoff::Backoff;
+use backoff::ExponentialBackoffBuilder;
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+/// How handler attempts are retried (from `RETRY_*` and `HANDLER_TIMEOUT_MS`).
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    pub initial: Duration,
+    pub max_interval: Duration,
+    pub max_elapsed: Duration,
+    pub attempt_timeout: Duration,
+}
+
+/// How the retries ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Done,
+    /// A permanent error: retrying cannot help.
+    Permanent(String),
+    /// Transient errors until the time budget ran out; the last one.
+    Exhausted(String),
+}
+
+/// The verdict and how many attempts it took.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    pub verdict: Verdict,
+    pub attempts: u32,
+}
+
+/// Result label of one attempt, for `hookstream_processor_attempts_total{result}`.
+fn count_attempt(result: &'static str) {
+    metrics::counter!("hookstream_processor_attempts_total", "result" => result).increment(1);
+}
+
+impl RetryPolicy {
+    fn backoff(&self) -> backoff::ExponentialBackoff {
+        ExponentialBackoffBuilder::new()
+            .with_initial_interval(self.initial)
+            .with_max_interval(self.max_interval)
+            .with_multiplier(2.0)
+            .with_randomization_factor(0.5)
+            .with_max_elapsed_time(Some(self.max_elapsed))
+            .build()
+    }
+
+    /// Runs `attempt` until it succeeds, fails permanently, or the time budget is spent.
+    /// `attempt` receives the attempt number (1, 2, …).
+    pub async fn run<F, Fut>(&self, mut attempt: F) -> Outcome
+    where
+        F: FnMut(u32) -> Fut,
+        Fut: Future<Output = Result<(), HandlerError>>,
+    {
+        let started = Instant::now();
+        let mut backoff = self.backoff();
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let (reason, retry_after) = match tokio::time::timeout(self.attempt_timeout, attempt(attempts)).await {
+                Ok(Ok(())) => {
+                    count_attempt("ok");
+                    return Outcome { verdict: Verdict::Done, attempts };
+                }
+                Ok(Err(HandlerError::Permanent(reason))) => {
+                    count_attempt("permanent");
+                    return Outcome { verdict: Verdict::Permanent(reason), attempts };
+                }
+                Ok(Err(HandlerError::Transient { reason, retry_after })) => (reason, retry_after),
+                Err(_) => (format!("attempt timed out after {} ms", self.attempt_timeout.as_millis()), None),
+            };
+            count_attempt("transient");
+            let Some(delay) = backoff.next_backoff() else {
+                return Outcome { verdict: Verdict::Exhausted(reason), attempts };
+            };
+            let delay = delay.max(retry_after.unwrap_or_default());
+            if started.elapsed() + delay > self.max_elapsed {
+                return Outcome { verdict: Verdict::Exhausted(reason), attempts };
+            }
+            tracing::debug!(attempt = attempts, delay_ms = delay.as_millis() as u64, %reason, "transient error, retrying");
+            tokio::time::sleep(delay).await;
+        }
+    }
+}
+
+/// A jittered exponential delay for reconnecting to Redis: 100 ms doubling up to 5 s, forever.
+pub fn reconnect_backoff() -> impl Backoff {
+    ExponentialBackoffBuilder::new()
+        .with_initial_interval(Duration::from_millis(100))
+        .with_max_interval(Duration::from_secs(5))
+        .with_randomization_factor(0.5)
+        .with_max_elapsed_time(None)
+        .build()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    fn policy(max_elapsed_ms: u64) -> RetryPolicy {
+        RetryPolicy {
+            initial: Duration::from_millis(1),
+            max_interval: Duration::from_millis(5),
+            max_elapsed: Duration::from_millis(max_elapsed_ms),
+            attempt_timeout: Duration::from_millis(200),
+        }
+    }
+
+    fn transient(retry_after: Option<Duration>) -> HandlerError {
+        HandlerError::Transient { reason: "boom".into(), retry_after }
+    }
+
+    #[tokio::test]
+    async fn transient_errors_are_retried_until_success() {
+        let calls = AtomicU32::new(0);
+        let outcome = policy(10_000)
+            .run(|_| async {
+                if calls.fetch_add(1, Ordering::SeqCst) < 3 {
+                    Err(transient(None))
+                } else {
+                    Ok(())
+                }
+            })
+            .await;
+        assert_eq!(outcome, Outcome { verdict: Verdict::Done, attempts: 4 });
+    }
+
+    #[tokio::test]
+    async fn permanent_errors_stop_at_once() {
+        let outcome = policy(10_000).run(|_| async { Err(HandlerError::Permanent("no".into())) }).await;
+        assert_eq!(outcome, Outcome { verdict: Verdict::Permanent("no".into()), attempts: 1 });
+    }
+
+    #[tokio::test]
+    async fn the_time_budget_ends_retries() {
+        let outcome = policy(30).run(|_| async { Err(transient(None)) }).await;
+        assert_eq!(outcome.verdict, Verdict::Exhausted("boom".into()));
+        assert!(outcome.attempts > 1);
+    }
+
+    #[tokio::test]
+    async fn slow_attempts_time_out_as_transient() {
+        let mut p = policy(10_000);
+        p.attempt_timeout = Duration::from_millis(10);
+        let calls = AtomicU32::new(0);
+        let outcome = p
+            .run(|_| async {
+                if calls.fetch_add(1, Ordering::SeqCst) == 0 {
+                    std::future::pending::<()>().await;
+                }
+                Ok(())
+            })
+            .await;
+        assert_eq!(outcome, Outcome { verdict: Verdict::Done, attempts: 2 });
+    }
+
+    #[tokio::test]
+    async fn retry_after_is_waited_for_and_counts_against_the_budget() {
+        let started = Instant::now();
+        let calls = AtomicU32::new(0);
+        let outcome = policy(10_000)
+            .run(|_| async {
+                if calls.fetch_add(1, Ordering::SeqCst) == 0 {
+                    Err(transient(Some(Duration::from_millis(150))))
+                } else {
+                    Ok(())
+                }
+            })
+            .await;
+        assert_eq!(outcome.verdict, Verdict::Done);
+        assert!(started.elapsed() >= Duration::from_millis(150), "waited {:?}", started.elapsed());
+
+        // A Retry-After beyond the budget ends the retries instead of overrunning it.
+        let outcome = policy(100).run(|_| async { Err(transient(Some(Duration::from_secs(60)))) }).await;
+        assert_eq!(outcome, Outcome { verdict: Verdict::Exhausted("boom".into()), attempts: 1 });
+    }
+}
