@@ -5,6 +5,8 @@
 //! machine without Redis fails the suite loudly instead of skipping it.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod fake_api;
+
 use std::future::Future;
 use std::net::TcpListener;
 use std::path::PathBuf;

@@ -179,3 +179,149 @@ pub async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> String {
     let _ = stream.read_to_end(&mut out).await;
     String::from_utf8_lossy(&out).into_owned()
 }
+
+// ---------------------------------------------------------------------------------------------
+// Processor helpers.
+
+pub const GROUP: &str = "processors";
+pub const DEAD: &str = "{hookstream}:dead";
+
+pub struct TestProcessor {
+    pub consumer: String,
+    pub metrics: SocketAddr,
+    shutdown: Option<oneshot::Sender<()>>,
+    handle: JoinHandle<bool>,
+}
+
+impl TestProcessor {
+    pub fn begin_shutdown(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+
+    /// Signals shutdown and waits; `true` when nothing had to be aborted.
+    pub async fn stop(mut self) -> bool {
+        self.begin_shutdown();
+        self.handle.await.expect("processor task")
+    }
+
+    pub async fn join(self) -> bool {
+        self.handle.await.expect("processor task")
+    }
+}
+
+static CONSUMERS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Fast settings for tests: short blocks and retries; everything else at its default.
+pub fn processor_vars(redis_url: &str, api_url: &str) -> HashMap<String, String> {
+    let n = CONSUMERS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    [
+        ("REDIS_URL", redis_url.to_string()),
+        ("METRICS_ADDR", "127.0.0.1:0".into()),
+        ("MEETING_BAAS_API_URL", api_url.to_string()),
+        ("MEETING_BAAS_API_KEY", API_KEY.into()),
+        ("CONSUMER_NAME", format!("test-consumer-{n}")),
+        ("BLOCK_MS", "100".into()),
+        ("RETRY_INITIAL_MS", "10".into()),
+        ("RETRY_MAX_INTERVAL_MS", "50".into()),
+        ("RETRY_MAX_ELAPSED_MS", "5000".into()),
+        ("HANDLER_TIMEOUT_MS", "5000".into()),
+        ("SHUTDOWN_GRACE_MS", "5000".into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
+}
+
+pub async fn start_processor(vars: HashMap<String, String>) -> TestProcessor {
+    start_processor_with(vars, |_| {}).await
+}
+
+pub async fn start_processor_with(
+    vars: HashMap<String, String>,
+    adjust: impl FnOnce(&mut processor::ProcessorConfig),
+) -> TestProcessor {
+    let mut config = processor::ProcessorConfig::read(&Reader::new(&vars)).expect("test config is valid");
+    adjust(&mut config);
+    let consumer = config.consumer.clone();
+    let p = processor::Processor::build(config, None).await.expect("processor builds");
+    let metrics = p.metrics_addr().expect("bound");
+    let (tx, rx) = oneshot::channel::<()>();
+    let handle = tokio::spawn(p.run_until(async move {
+        let _ = rx.await;
+    }));
+    TestProcessor { consumer, metrics, shutdown: Some(tx), handle }
+}
+
+/// Appends an entry as the ingress would (same fields), with `dedup_id`.
+pub fn add_event(redis: &hookstream_tests::RedisServer, event: &str, payload: &[u8], dedup_id: &str) -> String {
+    redis::cmd("XADD")
+        .arg(EVENTS)
+        .arg("*")
+        .arg("event")
+        .arg(event)
+        .arg("source")
+        .arg("meeting-baas")
+        .arg("dedup_id")
+        .arg(dedup_id)
+        .arg("payload")
+        .arg(payload)
+        .arg("received_at")
+        .arg("2026-05-20T08:41:17.000Z")
+        .arg("request_id")
+        .arg("test-request")
+        .query(&mut redis.con())
+        .expect("XADD")
+}
+
+/// Appends a fixture under its file name as the dedup id.
+pub fn add_fixture(redis: &hookstream_tests::RedisServer, name: &str) -> String {
+    let json = hookstream_tests::fixture_json(name);
+    let event = json["event"].as_str().expect("fixture has an event").to_string();
+    add_event(redis, &event, &hookstream_tests::fixture(name), name)
+}
+
+/// The group's pending count and lag (entries not yet delivered).
+pub fn group_state(redis: &hookstream_tests::RedisServer) -> Option<(u64, u64)> {
+    let info: redis::streams::StreamInfoGroupsReply =
+        redis::cmd("XINFO").arg("GROUPS").arg(EVENTS).query(&mut redis.con()).ok()?;
+    let g = info.groups.into_iter().find(|g| g.name == GROUP)?;
+    Some((g.pending as u64, g.lag.unwrap_or(u64::MAX as usize) as u64))
+}
+
+/// Waits until the group has delivered and acked everything.
+pub async fn all_acked(redis: &hookstream_tests::RedisServer) {
+    hookstream_tests::eventually("every entry acked", || async { (group_state(redis) == Some((0, 0))).then_some(()) })
+        .await;
+}
+
+pub fn xlen_dead(redis: &hookstream_tests::RedisServer) -> u64 {
+    redis::cmd("XLEN").arg(DEAD).query(&mut redis.con()).expect("XLEN")
+}
+
+/// The dead stream's entries as (id, field → text).
+pub fn dead_entries(redis: &hookstream_tests::RedisServer) -> Vec<(String, HashMap<String, String>)> {
+    let reply: redis::streams::StreamRangeReply =
+        redis::cmd("XRANGE").arg(DEAD).arg("-").arg("+").query(&mut redis.con()).expect("XRANGE");
+    reply
+        .ids
+        .into_iter()
+        .map(|e| {
+            let fields = e
+                .map
+                .into_iter()
+                .map(|(k, v)| {
+                    (k, String::from_utf8_lossy(&redis::from_redis_value::<Vec<u8>>(v).unwrap()).into_owned())
+                })
+                .collect();
+            (e.id, fields)
+        })
+        .collect()
+}
+
+/// Waits until the dead stream holds `n` entries, and returns them.
+pub async fn dead_after(redis: &hookstream_tests::RedisServer, n: u64) -> Vec<(String, HashMap<String, String>)> {
+    hookstream_tests::eventually("dead-lettered", || async { (xlen_dead(redis) >= n).then_some(()) }).await;
+    dead_entries(redis)
+}

@@ -1,0 +1,192 @@
+//! A fake HTTP API (Meeting BaaS, or a forward target) served in-process on a free port.
+//!
+//! Routes are scripted per `METHOD /path` with a closure that sees the call and how many calls
+//! to that route came before it; every call is recorded for assertions. Unscripted routes
+//! answer 404.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+
+/// One request the fake received.
+#[derive(Debug, Clone)]
+pub struct Call {
+    pub method: String,
+    pub path: String,
+    pub query: Option<String>,
+    pub headers: HashMap<String, String>,
+    pub body: Vec<u8>,
+    pub at: Instant,
+}
+
+impl Call {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null)
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(String::as_str)
+    }
+}
+
+/// A scripted answer.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    pub delay: Option<Duration>,
+}
+
+impl Reply {
+    pub fn json(status: u16, body: impl Into<Vec<u8>>) -> Self {
+        Self {
+            status,
+            headers: vec![("content-type".into(), "application/json".into())],
+            body: body.into(),
+            delay: None,
+        }
+    }
+
+    pub fn status(status: u16) -> Self {
+        Self::json(status, br#"{"error":"scripted"}"#.to_vec())
+    }
+
+    pub fn header(mut self, name: &str, value: &str) -> Self {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+
+    pub fn delayed(mut self, delay: Duration) -> Self {
+        self.delay = Some(delay);
+        self
+    }
+}
+
+type Script = Arc<dyn Fn(&Call, usize) -> Reply + Send + Sync>;
+
+#[derive(Default)]
+struct State {
+    routes: HashMap<String, Script>,
+    counts: HashMap<String, usize>,
+    calls: Vec<Call>,
+}
+
+/// The fake server; stops when dropped.
+pub struct FakeApi {
+    pub addr: SocketAddr,
+    state: Arc<Mutex<State>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for FakeApi {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn key(method: &str, path: &str) -> String {
+    format!("{} {path}", method.to_ascii_uppercase())
+}
+
+impl FakeApi {
+    pub async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(Mutex::new(State::default()));
+        let shared = state.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { continue };
+                let state = shared.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |req| answer(state.clone(), req));
+                    let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+                });
+            }
+        });
+        Self { addr, state, task }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Scripts `METHOD path` with a closure of (call, index of this call on the route).
+    pub fn route(&self, method: &str, path: &str, script: impl Fn(&Call, usize) -> Reply + Send + Sync + 'static) {
+        self.state.lock().unwrap().routes.insert(key(method, path), Arc::new(script));
+    }
+
+    /// Scripts `METHOD path` to answer `reply` every time.
+    pub fn always(&self, method: &str, path: &str, reply: Reply) {
+        self.route(method, path, move |_, _| reply.clone());
+    }
+
+    /// Scripts `METHOD path` to answer `replies` in turn, the last one from then on.
+    pub fn sequence(&self, method: &str, path: &str, replies: Vec<Reply>) {
+        self.route(method, path, move |_, n| replies[n.min(replies.len() - 1)].clone());
+    }
+
+    /// Every call so far.
+    pub fn calls(&self) -> Vec<Call> {
+        self.state.lock().unwrap().calls.clone()
+    }
+
+    /// Calls to `METHOD path`.
+    pub fn calls_to(&self, method: &str, path: &str) -> Vec<Call> {
+        self.calls().into_iter().filter(|c| c.method == method && c.path == path).collect()
+    }
+
+    /// `METHOD path` of every call, in order.
+    pub fn log(&self) -> Vec<String> {
+        self.calls().iter().map(|c| key(&c.method, &c.path)).collect()
+    }
+}
+
+async fn answer(
+    state: Arc<Mutex<State>>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
+    let method = req.method().to_string();
+    let path = req.uri().path().to_string();
+    let query = req.uri().query().map(str::to_string);
+    let headers = req
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+        .collect();
+    let body = req.into_body().collect().await.map(|b| b.to_bytes().to_vec()).unwrap_or_default();
+    let call = Call { method: method.clone(), path: path.clone(), query, headers, body, at: Instant::now() };
+    let reply = {
+        let mut state = state.lock().unwrap();
+        let k = key(&method, &path);
+        let n = *state.counts.get(&k).unwrap_or(&0);
+        state.counts.insert(k.clone(), n + 1);
+        state.calls.push(call.clone());
+        match state.routes.get(&k).cloned() {
+            Some(script) => script(&call, n),
+            None => Reply::json(404, br#"{"error":"not found"}"#.to_vec()),
+        }
+    };
+    if let Some(delay) = reply.delay {
+        tokio::time::sleep(delay).await;
+    }
+    let mut response = Response::new(Full::new(Bytes::from(reply.body)));
+    *response.status_mut() = hyper::StatusCode::from_u16(reply.status).unwrap();
+    for (k, v) in reply.headers {
+        response.headers_mut().insert(
+            hyper::header::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            hyper::header::HeaderValue::from_str(&v).unwrap(),
+        );
+    }
+    Ok(response)
+}

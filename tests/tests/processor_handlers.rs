@@ -1,0 +1,371 @@
+//! Every handler path of SPEC §4.1 against a fake Meeting BaaS API.
+
+mod common;
+
+use common::*;
+use hookstream_tests::fake_api::{FakeApi, Reply};
+use hookstream_tests::{fixture, fixture_json, RedisServer};
+use serde_json::{json, Value};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+const UPCOMING: &str = "33c675fe-24f7-44fe-857d-b211810a8d5d";
+const DELETED: &str = "03a3c202-018c-43ff-b607-a912a6f00007";
+const NO_URL: &str = "299eea56-ba50-4d8d-9bb0-89c4dfce6f73";
+const CAL: &str = "647da78e-783d-4a7a-be5c-117ad3b10d5c";
+const CREATED_EVENT: &str = "ad307589-17b9-4f8a-9489-6b4c48f0c40d";
+const CREATED_SERIES: &str = "a6ae6a86-6831-4422-a646-d9442a1b0ec8";
+const RECURRING_SERIES: &str = "361c152f-72fa-4654-84f1-a664584ce3de";
+const RECURRING_1: &str = "487471b7-0149-44ed-840b-97d920e06829";
+const RECURRING_2: &str = "d4e39f93-a128-45f4-9b27-140042a5efa5";
+
+fn api_fixture(name: &str) -> Vec<u8> {
+    fixture(&format!("meeting-baas/api/{name}"))
+}
+
+/// The v1 fake: the three events of the sync fixture, schedule and unschedule answers.
+fn script_v1(api: &FakeApi) {
+    api.always(
+        "GET",
+        &format!("/calendar_events/{UPCOMING}"),
+        Reply::json(200, api_fixture("v1_calendar_event_upcoming.json")),
+    );
+    api.always(
+        "GET",
+        &format!("/calendar_events/{DELETED}"),
+        Reply::json(200, api_fixture("v1_calendar_event_deleted.json")),
+    );
+    api.always(
+        "GET",
+        &format!("/calendar_events/{NO_URL}"),
+        Reply::json(200, api_fixture("v1_calendar_event_no_url.json")),
+    );
+    api.always(
+        "POST",
+        &format!("/calendar_events/{UPCOMING}/bot"),
+        Reply::json(200, api_fixture("v1_schedule_response.json")),
+    );
+    api.always("DELETE", &format!("/calendar_events/{DELETED}/bot"), Reply::json(200, b"{}".to_vec()));
+}
+
+/// The v2 event-details answer for `event_id`, with `bot_scheduled` and whether the calendar's
+/// owner organises it.
+fn details(event_id: &str, bot_scheduled: bool, organizer: bool) -> Vec<u8> {
+    let mut d = fixture_json("meeting-baas/api/v2_event_details.json");
+    d["data"]["event_id"] = json!(event_id);
+    d["data"]["bot_scheduled"] = json!(bot_scheduled);
+    d["data"]["attendees"][0]["organizer"] = json!(organizer);
+    serde_json::to_vec(&d).unwrap()
+}
+
+fn details_path(event_id: &str) -> String {
+    format!("/v2/calendars/{CAL}/events/{event_id}")
+}
+
+fn bots_path() -> String {
+    format!("/v2/calendars/{CAL}/bots")
+}
+
+async fn run_one(redis: &RedisServer, vars: std::collections::HashMap<String, String>, fixture_name: &str) {
+    let processor = start_processor(vars).await;
+    add_fixture(redis, fixture_name);
+    all_acked(redis).await;
+    assert!(processor.stop().await);
+    assert_eq!(xlen_dead(redis), 0, "{:?}", dead_entries(redis));
+}
+
+#[tokio::test]
+async fn v1_sync_schedules_unschedules_and_skips() {
+    let redis = RedisServer::start();
+    let api = FakeApi::start().await;
+    script_v1(&api);
+    let mut vars = processor_vars(&redis.url(), &api.url());
+    vars.insert("BOT_CONFIG".into(), r#"{"recording_mode":"audio_only","bot_name":"overridden"}"#.into());
+    run_one(&redis, vars, "meeting-baas/v1/calendar_sync_events.json").await;
+
+    assert_eq!(
+        api.log(),
+        vec![
+            format!("GET /calendar_events/{UPCOMING}"),
+            format!("POST /calendar_events/{UPCOMING}/bot"),
+            format!("GET /calendar_events/{DELETED}"),
+            format!("DELETE /calendar_events/{DELETED}/bot"),
+            format!("GET /calendar_events/{NO_URL}"),
+        ]
+    );
+    let post = &api.calls_to("POST", &format!("/calendar_events/{UPCOMING}/bot"))[0];
+    assert_eq!(post.json(), json!({"bot_name": "hookstream recorder", "recording_mode": "audio_only"}));
+    assert_eq!(post.header("content-type"), Some("application/json"));
+    for call in api.calls() {
+        assert_eq!(call.header("x-meeting-baas-api-key"), Some(API_KEY), "{} {}", call.method, call.path);
+        assert_eq!(call.query, None, "no undeclared query parameters");
+    }
+}
+
+#[tokio::test]
+async fn v1_sync_event_gone_is_nothing_to_do() {
+    let redis = RedisServer::start();
+    let api = FakeApi::start().await; // every GET answers 404
+    run_one(&redis, processor_vars(&redis.url(), &api.url()), "meeting-baas/v1/calendar_sync_events.json").await;
+    assert_eq!(api.log().len(), 3);
+    assert!(api.log().iter().all(|c| c.starts_with("GET ")));
+}
+
+#[tokio::test]
+async fn v1_policies() {
+    // organizer: the upcoming event is organised by the owner → scheduled.
+    // organizer, not the organiser: not scheduled; if a bot exists, it is removed.
+    // none: nothing scheduled; existing bots are removed.
+    for (policy, is_organizer, scheduled, expect) in [
+        ("organizer", true, false, Some("POST")),
+        ("organizer", false, false, None),
+        ("organizer", false, true, Some("DELETE")),
+        ("none", true, false, None),
+        ("none", true, true, Some("DELETE")),
+        ("all", false, false, Some("POST")),
+    ] {
+        let redis = RedisServer::start();
+        let api = FakeApi::start().await;
+        let mut event = fixture_json(if scheduled {
+            "meeting-baas/api/v1_calendar_event_scheduled.json"
+        } else {
+            "meeting-baas/api/v1_calendar_event_upcoming.json"
+        });
+        event["is_organizer"] = json!(is_organizer);
+        api.always(
+            "GET",
+            &format!("/calendar_events/{UPCOMING}"),
+            Reply::json(200, serde_json::to_vec(&event).unwrap()),
+        );
+        api.always(
+            "POST",
+            &format!("/calendar_events/{UPCOMING}/bot"),
+            Reply::json(200, api_fixture("v1_schedule_response.json")),
+        );
+        api.always("DELETE", &format!("/calendar_events/{UPCOMING}/bot"), Reply::json(200, b"{}".to_vec()));
+        let mut vars = processor_vars(&redis.url(), &api.url());
+        vars.insert("RECORD_POLICY".into(), policy.into());
+        let processor = start_processor(vars).await;
+        add_event(
+            &redis,
+            "calendar.sync_events",
+            format!(r#"{{"event":"calendar.sync_events","data":{{"calendar_id":"c","last_updated_ts":"t","affected_event_uuids":["{UPCOMING}"]}}}}"#).as_bytes(),
+            "d",
+        );
+        all_acked(&redis).await;
+        processor.stop().await;
+        let writes: Vec<String> = api.calls().into_iter().filter(|c| c.method != "GET").map(|c| c.method).collect();
+        assert_eq!(
+            writes,
+            expect.into_iter().map(String::from).collect::<Vec<_>>(),
+            "{policy} organizer={is_organizer} scheduled={scheduled}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn v1_running_twice_schedules_one_bot() {
+    let redis = RedisServer::start();
+    let api = FakeApi::start().await;
+    // The API's state: after the POST, the event has a bot.
+    let scheduled = Arc::new(AtomicBool::new(false));
+    let s = scheduled.clone();
+    api.route("GET", &format!("/calendar_events/{UPCOMING}"), move |_, _| {
+        let name = if s.load(Ordering::SeqCst) {
+            "v1_calendar_event_scheduled.json"
+        } else {
+            "v1_calendar_event_upcoming.json"
+        };
+        Reply::json(200, api_fixture(name))
+    });
+    let s = scheduled.clone();
+    api.route("POST", &format!("/calendar_events/{UPCOMING}/bot"), move |_, _| {
+        s.store(true, Ordering::SeqCst);
+        Reply::json(200, api_fixture("v1_schedule_response.json"))
+    });
+    let processor = start_processor(processor_vars(&redis.url(), &api.url())).await;
+    let body = format!(
+        r#"{{"event":"calendar.sync_events","data":{{"calendar_id":"c","last_updated_ts":"t","affected_event_uuids":["{UPCOMING}"]}}}}"#
+    );
+    // The handler runs again for the same event (as after a crash between the effect and the
+    // ack, when the entry is redelivered): one bot.
+    add_event(&redis, "calendar.sync_events", body.as_bytes(), "same");
+    all_acked(&redis).await;
+    add_event(&redis, "calendar.sync_events", body.as_bytes(), "same");
+    all_acked(&redis).await;
+    processor.stop().await;
+    assert_eq!(api.calls_to("POST", &format!("/calendar_events/{UPCOMING}/bot")).len(), 1);
+}
+
+#[tokio::test]
+async fn v2_created_schedules_the_confirmed_instance_with_a_url() {
+    let redis = RedisServer::start();
+    let api = FakeApi::start().await;
+    api.always("GET", &details_path(CREATED_EVENT), Reply::json(200, details(CREATED_EVENT, false, true)));
+    api.always("POST", &bots_path(), Reply::json(201, api_fixture("v2_create_bots_response.json")));
+    let mut vars = processor_vars(&redis.url(), &api.url());
+    vars.insert("BOT_CONFIG".into(), r#"{"recording_mode":"audio_only"}"#.into());
+    vars.insert("BOT_NAME".into(), "Notetaker".into());
+    run_one(&redis, vars, "meeting-baas/v2/calendar_event_created.json").await;
+    assert_eq!(api.log(), vec![format!("GET {}", details_path(CREATED_EVENT)), format!("POST {}", bots_path())]);
+    let post = &api.calls_to("POST", &bots_path())[0];
+    assert_eq!(
+        post.json(),
+        json!({"bot_name": "Notetaker", "recording_mode": "audio_only", "series_id": CREATED_SERIES, "event_id": CREATED_EVENT, "all_occurrences": false})
+    );
+    assert_eq!(post.header("x-meeting-baas-api-key"), Some(API_KEY));
+}
+
+#[tokio::test]
+async fn v2_organizer_policy_reads_the_event() {
+    for (organizer, posts) in [(true, 1), (false, 0)] {
+        let redis = RedisServer::start();
+        let api = FakeApi::start().await;
+        api.always("GET", &details_path(CREATED_EVENT), Reply::json(200, details(CREATED_EVENT, false, organizer)));
+        api.always("POST", &bots_path(), Reply::json(201, api_fixture("v2_create_bots_response.json")));
+        let mut vars = processor_vars(&redis.url(), &api.url());
+        vars.insert("RECORD_POLICY".into(), "organizer".into());
+        run_one(&redis, vars, "meeting-baas/v2/calendar_event_created.json").await;
+        assert_eq!(api.calls_to("POST", &bots_path()).len(), posts, "organizer={organizer}");
+        assert_eq!(api.calls_to("GET", &details_path(CREATED_EVENT)).len(), 1);
+    }
+}
+
+#[tokio::test]
+async fn v2_policy_none_schedules_nothing() {
+    let redis = RedisServer::start();
+    let api = FakeApi::start().await;
+    let mut vars = processor_vars(&redis.url(), &api.url());
+    vars.insert("RECORD_POLICY".into(), "none".into());
+    run_one(&redis, vars, "meeting-baas/v2/calendar_event_created.json").await;
+    assert!(api.calls().is_empty());
+}
+
+#[tokio::test]
+async fn v2_updated_skips_instances_that_already_have_a_bot() {
+    let redis = RedisServer::start();
+    let api = FakeApi::start().await;
+    api.always("GET", &details_path(RECURRING_1), Reply::json(200, details(RECURRING_1, false, true)));
+    api.always("POST", &bots_path(), Reply::json(201, api_fixture("v2_create_bots_response.json")));
+    run_one(&redis, processor_vars(&redis.url(), &api.url()), "meeting-baas/v2/calendar_event_updated.json").await;
+    let posts = api.calls_to("POST", &bots_path());
+    assert_eq!(posts.len(), 1);
+    assert_eq!(posts[0].json()["event_id"], RECURRING_1);
+    assert_eq!(posts[0].json()["series_id"], RECURRING_SERIES);
+    assert!(api.calls_to("GET", &details_path(RECURRING_2)).is_empty());
+}
+
+#[tokio::test]
+async fn v2_synced_schedules_each_confirmed_instance_of_each_series() {
+    let redis = RedisServer::start();
+    let api = FakeApi::start().await;
+    for id in [RECURRING_1, RECURRING_2] {
+        api.always("GET", &details_path(id), Reply::json(200, details(id, false, true)));
+    }
+    api.always("POST", &bots_path(), Reply::json(201, api_fixture("v2_create_bots_response.json")));
+    run_one(&redis, processor_vars(&redis.url(), &api.url()), "meeting-baas/v2/calendar_events_synced.json").await;
+    let posted: Vec<Value> = api.calls_to("POST", &bots_path()).iter().map(|c| c.json()["event_id"].clone()).collect();
+    assert_eq!(posted, vec![json!(RECURRING_1), json!(RECURRING_2)], "tentative and URL-less instances are skipped");
+}
+
+#[tokio::test]
+async fn v2_bot_already_exists_counts_as_done() {
+    let redis = RedisServer::start();
+    let api = FakeApi::start().await;
+    api.always("GET", &details_path(RECURRING_1), Reply::json(200, details(RECURRING_1, false, true)));
+    api.always("POST", &bots_path(), Reply::json(201, api_fixture("v2_create_bots_partial.json")));
+    run_one(&redis, processor_vars(&redis.url(), &api.url()), "meeting-baas/v2/calendar_event_updated.json").await;
+    assert_eq!(api.calls_to("POST", &bots_path()).len(), 1);
+}
+
+#[tokio::test]
+async fn v2_running_twice_schedules_one_bot() {
+    let redis = RedisServer::start();
+    let api = FakeApi::start().await;
+    let scheduled = Arc::new(AtomicBool::new(false));
+    let s = scheduled.clone();
+    api.route("GET", &details_path(CREATED_EVENT), move |_, _| {
+        Reply::json(200, details(CREATED_EVENT, s.load(Ordering::SeqCst), true))
+    });
+    let s = scheduled.clone();
+    api.route("POST", &bots_path(), move |_, _| {
+        s.store(true, Ordering::SeqCst);
+        Reply::json(201, api_fixture("v2_create_bots_response.json"))
+    });
+    let processor = start_processor(processor_vars(&redis.url(), &api.url())).await;
+    add_fixture(&redis, "meeting-baas/v2/calendar_event_created.json");
+    all_acked(&redis).await;
+    add_fixture(&redis, "meeting-baas/v2/calendar_event_created.json");
+    all_acked(&redis).await;
+    processor.stop().await;
+    assert_eq!(api.calls_to("POST", &bots_path()).len(), 1);
+}
+
+#[tokio::test]
+async fn v2_cancelled_unschedules_and_a_missing_bot_is_fine() {
+    for status in [200, 404] {
+        let redis = RedisServer::start();
+        let api = FakeApi::start().await;
+        api.always("DELETE", &bots_path(), Reply::json(status, b"{\"success\":true}".to_vec()));
+        run_one(&redis, processor_vars(&redis.url(), &api.url()), "meeting-baas/v2/calendar_event_cancelled.json")
+            .await;
+        let deletes = api.calls_to("DELETE", &bots_path());
+        assert_eq!(deletes.len(), 1);
+        assert_eq!(
+            deletes[0].json(),
+            json!({"series_id": CREATED_SERIES, "event_id": CREATED_EVENT, "all_occurrences": false})
+        );
+        assert_eq!(deletes[0].header("x-meeting-baas-api-key"), Some(API_KEY));
+    }
+}
+
+#[tokio::test]
+async fn v2_ids_that_are_not_uuids_are_refused_before_any_call() {
+    let redis = RedisServer::start();
+    let api = FakeApi::start().await;
+    let processor = start_processor(processor_vars(&redis.url(), &api.url())).await;
+    let mut body = fixture_json("meeting-baas/v2/calendar_event_created.json");
+    body["data"]["calendar_id"] = json!("cal-1");
+    add_event(&redis, "calendar.event_created", &serde_json::to_vec(&body).unwrap(), "x");
+    let dead = dead_after(&redis, 1).await;
+    processor.stop().await;
+    assert!(dead[0].1["error"].contains("calendar_id"), "{:?}", dead[0].1);
+    assert!(api.calls().is_empty());
+}
+
+#[tokio::test]
+async fn forwarder_posts_the_payload_with_its_headers() {
+    let redis = RedisServer::start();
+    let target = FakeApi::start().await;
+    target.always("POST", "/hook", Reply::status(204));
+    let mut vars = processor_vars(&redis.url(), "http://127.0.0.1:9");
+    vars.insert("FORWARD_URL".into(), format!("{}/hook", target.url()));
+    let processor = start_processor(vars).await;
+    let names = [
+        "meeting-baas/v2/bot_completed.json",
+        "meeting-baas/v1/complete.json",
+        "meeting-baas/v2/calendar_connection_created.json",
+    ];
+    for name in names {
+        add_fixture(&redis, name);
+    }
+    all_acked(&redis).await;
+    processor.stop().await;
+    let calls = target.calls_to("POST", "/hook");
+    assert_eq!(calls.len(), names.len());
+    for name in names {
+        let call = calls.iter().find(|c| c.header("x-hookstream-id") == Some(name)).expect("forwarded");
+        assert_eq!(call.body, fixture(name), "payload byte for byte");
+        assert_eq!(call.header("content-type"), Some("application/json"));
+        assert_eq!(call.header("x-hookstream-event"), fixture_json(name)["event"].as_str());
+    }
+    assert_eq!(xlen_dead(&redis), 0);
+}
+
+#[tokio::test]
+async fn without_forward_url_other_events_are_acked() {
+    let redis = RedisServer::start();
+    let api = FakeApi::start().await;
+    run_one(&redis, processor_vars(&redis.url(), &api.url()), "meeting-baas/v2/bot_failed.json").await;
+    assert!(api.calls().is_empty());
+}
