@@ -199,30 +199,19 @@ impl Run {
         tasks.insert(id, handle.abort_handle());
     }
 
-    /// Takes one permit (waiting for it), plus as many more as are free, up to `max`.
-    async fn permits(&self, max: usize) -> Option<Vec<OwnedSemaphorePermit>> {
+    /// Waits for one free permit (`None` when shutting down). Only one is held while reading:
+    /// a blocking read must not keep permits from the reclaimer.
+    async fn permit(&self) -> Option<OwnedSemaphorePermit> {
         let mut stop = self.stop.clone();
-        let first = tokio::select! {
-            permit = self.permits.clone().acquire_owned() => permit.ok()?,
-            _ = stop.wait_for(|s| *s) => return None,
-        };
-        let mut permits = vec![first];
-        while permits.len() < max {
-            match self.permits.clone().try_acquire_owned() {
-                Ok(p) => permits.push(p),
-                Err(_) => break,
-            }
+        tokio::select! {
+            permit = self.permits.clone().acquire_owned() => permit.ok(),
+            _ = stop.wait_for(|s| *s) => None,
         }
-        Some(permits)
     }
 
     /// Dispatches a batch, looking up delivery counts for entries that were not new.
-    async fn dispatch_batch(
-        self: &Arc<Self>,
-        entries: Vec<RawEntry>,
-        fresh: bool,
-        mut permits: Vec<OwnedSemaphorePermit>,
-    ) {
+    async fn dispatch_batch(self: &Arc<Self>, entries: Vec<RawEntry>, fresh: bool, first: OwnedSemaphorePermit) {
+        let mut first = Some(first);
         let counts = if fresh {
             HashMap::new()
         } else {
@@ -233,7 +222,7 @@ impl Run {
             // Deliveries of a new entry: 1. Of a re-read or reclaimed one: from the PEL (it
             // defaults to "more than once" if the lookup failed, which only matters at the cap).
             let deliveries = if fresh { 1 } else { counts.get(&entry.id).copied().unwrap_or(2) };
-            let permit = match permits.pop() {
+            let permit = match first.take() {
                 Some(p) => p,
                 None => match self.permits.clone().acquire_owned().await {
                     Ok(p) => p,
@@ -264,14 +253,16 @@ async fn read_loop(run: Arc<Run>, mut reader: ConnectionManager, batch: usize, b
                 }
             }
         }
-        let Some(permits) = run.permits(batch).await else { break };
+        let Some(permit) = run.permit().await else { break };
+        // Read as many entries as there are free permits (this one included).
+        let count = (1 + run.permits.available_permits()).min(batch);
         let (from, block_for) = match &pending_from {
             Some(id) => (id.clone(), None),
             None => (">".to_string(), Some(block)),
         };
         let mut stop = run.stop.clone();
         let read = tokio::select! {
-            read = stream.read(&mut reader, &from, permits.len(), block_for) => read,
+            read = stream.read(&mut reader, &from, count, block_for) => read,
             _ = stop.wait_for(|s| *s) => break,
         };
         match read {
@@ -288,7 +279,7 @@ async fn read_loop(run: Arc<Run>, mut reader: ConnectionManager, batch: usize, b
                     }
                 }
                 if !entries.is_empty() {
-                    run.dispatch_batch(entries, pending_from.is_none(), permits).await;
+                    run.dispatch_batch(entries, pending_from.is_none(), permit).await;
                 }
             }
             Err(err) if is_nogroup(&err) => {
@@ -297,7 +288,7 @@ async fn read_loop(run: Arc<Run>, mut reader: ConnectionManager, batch: usize, b
             }
             Err(err) => {
                 run.worker.redis.failed("reading the stream", &err);
-                drop(permits);
+                drop(permit);
                 if !run.pause(backoff.next_backoff().unwrap_or(Duration::from_secs(5))).await {
                     break;
                 }
@@ -327,8 +318,8 @@ async fn reclaim_loop(run: Arc<Run>, claim_idle: Duration, batch: usize) {
                         metrics::counter!("hookstream_processor_entries_total", "outcome" => "reclaimed")
                             .increment(claimed.len() as u64);
                         tracing::info!(entries = claimed.len(), "reclaimed idle entries");
-                        let Some(permits) = run.permits(claimed.len()).await else { return };
-                        run.dispatch_batch(claimed, false, permits).await;
+                        let Some(permit) = run.permit().await else { return };
+                        run.dispatch_batch(claimed, false, permit).await;
                     }
                     if next == "0-0" || run.stopping() {
                         break;

@@ -1,0 +1,312 @@
+//! Failure paths: crashed consumers, poison entries, leases, a vanished group, Redis restarts,
+//! shutdown, trimming.
+
+mod common;
+
+use common::*;
+use hookstream_tests::fake_api::{FakeApi, Reply};
+use hookstream_tests::{eventually, RedisServer};
+use processor::stream::Stream;
+use std::collections::HashMap;
+use std::time::Duration;
+
+fn forward_vars(redis: &RedisServer, target: &FakeApi) -> HashMap<String, String> {
+    let mut vars = processor_vars(&redis.url(), "http://127.0.0.1:9");
+    vars.insert("FORWARD_URL".into(), format!("{}/hook", target.url()));
+    vars
+}
+
+fn create_group(redis: &RedisServer) {
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(EVENTS)
+        .arg(GROUP)
+        .arg("0")
+        .arg("MKSTREAM")
+        .query(&mut redis.con())
+        .unwrap();
+}
+
+/// A consumer that takes up to `count` new entries and never acks them (it "crashed").
+fn ghost_read(redis: &RedisServer, consumer: &str, count: usize) -> usize {
+    let reply: redis::streams::StreamReadReply = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg(GROUP)
+        .arg(consumer)
+        .arg("COUNT")
+        .arg(count)
+        .arg("STREAMS")
+        .arg(EVENTS)
+        .arg(">")
+        .query(&mut redis.con())
+        .unwrap();
+    reply.keys.iter().map(|k| k.ids.len()).sum()
+}
+
+fn pending_of(redis: &RedisServer, consumer: &str) -> usize {
+    let reply: redis::Value = redis::cmd("XPENDING")
+        .arg(EVENTS)
+        .arg(GROUP)
+        .arg("-")
+        .arg("+")
+        .arg(1000)
+        .arg(consumer)
+        .query(&mut redis.con())
+        .unwrap();
+    match reply {
+        redis::Value::Array(rows) => rows.len(),
+        _ => 0,
+    }
+}
+
+#[tokio::test]
+async fn entries_of_a_crashed_consumer_are_reclaimed_and_finished() {
+    let redis = RedisServer::start();
+    let target = FakeApi::start().await;
+    target.always("POST", "/hook", Reply::status(200));
+    create_group(&redis);
+    for i in 0..5 {
+        add_event(
+            &redis,
+            "bot.completed",
+            format!(r#"{{"event":"bot.completed","n":{i}}}"#).as_bytes(),
+            &format!("d{i}"),
+        );
+    }
+    assert_eq!(ghost_read(&redis, "crashed-replica", 5), 5);
+    assert_eq!(pending_of(&redis, "crashed-replica"), 5);
+
+    let mut vars = forward_vars(&redis, &target);
+    vars.insert("CLAIM_IDLE_MS".into(), "200".into());
+    let processor = start_processor(vars).await;
+    all_acked(&redis).await;
+    processor.stop().await;
+    let mut ids: Vec<String> =
+        target.calls().iter().map(|c| c.header("x-hookstream-id").unwrap().to_string()).collect();
+    ids.sort();
+    assert_eq!(ids, vec!["d0", "d1", "d2", "d3", "d4"], "each entry handled once");
+    assert_eq!(xlen_dead(&redis), 0);
+}
+
+#[tokio::test]
+async fn own_pending_entries_are_read_first_after_a_restart() {
+    let redis = RedisServer::start();
+    let target = FakeApi::start().await;
+    target.always("POST", "/hook", Reply::status(200));
+    create_group(&redis);
+    add_event(&redis, "bot.completed", br#"{"event":"bot.completed"}"#, "mine");
+    assert_eq!(ghost_read(&redis, "replica-a", 1), 1);
+    // The same consumer name comes back (CLAIM_IDLE_MS is long: only its own re-read helps).
+    let mut vars = forward_vars(&redis, &target);
+    vars.insert("CONSUMER_NAME".into(), "replica-a".into());
+    let processor = start_processor(vars).await;
+    all_acked(&redis).await;
+    processor.stop().await;
+    assert_eq!(target.calls().len(), 1);
+}
+
+#[tokio::test]
+async fn poison_entries_are_dead_lettered_without_running_the_handler() {
+    let redis = RedisServer::start();
+    let target = FakeApi::start().await;
+    target.always("POST", "/hook", Reply::status(200));
+    create_group(&redis);
+    let id = add_event(&redis, "bot.completed", br#"{"event":"bot.completed"}"#, "poison");
+    ghost_read(&redis, "ghost", 1);
+    for _ in 0..2 {
+        // Each XCLAIM (without JUSTID) counts one more delivery.
+        let _: redis::Value =
+            redis::cmd("XCLAIM").arg(EVENTS).arg(GROUP).arg("ghost").arg(0).arg(&id).query(&mut redis.con()).unwrap();
+    }
+    let mut vars = forward_vars(&redis, &target);
+    vars.insert("MAX_DELIVERIES".into(), "3".into());
+    vars.insert("CLAIM_IDLE_MS".into(), "50".into());
+    let processor = start_processor(vars).await;
+    let dead = dead_after(&redis, 1).await;
+    all_acked(&redis).await;
+    processor.stop().await;
+    let f = &dead[0].1;
+    assert_eq!(f["original_id"], id);
+    assert_eq!(f["deliveries"], "4");
+    assert_eq!(f["attempts"], "0");
+    assert!(f["error"].contains("MAX_DELIVERIES=3"), "{}", f["error"]);
+    assert!(target.calls().is_empty(), "the handler never ran");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lease_keeps_a_slow_entry_from_being_reclaimed() {
+    let redis = RedisServer::start();
+    let target = FakeApi::start().await;
+    // Each call takes five times CLAIM_IDLE_MS.
+    target.always("POST", "/hook", Reply::status(200).delayed(Duration::from_millis(1500)));
+    let mut vars = forward_vars(&redis, &target);
+    vars.insert("CLAIM_IDLE_MS".into(), "300".into());
+    let first = start_processor(vars.clone()).await;
+    vars.insert("CONSUMER_NAME".into(), "second-replica".into());
+    let second = start_processor(vars).await;
+    add_event(&redis, "bot.completed", br#"{"event":"bot.completed"}"#, "slow");
+    all_acked(&redis).await;
+    first.stop().await;
+    second.stop().await;
+    assert_eq!(target.calls().len(), 1, "the API saw one call");
+    assert_eq!(xlen_dead(&redis), 0);
+}
+
+#[tokio::test]
+async fn a_vanished_group_is_recreated() {
+    let redis = RedisServer::start();
+    let target = FakeApi::start().await;
+    target.always("POST", "/hook", Reply::status(200));
+    let processor = start_processor(forward_vars(&redis, &target)).await;
+    eventually("the group exists", || async { group_state(&redis).map(|_| ()) }).await;
+    let _: i64 = redis::cmd("XGROUP").arg("DESTROY").arg(EVENTS).arg(GROUP).query(&mut redis.con()).unwrap();
+    add_event(&redis, "bot.completed", br#"{"event":"bot.completed"}"#, "after-destroy");
+    eventually("the entry is processed", || async { (target.calls().len() == 1).then_some(()) }).await;
+    all_acked(&redis).await;
+    processor.stop().await;
+}
+
+#[tokio::test]
+async fn processing_resumes_after_a_redis_restart() {
+    for persistent in [true, false] {
+        let mut redis = if persistent { RedisServer::start_persistent() } else { RedisServer::start() };
+        let target = FakeApi::start().await;
+        target.always("POST", "/hook", Reply::status(200));
+        let processor = start_processor(forward_vars(&redis, &target)).await;
+        add_event(&redis, "bot.completed", br#"{"event":"bot.completed"}"#, "before");
+        all_acked(&redis).await;
+
+        redis.kill();
+        let readyz = format!("http://{}/readyz", processor.metrics);
+        eventually("readyz reports Redis down", || async {
+            let r = reqwest::get(&readyz).await.ok()?;
+            (r.status() == 503).then_some(())
+        })
+        .await;
+        redis.restart();
+        // Without persistence the group is gone too (NOGROUP): it is recreated.
+        add_event(&redis, "bot.completed", br#"{"event":"bot.completed"}"#, "after");
+        all_acked(&redis).await;
+        processor.stop().await;
+        let ids: Vec<String> =
+            target.calls().iter().map(|c| c.header("x-hookstream-id").unwrap().to_string()).collect();
+        assert_eq!(ids, vec!["before", "after"], "persistent={persistent}");
+    }
+}
+
+#[tokio::test]
+async fn shutdown_finishes_the_entry_in_flight() {
+    let redis = RedisServer::start();
+    let target = FakeApi::start().await;
+    target.always("POST", "/hook", Reply::status(200).delayed(Duration::from_millis(500)));
+    let mut processor = start_processor(forward_vars(&redis, &target)).await;
+    add_event(&redis, "bot.completed", br#"{"event":"bot.completed"}"#, "in-flight");
+    eventually("the handler is running", || async { (!target.calls().is_empty()).then_some(()) }).await;
+    processor.begin_shutdown();
+    assert!(processor.join().await, "finished within the grace period");
+    assert_eq!(group_state(&redis), Some((0, 0)), "acked before exit");
+}
+
+#[tokio::test]
+async fn shutdown_leaves_an_unfinished_entry_pending() {
+    let redis = RedisServer::start();
+    let target = FakeApi::start().await;
+    target.always("POST", "/hook", Reply::status(200).delayed(Duration::from_secs(20)));
+    let mut vars = forward_vars(&redis, &target);
+    vars.insert("SHUTDOWN_GRACE_MS".into(), "200".into());
+    vars.insert("HANDLER_TIMEOUT_MS".into(), "30000".into());
+    let mut processor = start_processor(vars).await;
+    add_event(&redis, "bot.completed", br#"{"event":"bot.completed"}"#, "stuck");
+    eventually("the handler is running", || async { (!target.calls().is_empty()).then_some(()) }).await;
+    processor.begin_shutdown();
+    assert!(!processor.join().await, "cut off at the grace period");
+    assert_eq!(group_state(&redis), Some((1, 0)), "still pending, for another replica to reclaim");
+    assert_eq!(xlen_dead(&redis), 0);
+}
+
+#[tokio::test]
+async fn trimming_never_removes_unacked_entries() {
+    let redis = RedisServer::start();
+    let _: () = redis::cmd("CONFIG").arg("SET").arg("stream-node-max-entries").arg(2).query(&mut redis.con()).unwrap();
+    let target = FakeApi::start().await;
+    target.always("POST", "/hook", Reply::status(200));
+    create_group(&redis);
+    let ids: Vec<String> =
+        (0..6).map(|i| add_event(&redis, "bot.completed", br#"{"event":"bot.completed"}"#, &format!("t{i}"))).collect();
+    // A crashed replica holds the first two; the processor handles the other four.
+    assert_eq!(ghost_read(&redis, "ghost", 2), 2);
+    let mut vars = forward_vars(&redis, &target);
+    vars.insert("STREAM_RETENTION_SECS".into(), "0".into());
+    let processor = start_processor(vars.clone()).await;
+    eventually("four handled", || async { (group_state(&redis) == Some((2, 0))).then_some(()) }).await;
+    processor.stop().await;
+
+    let config = processor::ProcessorConfig::read(&shared::config::Reader::new(&vars)).unwrap();
+    let manager = shared::conn::manager(shared::conn::client(&redis.url()).unwrap(), None).unwrap();
+    let stream = Stream::new(shared::keys::Keys::new(NS), GROUP.into(), "trimmer".into(), manager);
+    assert_eq!(stream.trim_point(config.stream_retention).await.unwrap().as_deref(), Some(ids[0].as_str()));
+    stream.trim(config.stream_retention).await.unwrap();
+    assert_eq!(xlen(&redis), 6, "the oldest pending entry bounds the trim");
+
+    // A second group that has read nothing protects everything.
+    let _: () = redis::cmd("XGROUP").arg("CREATE").arg(EVENTS).arg("audit").arg("0").query(&mut redis.con()).unwrap();
+    let _: i64 = redis::cmd("XACK").arg(EVENTS).arg(GROUP).arg(&ids[0]).arg(&ids[1]).query(&mut redis.con()).unwrap();
+    assert_eq!(stream.trim_point(config.stream_retention).await.unwrap().as_deref(), Some("0-0"));
+    stream.trim(config.stream_retention).await.unwrap();
+    assert_eq!(xlen(&redis), 6);
+
+    // Once every group has everything, processed entries go (whole nodes only: `~`).
+    let _: i64 = redis::cmd("XGROUP").arg("DESTROY").arg(EVENTS).arg("audit").query(&mut redis.con()).unwrap();
+    assert_eq!(stream.trim_point(config.stream_retention).await.unwrap().as_deref(), Some(ids[5].as_str()));
+    stream.trim(config.stream_retention).await.unwrap();
+    let left: Vec<String> = entries(&redis).into_iter().map(|(id, _)| id).collect();
+    assert!(left.contains(&ids[5]), "the last delivered entry stays");
+    assert!(left.len() < 6, "processed entries were trimmed: {left:?}");
+
+    // A retention window keeps recent entries even when processed.
+    assert!(stream.trim_point(Duration::from_secs(3600)).await.unwrap().unwrap() < ids[0]);
+}
+
+#[tokio::test]
+async fn the_trimmer_runs_by_itself() {
+    let redis = RedisServer::start();
+    let _: () = redis::cmd("CONFIG").arg("SET").arg("stream-node-max-entries").arg(2).query(&mut redis.con()).unwrap();
+    let target = FakeApi::start().await;
+    target.always("POST", "/hook", Reply::status(200));
+    let mut vars = forward_vars(&redis, &target);
+    vars.insert("STREAM_RETENTION_SECS".into(), "0".into());
+    let processor = start_processor_with(vars, |c| c.trim_interval = Duration::from_millis(50)).await;
+    for i in 0..6 {
+        add_event(&redis, "bot.completed", br#"{"event":"bot.completed"}"#, &format!("t{i}"));
+    }
+    all_acked(&redis).await;
+    eventually("processed entries are trimmed", || async { (xlen(&redis) < 6).then_some(()) }).await;
+    processor.stop().await;
+}
+
+#[tokio::test]
+async fn health_and_metrics() {
+    let redis = RedisServer::start();
+    let target = FakeApi::start().await;
+    target.always("POST", "/hook", Reply::status(200));
+    let processor = start_processor(forward_vars(&redis, &target)).await;
+    add_event(&redis, "bot.completed", br#"{"event":"bot.completed"}"#, "m");
+    all_acked(&redis).await;
+    let base = format!("http://{}", processor.metrics);
+    assert_eq!(reqwest::get(format!("{base}/healthz")).await.unwrap().status(), 200);
+    assert_eq!(reqwest::get(format!("{base}/readyz")).await.unwrap().status(), 200);
+    let text = reqwest::get(format!("{base}/metrics")).await.unwrap().text().await.unwrap();
+    for needle in [
+        "hookstream_processor_entries_total{outcome=\"acked\"}",
+        "hookstream_processor_attempts_total{result=\"ok\"}",
+        "hookstream_processor_handler_duration_seconds_bucket{event=\"bot.completed\"",
+        "hookstream_stream_length 1",
+        "hookstream_dead_length 0",
+        "hookstream_group_pending 0",
+        "hookstream_group_lag 0",
+    ] {
+        assert!(text.contains(needle), "{needle} missing:\n{text}");
+    }
+    assert_eq!(reqwest::get(format!("{base}/nope")).await.unwrap().status(), 404);
+    processor.stop().await;
+}
