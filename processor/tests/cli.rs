@@ -1,0 +1,144 @@
+//! The `processor` binary: `--help`, configuration errors (exit 64), `healthcheck`, SIGTERM,
+//! and SIGKILL in the middle of work (nothing is lost: another processor finishes it).
+
+use hookstream_tests::fake_api::{FakeApi, Reply};
+use hookstream_tests::{eventually, free_port, RedisServer};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+const BIN: &str = env!("CARGO_BIN_EXE_processor");
+const EVENTS: &str = "{hookstream}:events";
+
+fn run(args: &[&str], vars: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args).env_clear().env("PATH", std::env::var_os("PATH").unwrap_or_default());
+    for (k, v) in vars {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run processor")
+}
+
+fn spawn(vars: &[(&str, &str)]) -> std::process::Child {
+    let mut cmd = Command::new(BIN);
+    cmd.env_clear().stdout(Stdio::null()).stderr(Stdio::null());
+    for (k, v) in vars {
+        cmd.env(k, v);
+    }
+    cmd.spawn().expect("spawn processor")
+}
+
+#[test]
+fn help_lists_every_variable_with_its_default() {
+    let out = run(&["--help"], &[]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    for var in processor::config::all_vars() {
+        let line = text
+            .lines()
+            .find(|l| l.trim_start().starts_with(var.name))
+            .unwrap_or_else(|| panic!("{} missing:\n{text}", var.name));
+        assert!(line.contains(&format!("[default: {}]", var.default)), "{line}");
+    }
+    assert!(text.contains("healthcheck"));
+}
+
+#[test]
+fn invalid_values_exit_64_naming_the_variable() {
+    for (var, value) in [
+        ("CONCURRENCY", "lots"),
+        ("RECORD_POLICY", "some"),
+        ("BOT_CONFIG", "[]"),
+        ("FORWARD_URL", "nowhere"),
+        ("MEETING_BAAS_API_URL", "ftp://x"),
+        ("METRICS_ADDR", "9090"),
+    ] {
+        let out = run(&[], &[(var, value)]);
+        assert_eq!(out.status.code(), Some(64), "{var}={value}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(var), "{var}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    }
+    assert_eq!(run(&["--bogus"], &[]).status.code(), Some(64));
+}
+
+#[tokio::test]
+async fn healthcheck_sigterm_and_sigkill() {
+    let redis = RedisServer::start();
+    let target = FakeApi::start().await;
+    // Slow enough that the killed processor is mid-work.
+    target.route("POST", "/hook", |_, n| {
+        if n < 3 {
+            Reply::status(200).delayed(Duration::from_secs(30))
+        } else {
+            Reply::status(200)
+        }
+    });
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let url = redis.url();
+    let forward = format!("{}/hook", target.url());
+    let vars = [
+        ("REDIS_URL", url.as_str()),
+        ("METRICS_ADDR", metrics.as_str()),
+        ("FORWARD_URL", forward.as_str()),
+        ("CONSUMER_NAME", "doomed"),
+        ("BLOCK_MS", "100"),
+        ("SHUTDOWN_GRACE_MS", "1000"),
+    ];
+    assert_eq!(run(&["healthcheck"], &vars).status.code(), Some(1), "nothing listens yet");
+
+    // SIGTERM: a clean exit 0.
+    let mut child = spawn(&vars);
+    eventually("healthcheck passes", || async { run(&["healthcheck"], &vars).status.success().then_some(()) }).await;
+    Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("kill");
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(std::time::Instant::now() < deadline, "the processor did not exit after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(status.code(), Some(0));
+
+    // SIGKILL in the middle of work.
+    let mut child = spawn(&vars);
+    for i in 0..3 {
+        let _: String = redis::cmd("XADD")
+            .arg(EVENTS)
+            .arg("*")
+            .arg("event")
+            .arg("bot.completed")
+            .arg("dedup_id")
+            .arg(format!("k{i}"))
+            .arg("payload")
+            .arg("{}")
+            .query(&mut redis.con())
+            .unwrap();
+    }
+    eventually("the doomed processor is working", || async { (target.calls().len() == 3).then_some(()) }).await;
+    child.kill().expect("SIGKILL");
+    let _ = child.wait();
+
+    // Another processor reclaims and finishes everything.
+    let other = [
+        ("REDIS_URL", url.as_str()),
+        ("METRICS_ADDR", "127.0.0.1:0"),
+        ("FORWARD_URL", forward.as_str()),
+        ("CONSUMER_NAME", "survivor"),
+        ("CLAIM_IDLE_MS", "200"),
+        ("BLOCK_MS", "100"),
+    ];
+    let mut survivor = spawn(&other);
+    eventually("all acked", || async {
+        let info: redis::streams::StreamInfoGroupsReply =
+            redis::cmd("XINFO").arg("GROUPS").arg(EVENTS).query(&mut redis.con()).ok()?;
+        let g = info.groups.into_iter().next()?;
+        (g.pending == 0 && g.lag == Some(0)).then_some(())
+    })
+    .await;
+    let _ = survivor.kill();
+    let _ = survivor.wait();
+    let finished =
+        target.calls()[3..].iter().filter_map(|c| c.header("x-hookstream-id").map(String::from)).collect::<Vec<_>>();
+    assert_eq!(finished.len(), 3, "each reclaimed entry handled again once: {finished:?}");
+}
