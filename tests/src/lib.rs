@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod fake_api;
+pub mod openapi;
 
 use std::future::Future;
 use std::net::TcpListener;

@@ -73,6 +73,8 @@ async fn webhooks_become_api_calls_and_acked_entries() {
     assert_eq!(forwarded.len(), 1);
     assert_eq!(forwarded[0].body, completed);
     assert_eq!(forwarded[0].header("x-hookstream-event"), Some("bot.completed"));
+    let meeting_baas: Vec<_> = api.calls().into_iter().filter(|c| c.path != "/downstream").collect();
+    hookstream_tests::openapi::assert_valid(&meeting_baas);
     assert_eq!(xlen(&redis), 3);
     assert_eq!(xlen_dead(&redis), 0);
 }

@@ -4,6 +4,7 @@ mod common;
 
 use common::*;
 use hookstream_tests::fake_api::{FakeApi, Reply};
+use hookstream_tests::openapi::assert_valid;
 use hookstream_tests::{fixture, fixture_json, RedisServer};
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -100,6 +101,7 @@ async fn v1_sync_schedules_unschedules_and_skips() {
         assert_eq!(call.header("x-meeting-baas-api-key"), Some(API_KEY), "{} {}", call.method, call.path);
         assert_eq!(call.query, None, "no undeclared query parameters");
     }
+    assert_valid(&api.calls());
 }
 
 #[tokio::test]
@@ -109,6 +111,7 @@ async fn v1_sync_event_gone_is_nothing_to_do() {
     run_one(&redis, processor_vars(&redis.url(), &api.url()), "meeting-baas/v1/calendar_sync_events.json").await;
     assert_eq!(api.log().len(), 3);
     assert!(api.log().iter().all(|c| c.starts_with("GET ")));
+    assert_valid(&api.calls());
 }
 
 #[tokio::test]
@@ -154,6 +157,7 @@ async fn v1_policies() {
         );
         all_acked(&redis).await;
         processor.stop().await;
+        assert_valid(&api.calls());
         let writes: Vec<String> = api.calls().into_iter().filter(|c| c.method != "GET").map(|c| c.method).collect();
         assert_eq!(
             writes,
@@ -195,6 +199,7 @@ async fn v1_running_twice_schedules_one_bot() {
     all_acked(&redis).await;
     processor.stop().await;
     assert_eq!(api.calls_to("POST", &format!("/calendar_events/{UPCOMING}/bot")).len(), 1);
+    assert_valid(&api.calls());
 }
 
 #[tokio::test]
@@ -214,6 +219,7 @@ async fn v2_created_schedules_the_confirmed_instance_with_a_url() {
         json!({"bot_name": "Notetaker", "recording_mode": "audio_only", "series_id": CREATED_SERIES, "event_id": CREATED_EVENT, "all_occurrences": false})
     );
     assert_eq!(post.header("x-meeting-baas-api-key"), Some(API_KEY));
+    assert_valid(&api.calls());
 }
 
 #[tokio::test]
@@ -227,6 +233,7 @@ async fn v2_organizer_policy_reads_the_event() {
         vars.insert("RECORD_POLICY".into(), "organizer".into());
         run_one(&redis, vars, "meeting-baas/v2/calendar_event_created.json").await;
         assert_eq!(api.calls_to("POST", &bots_path()).len(), posts, "organizer={organizer}");
+        assert_valid(&api.calls());
         assert_eq!(api.calls_to("GET", &details_path(CREATED_EVENT)).len(), 1);
     }
 }
@@ -253,6 +260,7 @@ async fn v2_updated_skips_instances_that_already_have_a_bot() {
     assert_eq!(posts[0].json()["event_id"], RECURRING_1);
     assert_eq!(posts[0].json()["series_id"], RECURRING_SERIES);
     assert!(api.calls_to("GET", &details_path(RECURRING_2)).is_empty());
+    assert_valid(&api.calls());
 }
 
 #[tokio::test]
@@ -266,6 +274,7 @@ async fn v2_synced_schedules_each_confirmed_instance_of_each_series() {
     run_one(&redis, processor_vars(&redis.url(), &api.url()), "meeting-baas/v2/calendar_events_synced.json").await;
     let posted: Vec<Value> = api.calls_to("POST", &bots_path()).iter().map(|c| c.json()["event_id"].clone()).collect();
     assert_eq!(posted, vec![json!(RECURRING_1), json!(RECURRING_2)], "tentative and URL-less instances are skipped");
+    assert_valid(&api.calls());
 }
 
 #[tokio::test]
@@ -276,6 +285,7 @@ async fn v2_bot_already_exists_counts_as_done() {
     api.always("POST", &bots_path(), Reply::json(201, api_fixture("v2_create_bots_partial.json")));
     run_one(&redis, processor_vars(&redis.url(), &api.url()), "meeting-baas/v2/calendar_event_updated.json").await;
     assert_eq!(api.calls_to("POST", &bots_path()).len(), 1);
+    assert_valid(&api.calls());
 }
 
 #[tokio::test]
@@ -299,6 +309,7 @@ async fn v2_running_twice_schedules_one_bot() {
     all_acked(&redis).await;
     processor.stop().await;
     assert_eq!(api.calls_to("POST", &bots_path()).len(), 1);
+    assert_valid(&api.calls());
 }
 
 #[tokio::test]
@@ -315,6 +326,7 @@ async fn v2_cancelled_unschedules_and_a_missing_bot_is_fine() {
             deletes[0].json(),
             json!({"series_id": CREATED_SERIES, "event_id": CREATED_EVENT, "all_occurrences": false})
         );
+        assert_valid(&api.calls());
         assert_eq!(deletes[0].header("x-meeting-baas-api-key"), Some(API_KEY));
     }
 }
@@ -368,4 +380,35 @@ async fn without_forward_url_other_events_are_acked() {
     let api = FakeApi::start().await;
     run_one(&redis, processor_vars(&redis.url(), &api.url()), "meeting-baas/v2/bot_failed.json").await;
     assert!(api.calls().is_empty());
+}
+
+#[test]
+fn the_openapi_check_tells_valid_from_invalid_requests() {
+    use hookstream_tests::fake_api::Call;
+    use hookstream_tests::openapi::check;
+    let call = |method: &str, path: &str, query: Option<&str>, body: Value| Call {
+        method: method.into(),
+        path: path.into(),
+        query: query.map(String::from),
+        headers: Default::default(),
+        body: if body.is_null() { Vec::new() } else { serde_json::to_vec(&body).unwrap() },
+        at: std::time::Instant::now(),
+    };
+    let bot =
+        json!({"bot_name": "x", "series_id": CREATED_SERIES, "event_id": CREATED_EVENT, "all_occurrences": false});
+    assert_eq!(check(&call("POST", &bots_path(), None, bot.clone())), Ok(()));
+    assert!(check(&call("POST", &bots_path(), None, json!({"bot_name": "x"}))).is_err(), "series_id is required");
+    assert!(check(&call("POST", "/v2/calendars/cal-1/bots", None, bot.clone())).is_err(), "calendar_id must be a UUID");
+    assert!(check(&call("POST", &bots_path(), Some("force=true"), bot)).is_err(), "undeclared query parameter");
+    assert!(check(&call("PUT", &bots_path(), None, Value::Null)).is_err(), "no such operation");
+    assert_eq!(check(&call("GET", &format!("/calendar_events/{UPCOMING}"), None, Value::Null)), Ok(()));
+    assert_eq!(
+        check(&call("POST", &format!("/calendar_events/{UPCOMING}/bot"), None, json!({"bot_name": "x"}))),
+        Ok(())
+    );
+    assert!(check(&call("POST", &format!("/calendar_events/{UPCOMING}/bot"), None, json!({"bot_name": 5}))).is_err());
+    assert_eq!(
+        check(&call("DELETE", &format!("/calendar_events/{UPCOMING}/bot"), Some("all_occurrences=false"), Value::Null)),
+        Ok(())
+    );
 }

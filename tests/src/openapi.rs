@@ -1,0 +1,161 @@
+//! Checks requests against Meeting BaaS's published OpenAPI documents (`fixtures/meeting-baas/
+//! openapi/v1.json` and `v2.json`): the operation exists, every query parameter is declared,
+//! path parameters match their schemas, and the body validates against the operation's
+//! request schema (JSON Schema 2020-12, `#/components/...` references resolved).
+
+use crate::fake_api::Call;
+use serde_json::{json, Map, Value};
+use std::sync::OnceLock;
+
+struct Doc {
+    doc: Value,
+    /// `components`, with `$id`/`$schema` keywords removed (fragment-only `$id`s would change
+    /// the base of references).
+    components: Value,
+}
+
+fn strip_ids(v: &mut Value) {
+    match v {
+        Value::Object(map) => {
+            map.remove("$id");
+            map.remove("$schema");
+            map.values_mut().for_each(strip_ids);
+        }
+        Value::Array(items) => items.iter_mut().for_each(strip_ids),
+        _ => {}
+    }
+}
+
+fn load(name: &str) -> Doc {
+    let doc = crate::fixture_json(&format!("meeting-baas/openapi/{name}"));
+    let mut components = doc.get("components").cloned().unwrap_or(json!({}));
+    strip_ids(&mut components);
+    Doc { doc, components }
+}
+
+fn docs() -> &'static [Doc; 2] {
+    static DOCS: OnceLock<[Doc; 2]> = OnceLock::new();
+    DOCS.get_or_init(|| [load("v1.json"), load("v2.json")])
+}
+
+/// A path template (`/calendar_events/{uuid}/bot`) against a path; the path parameters.
+fn match_template(template: &str, path: &str) -> Option<Vec<(String, String)>> {
+    let t: Vec<&str> = template.trim_matches('/').split('/').collect();
+    let p: Vec<&str> = path.trim_matches('/').split('/').collect();
+    if t.len() != p.len() {
+        return None;
+    }
+    let mut params = Vec::new();
+    for (ts, ps) in t.iter().zip(&p) {
+        if let Some(name) = ts.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+            if ps.is_empty() {
+                return None;
+            }
+            params.push((name.to_string(), ps.to_string()));
+        } else if ts != ps {
+            return None;
+        }
+    }
+    Some(params)
+}
+
+fn validate(doc: &Doc, schema: &Value, instance: &Value) -> Result<(), String> {
+    let mut schema = schema.clone();
+    strip_ids(&mut schema);
+    let wrapped = match schema {
+        Value::Object(mut map) => {
+            map.insert("components".into(), doc.components.clone());
+            Value::Object(map)
+        }
+        other => {
+            let mut map = Map::new();
+            map.insert("allOf".into(), json!([other]));
+            map.insert("components".into(), doc.components.clone());
+            Value::Object(map)
+        }
+    };
+    let validator = jsonschema::options()
+        .with_draft(jsonschema::Draft::Draft202012)
+        .build(&wrapped)
+        .map_err(|e| format!("schema does not compile: {e}"))?;
+    let errors: Vec<String> =
+        validator.iter_errors(instance).map(|e| format!("{e} at {}", e.instance_path())).collect();
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors.join("; "))
+    }
+}
+
+/// `Ok` when `call` is a valid request for one of the documents.
+pub fn check(call: &Call) -> Result<(), String> {
+    let method = call.method.to_ascii_lowercase();
+    let mut problems = Vec::new();
+    for doc in docs() {
+        let Some(paths) = doc.doc["paths"].as_object() else { continue };
+        for (template, item) in paths {
+            let Some(params) = match_template(template, &call.path) else { continue };
+            let Some(op) = item.get(&method) else { continue };
+            match check_operation(doc, item, op, &params, call) {
+                Ok(()) => return Ok(()),
+                Err(e) => problems.push(format!("{} {template}: {e}", call.method)),
+            }
+        }
+    }
+    if problems.is_empty() {
+        Err(format!("no operation {} {} in the OpenAPI documents", call.method, call.path))
+    } else {
+        Err(problems.join(" | "))
+    }
+}
+
+fn check_operation(
+    doc: &Doc,
+    item: &Value,
+    op: &Value,
+    path_params: &[(String, String)],
+    call: &Call,
+) -> Result<(), String> {
+    let declared: Vec<&Value> = op["parameters"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .chain(item["parameters"].as_array().into_iter().flatten())
+        .collect();
+    for (name, value) in path_params {
+        let param = declared
+            .iter()
+            .find(|p| p["in"] == "path" && p["name"] == name.as_str())
+            .ok_or_else(|| format!("path parameter {name} is not declared"))?;
+        if let Some(schema) = param.get("schema") {
+            validate(doc, schema, &Value::String(value.clone())).map_err(|e| format!("path parameter {name}: {e}"))?;
+        }
+    }
+    if let Some(query) = &call.query {
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let name = pair.split('=').next().unwrap_or_default();
+            if !declared.iter().any(|p| p["in"] == "query" && p["name"] == name) {
+                return Err(format!("query parameter {name} is not declared"));
+            }
+        }
+    }
+    match op.get("requestBody") {
+        Some(body) => {
+            let schema = &body["content"]["application/json"]["schema"];
+            if call.body.is_empty() {
+                return if body["required"] == true { Err("the request body is required".into()) } else { Ok(()) };
+            }
+            let instance: Value = serde_json::from_slice(&call.body).map_err(|e| format!("body is not JSON: {e}"))?;
+            validate(doc, schema, &instance).map_err(|e| format!("body: {e}"))
+        }
+        None if !call.body.is_empty() => Err("the operation takes no request body".into()),
+        None => Ok(()),
+    }
+}
+
+/// Panics naming every call that is not valid.
+pub fn assert_valid(calls: &[Call]) {
+    let bad: Vec<String> =
+        calls.iter().filter_map(|c| check(c).err().map(|e| format!("{} {}: {e}", c.method, c.path))).collect();
+    assert!(bad.is_empty(), "requests not valid for the OpenAPI documents:\n{}", bad.join("\n"));
+}
