@@ -30,7 +30,11 @@ pub const INGRESS_VARS: &[Var] = &[
     },
     Var { name: "DEDUP_TTL_SECS", default: "86400", help: "how long a delivered event's dedup key is kept" },
     Var { name: "MAX_BODY_BYTES", default: "8388608", help: "largest accepted request body; larger ones get 413" },
+    Var { name: "MAX_BACKLOG", default: "1000000", help: "group lag above which webhooks get 503 backlog_full" },
 ];
+
+/// How often the ingress reads the consumer group's lag for [`IngressConfig::max_backlog`].
+pub const BACKLOG_REFRESH: Duration = Duration::from_secs(1);
 
 /// How long a client may take to send the request line and headers.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -47,8 +51,11 @@ pub struct IngressConfig {
     pub verifier: Verifier,
     pub dedup_ttl_secs: u64,
     pub max_body_bytes: usize,
+    pub max_backlog: u64,
     /// Not an environment variable: [`HEADER_READ_TIMEOUT`] in production; tests shorten it.
     pub header_read_timeout: Duration,
+    /// Not an environment variable: [`BACKLOG_REFRESH`] in production; tests shorten it.
+    pub backlog_refresh: Duration,
 }
 
 impl IngressConfig {
@@ -71,7 +78,9 @@ impl IngressConfig {
             verifier,
             dedup_ttl_secs,
             max_body_bytes,
+            max_backlog: r.number("MAX_BACKLOG", 1_000_000, 1, u64::MAX)?,
             header_read_timeout: HEADER_READ_TIMEOUT,
+            backlog_refresh: BACKLOG_REFRESH,
         })
     }
 }
@@ -93,6 +102,7 @@ mod tests {
         assert_eq!(c.dedup_ttl_secs, 86_400);
         assert_eq!(c.max_body_bytes, 8_388_608);
         assert!(!c.verifier.allows_unsigned());
+        assert_eq!(c.max_backlog, 1_000_000);
     }
 
     #[test]
@@ -114,6 +124,8 @@ mod tests {
             ("MAX_BODY_BYTES", "-1"),
             ("MAX_BODY_BYTES", "0"),
             ("REDIS_URL", "not a url"),
+            ("MAX_BACKLOG", "0"),
+            ("MAX_BACKLOG", "many"),
         ] {
             let err = read(&[("MEETING_BAAS_API_KEY", "k"), (var, value)]).expect_err(value);
             assert_eq!(err.var, var, "{var}={value}: {err}");

@@ -22,6 +22,7 @@ use shared::http::{json, metrics_response, ApiError, Body, ServeOptions};
 use shared::keys::Keys;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::net::TcpListener;
@@ -49,6 +50,10 @@ struct State {
     max_body_bytes: usize,
     shutdown_grace: Duration,
     header_read_timeout: Duration,
+    max_backlog: u64,
+    backlog_refresh: Duration,
+    /// The consumer groups' backlog as last read in the background ([`watch_backlog`]).
+    backlog: AtomicU64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -83,6 +88,9 @@ impl Ingress {
                 max_body_bytes: config.max_body_bytes,
                 shutdown_grace: config.common.shutdown_grace,
                 header_read_timeout: config.header_read_timeout,
+                max_backlog: config.max_backlog,
+                backlog_refresh: config.backlog_refresh,
+                backlog: AtomicU64::new(0),
             }),
         })
     }
@@ -101,11 +109,51 @@ impl Ingress {
         }
         let options =
             ServeOptions { header_read_timeout: state.header_read_timeout, shutdown_grace: state.shutdown_grace };
+        let watcher = tokio::spawn(watch_backlog(state.clone()));
         let handler = move |req: Request<Incoming>| {
             let state = state.clone();
             async move { handle(&state, req).await }
         };
-        shared::http::serve(listener, Arc::new(handler), options, shutdown).await
+        let finished = shared::http::serve(listener, Arc::new(handler), options, shutdown).await;
+        watcher.abort();
+        finished
+    }
+}
+
+/// Reads the backlog about once per `backlog_refresh`, never per request: the largest lag
+/// (entries not yet delivered) of the stream's consumer groups, or the stream's length while no
+/// group exists yet (nothing consumes it). A lag Redis cannot tell (null) counts as 0: the
+/// ingress pushes back only on a backlog it knows of. Errors keep the last value.
+async fn watch_backlog(state: Arc<State>) {
+    let mut tick = tokio::time::interval(state.backlog_refresh);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let mut con = state.redis.clone();
+        let groups: redis::RedisResult<redis::streams::StreamInfoGroupsReply> =
+            redis::cmd("XINFO").arg("GROUPS").arg(&state.keys.events).query_async(&mut con).await;
+        let backlog = match groups {
+            Ok(reply) if reply.groups.is_empty() => {
+                redis::cmd("XLEN").arg(&state.keys.events).query_async::<u64>(&mut con).await.ok()
+            }
+            Ok(reply) => Some(reply.groups.iter().map(|g| g.lag.unwrap_or(0) as u64).max().unwrap_or(0)),
+            // "no such key": no stream yet, so no backlog.
+            Err(err) if err.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError) => Some(0),
+            Err(_) => None,
+        };
+        if let Some(backlog) = backlog {
+            let before = state.backlog.swap(backlog, Ordering::Relaxed);
+            let (was_full, full) = (before > state.max_backlog, backlog > state.max_backlog);
+            if full && !was_full {
+                tracing::warn!(
+                    backlog,
+                    max = state.max_backlog,
+                    "backlog over MAX_BACKLOG: answering 503 backlog_full"
+                );
+            } else if was_full && !full {
+                tracing::info!(backlog, "backlog back under MAX_BACKLOG: accepting again");
+            }
+        }
     }
 }
 
@@ -245,6 +293,15 @@ async fn accept(state: &State, req: Request<Incoming>, request_id: &str) -> Resu
     }
     let envelope = identity::envelope(&body)
         .map_err(|err| reject(Outcome::Invalid, StatusCode::BAD_REQUEST, "invalid_payload", err.to_string()))?;
+    let backlog = state.backlog.load(Ordering::Relaxed);
+    if backlog > state.max_backlog {
+        return Err(reject(
+            Outcome::Unavailable,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "backlog_full",
+            format!("{backlog} events wait for processing (more than MAX_BACKLOG={}); retry later", state.max_backlog),
+        ));
+    }
     let dedup_id = identity::dedup_identity(auth::message_id(&parts.headers), &envelope, &body);
     let received_at = entry::timestamp_now();
     let new_entry = NewEntry {

@@ -30,6 +30,11 @@ pub const PROCESSOR_VARS: &[Var] = &[
     Var { name: "BOT_NAME", default: "hookstream recorder", help: "the bot_name of scheduled bots" },
     Var { name: "BOT_CONFIG", default: "{}", help: "JSON object merged under bot_name into every bot request" },
     Var { name: "FORWARD_URL", default: "unset", help: "where other events (bot.*, complete, failed, …) are POSTed" },
+    Var {
+        name: "CONSUMER_IDLE_REAP_SECS",
+        default: "3600",
+        help: "consumers idle this long with nothing pending are removed from the group",
+    },
 ];
 
 /// Every variable the processor reads, in `--help` order.
@@ -82,7 +87,9 @@ pub struct ProcessorConfig {
     pub bot_name: String,
     pub bot_config: serde_json::Map<String, serde_json::Value>,
     pub forward_url: Option<Url>,
-    /// Not an environment variable: how often the trimmer runs (tests shorten it).
+    pub consumer_idle_reap: Duration,
+    /// Not an environment variable: how often the trimmer (and the consumer reaper) runs (tests
+    /// shorten it).
     pub trim_interval: Duration,
 }
 
@@ -159,6 +166,12 @@ impl ProcessorConfig {
             bot_name,
             bot_config,
             forward_url,
+            consumer_idle_reap: Duration::from_secs(r.number(
+                "CONSUMER_IDLE_REAP_SECS",
+                3_600,
+                1,
+                10 * 366 * 86_400,
+            )?),
             trim_interval: Duration::from_secs(10),
         };
         if config.retry_max_interval < config.retry_initial {
@@ -200,6 +213,7 @@ mod tests {
         assert_eq!(c.bot_name, "hookstream recorder");
         assert!(c.bot_config.is_empty());
         assert_eq!(c.forward_url, None);
+        assert_eq!(c.consumer_idle_reap, Duration::from_secs(3_600));
     }
 
     #[test]
@@ -241,6 +255,7 @@ mod tests {
             ("BOT_CONFIG", "{"),
             ("FORWARD_URL", "example.com/hook"),
             ("REDIS_URL", "nope"),
+            ("CONSUMER_IDLE_REAP_SECS", "0"),
         ] {
             let err = read(&[(var, value)]).expect_err(value);
             assert_eq!(err.var, var, "{var}={value}: {err}");

@@ -3,8 +3,10 @@
 //! retries, a lease while working, reclaim of abandoned entries, and a dead stream for what
 //! cannot be done. See [`stream`] for how Redis Streams are used.
 
+pub mod cli;
 pub mod config;
 pub mod handlers;
+pub mod ops;
 pub mod retry;
 pub mod service;
 pub mod stream;

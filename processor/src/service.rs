@@ -139,7 +139,15 @@ impl Processor {
             }))
         };
         let reclaimer = tokio::spawn(reclaim_loop(run.clone(), config.claim_idle, config.batch_size));
-        let trimmer = tokio::spawn(trim_loop(run.clone(), config.trim_interval, config.stream_retention));
+        let ops = crate::ops::Ops::new(worker.stream.keys.clone(), config.group.clone(), worker.stream.connection());
+        let trimmer = tokio::spawn(trim_loop(
+            run.clone(),
+            ops,
+            config.trim_interval,
+            config.stream_retention,
+            config.consumer_idle_reap,
+            config.consumer.clone(),
+        ));
         let reader_task = tokio::spawn(read_loop(run.clone(), reader, config.batch_size, config.block));
 
         shutdown.await;
@@ -336,12 +344,29 @@ async fn reclaim_loop(run: Arc<Run>, claim_idle: Duration, batch: usize) {
     }
 }
 
-async fn trim_loop(run: Arc<Run>, every: Duration, retention: Duration) {
+/// Housekeeping: trims processed entries, and removes consumers that are long gone (idle past
+/// `CONSUMER_IDLE_REAP_SECS` with nothing pending; one with pending entries is never removed).
+async fn trim_loop(
+    run: Arc<Run>,
+    ops: crate::ops::Ops,
+    every: Duration,
+    retention: Duration,
+    reap_after: Duration,
+    me: String,
+) {
     while run.pause(every).await {
         match run.worker.stream.trim(retention).await {
             Ok(0) => {}
             Ok(n) => tracing::debug!(entries = n, "trimmed the stream"),
             Err(err) => tracing::debug!(error = %err, "trim failed; will try again"),
+        }
+        match ops.reap_consumers(reap_after, &me).await {
+            Ok(reaped) => {
+                for name in reaped {
+                    tracing::info!(consumer = %name, "removed an idle consumer with nothing pending");
+                }
+            }
+            Err(err) => tracing::debug!(error = %err, "reaping consumers failed; will try again"),
         }
     }
 }

@@ -145,6 +145,11 @@ impl Stream {
         self.con.clone()
     }
 
+    /// The shared command connection (for the operator tools).
+    pub fn connection(&self) -> ConnectionManager {
+        self.con.clone()
+    }
+
     /// XGROUP CREATE … 0 MKSTREAM; an existing group is fine.
     pub async fn ensure_group(&self) -> RedisResult<()> {
         let created: RedisResult<()> = redis::cmd("XGROUP")

@@ -142,3 +142,23 @@ async fn healthcheck_sigterm_and_sigkill() {
         target.calls()[3..].iter().filter_map(|c| c.header("x-hookstream-id").map(String::from)).collect::<Vec<_>>();
     assert_eq!(finished.len(), 3, "each reclaimed entry handled again once: {finished:?}");
 }
+
+#[test]
+fn operator_commands_exit_codes() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let vars = [("REDIS_URL", url.as_str())];
+    let out = run(&["dead", "list"], &vars);
+    assert_eq!(out.status.code(), Some(1), "nothing matched");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no dead entries"));
+    assert_eq!(run(&["dead", "replay"], &vars).status.code(), Some(64));
+    assert_eq!(run(&["dead", "replay", "1-0", "--all"], &vars).status.code(), Some(64));
+    assert_eq!(run(&["dead", "purge", "--older-than", "a week"], &vars).status.code(), Some(64));
+    assert_eq!(run(&["dead", "show", "yesterday"], &vars).status.code(), Some(64));
+    let out = run(&["status"], &vars);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("{hookstream}:events"));
+    // Redis unreachable.
+    let down = [("REDIS_URL", "redis://127.0.0.1:1")];
+    assert_eq!(run(&["dead", "list"], &down).status.code(), Some(69));
+}

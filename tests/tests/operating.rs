@@ -1,0 +1,321 @@
+//! Operator tools: `processor dead …`, `processor status`, backpressure, consumer reaping.
+
+mod common;
+
+use clap::Parser;
+use common::*;
+use hookstream_tests::fake_api::{FakeApi, Reply};
+use hookstream_tests::{eventually, RedisServer};
+use processor::cli::{self, Cli, Command, Dead, Done};
+use processor::ops::Ops;
+use std::collections::HashMap;
+use std::time::Duration;
+
+fn ops(redis: &RedisServer) -> Ops {
+    let manager =
+        shared::conn::manager(shared::conn::client(&redis.url()).unwrap(), Some(Duration::from_secs(5))).unwrap();
+    Ops::new(shared::keys::Keys::new(NS), GROUP.into(), manager)
+}
+
+/// Parses `processor dead …` as the binary would.
+fn dead_args(args: &[&str]) -> Dead {
+    let mut argv = vec!["processor", "dead"];
+    argv.extend_from_slice(args);
+    match Cli::try_parse_from(argv).expect("valid arguments").command {
+        Some(Command::Dead { action }) => action,
+        other => panic!("{other:?}"),
+    }
+}
+
+async fn dead(redis: &RedisServer, args: &[&str]) -> Done {
+    cli::dead(&ops(redis), dead_args(args)).await
+}
+
+/// Dead-letters `n` bot.completed and `m` bot.failed events (the target refuses them), and
+/// returns the target so a test can let it accept later.
+async fn make_dead(redis: &RedisServer, n: usize, m: usize) -> FakeApi {
+    let target = FakeApi::start().await;
+    target.always("POST", "/hook", Reply::status(400));
+    let mut vars = processor_vars(&redis.url(), "http://127.0.0.1:9");
+    vars.insert("FORWARD_URL".into(), format!("{}/hook", target.url()));
+    let processor = start_processor(vars).await;
+    for i in 0..n {
+        add_event(
+            redis,
+            "bot.completed",
+            format!(r#"{{"event":"bot.completed","n":{i}}}"#).as_bytes(),
+            &format!("c{i}"),
+        );
+    }
+    for i in 0..m {
+        add_event(redis, "bot.failed", format!(r#"{{"event":"bot.failed","n":{i}}}"#).as_bytes(), &format!("f{i}"));
+    }
+    dead_after(redis, (n + m) as u64).await;
+    all_acked(redis).await;
+    processor.stop().await;
+    target
+}
+
+#[tokio::test]
+async fn dead_list_and_show() {
+    let redis = RedisServer::start();
+    assert_eq!(dead(&redis, &["list"]).await.code, 1, "nothing matched");
+    make_dead(&redis, 3, 2).await;
+    let all = dead_entries(&redis);
+
+    let done = dead(&redis, &["list"]).await;
+    assert_eq!(done.code, 0);
+    let lines: Vec<&str> = done.stdout.lines().collect();
+    assert!(lines[0].contains("id") && lines[0].contains("event") && lines[0].contains("error"));
+    assert_eq!(lines.len(), 6);
+    assert!(lines[1].starts_with(&all[4].0), "newest first: {}", done.stdout);
+    assert!(lines[1].contains("bot.failed") && lines[1].contains("400"), "{}", lines[1]);
+
+    let done = dead(&redis, &["list", "--event", "bot.completed", "--count", "2"]).await;
+    assert_eq!(done.stdout.lines().count(), 3);
+    assert!(!done.stdout.contains("bot.failed"));
+    assert_eq!(dead(&redis, &["list", "--event", "nope"]).await.code, 1);
+
+    let done = dead(&redis, &["show", &all[0].0]).await;
+    assert_eq!(done.code, 0);
+    assert!(done.stdout.contains("original_id: ") && done.stdout.contains("error: "), "{}", done.stdout);
+    assert!(done.stdout.contains("payload:\n{\n  \"event\": \"bot.completed\",\n  \"n\": 0\n}"), "{}", done.stdout);
+    assert_eq!(dead(&redis, &["show", "1-0"]).await.code, 1);
+    assert_eq!(dead(&redis, &["show", "nonsense"]).await.code, 64);
+}
+
+#[tokio::test]
+async fn replay_moves_entries_back_and_they_get_processed() {
+    let redis = RedisServer::start();
+    let target = make_dead(&redis, 2, 1).await;
+    let all = dead_entries(&redis);
+    let before = xlen(&redis);
+
+    let done = dead(&redis, &["replay", &all[0].0]).await;
+    assert_eq!(done.code, 0, "{done:?}");
+    assert!(done.stdout.ends_with("replayed 1\n"), "{}", done.stdout);
+    assert_eq!(xlen_dead(&redis), 2);
+    assert_eq!(xlen(&redis), before + 1);
+    let replayed = entries(&redis).pop().unwrap().1;
+    let mut names: Vec<&str> = replayed.keys().map(String::as_str).collect();
+    names.sort();
+    assert_eq!(
+        names,
+        vec!["dedup_id", "event", "payload", "received_at", "request_id", "source"],
+        "original fields only"
+    );
+    assert_eq!(replayed["dedup_id"], b"c0");
+
+    // --all --event moves only that event; the rest stays dead.
+    let done = dead(&redis, &["replay", "--all", "--event", "bot.failed"]).await;
+    assert!(done.stdout.ends_with("replayed 1\n"), "{}", done.stdout);
+    assert_eq!(dead_entries(&redis).iter().map(|(_, f)| f["event"].clone()).collect::<Vec<_>>(), vec!["bot.completed"]);
+    assert_eq!(dead(&redis, &["replay", "--all", "--event", "bot.failed"]).await.code, 1, "nothing left to match");
+    assert_eq!(dead(&redis, &["replay", "1-0"]).await.code, 1);
+
+    // The cause is fixed: a processor picks the replayed entries up.
+    target.always("POST", "/hook", Reply::status(200));
+    let mut vars = processor_vars(&redis.url(), "http://127.0.0.1:9");
+    vars.insert("FORWARD_URL".into(), format!("{}/hook", target.url()));
+    let processor = start_processor(vars).await;
+    all_acked(&redis).await;
+    processor.stop().await;
+    let ok: Vec<String> =
+        target.calls().iter().skip(3).filter_map(|c| c.header("x-hookstream-id").map(String::from)).collect();
+    assert_eq!(ok, vec!["c0", "f0"]);
+    assert_eq!(xlen_dead(&redis), 1);
+}
+
+#[tokio::test]
+async fn an_interrupted_replay_leaves_each_entry_in_exactly_one_stream() {
+    let redis = RedisServer::start();
+    make_dead(&redis, 5, 0).await;
+    let ops = ops(&redis);
+    let ids = ops.dead_ids(None).await.unwrap();
+    assert_eq!(ids.len(), 5);
+    let result = ops.replay(&ids, |n| if n == 2 { Err("operator pressed Ctrl-C") } else { Ok(()) }).await;
+    match result {
+        Err(processor::ops::ReplayError::Interrupted(moved, _)) => assert_eq!(moved, 2),
+        other => panic!("{other:?}"),
+    }
+    // Every dedup id is in exactly one of the two streams.
+    let in_events: Vec<String> =
+        entries(&redis).iter().map(|(_, f)| String::from_utf8_lossy(&f["dedup_id"]).into_owned()).collect();
+    let in_dead: Vec<String> = dead_entries(&redis).iter().map(|(_, f)| f["dedup_id"].clone()).collect();
+    for i in 0..5 {
+        let id = format!("c{i}");
+        let count = in_events.iter().filter(|d| **d == id).count() - 1 /* the original, acked */ + in_dead.iter().filter(|d| **d == id).count();
+        assert_eq!(count, 1, "{id}: events {in_events:?} dead {in_dead:?}");
+    }
+    assert_eq!(in_dead.len(), 3);
+    // Running it again finishes the job.
+    let rest = ops.dead_ids(None).await.unwrap();
+    assert_eq!(ops.replay(&rest, |_| Ok::<(), ()>(())).await.unwrap().len(), 3);
+    assert_eq!(xlen_dead(&redis), 0);
+}
+
+#[tokio::test]
+async fn purge_by_age_and_by_id() {
+    let redis = RedisServer::start();
+    make_dead(&redis, 3, 0).await;
+    let all = dead_entries(&redis);
+    assert_eq!(dead(&redis, &["purge", "--older-than", "7d"]).await.code, 1, "nothing died a week ago");
+    let done = dead(&redis, &["purge", &all[0].0]).await;
+    assert_eq!((done.code, done.stdout.as_str()), (0, "purged 1\n"));
+    assert_eq!(dead(&redis, &["purge", &all[0].0]).await.code, 1, "already gone");
+    let done = dead(&redis, &["purge", "--older-than", "0s"]).await;
+    assert_eq!((done.code, done.stdout.as_str()), (0, "purged 2\n"));
+    assert_eq!(xlen_dead(&redis), 0);
+    assert_eq!(dead(&redis, &["purge", "--older-than", "soon"]).await.code, 64);
+    assert_eq!(dead(&redis, &["purge", "x-y"]).await.code, 64);
+}
+
+#[test]
+fn bad_arguments_are_refused_by_the_parser() {
+    for args in [
+        vec!["processor", "dead", "replay", "1-0", "--all"],
+        vec!["processor", "dead", "replay", "--event", "x"],
+        vec!["processor", "dead", "purge", "1-0", "--older-than", "1d"],
+        vec!["processor", "dead", "list", "--count", "many"],
+        vec!["processor", "dead", "frobnicate"],
+    ] {
+        assert!(Cli::try_parse_from(&args).is_err(), "{args:?}");
+    }
+}
+
+#[tokio::test]
+async fn replay_and_purge_without_targets_are_bad_arguments() {
+    let redis = RedisServer::start();
+    assert_eq!(dead(&redis, &["replay"]).await.code, 64);
+    assert_eq!(dead(&redis, &["purge"]).await.code, 64);
+}
+
+#[tokio::test]
+async fn status_shows_the_numbers() {
+    let redis = RedisServer::start();
+    let done = cli::status(&ops(&redis), Duration::from_secs(3600)).await;
+    assert!(done.stdout.contains("does not exist yet"), "{}", done.stdout);
+    make_dead(&redis, 1, 0).await;
+    // A crashed consumer holds one entry; two more wait undelivered.
+    add_event(&redis, "bot.completed", b"{}", "held");
+    let _: redis::Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg(GROUP)
+        .arg("crashed")
+        .arg("COUNT")
+        .arg(1)
+        .arg("STREAMS")
+        .arg(EVENTS)
+        .arg(">")
+        .query(&mut redis.con())
+        .unwrap();
+    add_event(&redis, "bot.completed", b"{}", "w1");
+    add_event(&redis, "bot.completed", b"{}", "w2");
+    let done = cli::status(&ops(&redis), Duration::from_secs(3600)).await;
+    assert_eq!(done.code, 0);
+    let out = done.stdout;
+    assert!(out.contains("4 entries"), "stream length: {out}");
+    assert!(out.contains("1 entries"), "dead length: {out}");
+    assert!(out.contains("lag 2"), "{out}");
+    assert!(out.contains("pending 1"), "{out}");
+    let crashed = out.lines().find(|l| l.starts_with("crashed")).expect("the crashed consumer is listed");
+    assert!(crashed.split_whitespace().nth(1) == Some("1"), "{crashed}");
+    assert!(out.lines().any(|l| l.starts_with("test-consumer-") && !l.contains("will be reaped")));
+    let idle = cli::status(&ops(&redis), Duration::from_millis(1)).await.stdout;
+    assert!(idle.lines().any(|l| l.starts_with("test-consumer-") && l.contains("will be reaped")), "{idle}");
+    assert!(!idle.lines().any(|l| l.starts_with("crashed") && l.contains("will be reaped")), "{idle}");
+}
+
+#[tokio::test]
+async fn backpressure_answers_503_backlog_full_until_the_backlog_drains() {
+    let redis = RedisServer::start();
+    let mut vars = default_vars(&redis.url());
+    vars.insert("MAX_BACKLOG".into(), "3".into());
+    let ingress = start_with(vars, |c| c.backlog_refresh = Duration::from_millis(20)).await;
+    let body = |i: usize| format!(r#"{{"event":"bot.completed","n":{i}}}"#);
+    for i in 0..4 {
+        assert_eq!(post_v1(&ingress, body(i).as_bytes()).await.status(), 200);
+    }
+    // Nobody consumes: once the backlog (4 > 3) is read, the ingress pushes back.
+    let refused = eventually("backlog_full", || async {
+        let r = post_v1(&ingress, body(99).as_bytes()).await;
+        (r.status() == 503).then_some(r)
+    })
+    .await;
+    assert!(refused.headers().contains_key("retry-after"));
+    let answer = assert_error(refused, 503, "backlog_full").await;
+    assert!(answer["message"].as_str().unwrap().contains("MAX_BACKLOG=3"), "{answer}");
+    let stored = xlen(&redis);
+    assert_error(post_v1(&ingress, body(100).as_bytes()).await, 503, "backlog_full").await;
+    assert_eq!(xlen(&redis), stored, "nothing written while full");
+
+    // A processor drains the backlog: accepted again.
+    let api = FakeApi::start().await;
+    let processor = start_processor(processor_vars(&redis.url(), &api.url())).await;
+    all_acked(&redis).await;
+    eventually("accepted again", || async {
+        (post_v1(&ingress, body(99).as_bytes()).await.status() == 200).then_some(())
+    })
+    .await;
+    processor.stop().await;
+}
+
+#[tokio::test]
+async fn backpressure_is_off_below_the_limit() {
+    let redis = RedisServer::start();
+    let ingress = start_with(default_vars(&redis.url()), |c| c.backlog_refresh = Duration::from_millis(20)).await;
+    for i in 0..20 {
+        let r = post_v1(&ingress, format!(r#"{{"event":"x","n":{i}}}"#).as_bytes()).await;
+        assert_eq!(r.status(), 200);
+        tokio::time::sleep(Duration::from_millis(5)).await; // let the watcher see the growing stream
+    }
+    assert_eq!(xlen(&redis), 20);
+}
+
+#[tokio::test]
+async fn idle_consumers_without_pending_entries_are_reaped_and_others_kept() {
+    let redis = RedisServer::start();
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(EVENTS)
+        .arg(GROUP)
+        .arg("0")
+        .arg("MKSTREAM")
+        .query(&mut redis.con())
+        .unwrap();
+    let _: i64 = redis::cmd("XGROUP")
+        .arg("CREATECONSUMER")
+        .arg(EVENTS)
+        .arg(GROUP)
+        .arg("gone-idle")
+        .query(&mut redis.con())
+        .unwrap();
+    add_event(&redis, "bot.completed", b"{}", "held");
+    let _: redis::Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg(GROUP)
+        .arg("gone-with-work")
+        .arg("COUNT")
+        .arg(1)
+        .arg("STREAMS")
+        .arg(EVENTS)
+        .arg(">")
+        .query(&mut redis.con())
+        .unwrap();
+    let mut vars: HashMap<String, String> = processor_vars(&redis.url(), "http://127.0.0.1:9");
+    vars.insert("CONSUMER_IDLE_REAP_SECS".into(), "1".into());
+    let processor = start_processor_with(vars, |c| c.trim_interval = Duration::from_millis(50)).await;
+    let ops = ops(&redis);
+    eventually("the idle consumer is reaped", || async {
+        let names: Vec<String> = ops.consumers().await.unwrap().into_iter().map(|c| c.name).collect();
+        (!names.contains(&"gone-idle".to_string())).then_some(())
+    })
+    .await;
+    let consumers = ops.consumers().await.unwrap();
+    let with_work =
+        consumers.iter().find(|c| c.name == "gone-with-work").expect("a consumer with pending entries is kept");
+    assert_eq!(with_work.pending, 1);
+    assert!(with_work.idle >= Duration::from_secs(1), "it was idle long enough to be reaped, had it nothing pending");
+    assert!(consumers.iter().any(|c| c.name == processor.consumer), "the running processor keeps itself");
+    processor.stop().await;
+}
