@@ -72,6 +72,9 @@ impl Reply {
     }
 }
 
+/// `GET` here answers the call log as JSON (`[{"method", "path", "id"}]`); not itself recorded.
+pub const CALL_LOG_PATH: &str = "/_calls";
+
 type Script = Arc<dyn Fn(&Call, usize) -> Reply + Send + Sync>;
 
 #[derive(Default)]
@@ -100,7 +103,12 @@ fn key(method: &str, path: &str) -> String {
 
 impl FakeApi {
     pub async fn start() -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start_on("127.0.0.1:0".parse().unwrap()).await
+    }
+
+    /// Serves on `addr` (the compose end-to-end test serves on 0.0.0.0 in a container).
+    pub async fn start_on(addr: SocketAddr) -> Self {
+        let listener = TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(Mutex::new(State::default()));
         let shared = state.clone();
@@ -165,6 +173,17 @@ async fn answer(
         .map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
         .collect();
     let body = req.into_body().collect().await.map(|b| b.to_bytes().to_vec()).unwrap_or_default();
+    if method == "GET" && path == CALL_LOG_PATH {
+        // The call log, for a test that runs this server in another process.
+        let log: Vec<serde_json::Value> = state
+            .lock()
+            .unwrap()
+            .calls
+            .iter()
+            .map(|c| serde_json::json!({"method": c.method, "path": c.path, "id": c.headers.get("x-hookstream-id")}))
+            .collect();
+        return Ok(Response::new(Full::new(Bytes::from(serde_json::to_vec(&log).unwrap()))));
+    }
     let call = Call { method: method.clone(), path: path.clone(), query, headers, body, at: Instant::now() };
     let reply = {
         let mut state = state.lock().unwrap();

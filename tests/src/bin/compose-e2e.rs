@@ -1,0 +1,277 @@
+//! The driver of `tests/compose/e2e.sh`: load, a processor killed mid-load, a Redis restart,
+//! and the checks. Needs the stack up (the script does that) and these variables:
+//!
+//! - `INGRESS_URL`: the ingress as published on the host (`http://127.0.0.1:PORT`);
+//! - `FAKE_URL`: the fake API as published on the host (for its call log);
+//! - `COMPOSE`: the compose command with its project and files (`docker-compose -p … -f …`);
+//! - `API_KEY`, `SECRET`: the ingress's `MEETING_BAAS_API_KEY` and one `WEBHOOK_SECRETS` entry.
+//!
+//! Exits non-zero with a message on the first failed check.
+
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine;
+use hmac::{Hmac, Mac};
+use std::collections::{HashMap, HashSet};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+const UNIQUE: usize = 400;
+const DUPLICATES: usize = 100;
+const CONCURRENCY: usize = 8;
+const EVENTS: &str = "{hookstream}:events";
+const DEAD: &str = "{hookstream}:dead";
+
+fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| fail(&format!("{name} is not set")))
+}
+
+fn fail(message: &str) -> ! {
+    eprintln!("e2e: FAILED: {message}");
+    std::process::exit(1)
+}
+
+fn check(ok: bool, message: &str) {
+    if !ok {
+        fail(message);
+    }
+    println!("e2e: ok: {message}");
+}
+
+fn sh(command: &str) -> String {
+    let out = Command::new("sh").arg("-c").arg(command).output().unwrap_or_else(|e| fail(&format!("{command}: {e}")));
+    if !out.status.success() {
+        fail(&format!("{command}: {}", String::from_utf8_lossy(&out.stderr)));
+    }
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn redis_cli(compose: &str, args: &str) -> String {
+    sh(&format!("{compose} exec -T redis redis-cli --raw {args}"))
+}
+
+/// XINFO GROUPS of the events stream: group name → field → value.
+fn groups(compose: &str) -> HashMap<String, HashMap<String, String>> {
+    let out = redis_cli(compose, &format!("XINFO GROUPS '{EVENTS}'"));
+    let lines: Vec<&str> = out.lines().collect();
+    let mut groups = HashMap::new();
+    let mut current: HashMap<String, String> = HashMap::new();
+    for pair in lines.chunks(2) {
+        if pair.len() < 2 {
+            break;
+        }
+        if pair[0] == "name" && !current.is_empty() {
+            let name = current.get("name").cloned().unwrap_or_default();
+            groups.insert(name, std::mem::take(&mut current));
+        }
+        current.insert(pair[0].to_string(), pair[1].to_string());
+    }
+    if let Some(name) = current.get("name").cloned() {
+        groups.insert(name, current);
+    }
+    groups
+}
+
+fn xlen(compose: &str, key: &str) -> u64 {
+    redis_cli(compose, &format!("XLEN '{key}'")).trim().parse().unwrap_or_else(|_| fail("XLEN did not answer a number"))
+}
+
+fn now() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+fn sign(secret: &str, id: &str, ts: i64, body: &[u8]) -> String {
+    let key =
+        BASE64.decode(secret.trim_start_matches("whsec_")).unwrap_or_else(|_| fail("SECRET is not whsec_ base64"));
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(&key).unwrap_or_else(|_| fail("bad key"));
+    mac.update(format!("{id}.{ts}.").as_bytes());
+    mac.update(body);
+    format!("v1,{}", BASE64.encode(mac.finalize().into_bytes()))
+}
+
+/// One webhook to send: v1 (API key) for even numbers, v2 (signed) for odd ones. Copies of
+/// the same number are the same event (same fields / same message id).
+#[derive(Clone)]
+struct Webhook {
+    n: usize,
+    dedup_id: String,
+    body: String,
+    signed: bool,
+}
+
+fn webhook(n: usize) -> Webhook {
+    if n % 2 == 0 {
+        let body = format!(
+            r#"{{"event":"bot.status_change","data":{{"bot_id":"e2e-bot-{n}","status":{{"code":"joining_call","created_at":"2026-05-19T13:58:02.417Z"}}}}}}"#
+        );
+        Webhook {
+            n,
+            dedup_id: format!("bot.status_change:e2e-bot-{n}:joining_call:2026-05-19T13:58:02.417Z"),
+            body,
+            signed: false,
+        }
+    } else {
+        let body = format!(r#"{{"event":"bot.completed","data":{{"bot_id":"e2e-bot-{n}"}}}}"#);
+        Webhook { n, dedup_id: format!("msg_e2e_{n}"), body, signed: true }
+    }
+}
+
+async fn send(client: &reqwest::Client, url: &str, key: &str, secret: &str, w: &Webhook) -> (u16, String) {
+    for attempt in 0..50 {
+        let mut req = client.post(url).header("content-type", "application/json").body(w.body.clone());
+        if w.signed {
+            let ts = now();
+            req = req
+                .header("webhook-id", &w.dedup_id)
+                .header("webhook-timestamp", ts.to_string())
+                .header("webhook-signature", sign(secret, &w.dedup_id, ts, w.body.as_bytes()));
+        } else {
+            req = req.header("x-meeting-baas-api-key", key);
+        }
+        match req.send().await {
+            Ok(r) if r.status().as_u16() == 503 => {} // a sender retries after Retry-After
+            Ok(r) => {
+                let status = r.status().as_u16();
+                let body: serde_json::Value = r.json().await.unwrap_or_default();
+                return (status, body["status"].as_str().unwrap_or("").to_string());
+            }
+            Err(err) if attempt == 49 => fail(&format!("request {} failed: {err}", w.n)),
+            Err(_) => {}
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    fail(&format!("request {} never accepted", w.n))
+}
+
+#[tokio::main]
+async fn main() {
+    let (ingress, fake, compose) = (env("INGRESS_URL"), env("FAKE_URL"), env("COMPOSE"));
+    let (key, secret) = (env("API_KEY"), env("SECRET"));
+    let client = reqwest::Client::new();
+
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while client.get(format!("{ingress}/readyz")).send().await.map(|r| r.status().as_u16()).ok() != Some(200) {
+        if Instant::now() > deadline {
+            fail("the ingress never became ready");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // 400 events and 100 copies of some of them, interleaved (a fixed shuffle).
+    let mut plan: Vec<Webhook> = (0..UNIQUE).map(webhook).collect();
+    plan.extend((0..DUPLICATES).map(|i| webhook((i * 7) % UNIQUE)));
+    let mut seed: u64 = 0x5eed;
+    for i in (1..plan.len()).rev() {
+        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        plan.swap(i, (seed >> 33) as usize % (i + 1));
+    }
+    // Copies must come after their original for the answers to be predictable.
+    let mut seen = HashSet::new();
+    let mut originals = Vec::new();
+    let mut copies = Vec::new();
+    for w in plan {
+        if seen.insert(w.n) {
+            originals.push(w)
+        } else {
+            copies.push(w)
+        }
+    }
+    let plan: Vec<Webhook> = originals.into_iter().chain(copies).collect();
+
+    let url = Arc::new(format!("{ingress}/webhooks/meeting-baas"));
+    let (key, secret) = (Arc::new(key), Arc::new(secret));
+    let mut answers: Vec<(u16, String)> = Vec::new();
+    let mut killed: Option<(String, String)> = None;
+    for (i, chunk) in plan.chunks(CONCURRENCY).enumerate() {
+        let tasks: Vec<_> = chunk
+            .iter()
+            .cloned()
+            .map(|w| {
+                let (client, url, key, secret) = (client.clone(), url.clone(), key.clone(), secret.clone());
+                tokio::spawn(async move { send(&client, &url, &key, &secret, &w).await })
+            })
+            .collect();
+        for t in tasks {
+            answers.push(t.await.unwrap_or_else(|e| fail(&e.to_string())));
+        }
+        if i == 25 && killed.is_none() {
+            // Mid-load: kill one processor (SIGKILL, no goodbye).
+            let container =
+                sh(&format!("{compose} ps -q processor")).lines().next().unwrap_or_default().trim().to_string();
+            let hostname = sh(&format!("docker inspect -f '{{{{.Config.Hostname}}}}' {container}")).trim().to_string();
+            sh(&format!("docker kill {container}"));
+            let consumer = format!("{hostname}-1");
+            let held =
+                redis_cli(&compose, &format!("XPENDING '{EVENTS}' processors - + 100 {consumer}")).lines().count() / 4;
+            println!("e2e: killed processor {consumer} mid-load, holding {held} unacked entries");
+            killed = Some((container, consumer));
+        }
+    }
+    let accepted = answers.iter().filter(|(s, a)| *s == 200 && a == "accepted").count();
+    let duplicate = answers.iter().filter(|(s, a)| *s == 200 && a == "duplicate").count();
+    check(accepted == UNIQUE, &format!("{accepted} of {UNIQUE} unique webhooks accepted"));
+    check(duplicate == DUPLICATES, &format!("{duplicate} of {DUPLICATES} copies answered duplicate"));
+
+    // Redis restarts: AOF (appendfsync always) keeps every accepted event.
+    sh(&format!("{compose} restart redis"));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = Command::new("sh").arg("-c").arg(format!("{compose} exec -T redis redis-cli ping")).output();
+        if out.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("PONG")) {
+            break;
+        }
+        if Instant::now() > deadline {
+            fail("Redis did not come back");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let stored = xlen(&compose, EVENTS);
+    check(stored == UNIQUE as u64, &format!("after the Redis restart the stream holds all {stored} accepted events"));
+
+    // Processing resumes by itself and finishes.
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let g = groups(&compose);
+        let done = g.get("processors").is_some_and(|g| {
+            g.get("pending").map(String::as_str) == Some("0") && g.get("lag").map(String::as_str) == Some("0")
+        });
+        if done {
+            break;
+        }
+        if Instant::now() > deadline {
+            fail(&format!("entries still unprocessed: {g:?}"));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    check(true, "every entry acked (group pending 0, lag 0)");
+    check(xlen(&compose, DEAD) == 0, "the dead stream is empty");
+
+    // The fake API's log: each unique event forwarded; only entries the killed processor held
+    // may have run twice (at-least-once after a crash).
+    let log: Vec<serde_json::Value> = client
+        .get(format!("{fake}/_calls"))
+        .send()
+        .await
+        .unwrap_or_else(|e| fail(&e.to_string()))
+        .json()
+        .await
+        .unwrap_or_default();
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for call in &log {
+        if call["path"] == "/forward" {
+            *counts.entry(call["id"].as_str().unwrap_or_default().to_string()).or_default() += 1;
+        }
+    }
+    let expected: HashSet<String> = (0..UNIQUE).map(|n| webhook(n).dedup_id).collect();
+    let got: HashSet<String> = counts.keys().cloned().collect();
+    check(
+        got == expected,
+        &format!("all {} unique events were processed, none lost ({} seen)", expected.len(), got.len()),
+    );
+    let twice = counts.values().filter(|c| **c > 1).count();
+    check(twice <= 16, &format!("{twice} events ran twice (at most the killed processor's CONCURRENCY=16 in flight)"));
+    if let Some((_, consumer)) = killed {
+        let pending = redis_cli(&compose, &format!("XPENDING '{EVENTS}' processors - + 100 {consumer}"));
+        check(pending.trim().is_empty(), &format!("the killed consumer {consumer} has nothing pending: reclaimed"));
+    }
+}
