@@ -17,7 +17,8 @@ RUN cargo chef prepare --recipe-path recipe.json
 
 FROM chef AS builder
 COPY --from=planner /src/recipe.json recipe.json
-RUN cargo chef cook --release --recipe-path recipe.json -p ingress -p processor
+# The workspace's default members are the services (not the test crate).
+RUN cargo chef cook --release --recipe-path recipe.json
 COPY . .
 RUN cargo build --release --locked -p ingress -p processor \
  && install -D -m 0755 target/release/ingress target/release/processor -t /out
