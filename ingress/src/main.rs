@@ -60,6 +60,7 @@ fn serve(config: IngressConfig) -> ExitCode {
         }
     };
     runtime.block_on(async {
+        let shutdown = shared::shutdown::signal();
         let ingress = match Ingress::build(config).await {
             Ok(ingress) => ingress,
             Err(err) => {
@@ -67,7 +68,7 @@ fn serve(config: IngressConfig) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        ingress.run_until(shared::shutdown::signal()).await;
+        ingress.run_until(shutdown).await;
         ExitCode::SUCCESS
     })
 }

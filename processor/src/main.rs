@@ -88,6 +88,7 @@ fn run(config: ProcessorConfig) -> ExitCode {
         Err(code) => return code,
     };
     rt.block_on(async {
+        let shutdown = shared::shutdown::signal();
         let processor = match Processor::build(config, None).await {
             Ok(processor) => processor,
             Err(err) => {
@@ -95,7 +96,7 @@ fn run(config: ProcessorConfig) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        processor.run_until(shared::shutdown::signal()).await;
+        processor.run_until(shutdown).await;
         ExitCode::SUCCESS
     })
 }

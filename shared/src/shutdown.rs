@@ -5,31 +5,39 @@
 //! within the grace period, exit 0". The services take the signal as a future parameter, so
 //! tests pass their own.
 
-/// Resolves on the first SIGTERM or SIGINT.
-pub async fn signal() {
+use std::future::Future;
+
+/// Listens for SIGTERM and SIGINT from the moment it is called (so a signal that arrives while
+/// the service is still starting is not lost to the default action, which would kill the
+/// process); the returned future resolves on the first one. Call it inside the runtime, before
+/// the service starts listening.
+pub fn signal() -> impl Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => tracing::info!("SIGTERM received, shutting down"),
-                    _ = ctrl_c() => tracing::info!("SIGINT received, shutting down"),
+        let term = signal(SignalKind::terminate());
+        let int = signal(SignalKind::interrupt());
+        async move {
+            match (term, int) {
+                (Ok(mut term), Ok(mut int)) => {
+                    tokio::select! {
+                        _ = term.recv() => tracing::info!("SIGTERM received, shutting down"),
+                        _ = int.recv() => tracing::info!("SIGINT received, shutting down"),
+                    }
                 }
-            }
-            Err(err) => {
-                tracing::warn!(error = %err, "cannot listen for SIGTERM; only SIGINT stops this process");
-                ctrl_c().await;
+                (Ok(mut one), Err(err)) | (Err(err), Ok(mut one)) => {
+                    tracing::warn!(error = %err, "cannot listen for one of SIGTERM/SIGINT");
+                    one.recv().await;
+                }
+                (Err(err), Err(_)) => {
+                    tracing::warn!(error = %err, "cannot listen for SIGTERM or SIGINT; stop this process with SIGKILL");
+                    std::future::pending::<()>().await;
+                }
             }
         }
     }
     #[cfg(not(unix))]
-    ctrl_c().await;
-}
-
-async fn ctrl_c() {
-    if let Err(err) = tokio::signal::ctrl_c().await {
-        tracing::warn!(error = %err, "cannot listen for SIGINT");
-        std::future::pending::<()>().await;
+    async {
+        let _ = tokio::signal::ctrl_c().await;
     }
 }
