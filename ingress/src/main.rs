@@ -2,9 +2,9 @@
 
 use clap::{Parser, Subcommand};
 use ingress::{config, Ingress, IngressConfig};
-use shared::config::{help_table, Env, Reader};
+use shared::cli;
+use shared::config::help_table;
 use std::process::ExitCode;
-use std::time::Duration;
 
 #[derive(Parser)]
 #[command(name = "ingress", version, about = "hookstream ingress: Meeting BaaS webhooks into a Redis Stream")]
@@ -21,45 +21,20 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
-        Err(err) => {
-            let _ = err.print();
-            return if err.use_stderr() { ExitCode::from(shared::EXIT_USAGE) } else { ExitCode::SUCCESS };
-        }
-    };
-    let config = match IngressConfig::read(&Reader::new(&Env)) {
-        Ok(config) => config,
-        Err(err) => {
-            eprintln!("ingress: {err}");
-            return ExitCode::from(shared::EXIT_USAGE);
-        }
-    };
-    match cli.command {
-        Some(Command::Healthcheck) => {
-            let target = shared::healthcheck::target(config.listen_addr);
-            match shared::healthcheck::probe(target, Duration::from_secs(3)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(problem) => {
-                    eprintln!("ingress healthcheck: {problem}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
-        None => serve(config),
+    match run() {
+        Ok(code) | Err(code) => code,
     }
 }
 
-fn serve(config: IngressConfig) -> ExitCode {
+fn run() -> Result<ExitCode, ExitCode> {
+    let cli: Cli = cli::parse()?;
+    let config = cli::config("ingress", IngressConfig::read)?;
+    if let Some(Command::Healthcheck) = cli.command {
+        return Ok(cli::healthcheck("ingress", config.listen_addr));
+    }
     shared::telemetry::init_logging(config.common.log_format);
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
-        Err(err) => {
-            eprintln!("ingress: cannot start the async runtime: {err}");
-            return ExitCode::FAILURE;
-        }
-    };
-    runtime.block_on(async {
+    let runtime = cli::runtime("ingress")?;
+    Ok(runtime.block_on(async {
         let shutdown = shared::shutdown::signal();
         let ingress = match Ingress::build(config).await {
             Ok(ingress) => ingress,
@@ -70,5 +45,5 @@ fn serve(config: IngressConfig) -> ExitCode {
         };
         ingress.run_until(shutdown).await;
         ExitCode::SUCCESS
-    })
+    }))
 }

@@ -5,7 +5,7 @@ use std::time::Instant;
 pub const REQUESTS_TOTAL: &str = "hookstream_ingress_requests_total";
 pub const REQUEST_DURATION: &str = "hookstream_ingress_request_duration_seconds";
 
-/// The `outcome` label of [`REQUESTS_TOTAL`].
+/// The `outcome` label of [`REQUESTS_TOTAL`] (the discriminant indexes the handles).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     Accepted,
@@ -31,8 +31,33 @@ impl Outcome {
     }
 }
 
+const OUTCOMES: [Outcome; 7] = [
+    Outcome::Accepted,
+    Outcome::Duplicate,
+    Outcome::Unauthorized,
+    Outcome::Invalid,
+    Outcome::TooLarge,
+    Outcome::Unsupported,
+    Outcome::Unavailable,
+];
+
+/// The metric handles, registered once: a request then only bumps atomics (no registry lookup).
+struct Handles {
+    requests: [metrics::Counter; 7],
+    duration: metrics::Histogram,
+}
+
+fn handles() -> &'static Handles {
+    static HANDLES: std::sync::OnceLock<Handles> = std::sync::OnceLock::new();
+    HANDLES.get_or_init(|| Handles {
+        requests: OUTCOMES.map(|o| metrics::counter!(REQUESTS_TOTAL, "outcome" => o.as_str())),
+        duration: metrics::histogram!(REQUEST_DURATION),
+    })
+}
+
 /// Counts one webhook request and its duration.
 pub fn record(outcome: Outcome, started: Instant) {
-    metrics::counter!(REQUESTS_TOTAL, "outcome" => outcome.as_str()).increment(1);
-    metrics::histogram!(REQUEST_DURATION).record(started.elapsed().as_secs_f64());
+    let h = handles();
+    h.requests[outcome as usize].increment(1);
+    h.duration.record(started.elapsed().as_secs_f64());
 }

@@ -1,19 +1,13 @@
 //! The `ingress` binary: `--help`, configuration errors (exit 64), `healthcheck`, SIGTERM.
 
 use hookstream_tests::{free_port, RedisServer};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_ingress");
 
-/// Runs the binary with only `vars` in its environment (plus PATH).
 fn run(args: &[&str], vars: &[(&str, &str)]) -> Output {
-    let mut cmd = Command::new(BIN);
-    cmd.args(args).env_clear().env("PATH", std::env::var_os("PATH").unwrap_or_default());
-    for (k, v) in vars {
-        cmd.env(k, v);
-    }
-    cmd.output().expect("run ingress")
+    hookstream_tests::run_bin(BIN, args, vars)
 }
 
 #[test]
@@ -82,12 +76,7 @@ fn healthcheck_and_sigterm() {
     // Nothing listens yet: unhealthy.
     assert_eq!(run(&["healthcheck"], &vars).status.code(), Some(1));
 
-    let mut cmd = Command::new(BIN);
-    cmd.env_clear().stdout(Stdio::null()).stderr(Stdio::null());
-    for (k, v) in vars {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.spawn().expect("spawn ingress");
+    let mut child = hookstream_tests::spawn_bin(BIN, &vars);
     wait_for("healthcheck passes", || run(&["healthcheck"], &vars).status.success().then_some(()));
     // A wildcard listen address is probed on loopback.
     let wildcard_addr = format!("0.0.0.0:{port}");

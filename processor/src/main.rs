@@ -1,93 +1,64 @@
 //! `processor`: consume and handle events (no arguments), or one of the operator commands.
 
-use clap::Parser;
-use processor::cli::{self, Cli, Command};
+use processor::cli::{self as commands, Cli, Command};
 use processor::{Processor, ProcessorConfig};
-use shared::config::{Env, Reader};
+use shared::cli;
 use shared::keys::Keys;
 use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
-        Err(err) => {
-            let _ = err.print();
-            return if err.use_stderr() { ExitCode::from(shared::EXIT_USAGE) } else { ExitCode::SUCCESS };
-        }
-    };
-    let config = match ProcessorConfig::read(&Reader::new(&Env)) {
-        Ok(config) => config,
-        Err(err) => {
-            eprintln!("processor: {err}");
-            return ExitCode::from(shared::EXIT_USAGE);
-        }
-    };
-    match cli.command {
-        None => run(config),
-        Some(Command::Healthcheck) => {
-            let target = shared::healthcheck::target(config.metrics_addr);
-            match shared::healthcheck::probe(target, Duration::from_secs(3)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(problem) => {
-                    eprintln!("processor healthcheck: {problem}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
-        Some(command) => operate(config, command),
+    match run() {
+        Ok(code) | Err(code) => code,
     }
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
-    tokio::runtime::Runtime::new().map_err(|err| {
-        eprintln!("processor: cannot start the async runtime: {err}");
-        ExitCode::FAILURE
-    })
+fn run() -> Result<ExitCode, ExitCode> {
+    let cli: Cli = cli::parse()?;
+    let config = cli::config("processor", ProcessorConfig::read)?;
+    match cli.command {
+        None => serve(config),
+        Some(Command::Healthcheck) => Ok(cli::healthcheck("processor", config.metrics_addr)),
+        Some(Command::Status) => operate(config, None),
+        Some(Command::Dead { action }) => operate(config, Some(action)),
+    }
 }
 
-/// `status` and `dead …`: one short-lived connection, the result printed, its exit code.
-fn operate(config: ProcessorConfig, command: Command) -> ExitCode {
-    let rt = match runtime() {
-        Ok(rt) => rt,
-        Err(code) => return code,
-    };
-    let done = rt.block_on(async {
+/// `status` (no action) and `dead …`: one short-lived connection, the result printed, its
+/// exit code.
+fn operate(config: ProcessorConfig, action: Option<commands::Dead>) -> Result<ExitCode, ExitCode> {
+    let runtime = cli::runtime("processor")?;
+    let done = runtime.block_on(async {
         let manager = shared::conn::client(&config.common.redis_url)
             .and_then(|c| shared::conn::manager(c, Some(Duration::from_secs(10))));
         let manager = match manager {
             Ok(m) => m,
             Err(err) => {
-                return cli::Done { code: cli::EXIT_UNAVAILABLE, stdout: String::new(), stderr: err.to_string() }
+                return commands::Done {
+                    code: commands::EXIT_UNAVAILABLE,
+                    stdout: String::new(),
+                    stderr: err.to_string(),
+                }
             }
         };
         let ops = processor::ops::Ops::new(Keys::new(&config.common.namespace), config.group.clone(), manager);
-        match command {
-            Command::Status => cli::status(&ops, config.consumer_idle_reap).await,
-            Command::Dead { action } => cli::dead(&ops, action).await,
-            Command::Healthcheck => unreachable_healthcheck(),
+        match action {
+            None => commands::status(&ops, config.consumer_idle_reap).await,
+            Some(action) => commands::dead(&ops, action).await,
         }
     });
     let _ = std::io::stdout().write_all(done.stdout.as_bytes());
     if !done.stderr.is_empty() {
         eprintln!("processor: {}", done.stderr);
     }
-    ExitCode::from(done.code)
+    Ok(ExitCode::from(done.code))
 }
 
-fn unreachable_healthcheck() -> cli::Done {
-    // `main` answers healthcheck itself; kept total so no input can panic here.
-    cli::Done { code: shared::EXIT_USAGE, stdout: String::new(), stderr: "healthcheck takes no Redis".into() }
-}
-
-fn run(config: ProcessorConfig) -> ExitCode {
+fn serve(config: ProcessorConfig) -> Result<ExitCode, ExitCode> {
     shared::telemetry::init_logging(config.common.log_format);
-    let rt = match runtime() {
-        Ok(rt) => rt,
-        Err(code) => return code,
-    };
-    rt.block_on(async {
+    let runtime = cli::runtime("processor")?;
+    Ok(runtime.block_on(async {
         let shutdown = shared::shutdown::signal();
         let processor = match Processor::build(config, None).await {
             Ok(processor) => processor,
@@ -98,5 +69,5 @@ fn run(config: ProcessorConfig) -> ExitCode {
         };
         processor.run_until(shutdown).await;
         ExitCode::SUCCESS
-    })
+    }))
 }

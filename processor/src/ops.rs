@@ -47,12 +47,7 @@ fn now_ms() -> u64 {
 }
 
 fn text(v: &Value) -> String {
-    match v {
-        Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
-        Value::SimpleString(s) => s.clone(),
-        Value::Int(i) => i.to_string(),
-        _ => String::new(),
-    }
+    crate::stream::text(v).unwrap_or_default()
 }
 
 /// One dead entry: id and fields in stream order.

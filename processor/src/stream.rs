@@ -68,7 +68,8 @@ pub fn is_nogroup(err: &redis::RedisError) -> bool {
     err.code() == Some("NOGROUP")
 }
 
-fn text(v: &Value) -> Option<String> {
+/// A Redis reply value as text (bulk or simple string, integer).
+pub(crate) fn text(v: &Value) -> Option<String> {
     match v {
         Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
         Value::SimpleString(s) => Some(s.clone()),

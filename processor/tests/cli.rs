@@ -3,28 +3,18 @@
 
 use hookstream_tests::fake_api::{FakeApi, Reply};
 use hookstream_tests::{eventually, free_port, RedisServer};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::Duration;
 
 const BIN: &str = env!("CARGO_BIN_EXE_processor");
 const EVENTS: &str = "{hookstream}:events";
 
 fn run(args: &[&str], vars: &[(&str, &str)]) -> Output {
-    let mut cmd = Command::new(BIN);
-    cmd.args(args).env_clear().env("PATH", std::env::var_os("PATH").unwrap_or_default());
-    for (k, v) in vars {
-        cmd.env(k, v);
-    }
-    cmd.output().expect("run processor")
+    hookstream_tests::run_bin(BIN, args, vars)
 }
 
 fn spawn(vars: &[(&str, &str)]) -> std::process::Child {
-    let mut cmd = Command::new(BIN);
-    cmd.env_clear().stdout(Stdio::null()).stderr(Stdio::null());
-    for (k, v) in vars {
-        cmd.env(k, v);
-    }
-    cmd.spawn().expect("spawn processor")
+    hookstream_tests::spawn_bin(BIN, vars)
 }
 
 #[test]

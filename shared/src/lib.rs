@@ -8,9 +8,11 @@
 //! - [`telemetry`]: logging and the Prometheus recorder;
 //! - [`shutdown`]: the SIGTERM/SIGINT future;
 //! - [`http`]: JSON answers and the HTTP serve loop (keep-alive, timeouts, graceful shutdown);
+//! - [`cli`]: what both `main`s do alike (arguments, configuration, healthcheck, runtime);
 //! - [`healthcheck`]: the `healthcheck` subcommand's probe, for images without curl.
 
 pub mod append;
+pub mod cli;
 pub mod config;
 pub mod conn;
 pub mod entry;

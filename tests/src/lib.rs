@@ -172,3 +172,26 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Runs a binary with only `vars` (and PATH) in its environment, and waits for it.
+pub fn run_bin(bin: &str, args: &[&str], vars: &[(&str, &str)]) -> std::process::Output {
+    bin_command(bin, vars).args(args).output().unwrap_or_else(|e| panic!("run {bin}: {e}"))
+}
+
+/// Starts a binary with only `vars` (and PATH) in its environment, output discarded.
+pub fn spawn_bin(bin: &str, vars: &[(&str, &str)]) -> Child {
+    bin_command(bin, vars)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {bin}: {e}"))
+}
+
+fn bin_command(bin: &str, vars: &[(&str, &str)]) -> Command {
+    let mut cmd = Command::new(bin);
+    cmd.env_clear().env("PATH", std::env::var_os("PATH").unwrap_or_default());
+    for (k, v) in vars {
+        cmd.env(k, v);
+    }
+    cmd
+}

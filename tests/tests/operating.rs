@@ -198,17 +198,7 @@ async fn status_shows_the_numbers() {
     make_dead(&redis, 1, 0).await;
     // A crashed consumer holds one entry; two more wait undelivered.
     add_event(&redis, "bot.completed", b"{}", "held");
-    let _: redis::Value = redis::cmd("XREADGROUP")
-        .arg("GROUP")
-        .arg(GROUP)
-        .arg("crashed")
-        .arg("COUNT")
-        .arg(1)
-        .arg("STREAMS")
-        .arg(EVENTS)
-        .arg(">")
-        .query(&mut redis.con())
-        .unwrap();
+    assert_eq!(ghost_read(&redis, "crashed", 1), 1);
     add_event(&redis, "bot.completed", b"{}", "w1");
     add_event(&redis, "bot.completed", b"{}", "w2");
     let done = cli::status(&ops(&redis), Duration::from_secs(3600)).await;
@@ -275,14 +265,7 @@ async fn backpressure_is_off_below_the_limit() {
 #[tokio::test]
 async fn idle_consumers_without_pending_entries_are_reaped_and_others_kept() {
     let redis = RedisServer::start();
-    let _: () = redis::cmd("XGROUP")
-        .arg("CREATE")
-        .arg(EVENTS)
-        .arg(GROUP)
-        .arg("0")
-        .arg("MKSTREAM")
-        .query(&mut redis.con())
-        .unwrap();
+    create_group(&redis);
     let _: i64 = redis::cmd("XGROUP")
         .arg("CREATECONSUMER")
         .arg(EVENTS)
@@ -291,17 +274,7 @@ async fn idle_consumers_without_pending_entries_are_reaped_and_others_kept() {
         .query(&mut redis.con())
         .unwrap();
     add_event(&redis, "bot.completed", b"{}", "held");
-    let _: redis::Value = redis::cmd("XREADGROUP")
-        .arg("GROUP")
-        .arg(GROUP)
-        .arg("gone-with-work")
-        .arg("COUNT")
-        .arg(1)
-        .arg("STREAMS")
-        .arg(EVENTS)
-        .arg(">")
-        .query(&mut redis.con())
-        .unwrap();
+    assert_eq!(ghost_read(&redis, "gone-with-work", 1), 1);
     let mut vars: HashMap<String, String> = processor_vars(&redis.url(), "http://127.0.0.1:9");
     vars.insert("CONSUMER_IDLE_REAP_SECS".into(), "1".into());
     let processor = start_processor_with(vars, |c| c.trim_interval = Duration::from_millis(50)).await;

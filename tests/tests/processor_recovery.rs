@@ -16,33 +16,6 @@ fn forward_vars(redis: &RedisServer, target: &FakeApi) -> HashMap<String, String
     vars
 }
 
-fn create_group(redis: &RedisServer) {
-    let _: () = redis::cmd("XGROUP")
-        .arg("CREATE")
-        .arg(EVENTS)
-        .arg(GROUP)
-        .arg("0")
-        .arg("MKSTREAM")
-        .query(&mut redis.con())
-        .unwrap();
-}
-
-/// A consumer that takes up to `count` new entries and never acks them (it "crashed").
-fn ghost_read(redis: &RedisServer, consumer: &str, count: usize) -> usize {
-    let reply: redis::streams::StreamReadReply = redis::cmd("XREADGROUP")
-        .arg("GROUP")
-        .arg(GROUP)
-        .arg(consumer)
-        .arg("COUNT")
-        .arg(count)
-        .arg("STREAMS")
-        .arg(EVENTS)
-        .arg(">")
-        .query(&mut redis.con())
-        .unwrap();
-    reply.keys.iter().map(|k| k.ids.len()).sum()
-}
-
 fn pending_of(redis: &RedisServer, consumer: &str) -> usize {
     let reply: redis::Value = redis::cmd("XPENDING")
         .arg(EVENTS)

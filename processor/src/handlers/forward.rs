@@ -26,7 +26,7 @@ impl Handler for Forward {
     fn handle<'a>(&'a self, event: &'a Event) -> HandlerFuture<'a> {
         Box::pin(async move {
             let Some(url) = &self.url else {
-                tracing::info!(stream_id = %event.id, event = %event.name, "no handler and no FORWARD_URL; acked");
+                tracing::debug!(stream_id = %event.id, event = %event.name, "no handler and no FORWARD_URL: nothing to do");
                 return Ok(());
             };
             let what = format!("POST {url}");

@@ -329,3 +329,31 @@ pub async fn dead_after(redis: &hookstream_tests::RedisServer, n: u64) -> Vec<(S
     hookstream_tests::eventually("dead-lettered", || async { (xlen_dead(redis) >= n).then_some(()) }).await;
     dead_entries(redis)
 }
+
+/// A consumer that takes up to `count` new entries and never acks them (it "crashed").
+pub fn ghost_read(redis: &hookstream_tests::RedisServer, consumer: &str, count: usize) -> usize {
+    let reply: redis::streams::StreamReadReply = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg(GROUP)
+        .arg(consumer)
+        .arg("COUNT")
+        .arg(count)
+        .arg("STREAMS")
+        .arg(EVENTS)
+        .arg(">")
+        .query(&mut redis.con())
+        .unwrap();
+    reply.keys.iter().map(|k| k.ids.len()).sum()
+}
+
+/// Creates the consumer group at id 0 (MKSTREAM), as a processor would.
+pub fn create_group(redis: &hookstream_tests::RedisServer) {
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(EVENTS)
+        .arg(GROUP)
+        .arg("0")
+        .arg("MKSTREAM")
+        .query(&mut redis.con())
+        .unwrap();
+}

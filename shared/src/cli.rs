@@ -1,0 +1,46 @@
+//! What both binaries' `main` do alike: parse the arguments, read the configuration, answer
+//! `healthcheck`, start the runtime. Failures come back as the exit code to return.
+
+use crate::config::{ConfigError, Env, Reader};
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// Parses the command line; `--help`/`--version` exit 0, bad arguments exit 64.
+pub fn parse<C: clap::Parser>() -> Result<C, ExitCode> {
+    C::try_parse().map_err(|err| {
+        let _ = err.print();
+        if err.use_stderr() {
+            ExitCode::from(crate::EXIT_USAGE)
+        } else {
+            ExitCode::SUCCESS
+        }
+    })
+}
+
+/// Reads the configuration from the environment; a bad value is one line on stderr, exit 64.
+pub fn config<T>(bin: &str, read: impl FnOnce(&Reader<'_>) -> Result<T, ConfigError>) -> Result<T, ExitCode> {
+    read(&Reader::new(&Env)).map_err(|err| {
+        eprintln!("{bin}: {err}");
+        ExitCode::from(crate::EXIT_USAGE)
+    })
+}
+
+/// The `healthcheck` subcommand: exit 0 when `GET /healthz` on the local `listen` answers 200.
+pub fn healthcheck(bin: &str, listen: SocketAddr) -> ExitCode {
+    match crate::healthcheck::probe(crate::healthcheck::target(listen), Duration::from_secs(3)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(problem) => {
+            eprintln!("{bin} healthcheck: {problem}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The multi-threaded Tokio runtime.
+pub fn runtime(bin: &str) -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Runtime::new().map_err(|err| {
+        eprintln!("{bin}: cannot start the async runtime: {err}");
+        ExitCode::FAILURE
+    })
+}
