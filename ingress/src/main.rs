@@ -32,7 +32,7 @@ fn run() -> Result<ExitCode, ExitCode> {
     if let Some(Command::Healthcheck) = cli.command {
         return Ok(cli::healthcheck("ingress", config.listen_addr));
     }
-    shared::telemetry::init_logging(config.common.log_format);
+    let _logs = shared::telemetry::init_logging(config.common.log_format);
     let runtime = cli::runtime("ingress")?;
     Ok(runtime.block_on(async {
         let shutdown = shared::shutdown::signal();

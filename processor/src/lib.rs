@@ -3,6 +3,7 @@
 //! retries, a lease while working, reclaim of abandoned entries, and a dead stream for what
 //! cannot be done. See [`stream`] for how Redis Streams are used.
 
+pub mod acker;
 pub mod cli;
 pub mod config;
 pub mod handlers;

@@ -56,7 +56,7 @@ fn operate(config: ProcessorConfig, action: Option<commands::Dead>) -> Result<Ex
 }
 
 fn serve(config: ProcessorConfig) -> Result<ExitCode, ExitCode> {
-    shared::telemetry::init_logging(config.common.log_format);
+    let _logs = shared::telemetry::init_logging(config.common.log_format);
     let runtime = cli::runtime("processor")?;
     Ok(runtime.block_on(async {
         let shutdown = shared::shutdown::signal();

@@ -88,6 +88,7 @@ impl Processor {
         let stream =
             Stream::new(Keys::new(&config.common.namespace), config.group.clone(), config.consumer.clone(), commands);
         let worker = Arc::new(Worker {
+            acker: crate::acker::Acker::spawn(stream.clone()),
             stream,
             registry,
             retry: RetryPolicy {

@@ -228,7 +228,12 @@ impl Stream {
     }
 
     pub async fn ack(&self, id: &str) -> RedisResult<()> {
-        redis::cmd("XACK").arg(&self.keys.events).arg(&self.group).arg(id).query_async::<i64>(&mut self.con()).await?;
+        self.ack_many(&[id]).await
+    }
+
+    /// One XACK for many ids.
+    pub async fn ack_many(&self, ids: &[&str]) -> RedisResult<()> {
+        redis::cmd("XACK").arg(&self.keys.events).arg(&self.group).arg(ids).query_async::<i64>(&mut self.con()).await?;
         Ok(())
     }
 

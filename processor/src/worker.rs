@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 /// What a worker needs, shared by every task.
 pub struct Worker {
     pub stream: Stream,
+    pub acker: crate::acker::Acker,
     pub registry: Registry,
     pub retry: RetryPolicy,
     pub max_deliveries: u64,
@@ -60,34 +61,28 @@ fn count_entry(outcome: &'static str) {
     metrics::counter!("hookstream_processor_entries_total", "outcome" => outcome).increment(1);
 }
 
-/// Keeps an entry leased until dropped.
-struct Lease(tokio::task::JoinHandle<()>);
-
-impl Drop for Lease {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 impl Worker {
-    fn lease(self: &Arc<Self>, id: &str) -> Lease {
-        let worker = self.clone();
-        let id = id.to_string();
-        Lease(tokio::spawn(async move {
-            let mut tick = tokio::time::interval(worker.lease_every);
-            tick.tick().await; // the first tick is immediate; the entry was just delivered
-            loop {
-                tick.tick().await;
-                match worker.stream.lease(&id).await {
-                    Ok(true) => {}
-                    Ok(false) => {
-                        tracing::warn!(stream_id = %id, "lease lost: another consumer owns the entry now");
-                        return;
-                    }
-                    Err(err) => tracing::debug!(stream_id = %id, error = %err, "lease refresh failed"),
-                }
+    /// Keeps the entry leased: every `lease_every` (the first time one interval after delivery)
+    /// resets its idle time, as long as this consumer owns it. Never returns; the caller runs it
+    /// beside the work and drops it when the work is done, so a fast entry costs no Redis call.
+    async fn lease(&self, id: &str) {
+        let every = self.lease_every;
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        let mut owned = true;
+        loop {
+            tick.tick().await;
+            if !owned {
+                continue;
             }
-        }))
+            match self.stream.lease(id).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::warn!(stream_id = %id, "lease lost: another consumer owns the entry now");
+                    owned = false;
+                }
+                Err(err) => tracing::debug!(stream_id = %id, error = %err, "lease refresh failed"),
+            }
+        }
     }
 
     /// Retries a final Redis write (ack or dead letter) until it succeeds. A vanished group means
@@ -144,15 +139,23 @@ impl Worker {
             Ok(event) => event,
             Err(reason) => return self.dead_letter(&entry, &reason, 0, deliveries).await,
         };
-        let _lease = self.lease(&entry.id);
+        // The lease runs beside the handler, its retries and the final write, and stops with them.
+        tokio::select! {
+            biased;
+            () = self.handle(&entry, &event, deliveries) => {}
+            () = self.lease(&entry.id) => {}
+        }
+    }
+
+    async fn handle(&self, entry: &RawEntry, event: &Event, deliveries: u64) {
         let handler = self.registry.get(&event.name).clone();
         let started = Instant::now();
-        let outcome = self.retry.run(|_| handler.handle(&event)).await;
+        let outcome = self.retry.run(|_| handler.handle(event)).await;
         metrics::histogram!("hookstream_processor_handler_duration_seconds", "event" => event.name.clone())
             .record(started.elapsed().as_secs_f64());
         match outcome.verdict {
             Verdict::Done => {
-                if self.settle("ack", &entry.id, || self.stream.ack(&entry.id)).await.is_some() {
+                if self.settle("ack", &entry.id, || self.acker.ack(&entry.id)).await.is_some() {
                     count_entry("acked");
                     tracing::info!(
                         stream_id = %entry.id,
@@ -163,10 +166,10 @@ impl Worker {
                     );
                 }
             }
-            Verdict::Permanent(reason) => self.dead_letter(&entry, &reason, outcome.attempts, deliveries).await,
+            Verdict::Permanent(reason) => self.dead_letter(entry, &reason, outcome.attempts, deliveries).await,
             Verdict::Exhausted(reason) => {
                 let reason = format!("retries exhausted after {} attempts: {reason}", outcome.attempts);
-                self.dead_letter(&entry, &reason, outcome.attempts, deliveries).await
+                self.dead_letter(entry, &reason, outcome.attempts, deliveries).await
             }
         }
     }

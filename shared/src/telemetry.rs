@@ -6,18 +6,28 @@ use std::sync::OnceLock;
 use tracing_subscriber::EnvFilter;
 
 /// Logs to stderr as text or JSON lines; the level comes from `RUST_LOG` (default `info`).
-pub fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+///
+/// Lines are written by a background thread through a buffer, so a request never waits for a
+/// `write` to stderr, and under load many lines go out in one system call. Nothing is dropped:
+/// when the queue is full, logging waits. Keep the returned guard until the process ends: its
+/// drop flushes what is still queued.
+#[must_use = "dropping the guard stops the log writer"]
+pub fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
     use std::io::IsTerminal;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .finish(std::io::BufWriter::new(std::io::stderr()));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     // `try_init` fails only when a subscriber is already set (tests); that one stays.
     let _ = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
+    guard
 }
 
 /// Latency buckets in seconds, from 100 µs to 30 s.

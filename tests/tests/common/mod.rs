@@ -244,7 +244,7 @@ pub async fn start_processor_with(
 ) -> TestProcessor {
     // RUST_LOG=debug shows the processor's logs when a test fails.
     if std::env::var_os("RUST_LOG").is_some() {
-        shared::telemetry::init_logging(shared::config::LogFormat::Text);
+        std::mem::forget(shared::telemetry::init_logging(shared::config::LogFormat::Text));
     }
     let mut config = processor::ProcessorConfig::read(&Reader::new(&vars)).expect("test config is valid");
     adjust(&mut config);
