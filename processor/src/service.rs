@@ -149,7 +149,8 @@ impl Processor {
             config.consumer_idle_reap,
             config.consumer.clone(),
         ));
-        let reader_task = tokio::spawn(read_loop(run.clone(), reader, config.batch_size, config.block));
+        let reader_task =
+            tokio::spawn(read_loop(run.clone(), reader, config.batch_size, config.block, config.concurrency));
 
         shutdown.await;
         tracing::info!("shutting down: no new entries; finishing in-flight ones");
@@ -208,19 +209,26 @@ impl Run {
         tasks.insert(id, handle.abort_handle());
     }
 
-    /// Waits for one free permit (`None` when shutting down). Only one is held while reading:
-    /// a blocking read must not keep permits from the reclaimer.
+    /// Waits for one free permit (`None` when shutting down).
     async fn permit(&self) -> Option<OwnedSemaphorePermit> {
+        self.permits_many(1).await
+    }
+
+    /// Waits for `n` free permits, held as one (`None` when shutting down).
+    async fn permits_many(&self, n: usize) -> Option<OwnedSemaphorePermit> {
         let mut stop = self.stop.clone();
+        let n = u32::try_from(n).unwrap_or(1).max(1);
         tokio::select! {
-            permit = self.permits.clone().acquire_owned() => permit.ok(),
+            permit = self.permits.clone().acquire_many_owned(n) => permit.ok(),
             _ = stop.wait_for(|s| *s) => None,
         }
     }
 
     /// Dispatches a batch, looking up delivery counts for entries that were not new.
-    async fn dispatch_batch(self: &Arc<Self>, entries: Vec<RawEntry>, fresh: bool, first: OwnedSemaphorePermit) {
-        let mut first = Some(first);
+    /// `held` carries one or more permits; each entry takes one of them, and entries beyond
+    /// them wait for a free one.
+    async fn dispatch_batch(self: &Arc<Self>, entries: Vec<RawEntry>, fresh: bool, held: OwnedSemaphorePermit) {
+        let mut held = Some(held);
         let counts = if fresh {
             HashMap::new()
         } else {
@@ -231,7 +239,11 @@ impl Run {
             // Deliveries of a new entry: 1. Of a re-read or reclaimed one: from the PEL (it
             // defaults to "more than once" if the lookup failed, which only matters at the cap).
             let deliveries = if fresh { 1 } else { counts.get(&entry.id).copied().unwrap_or(2) };
-            let permit = match first.take() {
+            let one = match held.as_mut() {
+                Some(h) if h.num_permits() > 1 => h.split(1),
+                _ => held.take(),
+            };
+            let permit = match one {
                 Some(p) => p,
                 None => match self.permits.clone().acquire_owned().await {
                     Ok(p) => p,
@@ -244,7 +256,13 @@ impl Run {
 }
 
 /// Reads this consumer's own pending entries first (id `0`), then new ones (`>`).
-async fn read_loop(run: Arc<Run>, mut reader: ConnectionManager, batch: usize, block: Duration) {
+///
+/// While the stream has a backlog (the last read came back full), it waits until half the
+/// permits are free and reads that many at once: fewer, larger reads (and acks) under load.
+/// Otherwise it holds a single permit while a blocking read waits for new entries, so the
+/// reclaimer is never starved of permits.
+async fn read_loop(run: Arc<Run>, mut reader: ConnectionManager, batch: usize, block: Duration, concurrency: usize) {
+    let mut backlog = false;
     let stream = run.worker.stream.clone();
     let mut backoff = reconnect_backoff();
     let mut pending_from: Option<String> = Some("0".into());
@@ -262,9 +280,10 @@ async fn read_loop(run: Arc<Run>, mut reader: ConnectionManager, batch: usize, b
                 }
             }
         }
-        let Some(permit) = run.permit().await else { break };
-        // Read as many entries as there are free permits (this one included).
-        let count = (1 + run.permits.available_permits()).min(batch);
+        let want = if backlog { (concurrency / 2).clamp(1, batch) } else { 1 };
+        let Some(permit) = run.permits_many(want).await else { break };
+        // Read as many entries as there are free permits (those held included).
+        let count = (want + run.permits.available_permits()).min(batch);
         let (from, block_for) = match &pending_from {
             Some(id) => (id.clone(), None),
             None => (">".to_string(), Some(block)),
@@ -278,6 +297,7 @@ async fn read_loop(run: Arc<Run>, mut reader: ConnectionManager, batch: usize, b
             Ok(entries) => {
                 run.worker.redis.ok();
                 backoff.reset();
+                backlog = entries.len() == count;
                 if let Some(cursor) = pending_from.as_mut() {
                     match entries.last() {
                         Some(last) => *cursor = last.id.clone(),
