@@ -1,9 +1,11 @@
 //! The processor service: the read loop, the reclaimer, the trimmer and the health server, and
 //! how they stop.
 //!
-//! Concurrency is bounded by a semaphore of `CONCURRENCY` permits: an entry is read (or
-//! reclaimed) only when a permit is free, so no entry sits delivered-but-unhandled in memory,
-//! and one slow entry holds one permit, never the others.
+//! Concurrency is bounded by a semaphore of `CONCURRENCY` permits: each entry is handled under
+//! one, so one slow entry holds one permit, never the others. The reader reads up to
+//! `BATCH_SIZE` entries at once and hands them out as permits free up; at most one batch waits,
+//! and every entry held in this process — waiting or being handled — is leased by one lease task
+//! (see [`crate::stream`]), so waiting never makes an entry look abandoned.
 
 use crate::config::ProcessorConfig;
 use crate::handlers::Registry;
@@ -20,7 +22,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::AbortHandle;
@@ -45,15 +47,23 @@ pub enum BuildError {
     Http(#[from] reqwest::Error),
 }
 
-/// Entries being handled in this process, with the handles to abort them after the grace.
+/// Entries held by this process: since when, and (once handled) the task to abort after the
+/// grace period.
 #[derive(Default)]
 struct InFlight {
-    tasks: Mutex<HashMap<String, AbortHandle>>,
+    entries: Mutex<HashMap<String, Held>>,
+}
+
+struct Held {
+    since: Instant,
+    task: Option<AbortHandle>,
+    /// The lease found another consumer owning it; not leased again.
+    lost: bool,
 }
 
 impl InFlight {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, AbortHandle>> {
-        self.tasks.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Held>> {
+        self.entries.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -98,7 +108,6 @@ impl Processor {
                 attempt_timeout: config.handler_timeout,
             },
             max_deliveries: config.max_deliveries,
-            lease_every: (config.claim_idle / 3).max(Duration::from_millis(10)),
             redis: RedisState::default(),
         });
         Ok(Self { config, worker, reader, metrics_listener })
@@ -139,6 +148,7 @@ impl Processor {
                 let _ = stop.wait_for(|s| *s).await;
             }))
         };
+        let leaser = tokio::spawn(lease_loop(run.clone(), (config.claim_idle / 3).max(Duration::from_millis(10))));
         let reclaimer = tokio::spawn(reclaim_loop(run.clone(), config.claim_idle, config.batch_size));
         let ops = crate::ops::Ops::new(worker.stream.keys.clone(), config.group.clone(), worker.stream.connection());
         let trimmer = tokio::spawn(trim_loop(
@@ -149,8 +159,7 @@ impl Processor {
             config.consumer_idle_reap,
             config.consumer.clone(),
         ));
-        let reader_task =
-            tokio::spawn(read_loop(run.clone(), reader, config.batch_size, config.block, config.concurrency));
+        let reader_task = tokio::spawn(read_loop(run.clone(), reader, config.batch_size, config.block));
 
         shutdown.await;
         tracing::info!("shutting down: no new entries; finishing in-flight ones");
@@ -162,15 +171,18 @@ impl Processor {
         let all = u32::try_from(config.concurrency).unwrap_or(u32::MAX);
         let finished = tokio::time::timeout(config.common.shutdown_grace, run.permits.acquire_many(all)).await.is_ok();
         if !finished {
-            let unfinished: Vec<(String, AbortHandle)> = run.in_flight.lock().drain().collect();
+            let unfinished: Vec<(String, Held)> = run.in_flight.lock().drain().collect();
             tracing::warn!(
                 entries = unfinished.len(),
                 "grace period over; unfinished entries stay pending and will be reclaimed"
             );
-            for (_, task) in unfinished {
-                task.abort();
+            for (_, held) in unfinished {
+                if let Some(task) = held.task {
+                    task.abort();
+                }
             }
         }
+        leaser.abort();
         let _ = health.await;
         tracing::info!("processor stopped");
         finished
@@ -191,78 +203,111 @@ impl Run {
         }
     }
 
-    /// Hands an entry to a task holding `permit`. An entry already being handled in this
-    /// process (read again through a reclaim race) is skipped.
+    /// Hands an entry to a task holding `permit`.
     fn dispatch(self: &Arc<Self>, entry: RawEntry, deliveries: u64, permit: OwnedSemaphorePermit) {
-        let mut tasks = self.in_flight.lock();
-        if tasks.contains_key(&entry.id) {
-            return;
-        }
         let id = entry.id.clone();
         let run = self.clone();
         let task_id = id.clone();
+        let mut held = self.in_flight.lock();
         let handle = tokio::spawn(async move {
             run.worker.clone().process(entry, deliveries).await;
             run.in_flight.lock().remove(&task_id);
             drop(permit);
         });
-        tasks.insert(id, handle.abort_handle());
+        if let Some(h) = held.get_mut(&id) {
+            h.task = Some(handle.abort_handle());
+        }
     }
 
     /// Waits for one free permit (`None` when shutting down).
     async fn permit(&self) -> Option<OwnedSemaphorePermit> {
-        self.permits_many(1).await
-    }
-
-    /// Waits for `n` free permits, held as one (`None` when shutting down).
-    async fn permits_many(&self, n: usize) -> Option<OwnedSemaphorePermit> {
         let mut stop = self.stop.clone();
-        let n = u32::try_from(n).unwrap_or(1).max(1);
         tokio::select! {
-            permit = self.permits.clone().acquire_many_owned(n) => permit.ok(),
+            permit = self.permits.clone().acquire_owned() => permit.ok(),
             _ = stop.wait_for(|s| *s) => None,
         }
     }
 
-    /// Dispatches a batch, looking up delivery counts for entries that were not new.
-    /// `held` carries one or more permits; each entry takes one of them, and entries beyond
-    /// them wait for a free one.
-    async fn dispatch_batch(self: &Arc<Self>, entries: Vec<RawEntry>, fresh: bool, held: OwnedSemaphorePermit) {
-        let mut held = Some(held);
+    /// Dispatches a batch: registers every entry as held (so the lease task covers it from
+    /// now on; an entry this process already holds, read again through a reclaim race, is
+    /// dropped), looks up delivery counts for entries that were not new, then starts each as a
+    /// permit frees up.
+    async fn dispatch_batch(self: &Arc<Self>, entries: Vec<RawEntry>, fresh: bool) {
+        let entries: Vec<RawEntry> = {
+            let mut held = self.in_flight.lock();
+            let now = Instant::now();
+            entries
+                .into_iter()
+                .filter(|e| {
+                    if held.contains_key(&e.id) {
+                        return false;
+                    }
+                    held.insert(e.id.clone(), Held { since: now, task: None, lost: false });
+                    true
+                })
+                .collect()
+        };
         let counts = if fresh {
             HashMap::new()
         } else {
             let ids: Vec<&str> = entries.iter().map(|e| e.id.as_str()).collect();
             self.worker.stream.delivery_counts(&ids).await.unwrap_or_default()
         };
-        for entry in entries {
+        let mut entries = entries.into_iter();
+        while let Some(entry) = entries.next() {
             // Deliveries of a new entry: 1. Of a re-read or reclaimed one: from the PEL (it
             // defaults to "more than once" if the lookup failed, which only matters at the cap).
             let deliveries = if fresh { 1 } else { counts.get(&entry.id).copied().unwrap_or(2) };
-            let one = match held.as_mut() {
-                Some(h) if h.num_permits() > 1 => h.split(1),
-                _ => held.take(),
-            };
-            let permit = match one {
-                Some(p) => p,
-                None => match self.permits.clone().acquire_owned().await {
-                    Ok(p) => p,
-                    Err(_) => return,
-                },
+            let Some(permit) = self.permit().await else {
+                // Shutting down: what was not started stays pending, for another replica.
+                let mut held = self.in_flight.lock();
+                held.remove(&entry.id);
+                for rest in entries {
+                    held.remove(&rest.id);
+                }
+                return;
             };
             self.dispatch(entry, deliveries, permit);
         }
     }
 }
 
-/// Reads this consumer's own pending entries first (id `0`), then new ones (`>`).
-///
-/// While the stream has a backlog (the last read came back full), it waits until half the
-/// permits are free and reads that many at once: fewer, larger reads (and acks) under load.
-/// Otherwise it holds a single permit while a blocking read waits for new entries, so the
-/// reclaimer is never starved of permits.
-async fn read_loop(run: Arc<Run>, mut reader: ConnectionManager, batch: usize, block: Duration, concurrency: usize) {
-    let mut backlog = false;
+/// Leases every entry held longer than `every` (see [`crate::stream`]), every `every`, until
+/// aborted; it runs through the shutdown grace period too.
+async fn lease_loop(run: Arc<Run>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let due: Vec<String> = run
+            .in_flight
+            .lock()
+            .iter()
+            .filter(|(_, h)| !h.lost && h.since.elapsed() >= every)
+            .map(|(id, _)| id.clone())
+            .collect();
+        if due.is_empty() {
+            continue;
+        }
+        let ids: Vec<&str> = due.iter().map(String::as_str).collect();
+        match run.worker.stream.lease(&ids).await {
+            Ok(lost) => {
+                let mut held = run.in_flight.lock();
+                for id in lost {
+                    tracing::warn!(stream_id = %id, "lease lost: another consumer owns the entry now");
+                    if let Some(h) = held.get_mut(&id) {
+                        h.lost = true;
+                    }
+                }
+            }
+            Err(err) => tracing::debug!(error = %err, "lease refresh failed; will try again"),
+        }
+    }
+}
+
+/// Reads this consumer's own pending entries first (id `0`), then new ones (`>`), up to
+/// `BATCH_SIZE` at a time; the next read waits until the batch has been handed out.
+async fn read_loop(run: Arc<Run>, mut reader: ConnectionManager, batch: usize, block: Duration) {
     let stream = run.worker.stream.clone();
     let mut backoff = reconnect_backoff();
     let mut pending_from: Option<String> = Some("0".into());
@@ -280,24 +325,19 @@ async fn read_loop(run: Arc<Run>, mut reader: ConnectionManager, batch: usize, b
                 }
             }
         }
-        let want = if backlog { (concurrency / 2).clamp(1, batch) } else { 1 };
-        let Some(permit) = run.permits_many(want).await else { break };
-        // Read as many entries as there are free permits (those held included).
-        let count = (want + run.permits.available_permits()).min(batch);
         let (from, block_for) = match &pending_from {
             Some(id) => (id.clone(), None),
             None => (">".to_string(), Some(block)),
         };
         let mut stop = run.stop.clone();
         let read = tokio::select! {
-            read = stream.read(&mut reader, &from, count, block_for) => read,
+            read = stream.read(&mut reader, &from, batch, block_for) => read,
             _ = stop.wait_for(|s| *s) => break,
         };
         match read {
             Ok(entries) => {
                 run.worker.redis.ok();
                 backoff.reset();
-                backlog = entries.len() == count;
                 if let Some(cursor) = pending_from.as_mut() {
                     match entries.last() {
                         Some(last) => *cursor = last.id.clone(),
@@ -308,7 +348,7 @@ async fn read_loop(run: Arc<Run>, mut reader: ConnectionManager, batch: usize, b
                     }
                 }
                 if !entries.is_empty() {
-                    run.dispatch_batch(entries, pending_from.is_none(), permit).await;
+                    run.dispatch_batch(entries, pending_from.is_none()).await;
                 }
             }
             Err(err) if is_nogroup(&err) => {
@@ -317,7 +357,6 @@ async fn read_loop(run: Arc<Run>, mut reader: ConnectionManager, batch: usize, b
             }
             Err(err) => {
                 run.worker.redis.failed("reading the stream", &err);
-                drop(permit);
                 if !run.pause(backoff.next_backoff().unwrap_or(Duration::from_secs(5))).await {
                     break;
                 }
@@ -347,8 +386,7 @@ async fn reclaim_loop(run: Arc<Run>, claim_idle: Duration, batch: usize) {
                         metrics::counter!("hookstream_processor_entries_total", "outcome" => "reclaimed")
                             .increment(claimed.len() as u64);
                         tracing::info!(entries = claimed.len(), "reclaimed idle entries");
-                        let Some(permit) = run.permit().await else { return };
-                        run.dispatch_batch(claimed, false, permit).await;
+                        run.dispatch_batch(claimed, false).await;
                     }
                     if next == "0-0" || run.stopping() {
                         break;

@@ -10,11 +10,11 @@
 //! - **Reclaim.** Entries idle longer than `CLAIM_IDLE_MS` in any consumer's PEL (its owner
 //!   died) are taken over with XAUTOCLAIM; the cursor is followed to the end, and ids whose
 //!   entries were deleted from the stream are dropped from the PEL by Redis and reported.
-//! - **Lease.** While an entry is being handled its owner resets the entry's idle time
-//!   (XCLAIM … JUSTID with min-idle 0, which does not count a delivery) well within
-//!   `CLAIM_IDLE_MS`, so a slow handler is never mistaken for a dead one. The lease is taken
-//!   only if this consumer still owns the entry (one Lua script), so it never steals an entry
-//!   another replica has reclaimed.
+//! - **Lease.** While an entry is held (waiting for a slot, or being handled) its owner resets
+//!   the entry's idle time (XCLAIM … JUSTID with min-idle 0, which does not count a delivery)
+//!   every `CLAIM_IDLE_MS / 3`, so a slow handler is never mistaken for a dead one. One script
+//!   call leases every held entry older than that, and only those this consumer still owns, so
+//!   it never steals an entry another replica has reclaimed.
 //! - **Deliveries.** The PEL counts how often each entry was delivered; past `MAX_DELIVERIES`
 //!   an entry is a poison entry and goes to the dead stream without running the handler.
 //! - **Dead letters.** XADD to `{ns}:dead` and XACK in one MULTI/EXEC: an entry is either still
@@ -44,13 +44,18 @@ pub struct RawEntry {
 pub const DEAD_FIELDS: &[&str] = &["original_id", "error", "attempts", "deliveries", "failed_at", "consumer"];
 
 const LEASE_SCRIPT: &str = r#"
--- KEYS[1] stream; ARGV[1] group, ARGV[2] consumer, ARGV[3] entry id
-local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
-if #p == 0 or p[1][2] ~= ARGV[2] then
-  return 0
+-- KEYS[1] stream; ARGV[1] group, ARGV[2] consumer, ARGV[3..] entry ids
+-- Resets the idle time of each entry this consumer still owns; returns the ids it does not.
+local lost = {}
+for i = 3, #ARGV do
+  local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
+  if #p == 0 or p[1][2] ~= ARGV[2] then
+    lost[#lost + 1] = ARGV[i]
+  else
+    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'JUSTID')
+  end
 end
-redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[3], 'JUSTID')
-return 1
+return lost
 "#;
 
 /// The stream as one consumer of one group sees it.
@@ -272,17 +277,15 @@ impl Stream {
         Ok(dead_id)
     }
 
-    /// Resets the entry's idle time if this consumer still owns it; `false` when it does not.
-    pub async fn lease(&self, id: &str) -> RedisResult<bool> {
-        let owned: i64 = self
-            .lease_script
-            .key(&self.keys.events)
-            .arg(&self.group)
-            .arg(&self.consumer)
-            .arg(id)
-            .invoke_async(&mut self.con())
-            .await?;
-        Ok(owned == 1)
+    /// Resets the idle time of the entries this consumer still owns, in one script call;
+    /// returns the ids it no longer owns (another consumer reclaimed them).
+    pub async fn lease(&self, ids: &[&str]) -> RedisResult<Vec<String>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut invocation = self.lease_script.key(&self.keys.events);
+        invocation.arg(&self.group).arg(&self.consumer).arg(ids);
+        invocation.invoke_async(&mut self.con()).await
     }
 
     /// One XAUTOCLAIM call: `(next cursor, claimed entries, deleted ids)`.

@@ -1,4 +1,4 @@
-//! Handling one entry: poison check, parse, handler with retries under a lease, then XACK or a
+//! Handling one entry: poison check, parse, handler with retries, then XACK or a
 //! dead letter.
 
 use crate::handlers::{Event, Registry};
@@ -17,7 +17,6 @@ pub struct Worker {
     pub registry: Registry,
     pub retry: RetryPolicy,
     pub max_deliveries: u64,
-    pub lease_every: Duration,
     pub redis: RedisState,
 }
 
@@ -62,29 +61,6 @@ fn count_entry(outcome: &'static str) {
 }
 
 impl Worker {
-    /// Keeps the entry leased: every `lease_every` (the first time one interval after delivery)
-    /// resets its idle time, as long as this consumer owns it. Never returns; the caller runs it
-    /// beside the work and drops it when the work is done, so a fast entry costs no Redis call.
-    async fn lease(&self, id: &str) {
-        let every = self.lease_every;
-        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-        let mut owned = true;
-        loop {
-            tick.tick().await;
-            if !owned {
-                continue;
-            }
-            match self.stream.lease(id).await {
-                Ok(true) => {}
-                Ok(false) => {
-                    tracing::warn!(stream_id = %id, "lease lost: another consumer owns the entry now");
-                    owned = false;
-                }
-                Err(err) => tracing::debug!(stream_id = %id, error = %err, "lease refresh failed"),
-            }
-        }
-    }
-
     /// Retries a final Redis write (ack or dead letter) until it succeeds. A vanished group means
     /// the entry is no longer pending anywhere: nothing left to write.
     async fn settle<F, Fut, T>(&self, what: &str, id: &str, mut write: F) -> Option<T>
@@ -139,12 +115,7 @@ impl Worker {
             Ok(event) => event,
             Err(reason) => return self.dead_letter(&entry, &reason, 0, deliveries).await,
         };
-        // The lease runs beside the handler, its retries and the final write, and stops with them.
-        tokio::select! {
-            biased;
-            () = self.handle(&entry, &event, deliveries) => {}
-            () = self.lease(&entry.id) => {}
-        }
+        self.handle(&entry, &event, deliveries).await
     }
 
     async fn handle(&self, entry: &RawEntry, event: &Event, deliveries: u64) {
