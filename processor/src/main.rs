@@ -6,6 +6,11 @@ use shared::cli;
 use shared::keys::Keys;
 use std::io::Write;
 use std::process::ExitCode;
+
+/// mimalloc: the services allocate many small short-lived buffers per request; glibc's malloc
+/// spent ~15 % of their CPU on them (see docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::time::Duration;
 
 fn main() -> ExitCode {
