@@ -191,10 +191,43 @@ async fn connect(addr: &str) -> Option<http1::SendRequest<Full<Bytes>>> {
     Some(sender)
 }
 
+/// Where a worker gets its next request number: a shared counter (closed loop), or the pacer
+/// thread (open loop), which hands out each number at its scheduled time.
+enum Source {
+    Counter(Arc<AtomicUsize>),
+    Paced(tokio::sync::mpsc::UnboundedReceiver<usize>),
+}
+
+/// The open loop's clock: a plain thread sleeping until each request's scheduled time (finer
+/// than the async runtime's millisecond timer, whose wake-ups would release requests in bursts),
+/// handing request numbers round-robin to the workers.
+fn pacer(
+    rate: f64,
+    requests: usize,
+    start: Instant,
+    deadline: Option<Instant>,
+    workers: Vec<tokio::sync::mpsc::UnboundedSender<usize>>,
+) {
+    std::thread::spawn(move || {
+        for i in 0..requests {
+            let at = start + Duration::from_secs_f64(i as f64 / rate);
+            if deadline.is_some_and(|d| at >= d) {
+                break;
+            }
+            let now = Instant::now();
+            if at > now {
+                std::thread::sleep(at - now);
+            }
+            if workers[i % workers.len()].send(i).is_err() {
+                break;
+            }
+        }
+    });
+}
+
 async fn worker(
-    w: usize,
     plan: Arc<Plan>,
-    next: Arc<AtomicUsize>,
+    mut source: Source,
     start: Instant,
     deadline: Option<Instant>,
 ) -> (WorkerReport, Histogram<u64>) {
@@ -202,28 +235,18 @@ async fn worker(
     let mut hist = new_histogram();
     let addr = plan.host.clone();
     let mut sender: Option<http1::SendRequest<Full<Bytes>>> = None;
-    let mut local = 0usize;
     loop {
-        let i = match plan.args.rate {
-            // Open loop: worker w sends requests w, w + C, w + 2C, … at their scheduled times.
-            Some(_) => {
-                let i = w + local * plan.args.connections;
-                local += 1;
-                i
-            }
-            None => next.fetch_add(1, Ordering::Relaxed),
+        let (i, intended) = match &mut source {
+            Source::Counter(next) => (next.fetch_add(1, Ordering::Relaxed), Instant::now()),
+            Source::Paced(rx) => match rx.recv().await {
+                // Latency counts from the scheduled time: a late answer is not hidden by a late send.
+                Some(i) => (i, start + Duration::from_secs_f64(i as f64 / plan.args.rate.unwrap_or(1.0))),
+                None => break,
+            },
         };
         if i >= plan.args.requests || deadline.is_some_and(|d| Instant::now() >= d) {
             break;
         }
-        let intended = match plan.args.rate {
-            Some(rate) => {
-                let at = start + Duration::from_secs_f64(i as f64 / rate);
-                tokio::time::sleep_until(at.into()).await;
-                at
-            }
-            None => Instant::now(),
-        };
         if sender.as_ref().is_none_or(|s| s.is_closed()) {
             sender = connect(&addr).await;
         }
@@ -329,7 +352,7 @@ fn percentiles(h: &Histogram<u64>, unit: f64) -> serde_json::Value {
     })
 }
 
-#[tokio::main]
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let args = Args::parse();
     let Some(host) = args.url.strip_prefix("http://").map(|h| h.trim_end_matches('/').to_string()) else {
@@ -354,8 +377,17 @@ async fn main() -> ExitCode {
     let start = Instant::now();
     let start_ms = now_ms();
     let deadline = args.duration.map(|d| start + Duration::from_secs_f64(d));
+    let sources: Vec<Source> = match args.rate {
+        None => (0..args.connections).map(|_| Source::Counter(next.clone())).collect(),
+        Some(rate) => {
+            let (txs, rxs): (Vec<_>, Vec<_>) =
+                (0..args.connections).map(|_| tokio::sync::mpsc::unbounded_channel::<usize>()).unzip();
+            pacer(rate, args.requests, start, deadline, txs);
+            rxs.into_iter().map(Source::Paced).collect()
+        }
+    };
     let tasks: Vec<_> =
-        (0..args.connections).map(|w| tokio::spawn(worker(w, plan.clone(), next.clone(), start, deadline))).collect();
+        sources.into_iter().map(|source| tokio::spawn(worker(plan.clone(), source, start, deadline))).collect();
     let mut total = WorkerReport::default();
     let mut hist = new_histogram();
     for t in tasks {
