@@ -12,17 +12,7 @@ fn run(args: &[&str], vars: &[(&str, &str)]) -> Output {
 
 #[test]
 fn help_lists_every_variable_with_its_default() {
-    let out = run(&["--help"], &[]);
-    assert!(out.status.success());
-    let text = String::from_utf8_lossy(&out.stdout);
-    for var in ingress::config::all_vars() {
-        let line = text
-            .lines()
-            .find(|l| l.trim_start().starts_with(var.name))
-            .unwrap_or_else(|| panic!("{} missing:\n{text}", var.name));
-        assert!(line.contains(&format!("[default: {}]", var.default)), "{line}");
-    }
-    assert!(text.contains("healthcheck"));
+    hookstream_tests::assert_help_lists(BIN, ingress::config::all_vars().into_iter().map(|v| (v.name, v.default)));
 }
 
 #[test]

@@ -292,13 +292,7 @@ impl Ops {
 
     /// The numbers behind `processor status`, as text for a person.
     pub async fn status(&self, reap_after: Duration) -> RedisResult<String> {
-        let (stream_len, dead_len): (u64, u64) = redis::pipe()
-            .cmd("XLEN")
-            .arg(&self.keys.events)
-            .cmd("XLEN")
-            .arg(&self.keys.dead)
-            .query_async(&mut self.con())
-            .await?;
+        let (stream_len, dead_len) = crate::stream::lengths(&mut self.con(), &self.keys).await?;
         let mut out = String::new();
         let _ = writeln!(out, "stream  {}  {stream_len} entries", self.keys.events);
         let _ = writeln!(out, "dead    {}  {dead_len} entries", self.keys.dead);

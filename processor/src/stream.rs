@@ -133,6 +133,11 @@ fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
+/// XLEN of the events and the dead stream, in one round trip.
+pub async fn lengths(con: &mut ConnectionManager, keys: &Keys) -> RedisResult<(u64, u64)> {
+    redis::pipe().cmd("XLEN").arg(&keys.events).cmd("XLEN").arg(&keys.dead).query_async(con).await
+}
+
 /// The numbers behind the gauges.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Gauges {
@@ -360,13 +365,7 @@ impl Stream {
 
     /// Stream length, dead length, and this group's pending count and lag.
     pub async fn gauges(&self) -> RedisResult<Gauges> {
-        let (stream_length, dead_length): (u64, u64) = redis::pipe()
-            .cmd("XLEN")
-            .arg(&self.keys.events)
-            .cmd("XLEN")
-            .arg(&self.keys.dead)
-            .query_async(&mut self.con())
-            .await?;
+        let (stream_length, dead_length) = lengths(&mut self.con(), &self.keys).await?;
         let mut gauges = Gauges { stream_length, dead_length, ..Gauges::default() };
         let groups: RedisResult<StreamInfoGroupsReply> =
             redis::cmd("XINFO").arg("GROUPS").arg(&self.keys.events).query_async(&mut self.con()).await;

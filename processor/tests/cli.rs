@@ -19,17 +19,7 @@ fn spawn(vars: &[(&str, &str)]) -> std::process::Child {
 
 #[test]
 fn help_lists_every_variable_with_its_default() {
-    let out = run(&["--help"], &[]);
-    assert!(out.status.success());
-    let text = String::from_utf8_lossy(&out.stdout);
-    for var in processor::config::all_vars() {
-        let line = text
-            .lines()
-            .find(|l| l.trim_start().starts_with(var.name))
-            .unwrap_or_else(|| panic!("{} missing:\n{text}", var.name));
-        assert!(line.contains(&format!("[default: {}]", var.default)), "{line}");
-    }
-    assert!(text.contains("healthcheck"));
+    hookstream_tests::assert_help_lists(BIN, processor::config::all_vars().into_iter().map(|v| (v.name, v.default)));
 }
 
 #[test]

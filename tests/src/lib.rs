@@ -195,3 +195,19 @@ fn bin_command(bin: &str, vars: &[(&str, &str)]) -> Command {
     }
     cmd
 }
+
+/// Asserts that `bin --help` lists every `(name, default)` variable as `NAME … [default: X]`
+/// and the `healthcheck` subcommand.
+pub fn assert_help_lists(bin: &str, vars: impl IntoIterator<Item = (&'static str, &'static str)>) {
+    let out = run_bin(bin, &["--help"], &[]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    for (name, default) in vars {
+        let line = text
+            .lines()
+            .find(|l| l.trim_start().starts_with(name))
+            .unwrap_or_else(|| panic!("{name} missing:\n{text}"));
+        assert!(line.contains(&format!("[default: {default}]")), "{line}");
+    }
+    assert!(text.contains("healthcheck"));
+}
