@@ -6,11 +6,6 @@ use shared::cli;
 use shared::config::help_table;
 use std::process::ExitCode;
 
-/// mimalloc: the services allocate many small short-lived buffers per request; glibc's malloc
-/// spent ~15 % of their CPU on them (see docs/benchmarks.md).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(name = "ingress", version, about = "hookstream ingress: Meeting BaaS webhooks into a Redis Stream")]
 #[command(after_help = help_table(&config::all_vars()))]
