@@ -117,10 +117,6 @@ impl Processor {
         self.metrics_listener.local_addr()
     }
 
-    pub fn consumer(&self) -> &str {
-        &self.config.consumer
-    }
-
     /// Runs until `shutdown` resolves: then stops reading and claiming, gives in-flight entries
     /// `SHUTDOWN_GRACE_MS` to finish, aborts the rest (they stay pending and are reclaimed by
     /// another replica), and returns `true` when nothing had to be aborted.

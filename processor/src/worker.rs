@@ -39,10 +39,6 @@ impl RedisState {
             tracing::info!("Redis reachable again");
         }
     }
-
-    pub fn is_down(&self) -> bool {
-        self.down.load(Ordering::SeqCst)
-    }
 }
 
 /// Why an entry cannot be handled at all.

@@ -63,16 +63,6 @@ impl DedupAppend {
         Self { script: Script::new(SCRIPT) }
     }
 
-    /// The script's SHA1, as `EVALSHA` and `redis-benchmark` want it.
-    pub fn sha(&self) -> &str {
-        self.script.get_hash()
-    }
-
-    /// The script's source, for `SCRIPT LOAD` by tools.
-    pub fn source() -> &'static str {
-        SCRIPT
-    }
-
     /// One round trip: set the dedup key and append the entry, or answer the first copy's id.
     pub async fn run<C: ConnectionLike>(
         &self,

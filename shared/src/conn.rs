@@ -32,8 +32,3 @@ pub fn manager(client: Client, response_timeout: Option<Duration>) -> RedisResul
         .set_max_delay(Duration::from_millis(500));
     ConnectionManager::new_lazy_with_config(client, config)
 }
-
-/// Whether an error means "Redis is not reachable right now" (as opposed to a command error).
-pub fn is_unreachable(err: &redis::RedisError) -> bool {
-    err.is_io_error() || err.is_connection_dropped() || err.is_connection_refusal() || err.is_timeout()
-}
