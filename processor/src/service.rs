@@ -1,8 +1,10 @@
 //! The processor service: the read loop, the reclaimer, the trimmer and the health server, and
 //! how they stop.
 //!
-//! Concurrency is bounded by a semaphore of `CONCURRENCY` permits: each entry is handled under
-//! one, so one slow entry holds one permit, never the others. The reader reads up to
+//! Concurrency is bounded by a semaphore of `CONCURRENCY` permits: each entry's handler runs
+//! under one, so one slow entry holds one permit, never the others. The permit is released when
+//! the handler is done; the entry's task then waits for its batched ack (still tracked, so
+//! shutdown waits for it too). The reader reads up to
 //! `BATCH_SIZE` entries at once and hands them out as permits free up; at most one batch waits,
 //! and every entry held in this process — waiting or being handled — is leased by one lease task
 //! (see [`crate::stream`]), so waiting never makes an entry look abandoned.
@@ -26,6 +28,7 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::AbortHandle;
+use tokio_util::task::TaskTracker;
 
 /// How long one command on the shared (non-blocking) connection may take.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
@@ -71,6 +74,8 @@ struct Run {
     worker: Arc<Worker>,
     permits: Arc<Semaphore>,
     in_flight: Arc<InFlight>,
+    /// Every entry task, from dispatch until its ack or dead letter is written.
+    tasks: TaskTracker,
     stop: watch::Receiver<bool>,
 }
 
@@ -128,6 +133,7 @@ impl Processor {
             worker: worker.clone(),
             permits: Arc::new(Semaphore::new(config.concurrency)),
             in_flight: Arc::new(InFlight::default()),
+            tasks: TaskTracker::new(),
             stop,
         });
 
@@ -164,8 +170,8 @@ impl Processor {
         let _ = reclaimer.await;
         trimmer.abort();
 
-        let all = u32::try_from(config.concurrency).unwrap_or(u32::MAX);
-        let finished = tokio::time::timeout(config.common.shutdown_grace, run.permits.acquire_many(all)).await.is_ok();
+        run.tasks.close();
+        let finished = tokio::time::timeout(config.common.shutdown_grace, run.tasks.wait()).await.is_ok();
         if !finished {
             let unfinished: Vec<(String, Held)> = run.in_flight.lock().drain().collect();
             tracing::warn!(
@@ -205,10 +211,9 @@ impl Run {
         let run = self.clone();
         let task_id = id.clone();
         let mut held = self.in_flight.lock();
-        let handle = tokio::spawn(async move {
-            run.worker.clone().process(entry, deliveries).await;
+        let handle = self.tasks.spawn(async move {
+            run.worker.clone().process(entry, deliveries, permit).await;
             run.in_flight.lock().remove(&task_id);
-            drop(permit);
         });
         if let Some(h) = held.get_mut(&id) {
             h.task = Some(handle.abort_handle());
@@ -224,25 +229,35 @@ impl Run {
         }
     }
 
-    /// Dispatches a batch: registers every entry as held (so the lease task covers it from
-    /// now on; an entry this process already holds, read again through a reclaim race, is
-    /// dropped), looks up delivery counts for entries that were not new, then starts each as a
-    /// permit frees up.
+    /// Registers every entry as held, so the lease task covers it from now on. An entry this
+    /// process already holds (read again through a reclaim race) is dropped.
+    fn hold(&self, entries: Vec<RawEntry>) -> Vec<RawEntry> {
+        let mut held = self.in_flight.lock();
+        let now = Instant::now();
+        entries
+            .into_iter()
+            .filter(|e| {
+                if held.contains_key(&e.id) {
+                    return false;
+                }
+                held.insert(e.id.clone(), Held { since: now, task: None, lost: false });
+                true
+            })
+            .collect()
+    }
+
+    /// Lets held entries go without starting them (shutting down): they stay pending in the
+    /// group, for another replica or the next start.
+    fn release(&self, entries: impl IntoIterator<Item = RawEntry>) {
+        let mut held = self.in_flight.lock();
+        for entry in entries {
+            held.remove(&entry.id);
+        }
+    }
+
+    /// Dispatches held entries: looks up delivery counts for entries that were not new, then
+    /// starts each as a permit frees up.
     async fn dispatch_batch(self: &Arc<Self>, entries: Vec<RawEntry>, fresh: bool) {
-        let entries: Vec<RawEntry> = {
-            let mut held = self.in_flight.lock();
-            let now = Instant::now();
-            entries
-                .into_iter()
-                .filter(|e| {
-                    if held.contains_key(&e.id) {
-                        return false;
-                    }
-                    held.insert(e.id.clone(), Held { since: now, task: None, lost: false });
-                    true
-                })
-                .collect()
-        };
         let counts = if fresh {
             HashMap::new()
         } else {
@@ -254,13 +269,13 @@ impl Run {
             // Deliveries of a new entry: 1. Of a re-read or reclaimed one: from the PEL (it
             // defaults to "more than once" if the lookup failed, which only matters at the cap).
             let deliveries = if fresh { 1 } else { counts.get(&entry.id).copied().unwrap_or(2) };
-            let Some(permit) = self.permit().await else {
+            let permit = match self.stopping() {
+                true => None,
+                false => self.permit().await,
+            };
+            let Some(permit) = permit else {
                 // Shutting down: what was not started stays pending, for another replica.
-                let mut held = self.in_flight.lock();
-                held.remove(&entry.id);
-                for rest in entries {
-                    held.remove(&rest.id);
-                }
+                self.release(std::iter::once(entry).chain(entries));
                 return;
             };
             self.dispatch(entry, deliveries, permit);
@@ -302,8 +317,31 @@ async fn lease_loop(run: Arc<Run>, every: Duration) {
 }
 
 /// Reads this consumer's own pending entries first (id `0`), then new ones (`>`), up to
-/// `BATCH_SIZE` at a time; the next read waits until the batch has been handed out.
-async fn read_loop(run: Arc<Run>, mut reader: ConnectionManager, batch: usize, block: Duration) {
+/// `BATCH_SIZE` at a time, one batch ahead: the next batch is read while the last one is being
+/// handed out, so handlers do not sit idle during a read's round trip. At most two batches are
+/// held unstarted (one waiting, one being handed out), leased like every held entry.
+async fn read_loop(run: Arc<Run>, reader: ConnectionManager, batch: usize, block: Duration) {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<(Vec<RawEntry>, bool)>(1);
+    let dispatcher = async {
+        while let Some((entries, fresh)) = rx.recv().await {
+            if run.stopping() {
+                run.release(entries);
+            } else {
+                run.dispatch_batch(entries, fresh).await;
+            }
+        }
+    };
+    tokio::join!(read_batches(&run, reader, batch, block, tx), dispatcher);
+}
+
+/// The reading half of [`read_loop`]: sends each batch, already held, to the dispatcher.
+async fn read_batches(
+    run: &Arc<Run>,
+    mut reader: ConnectionManager,
+    batch: usize,
+    block: Duration,
+    batches: tokio::sync::mpsc::Sender<(Vec<RawEntry>, bool)>,
+) {
     let stream = run.worker.stream.clone();
     let mut backoff = reconnect_backoff();
     let mut pending_from: Option<String> = Some("0".into());
@@ -326,6 +364,12 @@ async fn read_loop(run: Arc<Run>, mut reader: ConnectionManager, batch: usize, b
             None => (">".to_string(), Some(block)),
         };
         let mut stop = run.stop.clone();
+        // Read only when the dispatcher has room for the batch: one waits while one is handed out.
+        let room = tokio::select! {
+            room = batches.reserve() => room,
+            _ = stop.wait_for(|s| *s) => break,
+        };
+        let Ok(room) = room else { break };
         let read = tokio::select! {
             read = stream.read(&mut reader, &from, batch, block_for) => read,
             _ = stop.wait_for(|s| *s) => break,
@@ -344,7 +388,7 @@ async fn read_loop(run: Arc<Run>, mut reader: ConnectionManager, batch: usize, b
                     }
                 }
                 if !entries.is_empty() {
-                    run.dispatch_batch(entries, pending_from.is_none()).await;
+                    room.send((run.hold(entries), pending_from.is_none()));
                 }
             }
             Err(err) if is_nogroup(&err) => {
@@ -382,6 +426,7 @@ async fn reclaim_loop(run: Arc<Run>, claim_idle: Duration, batch: usize) {
                         metrics::counter!("hookstream_processor_entries_total", "outcome" => "reclaimed")
                             .increment(claimed.len() as u64);
                         tracing::info!(entries = claimed.len(), "reclaimed idle entries");
+                        let claimed = run.hold(claimed);
                         run.dispatch_batch(claimed, false).await;
                     }
                     if next == "0-0" || run.stopping() {

@@ -9,6 +9,7 @@ use shared::entry;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::sync::OwnedSemaphorePermit;
 
 /// What a worker needs, shared by every task.
 pub struct Worker {
@@ -93,7 +94,12 @@ impl Worker {
     }
 
     /// Handles one delivered entry to its end: acked, or dead-lettered with the reason.
-    pub async fn process(self: Arc<Self>, entry: RawEntry, deliveries: u64) {
+    ///
+    /// `slot` (a `CONCURRENCY` permit) is released as soon as the handler is done, before the
+    /// ack or dead letter is written: `CONCURRENCY` bounds the handlers running at once, and an
+    /// entry waiting only for its (batched) ack does not keep the next one from starting. The
+    /// caller waits for this whole future, ack included, before it lets the entry go.
+    pub async fn process(self: Arc<Self>, entry: RawEntry, deliveries: u64, slot: OwnedSemaphorePermit) {
         let Some(fields) = &entry.fields else {
             // Deleted from the stream while pending: nothing to handle, nothing to keep.
             tracing::warn!(stream_id = %entry.id, "pending entry no longer in the stream; acked");
@@ -111,13 +117,14 @@ impl Worker {
             Ok(event) => event,
             Err(reason) => return self.dead_letter(&entry, &reason, 0, deliveries).await,
         };
-        self.handle(&entry, &event, deliveries).await
+        self.handle(&entry, &event, deliveries, slot).await
     }
 
-    async fn handle(&self, entry: &RawEntry, event: &Event, deliveries: u64) {
+    async fn handle(&self, entry: &RawEntry, event: &Event, deliveries: u64, slot: OwnedSemaphorePermit) {
         let handler = self.registry.get(&event.name).clone();
         let started = Instant::now();
         let outcome = self.retry.run(|_| handler.handle(event)).await;
+        drop(slot);
         metrics::histogram!("hookstream_processor_handler_duration_seconds", "event" => event.name.clone())
             .record(started.elapsed().as_secs_f64());
         match outcome.verdict {

@@ -198,6 +198,69 @@ async fn shutdown_leaves_an_unfinished_entry_pending() {
 }
 
 #[tokio::test]
+async fn concurrency_bounds_the_handlers_running_at_once() {
+    let redis = RedisServer::start();
+    let target = FakeApi::start().await;
+    let delay = Duration::from_millis(300);
+    target.always("POST", "/hook", Reply::status(200).delayed(delay));
+    let mut vars = forward_vars(&redis, &target);
+    vars.insert("CONCURRENCY".into(), "2".into());
+    create_group(&redis);
+    for i in 0..6 {
+        add_event(&redis, "bot.completed", br#"{"event":"bot.completed"}"#, &format!("c{i}"));
+    }
+    let processor = start_processor(vars).await;
+    all_acked(&redis).await;
+    processor.stop().await;
+    let calls = target.calls();
+    assert_eq!(calls.len(), 6);
+    // A handler ends only after its call's reply, sent `delay` after the call arrived: calls that
+    // arrived less than `delay` apart ran at the same time.
+    let most_at_once = calls
+        .iter()
+        .map(|c| calls.iter().filter(|o| o.at <= c.at && c.at.duration_since(o.at) < delay).count())
+        .max()
+        .unwrap();
+    assert_eq!(most_at_once, 2, "CONCURRENCY=2 handlers ran at once, never more");
+}
+
+#[tokio::test]
+async fn entries_read_ahead_stay_pending_at_shutdown_and_are_finished_once() {
+    let redis = RedisServer::start();
+    let target = FakeApi::start().await;
+    target.always("POST", "/hook", Reply::status(200).delayed(Duration::from_millis(200)));
+    let mut vars = forward_vars(&redis, &target);
+    vars.insert("CONCURRENCY".into(), "1".into());
+    vars.insert("BATCH_SIZE".into(), "2".into());
+    vars.insert("CONSUMER_NAME".into(), "replica-a".into());
+    create_group(&redis);
+    for i in 0..6 {
+        add_event(&redis, "bot.completed", br#"{"event":"bot.completed"}"#, &format!("r{i}"));
+    }
+    let mut processor = start_processor(vars.clone()).await;
+    eventually("the first handler is running", || async { (!target.calls().is_empty()).then_some(()) }).await;
+    processor.begin_shutdown();
+    assert!(processor.join().await, "the running entry finished within the grace period");
+    let handled = target.calls().len();
+    assert!(handled < 6, "shut down before everything was handled");
+    // Entries read ahead but never started are still pending for this consumer, not lost:
+    // every entry is handled, pending or not yet delivered.
+    let (pending, lag) = group_state(&redis).unwrap();
+    assert!(pending_of(&redis, "replica-a") >= 1, "the entries read ahead are pending");
+    assert_eq!(handled as u64 + pending + lag, 6);
+    assert_eq!(xlen_dead(&redis), 0);
+
+    // The same consumer comes back, reads its own pending entries first and finishes everything.
+    let processor = start_processor(vars).await;
+    all_acked(&redis).await;
+    processor.stop().await;
+    let mut ids: Vec<String> =
+        target.calls().iter().map(|c| c.header("x-hookstream-id").unwrap().to_string()).collect();
+    ids.sort();
+    assert_eq!(ids, vec!["r0", "r1", "r2", "r3", "r4", "r5"], "each entry handled exactly once");
+}
+
+#[tokio::test]
 async fn trimming_never_removes_unacked_entries() {
     let redis = RedisServer::start();
     let _: () = redis::cmd("CONFIG").arg("SET").arg("stream-node-max-entries").arg(2).query(&mut redis.con()).unwrap();
