@@ -90,6 +90,11 @@ struct Args {
     /// Print the summary as one JSON object.
     #[arg(long)]
     json: bool,
+    /// Send nothing: serve a "null" server here until killed, which answers every request at
+    /// once with a 200 and a small JSON body, like the ingress's but with no work behind it.
+    /// Loadgen against it measures what the HTTP hop alone costs (the floor under any ingress).
+    #[arg(long, value_name = "ADDR")]
+    null_server: Option<SocketAddr>,
 }
 
 fn now_ms() -> u64 {
@@ -121,7 +126,8 @@ impl Plan {
         }
     }
 
-    fn request(&self, i: usize) -> (http::Request<Full<Bytes>>, String) {
+    /// Request `i`, and (only with `--sink`, which needs it) the dedup id the ingress will use.
+    fn request(&self, i: usize) -> (http::Request<Full<Bytes>>, Option<String>) {
         let k = self.event_of(i);
         let body =
             format!(r#"{{"event":"{}","data":{{"bot_id":"{}-{k}","pad":"{}"}}}}"#, self.args.event, self.run, self.pad);
@@ -143,14 +149,27 @@ impl Plan {
         } else {
             req = req.header("x-meeting-baas-api-key", &self.args.api_key);
         }
-        let dedup = if signed { msg_id } else { format!("sha256:{}", sha_hex(body.as_bytes())) };
+        let dedup = match (self.args.sink.is_some(), signed) {
+            (false, _) => None,
+            (true, true) => Some(msg_id),
+            (true, false) => Some(format!("sha256:{}", sha_hex(body.as_bytes()))),
+        };
         (req.body(Full::new(Bytes::from(body))).unwrap_or_default(), dedup)
     }
 }
 
 fn sha_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
-    sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+/// The ingress's 200 answer; only what loadgen counts.
+#[derive(serde::Deserialize)]
+struct Answer<'a> {
+    #[serde(borrow)]
+    status: std::borrow::Cow<'a, str>,
+    #[serde(borrow, default)]
+    id: std::borrow::Cow<'a, str>,
 }
 
 fn sign(secret: &str, id: &str, ts: i64, body: &[u8]) -> String {
@@ -268,12 +287,17 @@ async fn worker(
                 let _ = hist.record(intended.elapsed().as_micros().max(1) as u64);
                 *report.status.entry(status).or_default() += 1;
                 if status == 200 {
-                    let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-                    let answer = v["status"].as_str().unwrap_or("?").to_string();
-                    if answer == "accepted" && plan.args.sink.is_some() {
-                        report.accepted_ids.push((dedup, v["id"].as_str().unwrap_or_default().to_string()));
+                    let answer = serde_json::from_slice::<Answer>(&body).ok();
+                    let name = answer.as_ref().map_or("?", |a| a.status.as_ref());
+                    if let (Some(answer), Some(dedup)) = (answer.as_ref().filter(|a| a.status == "accepted"), dedup) {
+                        report.accepted_ids.push((dedup, answer.id.to_string()));
                     }
-                    *report.answers.entry(answer).or_default() += 1;
+                    match report.answers.get_mut(name) {
+                        Some(n) => *n += 1,
+                        None => {
+                            report.answers.insert(name.to_string(), 1);
+                        }
+                    }
                 }
             }
             Err(_) => {
@@ -287,8 +311,9 @@ async fn worker(
 
 type SinkLog = Arc<Mutex<Vec<(String, u64)>>>;
 
-/// A forward target that records (x-hookstream-id, arrival ms) and answers 200.
-async fn run_sink(addr: SocketAddr, log: SinkLog) -> std::io::Result<()> {
+/// A forward target that records (x-hookstream-id, arrival ms) and answers 200; without a log,
+/// the null server, which answers like the ingress (a small JSON body) and records nothing.
+async fn run_sink(addr: SocketAddr, log: Option<SinkLog>) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tokio::spawn(async move {
         loop {
@@ -299,13 +324,19 @@ async fn run_sink(addr: SocketAddr, log: SinkLog) -> std::io::Result<()> {
                     let log = log.clone();
                     async move {
                         let at = now_ms();
-                        if let Some(id) = req.headers().get("x-hookstream-id").and_then(|v| v.to_str().ok()) {
-                            if let Ok(mut log) = log.lock() {
-                                log.push((id.to_string(), at));
+                        let id = req.headers().get("x-hookstream-id").and_then(|v| v.to_str().ok());
+                        let body = match (&log, id) {
+                            (None, _) => Bytes::from_static(br#"{"status":"accepted","id":"0-0"}"#),
+                            (Some(log), Some(id)) => {
+                                if let Ok(mut log) = log.lock() {
+                                    log.push((id.to_string(), at));
+                                }
+                                Bytes::new()
                             }
-                        }
+                            (Some(_), None) => Bytes::new(),
+                        };
                         let _ = req.into_body().collect().await;
-                        Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(Bytes::new())))
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(body)))
                     }
                 });
                 let _ =
@@ -363,9 +394,16 @@ async fn main() -> ExitCode {
         eprintln!("loadgen: --connections must be > 0, --duplicates in 0..=1, --rate > 0");
         return ExitCode::from(64);
     }
+    if let Some(addr) = args.null_server {
+        if let Err(e) = run_sink(addr, None).await {
+            eprintln!("loadgen: cannot serve on {addr}: {e}");
+            return ExitCode::FAILURE;
+        }
+        std::future::pending::<()>().await;
+    }
     let sink_log: SinkLog = Arc::default();
     if let Some(addr) = args.sink {
-        if let Err(e) = run_sink(addr, sink_log.clone()).await {
+        if let Err(e) = run_sink(addr, Some(sink_log.clone())).await {
             eprintln!("loadgen: cannot serve the sink on {addr}: {e}");
             return ExitCode::FAILURE;
         }

@@ -47,3 +47,25 @@ async fn loadgen_smoke_run() {
     let _ = tx.send(());
     server.await.unwrap();
 }
+
+/// `--null-server` (the HTTP floor in `scripts/bench`) answers every request like the ingress.
+#[test]
+fn loadgen_null_server_answers_every_request() {
+    let addr = format!("127.0.0.1:{}", hookstream_tests::free_port());
+    let mut server = Command::new(env!("CARGO_BIN_EXE_loadgen")).args(["--null-server", &addr]).spawn().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::net::TcpStream::connect(&addr).is_err() {
+        assert!(std::time::Instant::now() < deadline, "the null server did not listen on {addr}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_loadgen"))
+        .args(["--url", &format!("http://{addr}"), "-n", "200", "-c", "4", "--json"])
+        .output()
+        .unwrap();
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["answers"]["accepted"], 200, "{report}");
+    assert_eq!(report["errors"], 0, "{report}");
+}

@@ -7,6 +7,7 @@ pub mod acker;
 pub mod cli;
 pub mod config;
 pub mod handlers;
+pub mod metrics;
 pub mod ops;
 pub mod retry;
 pub mod service;

@@ -8,6 +8,7 @@
 //! delay that would cross the budget ends the retries instead.
 
 use crate::handlers::HandlerError;
+use crate::metrics::Attempt;
 use backoff::backoff::Backoff;
 use backoff::ExponentialBackoffBuilder;
 use std::future::Future;
@@ -39,11 +40,6 @@ pub struct Outcome {
     pub attempts: u32,
 }
 
-/// Result label of one attempt, for `hookstream_processor_attempts_total{result}`.
-fn count_attempt(result: &'static str) {
-    metrics::counter!("hookstream_processor_attempts_total", "result" => result).increment(1);
-}
-
 impl RetryPolicy {
     fn backoff(&self) -> backoff::ExponentialBackoff {
         ExponentialBackoffBuilder::new()
@@ -69,17 +65,17 @@ impl RetryPolicy {
             attempts += 1;
             let (reason, retry_after) = match tokio::time::timeout(self.attempt_timeout, attempt(attempts)).await {
                 Ok(Ok(())) => {
-                    count_attempt("ok");
+                    crate::metrics::attempt(Attempt::Ok);
                     return Outcome { verdict: Verdict::Done, attempts };
                 }
                 Ok(Err(HandlerError::Permanent(reason))) => {
-                    count_attempt("permanent");
+                    crate::metrics::attempt(Attempt::Permanent);
                     return Outcome { verdict: Verdict::Permanent(reason), attempts };
                 }
                 Ok(Err(HandlerError::Transient { reason, retry_after })) => (reason, retry_after),
                 Err(_) => (format!("attempt timed out after {} ms", self.attempt_timeout.as_millis()), None),
             };
-            count_attempt("transient");
+            crate::metrics::attempt(Attempt::Transient);
             let Some(delay) = backoff.next_backoff() else {
                 return Outcome { verdict: Verdict::Exhausted(reason), attempts };
             };

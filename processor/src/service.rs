@@ -423,8 +423,7 @@ async fn reclaim_loop(run: Arc<Run>, claim_idle: Duration, batch: usize) {
                         tracing::warn!(stream_id = %id, "a pending entry was deleted from the stream before it was processed");
                     }
                     if !claimed.is_empty() {
-                        metrics::counter!("hookstream_processor_entries_total", "outcome" => "reclaimed")
-                            .increment(claimed.len() as u64);
+                        crate::metrics::entries(crate::metrics::Entry::Reclaimed, claimed.len() as u64);
                         tracing::info!(entries = claimed.len(), "reclaimed idle entries");
                         let claimed = run.hold(claimed);
                         run.dispatch_batch(claimed, false).await;

@@ -53,10 +53,6 @@ fn parse_event(id: &str, fields: &Fields) -> Result<Event, String> {
     Ok(Event { id: id.to_string(), name, dedup_id, payload })
 }
 
-fn count_entry(outcome: &'static str) {
-    metrics::counter!("hookstream_processor_entries_total", "outcome" => outcome).increment(1);
-}
-
 impl Worker {
     /// Retries a final Redis write (ack or dead letter) until it succeeds. A vanished group means
     /// the entry is no longer pending anywhere: nothing left to write.
@@ -88,7 +84,7 @@ impl Worker {
         let written =
             self.settle("dead letter", &entry.id, || self.stream.dead_letter(entry, error, attempts, deliveries)).await;
         if let Some(dead_id) = written {
-            count_entry("dead");
+            crate::metrics::entries(crate::metrics::Entry::Dead, 1);
             tracing::warn!(stream_id = %entry.id, dead_id = %dead_id, attempts, deliveries, %error, "dead-lettered");
         }
     }
@@ -125,12 +121,11 @@ impl Worker {
         let started = Instant::now();
         let outcome = self.retry.run(|_| handler.handle(event)).await;
         drop(slot);
-        metrics::histogram!("hookstream_processor_handler_duration_seconds", "event" => event.name.clone())
-            .record(started.elapsed().as_secs_f64());
+        crate::metrics::handler_duration(&event.name, started.elapsed().as_secs_f64());
         match outcome.verdict {
             Verdict::Done => {
                 if self.settle("ack", &entry.id, || self.acker.ack(&entry.id)).await.is_some() {
-                    count_entry("acked");
+                    crate::metrics::entries(crate::metrics::Entry::Acked, 1);
                     tracing::info!(
                         stream_id = %entry.id,
                         event = %event.name,
