@@ -16,7 +16,7 @@
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
 use hmac::{Hmac, Mac};
-use http::HeaderMap;
+use http::{HeaderMap, HeaderName};
 use sha2::{Digest, Sha256};
 use shared::config::ConfigError;
 use subtle::ConstantTimeEq;
@@ -28,6 +28,15 @@ pub const TOLERANCE_SECS: i64 = 300;
 
 pub const API_KEY_HEADER: &str = "x-meeting-baas-api-key";
 pub const CALLBACK_SECRET_HEADER: &str = "x-mb-secret";
+
+/// The signature headers, each under its Svix name and its Standard Webhooks name (parsed once:
+/// looking a header up by `&str` parses the name on every call).
+const SVIX_ID: HeaderName = HeaderName::from_static("svix-id");
+const SVIX_TIMESTAMP: HeaderName = HeaderName::from_static("svix-timestamp");
+const SVIX_SIGNATURE: HeaderName = HeaderName::from_static("svix-signature");
+const WEBHOOK_ID: HeaderName = HeaderName::from_static("webhook-id");
+const WEBHOOK_TIMESTAMP: HeaderName = HeaderName::from_static("webhook-timestamp");
+const WEBHOOK_SIGNATURE: HeaderName = HeaderName::from_static("webhook-signature");
 
 /// Why a request is not genuine. Every variant is answered 401 `unauthorized`; the message says
 /// which check failed, never what the expected value is.
@@ -187,12 +196,15 @@ impl<'a> SignatureHeaders<'a> {
     /// `None` when no signature header is present; an error when some but not all are (or one is
     /// not text).
     pub fn find(headers: &'a HeaderMap) -> Option<Result<Self, AuthError>> {
-        let get = |name: &'static str| -> Option<Result<&'a str, AuthError>> {
-            let svix = format!("svix-{name}");
-            let value = headers.get(svix.as_str()).or_else(|| headers.get(format!("webhook-{name}").as_str()))?;
+        let get = |svix: &HeaderName, webhook: &HeaderName| -> Option<Result<&'a str, AuthError>> {
+            let value = headers.get(svix).or_else(|| headers.get(webhook))?;
             Some(value.to_str().map_err(|_| AuthError::BadSignature))
         };
-        let (id, timestamp, signatures) = (get("id"), get("timestamp"), get("signature"));
+        let (id, timestamp, signatures) = (
+            get(&SVIX_ID, &WEBHOOK_ID),
+            get(&SVIX_TIMESTAMP, &WEBHOOK_TIMESTAMP),
+            get(&SVIX_SIGNATURE, &WEBHOOK_SIGNATURE),
+        );
         if id.is_none() && timestamp.is_none() && signatures.is_none() {
             return None;
         }
@@ -210,8 +222,8 @@ impl<'a> SignatureHeaders<'a> {
 /// The message id of a signed request (`svix-id` or `webhook-id`), the first dedup identity.
 pub fn message_id(headers: &HeaderMap) -> Option<&str> {
     headers
-        .get("svix-id")
-        .or_else(|| headers.get("webhook-id"))
+        .get(&SVIX_ID)
+        .or_else(|| headers.get(&WEBHOOK_ID))
         .and_then(|v| v.to_str().ok())
         .map(str::trim)
         .filter(|v| !v.is_empty())
