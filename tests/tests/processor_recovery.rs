@@ -16,6 +16,14 @@ fn forward_vars(redis: &RedisServer, target: &FakeApi) -> HashMap<String, String
     vars
 }
 
+/// A forward target answering 200 after `delay`, and processor variables pointing at it.
+async fn slow_target(redis: &RedisServer, delay: Duration) -> (FakeApi, HashMap<String, String>) {
+    let target = FakeApi::start().await;
+    target.always("POST", "/hook", Reply::status(200).delayed(delay));
+    let vars = forward_vars(redis, &target);
+    (target, vars)
+}
+
 fn pending_of(redis: &RedisServer, consumer: &str) -> usize {
     let reply: redis::Value = redis::cmd("XPENDING")
         .arg(EVENTS)
@@ -109,10 +117,8 @@ async fn poison_entries_are_dead_lettered_without_running_the_handler() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_lease_keeps_a_slow_entry_from_being_reclaimed() {
     let redis = RedisServer::start();
-    let target = FakeApi::start().await;
     // Each call takes five times CLAIM_IDLE_MS.
-    target.always("POST", "/hook", Reply::status(200).delayed(Duration::from_millis(1500)));
-    let mut vars = forward_vars(&redis, &target);
+    let (target, mut vars) = slow_target(&redis, Duration::from_millis(1500)).await;
     vars.insert("CLAIM_IDLE_MS".into(), "300".into());
     let first = start_processor(vars.clone()).await;
     vars.insert("CONSUMER_NAME".into(), "second-replica".into());
@@ -170,9 +176,8 @@ async fn processing_resumes_after_a_redis_restart() {
 #[tokio::test]
 async fn shutdown_finishes_the_entry_in_flight() {
     let redis = RedisServer::start();
-    let target = FakeApi::start().await;
-    target.always("POST", "/hook", Reply::status(200).delayed(Duration::from_millis(500)));
-    let mut processor = start_processor(forward_vars(&redis, &target)).await;
+    let (target, vars) = slow_target(&redis, Duration::from_millis(500)).await;
+    let mut processor = start_processor(vars).await;
     add_event(&redis, "bot.completed", br#"{"event":"bot.completed"}"#, "in-flight");
     eventually("the handler is running", || async { (!target.calls().is_empty()).then_some(()) }).await;
     processor.begin_shutdown();
@@ -183,9 +188,7 @@ async fn shutdown_finishes_the_entry_in_flight() {
 #[tokio::test]
 async fn shutdown_leaves_an_unfinished_entry_pending() {
     let redis = RedisServer::start();
-    let target = FakeApi::start().await;
-    target.always("POST", "/hook", Reply::status(200).delayed(Duration::from_secs(20)));
-    let mut vars = forward_vars(&redis, &target);
+    let (target, mut vars) = slow_target(&redis, Duration::from_secs(20)).await;
     vars.insert("SHUTDOWN_GRACE_MS".into(), "200".into());
     vars.insert("HANDLER_TIMEOUT_MS".into(), "30000".into());
     let mut processor = start_processor(vars).await;
@@ -200,10 +203,8 @@ async fn shutdown_leaves_an_unfinished_entry_pending() {
 #[tokio::test]
 async fn concurrency_bounds_the_handlers_running_at_once() {
     let redis = RedisServer::start();
-    let target = FakeApi::start().await;
     let delay = Duration::from_millis(300);
-    target.always("POST", "/hook", Reply::status(200).delayed(delay));
-    let mut vars = forward_vars(&redis, &target);
+    let (target, mut vars) = slow_target(&redis, delay).await;
     vars.insert("CONCURRENCY".into(), "2".into());
     create_group(&redis);
     for i in 0..6 {
@@ -227,9 +228,7 @@ async fn concurrency_bounds_the_handlers_running_at_once() {
 #[tokio::test]
 async fn entries_read_ahead_stay_pending_at_shutdown_and_are_finished_once() {
     let redis = RedisServer::start();
-    let target = FakeApi::start().await;
-    target.always("POST", "/hook", Reply::status(200).delayed(Duration::from_millis(200)));
-    let mut vars = forward_vars(&redis, &target);
+    let (target, mut vars) = slow_target(&redis, Duration::from_millis(200)).await;
     vars.insert("CONCURRENCY".into(), "1".into());
     vars.insert("BATCH_SIZE".into(), "2".into());
     vars.insert("CONSUMER_NAME".into(), "replica-a".into());
