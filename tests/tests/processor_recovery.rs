@@ -16,12 +16,22 @@ fn forward_vars(redis: &RedisServer, target: &FakeApi) -> HashMap<String, String
     vars
 }
 
-/// A forward target answering 200 after `delay`, and processor variables pointing at it.
-async fn slow_target(redis: &RedisServer, delay: Duration) -> (FakeApi, HashMap<String, String>) {
+/// A forward target answering every call with `reply`, and processor variables pointing at it.
+async fn forward_target(redis: &RedisServer, reply: Reply) -> (FakeApi, HashMap<String, String>) {
     let target = FakeApi::start().await;
-    target.always("POST", "/hook", Reply::status(200).delayed(delay));
+    target.always("POST", "/hook", reply);
     let vars = forward_vars(redis, &target);
     (target, vars)
+}
+
+/// A forward target answering 200 after `delay`.
+async fn slow_target(redis: &RedisServer, delay: Duration) -> (FakeApi, HashMap<String, String>) {
+    forward_target(redis, Reply::status(200).delayed(delay)).await
+}
+
+/// The `x-hookstream-id` of every forward the target received, in arrival order.
+fn forwarded_ids(target: &FakeApi) -> Vec<String> {
+    target.calls().iter().map(|c| c.header("x-hookstream-id").unwrap().to_string()).collect()
 }
 
 fn pending_of(redis: &RedisServer, consumer: &str) -> usize {
@@ -43,8 +53,7 @@ fn pending_of(redis: &RedisServer, consumer: &str) -> usize {
 #[tokio::test]
 async fn entries_of_a_crashed_consumer_are_reclaimed_and_finished() {
     let redis = RedisServer::start();
-    let target = FakeApi::start().await;
-    target.always("POST", "/hook", Reply::status(200));
+    let (target, mut vars) = forward_target(&redis, Reply::status(200)).await;
     create_group(&redis);
     for i in 0..5 {
         add_event(
@@ -57,13 +66,11 @@ async fn entries_of_a_crashed_consumer_are_reclaimed_and_finished() {
     assert_eq!(ghost_read(&redis, "crashed-replica", 5), 5);
     assert_eq!(pending_of(&redis, "crashed-replica"), 5);
 
-    let mut vars = forward_vars(&redis, &target);
     vars.insert("CLAIM_IDLE_MS".into(), "200".into());
     let processor = start_processor(vars).await;
     all_acked(&redis).await;
     processor.stop().await;
-    let mut ids: Vec<String> =
-        target.calls().iter().map(|c| c.header("x-hookstream-id").unwrap().to_string()).collect();
+    let mut ids = forwarded_ids(&target);
     ids.sort();
     assert_eq!(ids, vec!["d0", "d1", "d2", "d3", "d4"], "each entry handled once");
     assert_eq!(xlen_dead(&redis), 0);
@@ -72,13 +79,11 @@ async fn entries_of_a_crashed_consumer_are_reclaimed_and_finished() {
 #[tokio::test]
 async fn own_pending_entries_are_read_first_after_a_restart() {
     let redis = RedisServer::start();
-    let target = FakeApi::start().await;
-    target.always("POST", "/hook", Reply::status(200));
+    let (target, mut vars) = forward_target(&redis, Reply::status(200)).await;
     create_group(&redis);
     add_event(&redis, "bot.completed", br#"{"event":"bot.completed"}"#, "mine");
     assert_eq!(ghost_read(&redis, "replica-a", 1), 1);
     // The same consumer name comes back (CLAIM_IDLE_MS is long: only its own re-read helps).
-    let mut vars = forward_vars(&redis, &target);
     vars.insert("CONSUMER_NAME".into(), "replica-a".into());
     let processor = start_processor(vars).await;
     all_acked(&redis).await;
@@ -89,8 +94,7 @@ async fn own_pending_entries_are_read_first_after_a_restart() {
 #[tokio::test]
 async fn poison_entries_are_dead_lettered_without_running_the_handler() {
     let redis = RedisServer::start();
-    let target = FakeApi::start().await;
-    target.always("POST", "/hook", Reply::status(200));
+    let (target, mut vars) = forward_target(&redis, Reply::status(200)).await;
     create_group(&redis);
     let id = add_event(&redis, "bot.completed", br#"{"event":"bot.completed"}"#, "poison");
     ghost_read(&redis, "ghost", 1);
@@ -99,7 +103,6 @@ async fn poison_entries_are_dead_lettered_without_running_the_handler() {
         let _: redis::Value =
             redis::cmd("XCLAIM").arg(EVENTS).arg(GROUP).arg("ghost").arg(0).arg(&id).query(&mut redis.con()).unwrap();
     }
-    let mut vars = forward_vars(&redis, &target);
     vars.insert("MAX_DELIVERIES".into(), "3".into());
     vars.insert("CLAIM_IDLE_MS".into(), "50".into());
     let processor = start_processor(vars).await;
@@ -134,9 +137,8 @@ async fn a_lease_keeps_a_slow_entry_from_being_reclaimed() {
 #[tokio::test]
 async fn a_vanished_group_is_recreated() {
     let redis = RedisServer::start();
-    let target = FakeApi::start().await;
-    target.always("POST", "/hook", Reply::status(200));
-    let processor = start_processor(forward_vars(&redis, &target)).await;
+    let (target, vars) = forward_target(&redis, Reply::status(200)).await;
+    let processor = start_processor(vars).await;
     eventually("the group exists", || async { group_state(&redis).map(|_| ()) }).await;
     let _: i64 = redis::cmd("XGROUP").arg("DESTROY").arg(EVENTS).arg(GROUP).query(&mut redis.con()).unwrap();
     add_event(&redis, "bot.completed", br#"{"event":"bot.completed"}"#, "after-destroy");
@@ -149,9 +151,8 @@ async fn a_vanished_group_is_recreated() {
 async fn processing_resumes_after_a_redis_restart() {
     for persistent in [true, false] {
         let mut redis = if persistent { RedisServer::start_persistent() } else { RedisServer::start() };
-        let target = FakeApi::start().await;
-        target.always("POST", "/hook", Reply::status(200));
-        let processor = start_processor(forward_vars(&redis, &target)).await;
+        let (target, vars) = forward_target(&redis, Reply::status(200)).await;
+        let processor = start_processor(vars).await;
         add_event(&redis, "bot.completed", br#"{"event":"bot.completed"}"#, "before");
         all_acked(&redis).await;
 
@@ -167,8 +168,7 @@ async fn processing_resumes_after_a_redis_restart() {
         add_event(&redis, "bot.completed", br#"{"event":"bot.completed"}"#, "after");
         all_acked(&redis).await;
         processor.stop().await;
-        let ids: Vec<String> =
-            target.calls().iter().map(|c| c.header("x-hookstream-id").unwrap().to_string()).collect();
+        let ids = forwarded_ids(&target);
         assert_eq!(ids, vec!["before", "after"], "persistent={persistent}");
     }
 }
@@ -253,8 +253,7 @@ async fn entries_read_ahead_stay_pending_at_shutdown_and_are_finished_once() {
     let processor = start_processor(vars).await;
     all_acked(&redis).await;
     processor.stop().await;
-    let mut ids: Vec<String> =
-        target.calls().iter().map(|c| c.header("x-hookstream-id").unwrap().to_string()).collect();
+    let mut ids = forwarded_ids(&target);
     ids.sort();
     assert_eq!(ids, vec!["r0", "r1", "r2", "r3", "r4", "r5"], "each entry handled exactly once");
 }
@@ -263,14 +262,12 @@ async fn entries_read_ahead_stay_pending_at_shutdown_and_are_finished_once() {
 async fn trimming_never_removes_unacked_entries() {
     let redis = RedisServer::start();
     let _: () = redis::cmd("CONFIG").arg("SET").arg("stream-node-max-entries").arg(2).query(&mut redis.con()).unwrap();
-    let target = FakeApi::start().await;
-    target.always("POST", "/hook", Reply::status(200));
+    let (_target, mut vars) = forward_target(&redis, Reply::status(200)).await;
     create_group(&redis);
     let ids: Vec<String> =
         (0..6).map(|i| add_event(&redis, "bot.completed", br#"{"event":"bot.completed"}"#, &format!("t{i}"))).collect();
     // A crashed replica holds the first two; the processor handles the other four.
     assert_eq!(ghost_read(&redis, "ghost", 2), 2);
-    let mut vars = forward_vars(&redis, &target);
     vars.insert("STREAM_RETENTION_SECS".into(), "0".into());
     let processor = start_processor(vars.clone()).await;
     eventually("four handled", || async { (group_state(&redis) == Some((2, 0))).then_some(()) }).await;
@@ -306,9 +303,7 @@ async fn trimming_never_removes_unacked_entries() {
 async fn the_trimmer_runs_by_itself() {
     let redis = RedisServer::start();
     let _: () = redis::cmd("CONFIG").arg("SET").arg("stream-node-max-entries").arg(2).query(&mut redis.con()).unwrap();
-    let target = FakeApi::start().await;
-    target.always("POST", "/hook", Reply::status(200));
-    let mut vars = forward_vars(&redis, &target);
+    let (_target, mut vars) = forward_target(&redis, Reply::status(200)).await;
     vars.insert("STREAM_RETENTION_SECS".into(), "0".into());
     let processor = start_processor_with(vars, |c| c.trim_interval = Duration::from_millis(50)).await;
     for i in 0..6 {
@@ -322,9 +317,8 @@ async fn the_trimmer_runs_by_itself() {
 #[tokio::test]
 async fn health_and_metrics() {
     let redis = RedisServer::start();
-    let target = FakeApi::start().await;
-    target.always("POST", "/hook", Reply::status(200));
-    let processor = start_processor(forward_vars(&redis, &target)).await;
+    let (_target, vars) = forward_target(&redis, Reply::status(200)).await;
+    let processor = start_processor(vars).await;
     add_event(&redis, "bot.completed", br#"{"event":"bot.completed"}"#, "m");
     all_acked(&redis).await;
     let base = format!("http://{}", processor.metrics);
