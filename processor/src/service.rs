@@ -4,10 +4,10 @@
 //! Concurrency is bounded by a semaphore of `CONCURRENCY` permits: each entry's handler runs
 //! under one, so one slow entry holds one permit, never the others. The permit is released when
 //! the handler is done; the entry's task then waits for its batched ack (still tracked, so
-//! shutdown waits for it too). The reader reads up to
-//! `BATCH_SIZE` entries at once and hands them out as permits free up; at most one batch waits,
-//! and every entry held in this process — waiting or being handled — is leased by one lease task
-//! (see [`crate::stream`]), so waiting never makes an entry look abandoned.
+//! shutdown waits for it too). The reader reads up to `BATCH_SIZE` entries at once, one batch
+//! ahead of the one being handed out as permits free up, and every entry held in this process —
+//! waiting or being handled — is leased by one lease task (see [`crate::stream`]), so waiting
+//! never makes an entry look abandoned.
 
 use crate::config::ProcessorConfig;
 use crate::handlers::Registry;
@@ -220,12 +220,13 @@ impl Run {
         }
     }
 
-    /// Waits for one free permit (`None` when shutting down).
+    /// Waits for one free permit (`None` when shutting down, even if a permit is free).
     async fn permit(&self) -> Option<OwnedSemaphorePermit> {
         let mut stop = self.stop.clone();
         tokio::select! {
-            permit = self.permits.clone().acquire_owned() => permit.ok(),
+            biased;
             _ = stop.wait_for(|s| *s) => None,
+            permit = self.permits.clone().acquire_owned() => permit.ok(),
         }
     }
 
@@ -258,6 +259,9 @@ impl Run {
     /// Dispatches held entries: looks up delivery counts for entries that were not new, then
     /// starts each as a permit frees up.
     async fn dispatch_batch(self: &Arc<Self>, entries: Vec<RawEntry>, fresh: bool) {
+        if self.stopping() {
+            return self.release(entries);
+        }
         let counts = if fresh {
             HashMap::new()
         } else {
@@ -269,11 +273,7 @@ impl Run {
             // Deliveries of a new entry: 1. Of a re-read or reclaimed one: from the PEL (it
             // defaults to "more than once" if the lookup failed, which only matters at the cap).
             let deliveries = if fresh { 1 } else { counts.get(&entry.id).copied().unwrap_or(2) };
-            let permit = match self.stopping() {
-                true => None,
-                false => self.permit().await,
-            };
-            let Some(permit) = permit else {
+            let Some(permit) = self.permit().await else {
                 // Shutting down: what was not started stays pending, for another replica.
                 self.release(std::iter::once(entry).chain(entries));
                 return;
@@ -324,11 +324,7 @@ async fn read_loop(run: Arc<Run>, reader: ConnectionManager, batch: usize, block
     let (tx, mut rx) = tokio::sync::mpsc::channel::<(Vec<RawEntry>, bool)>(1);
     let dispatcher = async {
         while let Some((entries, fresh)) = rx.recv().await {
-            if run.stopping() {
-                run.release(entries);
-            } else {
-                run.dispatch_batch(entries, fresh).await;
-            }
+            run.dispatch_batch(entries, fresh).await;
         }
     };
     tokio::join!(read_batches(&run, reader, batch, block, tx), dispatcher);
