@@ -27,11 +27,11 @@ async fn loadgen_smoke_run() {
     }));
 
     let out = tokio::task::spawn_blocking(move || {
-        Command::new(env!("CARGO_BIN_EXE_loadgen"))
-            .args(["--url", &format!("http://{addr}"), "--duration", "2", "-n", "1000000", "-c", "4"])
-            .args(["--auth", "mixed", "--duplicates", "0.2", "--json"])
-            .output()
-            .unwrap()
+        hookstream_tests::run_command(
+            Command::new(env!("CARGO_BIN_EXE_loadgen"))
+                .args(["--url", &format!("http://{addr}"), "--duration", "2", "-n", "1000000", "-c", "4"])
+                .args(["--auth", "mixed", "--duplicates", "0.2", "--json"]),
+        )
     })
     .await
     .unwrap();
@@ -52,18 +52,23 @@ async fn loadgen_smoke_run() {
 #[test]
 fn loadgen_null_server_answers_every_request() {
     let addr = format!("127.0.0.1:{}", hookstream_tests::free_port());
-    let mut server = Command::new(env!("CARGO_BIN_EXE_loadgen")).args(["--null-server", &addr]).spawn().unwrap();
+    let mut server =
+        hookstream_tests::spawn_command(Command::new(env!("CARGO_BIN_EXE_loadgen")).args(["--null-server", &addr]));
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while std::net::TcpStream::connect(&addr).is_err() {
         assert!(std::time::Instant::now() < deadline, "the null server did not listen on {addr}");
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    let out = Command::new(env!("CARGO_BIN_EXE_loadgen"))
-        .args(["--url", &format!("http://{addr}"), "-n", "200", "-c", "4", "--json"])
-        .output()
-        .unwrap();
-    let _ = server.kill();
-    let _ = server.wait();
+    let out = hookstream_tests::run_command(Command::new(env!("CARGO_BIN_EXE_loadgen")).args([
+        "--url",
+        &format!("http://{addr}"),
+        "-n",
+        "200",
+        "-c",
+        "4",
+        "--json",
+    ]));
+    server.kill();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["answers"]["accepted"], 200, "{report}");

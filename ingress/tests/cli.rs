@@ -1,7 +1,7 @@
 //! The `ingress` binary: `--help`, configuration errors (exit 64), `healthcheck`, SIGTERM.
 
 use hookstream_tests::{free_port, RedisServer};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_ingress");
@@ -12,7 +12,7 @@ fn run(args: &[&str], vars: &[(&str, &str)]) -> Output {
 
 #[test]
 fn help_lists_every_variable_with_its_default() {
-    hookstream_tests::assert_help_lists(BIN, ingress::config::all_vars().into_iter().map(|v| (v.name, v.default)));
+    hookstream_tests::assert_help_lists_spec(BIN, "ingress");
 }
 
 #[test]
@@ -66,15 +66,58 @@ fn healthcheck_and_sigterm() {
     // Nothing listens yet: unhealthy.
     assert_eq!(run(&["healthcheck"], &vars).status.code(), Some(1));
 
-    let mut child = hookstream_tests::spawn_bin(BIN, &vars);
+    let child = hookstream_tests::spawn_bin(BIN, &vars);
     wait_for("healthcheck passes", || run(&["healthcheck"], &vars).status.success().then_some(()));
     // A wildcard listen address is probed on loopback.
     let wildcard_addr = format!("0.0.0.0:{port}");
     let wildcard = [("MEETING_BAAS_API_KEY", "k"), ("LISTEN_ADDR", wildcard_addr.as_str())];
     assert!(run(&["healthcheck"], &wildcard).status.success());
 
-    let killed = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("kill");
-    assert!(killed.success());
-    let status = wait_for("ingress exits", || child.try_wait().expect("wait"));
+    let mut child = child;
+    child.signal("TERM");
+    let status = child.wait_for_exit(Duration::from_secs(15));
     assert_eq!(status.code(), Some(0), "SIGTERM is a clean exit");
+}
+
+#[test]
+fn sigint_is_a_clean_exit_too() {
+    let redis = RedisServer::start();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let url = redis.url();
+    let vars = [("MEETING_BAAS_API_KEY", "k"), ("LISTEN_ADDR", listen.as_str()), ("REDIS_URL", url.as_str())];
+    let mut child = hookstream_tests::spawn_bin(BIN, &vars);
+    wait_for("healthcheck passes", || run(&["healthcheck"], &vars).status.success().then_some(()));
+    child.signal("INT");
+    assert_eq!(child.wait_for_exit(Duration::from_secs(15)).code(), Some(0), "SIGINT (Ctrl-C) is a clean exit");
+}
+
+#[test]
+fn log_format_json_writes_one_json_object_per_line() {
+    let redis = RedisServer::start();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let url = redis.url();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("ingress.log");
+    let vars = [
+        ("ALLOW_UNSIGNED", "true"),
+        ("LISTEN_ADDR", listen.as_str()),
+        ("REDIS_URL", url.as_str()),
+        ("LOG_FORMAT", "json"),
+    ];
+    let mut child = hookstream_tests::spawn_bin_with(BIN, &vars, std::fs::File::create(&log).unwrap());
+    wait_for("healthcheck passes", || run(&["healthcheck"], &vars).status.success().then_some(()));
+    child.signal("TERM");
+    assert_eq!(child.wait_for_exit(Duration::from_secs(15)).code(), Some(0));
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON line ({e}): {l}")))
+        .collect();
+    // ALLOW_UNSIGNED warns at start-up; every line is an object with a level and a message.
+    assert!(lines.len() >= 2, "{text}");
+    assert!(lines.iter().all(|l| l["level"].is_string() && l["message"].is_string()), "{text}");
+    assert!(
+        lines.iter().any(|l| l["level"] == "WARN" && l["message"].as_str().unwrap().contains("ALLOW_UNSIGNED")),
+        "{text}"
+    );
 }

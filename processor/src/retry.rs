@@ -12,7 +12,8 @@ use crate::metrics::Attempt;
 use backoff::backoff::Backoff;
 use backoff::ExponentialBackoffBuilder;
 use std::future::Future;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 /// How handler attempts are retried (from `RETRY_*` and `HANDLER_TIMEOUT_MS`).
 #[derive(Debug, Clone, Copy)]
@@ -117,7 +118,7 @@ mod tests {
         HandlerError::Transient { reason: "boom".into(), retry_after }
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn transient_errors_are_retried_until_success() {
         let calls = AtomicU32::new(0);
         let outcome = policy(10_000)
@@ -138,14 +139,17 @@ mod tests {
         assert_eq!(outcome, Outcome { verdict: Verdict::Permanent("no".into()), attempts: 1 });
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn the_time_budget_ends_retries() {
+        let started = Instant::now();
         let outcome = policy(30).run(|_| async { Err(transient(None)) }).await;
         assert_eq!(outcome.verdict, Verdict::Exhausted("boom".into()));
         assert!(outcome.attempts > 1);
+        // Paused time: no wait is started that would end past the budget.
+        assert!(started.elapsed() <= Duration::from_millis(30), "{:?}", started.elapsed());
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn slow_attempts_time_out_as_transient() {
         let mut p = policy(10_000);
         p.attempt_timeout = Duration::from_millis(10);
@@ -161,7 +165,7 @@ mod tests {
         assert_eq!(outcome, Outcome { verdict: Verdict::Done, attempts: 2 });
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn retry_after_is_waited_for_and_counts_against_the_budget() {
         let started = Instant::now();
         let calls = AtomicU32::new(0);
@@ -175,7 +179,9 @@ mod tests {
             })
             .await;
         assert_eq!(outcome.verdict, Verdict::Done);
+        // Paused time: the clock moved exactly as far as the loop slept.
         assert!(started.elapsed() >= Duration::from_millis(150), "waited {:?}", started.elapsed());
+        assert!(started.elapsed() < Duration::from_millis(160), "waited {:?}", started.elapsed());
 
         // A Retry-After beyond the budget ends the retries instead of overrunning it.
         let outcome = policy(100).run(|_| async { Err(transient(Some(Duration::from_secs(60)))) }).await;

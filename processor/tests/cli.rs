@@ -3,7 +3,7 @@
 
 use hookstream_tests::fake_api::{FakeApi, Reply};
 use hookstream_tests::{eventually, free_port, RedisServer};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::Duration;
 
 const BIN: &str = env!("CARGO_BIN_EXE_processor");
@@ -13,13 +13,13 @@ fn run(args: &[&str], vars: &[(&str, &str)]) -> Output {
     hookstream_tests::run_bin(BIN, args, vars)
 }
 
-fn spawn(vars: &[(&str, &str)]) -> std::process::Child {
+fn spawn(vars: &[(&str, &str)]) -> hookstream_tests::Spawned {
     hookstream_tests::spawn_bin(BIN, vars)
 }
 
 #[test]
 fn help_lists_every_variable_with_its_default() {
-    hookstream_tests::assert_help_lists(BIN, processor::config::all_vars().into_iter().map(|v| (v.name, v.default)));
+    hookstream_tests::assert_help_lists_spec(BIN, "processor");
 }
 
 #[test]
@@ -69,16 +69,14 @@ async fn healthcheck_sigterm_and_sigkill() {
     // SIGTERM: a clean exit 0.
     let mut child = spawn(&vars);
     eventually("healthcheck passes", || async { run(&["healthcheck"], &vars).status.success().then_some(()) }).await;
-    Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("kill");
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break status;
-        }
-        assert!(std::time::Instant::now() < deadline, "the processor did not exit after SIGTERM");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    assert_eq!(status.code(), Some(0));
+    child.signal("TERM");
+    assert_eq!(child.exited(Duration::from_secs(15)).await.code(), Some(0), "SIGTERM is a clean exit");
+
+    // SIGINT (Ctrl-C): the same clean exit.
+    let mut child = spawn(&vars);
+    eventually("healthcheck passes", || async { run(&["healthcheck"], &vars).status.success().then_some(()) }).await;
+    child.signal("INT");
+    assert_eq!(child.exited(Duration::from_secs(15)).await.code(), Some(0), "SIGINT is a clean exit");
 
     // SIGKILL in the middle of work.
     let mut child = spawn(&vars);
@@ -96,8 +94,7 @@ async fn healthcheck_sigterm_and_sigkill() {
             .unwrap();
     }
     eventually("the doomed processor is working", || async { (target.calls().len() == 3).then_some(()) }).await;
-    child.kill().expect("SIGKILL");
-    let _ = child.wait();
+    child.kill();
 
     // Another processor reclaims and finishes everything.
     let other = [
@@ -116,8 +113,7 @@ async fn healthcheck_sigterm_and_sigkill() {
         (g.pending == 0 && g.lag == Some(0)).then_some(())
     })
     .await;
-    let _ = survivor.kill();
-    let _ = survivor.wait();
+    survivor.kill();
     let finished =
         target.calls()[3..].iter().filter_map(|c| c.header("x-hookstream-id").map(String::from)).collect::<Vec<_>>();
     assert_eq!(finished.len(), 3, "each reclaimed entry handled again once: {finished:?}");

@@ -45,6 +45,28 @@ pub struct Reply {
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
     pub delay: Option<Duration>,
+    /// The answer waits until this gate opens.
+    pub gate: Option<tokio::sync::watch::Receiver<bool>>,
+}
+
+/// Holds scripted answers back until the test opens it (see [`Reply::held`]).
+pub struct Gate(tokio::sync::watch::Sender<bool>);
+
+impl Default for Gate {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Gate {
+    pub fn new() -> Self {
+        Self(tokio::sync::watch::channel(false).0)
+    }
+
+    /// Lets every held answer go, and every later one at once.
+    pub fn open(&self) {
+        self.0.send_replace(true);
+    }
 }
 
 impl Reply {
@@ -54,6 +76,7 @@ impl Reply {
             headers: vec![("content-type".into(), "application/json".into())],
             body: body.into(),
             delay: None,
+            gate: None,
         }
     }
 
@@ -70,6 +93,12 @@ impl Reply {
         self.delay = Some(delay);
         self
     }
+
+    /// Answers only once `gate` is open (the call is recorded, and counted in flight, at once).
+    pub fn held(mut self, gate: &Gate) -> Self {
+        self.gate = Some(gate.0.subscribe());
+        self
+    }
 }
 
 /// `GET` here answers the call log as JSON (`[{"method", "path", "id"}]`); not itself recorded.
@@ -82,6 +111,9 @@ struct State {
     routes: HashMap<String, Script>,
     counts: HashMap<String, usize>,
     calls: Vec<Call>,
+    /// Calls received and not yet answered, now and at most.
+    in_flight: usize,
+    max_in_flight: usize,
 }
 
 /// The fake server; stops when dropped.
@@ -154,6 +186,12 @@ impl FakeApi {
         self.calls().into_iter().filter(|c| c.method == method && c.path == path).collect()
     }
 
+    /// The most calls that were being answered at the same moment (received, reply not yet
+    /// sent): how many requests the client had in flight at once.
+    pub fn max_in_flight(&self) -> usize {
+        self.state.lock().unwrap().max_in_flight
+    }
+
     /// `METHOD path` of every call, in order.
     pub fn log(&self) -> Vec<String> {
         self.calls().iter().map(|c| key(&c.method, &c.path)).collect()
@@ -191,14 +229,29 @@ async fn answer(
         let n = *state.counts.get(&k).unwrap_or(&0);
         state.counts.insert(k.clone(), n + 1);
         state.calls.push(call.clone());
+        state.in_flight += 1;
+        state.max_in_flight = state.max_in_flight.max(state.in_flight);
         match state.routes.get(&k).cloned() {
             Some(script) => script(&call, n),
             None => Reply::json(404, br#"{"error":"not found"}"#.to_vec()),
         }
     };
+    // Counted out of flight when answered, or when the client gave up (the future is dropped).
+    struct Answered(Arc<Mutex<State>>);
+    impl Drop for Answered {
+        fn drop(&mut self) {
+            let mut state = self.0.lock().unwrap_or_else(|p| p.into_inner());
+            state.in_flight -= 1;
+        }
+    }
+    let answered = Answered(state.clone());
     if let Some(delay) = reply.delay {
         tokio::time::sleep(delay).await;
     }
+    if let Some(mut gate) = reply.gate.clone() {
+        let _ = gate.wait_for(|open| *open).await;
+    }
+    drop(answered);
     let mut response = Response::new(Full::new(Bytes::from(reply.body)));
     *response.status_mut() = hyper::StatusCode::from_u16(reply.status).unwrap();
     for (k, v) in reply.headers {

@@ -12,10 +12,15 @@ use std::future::Future;
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 /// The default deadline of [`eventually`] and of server start-up.
 pub const DEADLINE: Duration = Duration::from_secs(15);
+
+/// How long a spawned binary may take to exit when a test waits for it (a hung binary fails the
+/// test instead of hanging the suite).
+pub const EXIT_DEADLINE: Duration = Duration::from_secs(30);
 
 /// A `redis-server` child process on 127.0.0.1, killed when dropped.
 pub struct RedisServer {
@@ -25,8 +30,41 @@ pub struct RedisServer {
     extra: Vec<String>,
 }
 
-/// The `redis-server` binary: `$REDIS_SERVER`, else `redis-server` on the PATH.
+/// The `redis-server` binary: `$REDIS_SERVER`, else `redis-server` on the PATH. Checked once
+/// to be Redis 7.0 or newer (XAUTOCLAIM's deleted ids, `XINFO` lag): an older one fails here,
+/// with the version it found, rather than as a puzzling test failure later.
 pub fn redis_server_binary() -> PathBuf {
+    static CHECKED: OnceLock<PathBuf> = OnceLock::new();
+    CHECKED
+        .get_or_init(|| {
+            let binary = find_redis_server();
+            let out = Command::new(&binary)
+                .arg("--version")
+                .output()
+                .unwrap_or_else(|e| panic!("cannot run {} --version: {e}", binary.display()));
+            let text = String::from_utf8_lossy(&out.stdout);
+            let version = redis_version(&text)
+                .unwrap_or_else(|| panic!("cannot read the version of {}: {text}", binary.display()));
+            assert!(
+                version >= (7, 0),
+                "{} is Redis {}.{}; hookstream and its tests need Redis 7.0 or newer",
+                binary.display(),
+                version.0,
+                version.1
+            );
+            binary
+        })
+        .clone()
+}
+
+/// `(major, minor)` from `redis-server --version` output (`Redis server v=7.0.15 sha=…`).
+pub fn redis_version(text: &str) -> Option<(u32, u32)> {
+    let v = text.split_whitespace().find_map(|w| w.strip_prefix("v="))?;
+    let mut parts = v.split('.');
+    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+}
+
+fn find_redis_server() -> PathBuf {
     if let Some(path) = std::env::var_os("REDIS_SERVER") {
         return PathBuf::from(path);
     }
@@ -43,27 +81,49 @@ pub fn redis_server_binary() -> PathBuf {
     })
 }
 
-/// A TCP port that was free a moment ago.
+/// A TCP port that was free a moment ago, and that this process has not handed out before (two
+/// tests of one binary never get the same port). Another process may still take it before it
+/// is bound: [`RedisServer`] checks that the server answering is its own child.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 impl RedisServer {
     /// Starts a fresh, empty Redis (no persistence) and waits until it answers PING.
     pub fn start() -> Self {
-        let mut server = Self { port: free_port(), dir: tempfile::tempdir().unwrap(), child: None, extra: Vec::new() };
-        server.spawn(&[]);
-        server
+        Self::start_args(&[])
     }
 
     /// Starts Redis with AOF on (`appendfsync always`), so a restart keeps the data.
     pub fn start_persistent() -> Self {
-        let mut server = Self { port: free_port(), dir: tempfile::tempdir().unwrap(), child: None, extra: Vec::new() };
-        server.spawn(&["--appendonly", "yes", "--appendfsync", "always"]);
-        server
+        Self::start_args(&["--appendonly", "yes", "--appendfsync", "always"])
     }
 
-    fn spawn(&mut self, extra: &[&str]) {
+    fn start_args(extra: &[&str]) -> Self {
+        let mut server = Self { port: 0, dir: tempfile::tempdir().unwrap(), child: None, extra: Vec::new() };
+        // A port taken by someone else between `free_port` and Redis binding it makes Redis exit
+        // at once: try another one.
+        for _ in 0..10 {
+            server.port = free_port();
+            if server.spawn(extra) {
+                return server;
+            }
+        }
+        panic!("redis-server could not bind a free port in 10 tries");
+    }
+
+    /// Spawns Redis on `self.port` and waits until *this child* answers PING (its `process_id`
+    /// is checked, so a test never talks to another test's Redis). `false` when the child
+    /// exited first (the port was taken).
+    fn spawn(&mut self, extra: &[&str]) -> bool {
         let mut args: Vec<String> = [
             "--port",
             &self.port.to_string(),
@@ -90,15 +150,27 @@ impl RedisServer {
         let child = Command::new(redis_server_binary())
             .args(&args)
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start redis-server: {e}"));
+        let pid = child.id();
         self.child = Some(child);
         let deadline = Instant::now() + DEADLINE;
         loop {
+            if let Some(child) = self.child.as_mut() {
+                if child.try_wait().ok().flatten().is_some() {
+                    self.child = None;
+                    return false;
+                }
+            }
             if let Ok(mut con) = redis::Client::open(self.url()).and_then(|c| c.get_connection()) {
-                if redis::cmd("PING").query::<String>(&mut con).is_ok() {
-                    return;
+                if let Ok(info) = redis::cmd("INFO").arg("server").query::<String>(&mut con) {
+                    let answering = info
+                        .lines()
+                        .find_map(|l| l.strip_prefix("process_id:"))
+                        .and_then(|p| p.trim().parse::<u32>().ok());
+                    assert_eq!(answering, Some(pid), "port {} answers for another redis-server", self.port);
+                    return true;
                 }
             }
             assert!(Instant::now() < deadline, "redis-server on port {} did not answer PING in time", self.port);
@@ -127,7 +199,12 @@ impl RedisServer {
         self.kill();
         let extra = std::mem::take(&mut self.extra);
         let refs: Vec<&str> = extra.iter().map(String::as_str).collect();
-        self.spawn(&refs);
+        // The port was just freed by our own child; retry briefly if the kernel still holds it.
+        let deadline = Instant::now() + DEADLINE;
+        while !self.spawn(&refs) {
+            assert!(Instant::now() < deadline, "redis-server could not bind port {} again", self.port);
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// A blocking connection, for assertions.
@@ -147,9 +224,21 @@ pub fn fixture_path(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(name)
 }
 
-/// A fixture's bytes, exactly as stored.
+/// A fixture's bytes, as stored except for one thing: the fixtures' meetings take place in 2030,
+/// which stands for "the future". So that no test starts failing when the calendar reaches
+/// 2030, the year `2030-` in a timestamp is moved to four years from now.
 pub fn fixture(name: &str) -> Vec<u8> {
-    std::fs::read(fixture_path(name)).unwrap_or_else(|e| panic!("fixture {name}: {e}"))
+    let raw = std::fs::read(fixture_path(name)).unwrap_or_else(|e| panic!("fixture {name}: {e}"));
+    match String::from_utf8(raw) {
+        Ok(text) => text.replace("\"2030-", &format!("\"{}-", future_year())).into_bytes(),
+        Err(e) => e.into_bytes(),
+    }
+}
+
+/// Four years from now (the year the fixtures' future meetings are moved to).
+pub fn future_year() -> u64 {
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    1970 + secs / 31_556_952 + 4
 }
 
 /// A fixture parsed as JSON.
@@ -173,18 +262,119 @@ where
     }
 }
 
-/// Runs a binary with only `vars` (and PATH) in its environment, and waits for it.
+/// Runs a binary with only `vars` (and PATH) in its environment, and waits for it at most
+/// [`EXIT_DEADLINE`] (then it is killed and the test fails).
 pub fn run_bin(bin: &str, args: &[&str], vars: &[(&str, &str)]) -> std::process::Output {
-    bin_command(bin, vars).args(args).output().unwrap_or_else(|e| panic!("run {bin}: {e}"))
+    run_command(bin_command(bin, vars).args(args))
 }
 
-/// Starts a binary with only `vars` (and PATH) in its environment, output discarded.
-pub fn spawn_bin(bin: &str, vars: &[(&str, &str)]) -> Child {
-    bin_command(bin, vars)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
+/// Runs `cmd` with its output captured, and waits for it at most [`EXIT_DEADLINE`] (then it is
+/// killed and the test fails).
+pub fn run_command(cmd: &mut Command) -> std::process::Output {
+    use std::io::Read;
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .spawn()
-        .unwrap_or_else(|e| panic!("spawn {bin}: {e}"))
+        .unwrap_or_else(|e| panic!("run {cmd:?}: {e}"));
+    let mut guard = Spawned(Some(child));
+    // Drain both pipes on threads, so a chatty child never blocks on a full pipe.
+    let child = guard.0.as_mut().unwrap();
+    let (mut out, mut err) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
+    let stdout = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = out.read_to_end(&mut buf);
+        buf
+    });
+    let stderr = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = err.read_to_end(&mut buf);
+        buf
+    });
+    let status = guard.wait_for_exit(EXIT_DEADLINE);
+    std::process::Output { status, stdout: stdout.join().unwrap(), stderr: stderr.join().unwrap() }
+}
+
+/// Spawns `cmd`; the child is killed when the returned value is dropped.
+pub fn spawn_command(cmd: &mut Command) -> Spawned {
+    Spawned(Some(cmd.spawn().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"))))
+}
+
+/// Starts a binary with only `vars` (and PATH) in its environment, output discarded. The child
+/// is killed when the returned value is dropped, so a failing test leaves nothing running.
+pub fn spawn_bin(bin: &str, vars: &[(&str, &str)]) -> Spawned {
+    spawn_bin_with(bin, vars, Stdio::null())
+}
+
+/// As [`spawn_bin`], with stderr sent to `stderr` (e.g. a file, to read its logs).
+pub fn spawn_bin_with(bin: &str, vars: &[(&str, &str)], stderr: impl Into<Stdio>) -> Spawned {
+    spawn_command(bin_command(bin, vars).stdout(Stdio::null()).stderr(stderr))
+}
+
+/// A spawned binary, killed (SIGKILL) and reaped when dropped.
+pub struct Spawned(Option<Child>);
+
+impl Spawned {
+    pub fn id(&self) -> u32 {
+        self.0.as_ref().map(Child::id).unwrap_or(0)
+    }
+
+    /// Sends `signal` (`TERM`, `INT`, `KILL`, …) with `kill(1)`.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill").arg(format!("-{signal}")).arg(self.id().to_string()).status().unwrap();
+        assert!(status.success(), "kill -{signal} failed");
+    }
+
+    /// SIGKILL, and reaps the child.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Waits for the child to exit, at most `limit`; past it the child is killed and the test
+    /// fails.
+    pub fn wait_for_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + limit;
+        let child = self.0.as_mut().expect("the child was already reaped");
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() >= deadline {
+                self.kill();
+                panic!("the child process did not exit within {limit:?}; killed");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Spawned {
+    /// [`Self::wait_for_exit`] for async tests: polls without blocking the runtime (in-process
+    /// fakes keep answering meanwhile).
+    pub async fn exited(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            let child = self.0.as_mut().expect("the child was already reaped");
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() >= deadline {
+                self.kill();
+                panic!("the child process did not exit within {limit:?}; killed");
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        self.kill();
+    }
 }
 
 fn bin_command(bin: &str, vars: &[(&str, &str)]) -> Command {
@@ -196,18 +386,63 @@ fn bin_command(bin: &str, vars: &[(&str, &str)]) -> Command {
     cmd
 }
 
-/// Asserts that `bin --help` lists every `(name, default)` variable as `NAME … [default: X]`
-/// and the `healthcheck` subcommand.
-pub fn assert_help_lists(bin: &str, vars: impl IntoIterator<Item = (&'static str, &'static str)>) {
+/// The variables of the contract's configuration table (SPEC §5), copied here by hand so that
+/// a variable dropped from or renamed in the code fails the test: `(name, default, binary)`,
+/// where the binary is `ingress`, `processor` or `both`.
+pub const SPEC_VARS: &[(&str, &str, &str)] = &[
+    ("REDIS_URL", "redis://127.0.0.1:6379", "both"),
+    ("HOOKSTREAM_NAMESPACE", "hookstream", "both"),
+    ("LOG_FORMAT", "text", "both"),
+    ("LISTEN_ADDR", "0.0.0.0:8080", "ingress"),
+    ("MEETING_BAAS_API_KEY", "", "both"),
+    ("WEBHOOK_SECRETS", "", "ingress"),
+    ("CALLBACK_SECRET", "", "ingress"),
+    ("ALLOW_UNSIGNED", "false", "ingress"),
+    ("DEDUP_TTL_SECS", "86400", "ingress"),
+    ("MAX_BODY_BYTES", "8388608", "ingress"),
+    ("METRICS_ADDR", "0.0.0.0:9090", "processor"),
+    ("CONSUMER_GROUP", "processors", "processor"),
+    ("CONSUMER_NAME", "<hostname>-<pid>", "processor"),
+    ("CONCURRENCY", "16", "processor"),
+    ("BATCH_SIZE", "64", "processor"),
+    ("BLOCK_MS", "5000", "processor"),
+    ("CLAIM_IDLE_MS", "60000", "processor"),
+    ("MAX_DELIVERIES", "5", "processor"),
+    ("HANDLER_TIMEOUT_MS", "30000", "processor"),
+    ("RETRY_INITIAL_MS", "500", "processor"),
+    ("RETRY_MAX_INTERVAL_MS", "30000", "processor"),
+    ("RETRY_MAX_ELAPSED_MS", "120000", "processor"),
+    ("SHUTDOWN_GRACE_MS", "25000", "both"),
+    ("STREAM_RETENTION_SECS", "3600", "processor"),
+    ("MEETING_BAAS_API_URL", "https://api.meetingbaas.com", "processor"),
+    ("RECORD_POLICY", "all", "processor"),
+    ("BOT_NAME", "hookstream recorder", "processor"),
+    ("BOT_CONFIG", "{}", "processor"),
+    ("FORWARD_URL", "", "processor"),
+    ("MAX_BACKLOG", "1000000", "ingress"),
+    ("CONSUMER_IDLE_REAP_SECS", "3600", "processor"),
+    // Not yet implemented, added here with their features: REQUEST_TIMEOUT_MS (10000) and
+    // MAX_CONNECTIONS (4096) for the ingress, API_WRITES_PER_SEC (5) for the processor.
+];
+
+/// Asserts that `bin --help` (`bin_name` is `ingress` or `processor`) lists every variable of
+/// [`SPEC_VARS`] that it uses, each on a line of its own starting with the name, with
+/// `[default: X]` (`[default: unset]` where the contract has none), and the `healthcheck`
+/// subcommand.
+pub fn assert_help_lists_spec(bin: &str, bin_name: &str) {
     let out = run_bin(bin, &["--help"], &[]);
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
-    for (name, default) in vars {
+    for (name, default, used_by) in SPEC_VARS {
+        if *used_by != "both" && *used_by != bin_name {
+            continue;
+        }
         let line = text
             .lines()
-            .find(|l| l.trim_start().starts_with(name))
-            .unwrap_or_else(|| panic!("{name} missing:\n{text}"));
-        assert!(line.contains(&format!("[default: {default}]")), "{line}");
+            .find(|l| l.split_whitespace().next() == Some(name))
+            .unwrap_or_else(|| panic!("{name} missing from {bin_name} --help:\n{text}"));
+        let default = if default.is_empty() { "unset" } else { default };
+        assert!(line.contains(&format!("[default: {default}]")), "{name}: {line}");
     }
     assert!(text.contains("healthcheck"));
 }

@@ -24,6 +24,19 @@ async fn redis_down_is_503_with_retry_after_and_service_resumes_by_itself() {
     assert_error(r, 503, "unavailable").await;
     // Liveness does not depend on Redis.
     assert_eq!(client().get(ingress.url("/healthz")).send().await.unwrap().status(), 200);
+    // A client's own mistake is still its 4xx, not a 503: it must not retry what cannot succeed.
+    let send = |content_type: &'static str, key: &'static str, body: &'static [u8]| {
+        client()
+            .post(ingress.webhook_url())
+            .header("content-type", content_type)
+            .header("x-meeting-baas-api-key", key)
+            .body(body)
+            .send()
+    };
+    assert_error(send("text/plain", API_KEY, b"{}").await.unwrap(), 415, "unsupported_media_type").await;
+    assert_error(send("application/json", "wrong-key", br#"{"event":"x"}"#).await.unwrap(), 401, "unauthorized").await;
+    assert_error(send("application/json", API_KEY, b"not json").await.unwrap(), 400, "invalid_payload").await;
+    assert_error(send("application/json", API_KEY, br#"{"no_event":1}"#).await.unwrap(), 400, "invalid_payload").await;
 
     redis.restart();
     // The same ingress process serves again, with no restart; the script cache is empty after a

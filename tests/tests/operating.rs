@@ -211,7 +211,9 @@ async fn status_shows_the_numbers() {
     let crashed = out.lines().find(|l| l.starts_with("crashed")).expect("the crashed consumer is listed");
     assert!(crashed.split_whitespace().nth(1) == Some("1"), "{crashed}");
     assert!(out.lines().any(|l| l.starts_with("test-consumer-") && !l.contains("will be reaped")));
-    let idle = cli::status(&ops(&redis), Duration::from_millis(1)).await.stdout;
+    // With a reap limit of zero every consumer with nothing pending is marked, whatever its idle
+    // time: no race with the clock.
+    let idle = cli::status(&ops(&redis), Duration::ZERO).await.stdout;
     assert!(idle.lines().any(|l| l.starts_with("test-consumer-") && l.contains("will be reaped")), "{idle}");
     assert!(!idle.lines().any(|l| l.starts_with("crashed") && l.contains("will be reaped")), "{idle}");
 }
@@ -251,21 +253,43 @@ async fn backpressure_answers_503_backlog_full_until_the_backlog_drains() {
 }
 
 #[tokio::test]
-async fn backpressure_is_off_below_the_limit() {
+async fn backpressure_starts_above_max_backlog_not_at_it() {
     let redis = RedisServer::start();
-    let ingress = start_with(default_vars(&redis.url()), |c| c.backlog_refresh = Duration::from_millis(20)).await;
-    for i in 0..20 {
-        let r = post_v1(&ingress, format!(r#"{{"event":"x","n":{i}}}"#).as_bytes()).await;
-        assert_eq!(r.status(), 200);
-        tokio::time::sleep(Duration::from_millis(5)).await; // let the watcher see the growing stream
-    }
-    assert_eq!(xlen(&redis), 20);
+    // No group yet: the backlog is the stream's length. 21 entries, one more than the limit.
+    let ids: Vec<String> = (0..21).map(|i| add_event(&redis, "x", b"{}", &format!("pre{i}"))).collect();
+    let mut vars = default_vars(&redis.url());
+    vars.insert("MAX_BACKLOG".into(), "20".into());
+    let ingress = start_with(vars, |c| c.backlog_refresh = Duration::from_millis(20)).await;
+    let body = |i: usize| format!(r#"{{"event":"x","n":{i}}}"#);
+    let refused = eventually("21 > 20: backlog_full", || async {
+        let r = post_v1(&ingress, body(0).as_bytes()).await;
+        (r.status() == 503).then_some(r)
+    })
+    .await;
+    assert_error(refused, 503, "backlog_full").await;
+    // Exactly at the limit (20) is not over it: accepted again. (Posts before the ingress first
+    // read the backlog were accepted: delete down to exactly 20.)
+    let over = xlen(&redis) as usize - 20;
+    let _: i64 = redis::cmd("XDEL").arg(EVENTS).arg(&ids[..over]).query(&mut redis.con()).unwrap();
+    eventually("20 = MAX_BACKLOG is accepted", || async {
+        (post_v1(&ingress, body(1).as_bytes()).await.status() == 200).then_some(())
+    })
+    .await;
+    // That acceptance made it 21 again: refused again.
+    eventually("21 > 20 again: backlog_full", || async {
+        (post_v1(&ingress, body(2).as_bytes()).await.status() == 503).then_some(())
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn idle_consumers_without_pending_entries_are_reaped_and_others_kept() {
     let redis = RedisServer::start();
     create_group(&redis);
+    // `gone-with-work` goes idle first, so whenever `gone-idle` is idle long enough to be reaped,
+    // so is `gone-with-work`: the pass that reaps one has seen the other past the limit too.
+    add_event(&redis, "bot.completed", b"{}", "held");
+    assert_eq!(ghost_read(&redis, "gone-with-work", 1), 1);
     let _: i64 = redis::cmd("XGROUP")
         .arg("CREATECONSUMER")
         .arg(EVENTS)
@@ -273,8 +297,6 @@ async fn idle_consumers_without_pending_entries_are_reaped_and_others_kept() {
         .arg("gone-idle")
         .query(&mut redis.con())
         .unwrap();
-    add_event(&redis, "bot.completed", b"{}", "held");
-    assert_eq!(ghost_read(&redis, "gone-with-work", 1), 1);
     let mut vars: HashMap<String, String> = processor_vars(&redis.url(), "http://127.0.0.1:9");
     vars.insert("CONSUMER_IDLE_REAP_SECS".into(), "1".into());
     let processor = start_processor_with(vars, |c| c.trim_interval = Duration::from_millis(50)).await;

@@ -355,6 +355,8 @@ async fn forwarder_posts_the_payload_with_its_headers() {
     let processor = start_processor(vars).await;
     let names = [
         "meeting-baas/v2/bot_completed.json",
+        // API v2 may put `extra` inside `data`: forwarded as it came, like any other.
+        "meeting-baas/v2/bot_completed_extra_in_data.json",
         "meeting-baas/v1/complete.json",
         "meeting-baas/v2/calendar_connection_created.json",
     ];

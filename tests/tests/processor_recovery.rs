@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use hookstream_tests::fake_api::{FakeApi, Reply};
+use hookstream_tests::fake_api::{FakeApi, Gate, Reply};
 use hookstream_tests::{eventually, RedisServer};
 use processor::stream::Stream;
 use std::collections::HashMap;
@@ -120,18 +120,48 @@ async fn poison_entries_are_dead_lettered_without_running_the_handler() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_lease_keeps_a_slow_entry_from_being_reclaimed() {
     let redis = RedisServer::start();
-    // Each call takes five times CLAIM_IDLE_MS.
-    let (target, mut vars) = slow_target(&redis, Duration::from_millis(1500)).await;
-    vars.insert("CLAIM_IDLE_MS".into(), "300".into());
+    // The one call is held until the test has seen the lease at work for several idle limits.
+    let gate = Gate::new();
+    let (target, mut vars) = forward_target(&redis, Reply::status(200).held(&gate)).await;
+    vars.insert("CLAIM_IDLE_MS".into(), "600".into());
     let first = start_processor(vars.clone()).await;
     vars.insert("CONSUMER_NAME".into(), "second-replica".into());
     let second = start_processor(vars).await;
-    add_event(&redis, "bot.completed", br#"{"event":"bot.completed"}"#, "slow");
+    let id = add_event(&redis, "bot.completed", br#"{"event":"bot.completed"}"#, "slow");
+    eventually("the handler is running", || async { (!target.calls().is_empty()).then_some(()) }).await;
+    // The entry's idle time is reset again and again (XPENDING shows it falling back) while its
+    // delivery count stays 1: the lease, not a reclaim.
+    let mut resets = 0;
+    let mut last_idle = 0;
+    eventually("the lease reset the idle time five times", || {
+        let (idle, deliveries) = pending_entry(&redis, &id).expect("still pending");
+        assert_eq!(deliveries, 1, "the entry was never delivered again (reclaimed)");
+        if idle < last_idle {
+            resets += 1;
+        }
+        last_idle = idle;
+        let done = resets >= 5;
+        async move { done.then_some(()) }
+    })
+    .await;
+    gate.open();
     all_acked(&redis).await;
     first.stop().await;
     second.stop().await;
     assert_eq!(target.calls().len(), 1, "the API saw one call");
     assert_eq!(xlen_dead(&redis), 0);
+}
+
+/// `(idle ms, delivery count)` of one pending entry.
+fn pending_entry(redis: &RedisServer, id: &str) -> Option<(u64, u64)> {
+    let reply: redis::Value =
+        redis::cmd("XPENDING").arg(EVENTS).arg(GROUP).arg(id).arg(id).arg(1).query(&mut redis.con()).unwrap();
+    let redis::Value::Array(rows) = reply else { return None };
+    let redis::Value::Array(row) = rows.into_iter().next()? else { return None };
+    match (row.get(2), row.get(3)) {
+        (Some(redis::Value::Int(idle)), Some(redis::Value::Int(n))) => Some((*idle as u64, *n as u64)),
+        _ => None,
+    }
 }
 
 #[tokio::test]
@@ -203,26 +233,29 @@ async fn shutdown_leaves_an_unfinished_entry_pending() {
 #[tokio::test]
 async fn concurrency_bounds_the_handlers_running_at_once() {
     let redis = RedisServer::start();
-    let delay = Duration::from_millis(300);
-    let (target, mut vars) = slow_target(&redis, delay).await;
+    // Every call is held until all the slots are known to be busy: then the fake API has exactly
+    // as many calls in flight as handlers run at once.
+    let gate = Gate::new();
+    let (target, mut vars) = forward_target(&redis, Reply::status(200).held(&gate)).await;
     vars.insert("CONCURRENCY".into(), "2".into());
     create_group(&redis);
     for i in 0..6 {
         add_event(&redis, "bot.completed", br#"{"event":"bot.completed"}"#, &format!("c{i}"));
     }
     let processor = start_processor(vars).await;
+    eventually("two handlers are running", || async { (target.calls().len() == 2).then_some(()) }).await;
+    // Give a third handler every chance to start if the bound were broken: the processor holds
+    // six entries (read ahead) and nothing else to wait for.
+    eventually("all six entries are delivered", || async {
+        (group_state(&redis).map(|(_, lag)| lag) == Some(0)).then_some(())
+    })
+    .await;
+    assert_eq!(target.calls().len(), 2, "a third handler started while two were running");
+    gate.open();
     all_acked(&redis).await;
     processor.stop().await;
-    let calls = target.calls();
-    assert_eq!(calls.len(), 6);
-    // A handler ends only after its call's reply, sent `delay` after the call arrived: calls that
-    // arrived less than `delay` apart ran at the same time.
-    let most_at_once = calls
-        .iter()
-        .map(|c| calls.iter().filter(|o| o.at <= c.at && c.at.duration_since(o.at) < delay).count())
-        .max()
-        .unwrap();
-    assert_eq!(most_at_once, 2, "CONCURRENCY=2 handlers ran at once, never more");
+    assert_eq!(target.calls().len(), 6);
+    assert_eq!(target.max_in_flight(), 2, "CONCURRENCY=2 handlers ran at once, never more");
 }
 
 #[tokio::test]
@@ -315,27 +348,102 @@ async fn the_trimmer_runs_by_itself() {
 }
 
 #[tokio::test]
-async fn health_and_metrics() {
+async fn reclaimed_entries_that_were_deleted_from_the_stream_are_dropped() {
     let redis = RedisServer::start();
-    let (_target, vars) = forward_target(&redis, Reply::status(200)).await;
+    let (target, mut vars) = forward_target(&redis, Reply::status(200)).await;
+    create_group(&redis);
+    let ids: Vec<String> =
+        (0..3).map(|i| add_event(&redis, "bot.completed", br#"{"event":"bot.completed"}"#, &format!("x{i}"))).collect();
+    assert_eq!(ghost_read(&redis, "crashed", 3), 3);
+    // Someone deletes a pending entry by hand (XDEL): XAUTOCLAIM reports it as deleted.
+    let _: i64 = redis::cmd("XDEL").arg(EVENTS).arg(&ids[1]).query(&mut redis.con()).unwrap();
+    vars.insert("CLAIM_IDLE_MS".into(), "50".into());
     let processor = start_processor(vars).await;
-    add_event(&redis, "bot.completed", br#"{"event":"bot.completed"}"#, "m");
     all_acked(&redis).await;
-    let base = format!("http://{}", processor.metrics);
-    assert_eq!(reqwest::get(format!("{base}/healthz")).await.unwrap().status(), 200);
-    assert_eq!(reqwest::get(format!("{base}/readyz")).await.unwrap().status(), 200);
-    let text = reqwest::get(format!("{base}/metrics")).await.unwrap().text().await.unwrap();
-    for needle in [
-        "hookstream_processor_entries_total{outcome=\"acked\"}",
-        "hookstream_processor_attempts_total{result=\"ok\"}",
-        "hookstream_processor_handler_duration_seconds_bucket{event=\"bot.completed\"",
-        "hookstream_stream_length 1",
-        "hookstream_dead_length 0",
-        "hookstream_group_pending 0",
-        "hookstream_group_lag 0",
-    ] {
-        assert!(text.contains(needle), "{needle} missing:\n{text}");
-    }
-    assert_eq!(reqwest::get(format!("{base}/nope")).await.unwrap().status(), 404);
     processor.stop().await;
+    let mut forwarded = forwarded_ids(&target);
+    forwarded.sort();
+    assert_eq!(forwarded, vec!["x0", "x2"], "the others are handled; the deleted one is not");
+    assert_eq!(pending_of(&redis, "crashed"), 0, "nothing is left pending");
+    assert_eq!(xlen_dead(&redis), 0);
+}
+
+#[tokio::test]
+async fn own_pending_entries_that_were_deleted_are_acked_on_the_re_read() {
+    let redis = RedisServer::start();
+    let (target, mut vars) = forward_target(&redis, Reply::status(200)).await;
+    create_group(&redis);
+    let ids: Vec<String> =
+        (0..3).map(|i| add_event(&redis, "bot.completed", br#"{"event":"bot.completed"}"#, &format!("y{i}"))).collect();
+    assert_eq!(ghost_read(&redis, "replica-a", 3), 3);
+    // Deleted while pending: the re-read from id 0 returns its id with no fields. (CLAIM_IDLE_MS
+    // stays long, so no XAUTOCLAIM cleans it up instead.)
+    let _: i64 = redis::cmd("XDEL").arg(EVENTS).arg(&ids[1]).query(&mut redis.con()).unwrap();
+    vars.insert("CONSUMER_NAME".into(), "replica-a".into());
+    let processor = start_processor(vars).await;
+    all_acked(&redis).await;
+    processor.stop().await;
+    let mut forwarded = forwarded_ids(&target);
+    forwarded.sort();
+    assert_eq!(forwarded, vec!["y0", "y2"]);
+    assert_eq!(pending_of(&redis, "replica-a"), 0, "the deleted entry is acked, not left pending for ever");
+    assert_eq!(xlen_dead(&redis), 0);
+}
+
+#[tokio::test]
+async fn more_pending_entries_than_batch_size_are_all_reclaimed_and_re_read() {
+    let redis = RedisServer::start();
+    let (target, mut vars) = forward_target(&redis, Reply::status(200)).await;
+    create_group(&redis);
+    for i in 0..10 {
+        add_event(&redis, "bot.completed", br#"{"event":"bot.completed"}"#, &format!("a{i}"));
+    }
+    for i in 0..10 {
+        add_event(&redis, "bot.completed", br#"{"event":"bot.completed"}"#, &format!("b{i}"));
+    }
+    // Ten entries of a crashed consumer (XAUTOCLAIM's cursor must be followed), ten of this
+    // consumer's own from before a restart (the re-read from id 0 must page on).
+    assert_eq!(ghost_read(&redis, "crashed", 10), 10);
+    assert_eq!(ghost_read(&redis, "replica-a", 10), 10);
+    vars.insert("BATCH_SIZE".into(), "3".into());
+    vars.insert("CLAIM_IDLE_MS".into(), "50".into());
+    vars.insert("CONSUMER_NAME".into(), "replica-a".into());
+    let processor = start_processor(vars).await;
+    all_acked(&redis).await;
+    processor.stop().await;
+    let mut forwarded = forwarded_ids(&target);
+    forwarded.sort();
+    let mut expected: Vec<String> = (0..10).flat_map(|i| [format!("a{i}"), format!("b{i}")]).collect();
+    expected.sort();
+    assert_eq!(forwarded, expected, "each entry handled once");
+}
+
+#[tokio::test]
+async fn a_custom_namespace_and_group_are_used_throughout() {
+    let redis = RedisServer::start();
+    let mut ingress_vars = default_vars(&redis.url());
+    ingress_vars.insert("HOOKSTREAM_NAMESPACE".into(), "acme".into());
+    let ingress = start_with(ingress_vars, |_| {}).await;
+    let target = FakeApi::start().await;
+    target.always("POST", "/hook", Reply::status(200));
+    let mut vars = forward_vars(&redis, &target);
+    vars.insert("HOOKSTREAM_NAMESPACE".into(), "acme".into());
+    vars.insert("CONSUMER_GROUP".into(), "workers".into());
+    let processor = start_processor(vars).await;
+    let (status, body) = answer(post_v1(&ingress, br#"{"event":"bot.completed","n":1}"#).await).await;
+    assert_eq!((status, body["status"].as_str()), (200, Some("accepted")), "{body}");
+    eventually("forwarded", || async { (target.calls().len() == 1).then_some(()) }).await;
+    let acked = || async {
+        let info: redis::streams::StreamInfoGroupsReply =
+            redis::cmd("XINFO").arg("GROUPS").arg("{acme}:events").query(&mut redis.con()).ok()?;
+        let g = info.groups.into_iter().find(|g| g.name == "workers")?;
+        (g.pending == 0 && g.lag == Some(0)).then_some(())
+    };
+    eventually("acked by the group `workers` on {acme}:events", acked).await;
+    processor.stop().await;
+    ingress.stop().await;
+    let keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut redis.con()).unwrap();
+    assert!(keys.iter().all(|k| k.starts_with("{acme}:")), "every key in the namespace: {keys:?}");
+    assert!(keys.contains(&"{acme}:events".to_string()), "{keys:?}");
+    assert!(keys.iter().any(|k| k.starts_with("{acme}:dedup:")), "{keys:?}");
 }

@@ -26,8 +26,46 @@ async fn transient_errors_are_retried_then_acked() {
     add_fixture(&redis, "meeting-baas/v2/bot_completed.json");
     all_acked(&redis).await;
     processor.stop().await;
-    assert_eq!(target.calls().len(), 4);
+    let calls = target.calls();
+    assert_eq!(calls.len(), 4);
     assert_eq!(xlen_dead(&redis), 0);
+    // The receiver can drop repeats: every retry carries the same id, the dedup identity.
+    let ids: Vec<Option<&str>> = calls.iter().map(|c| c.header("x-hookstream-id")).collect();
+    assert_eq!(ids, vec![Some("meeting-baas/v2/bot_completed.json"); 4]);
+}
+
+#[tokio::test]
+async fn network_errors_are_transient() {
+    let redis = RedisServer::start();
+    // A target that drops the first two connections without a word, then answers 200.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = accepted.clone();
+    let server = tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        loop {
+            let Ok((mut socket, _)) = listener.accept().await else { return };
+            if counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < 2 {
+                drop(socket); // closed before any answer: a network error for the client
+                continue;
+            }
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 65536];
+                let _ = socket.read(&mut buf).await;
+                let _ = socket.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").await;
+            });
+        }
+    });
+    let mut vars = processor_vars(&redis.url(), "http://127.0.0.1:9");
+    vars.insert("FORWARD_URL".into(), format!("http://{addr}/hook"));
+    let processor = start_processor(vars).await;
+    add_fixture(&redis, "meeting-baas/v2/bot_completed.json");
+    all_acked(&redis).await;
+    processor.stop().await;
+    server.abort();
+    assert_eq!(xlen_dead(&redis), 0, "retried, not dead-lettered");
+    assert!(accepted.load(std::sync::atomic::Ordering::SeqCst) >= 3, "two failed connections, then success");
 }
 
 #[tokio::test]
@@ -67,7 +105,7 @@ async fn retries_exhausted_dead_letter() {
     let target = FakeApi::start().await;
     target.always("POST", "/hook", Reply::status(500));
     let mut vars = forward_vars(&redis, &target);
-    vars.insert("RETRY_MAX_ELAPSED_MS".into(), "200".into());
+    vars.insert("RETRY_MAX_ELAPSED_MS".into(), "1000".into());
     let processor = start_processor(vars).await;
     add_fixture(&redis, "meeting-baas/v2/bot_completed.json");
     let dead = dead_after(&redis, 1).await;

@@ -181,12 +181,26 @@ mod tests {
         let later = (chrono::Utc::now() + chrono::Duration::seconds(30)).to_rfc2822();
         h.insert(reqwest::header::RETRY_AFTER, later.parse().expect("value"));
         assert!(retry_after(&h).is_some_and(|d| d > Duration::from_secs(20)));
+        // The form HTTP servers send (IMF-fixdate, RFC 9110): "Sun, 06 Nov 1994 08:49:37 GMT".
+        let later =
+            (chrono::Utc::now() + chrono::Duration::seconds(30)).format("%a, %d %b %Y %H:%M:%S GMT").to_string();
+        h.insert(reqwest::header::RETRY_AFTER, later.parse().expect("value"));
+        assert!(
+            retry_after(&h).is_some_and(|d| d > Duration::from_secs(20) && d <= Duration::from_secs(30)),
+            "{later}"
+        );
+        // A date in the past: no wait beyond the backoff's own.
+        h.insert(reqwest::header::RETRY_AFTER, "Sun, 06 Nov 1994 08:49:37 GMT".parse().expect("value"));
+        assert_eq!(retry_after(&h), None);
     }
 
     #[test]
     fn ended() {
+        let rfc3339 = |offset: chrono::Duration| (chrono::Utc::now() + offset).to_rfc3339();
         assert!(has_ended(Some("2001-01-01T00:00:00Z")));
-        assert!(!has_ended(Some("2030-07-02T16:30:00Z")));
+        assert!(has_ended(Some(&rfc3339(chrono::Duration::minutes(-1)))));
+        assert!(!has_ended(Some(&rfc3339(chrono::Duration::days(1)))));
+        assert!(!has_ended(Some(&rfc3339(chrono::Duration::days(3650)))));
         assert!(!has_ended(None));
         assert!(!has_ended(Some("soon")));
     }

@@ -201,7 +201,14 @@ async fn main() {
                 sh(&format!("{compose} ps -q processor")).lines().next().unwrap_or_default().trim().to_string();
             let hostname = sh(&format!("docker inspect -f '{{{{.Config.Hostname}}}}' {container}")).trim().to_string();
             sh(&format!("docker kill {container}"));
-            let consumer = format!("{hostname}-1");
+            // Its consumer name is `<hostname>-<pid>`: found in the group, never guessed (a guess
+            // that missed would make the checks below pass without testing anything).
+            let consumers = redis_cli(&compose, &format!("XINFO CONSUMERS '{EVENTS}' processors"));
+            let prefix = format!("{hostname}-");
+            let consumer =
+                consumers.lines().map(str::trim).find(|l| l.starts_with(&prefix)).map(str::to_string).unwrap_or_else(
+                    || fail(&format!("no consumer of the killed container ({prefix}*) in:\n{consumers}")),
+                );
             let held =
                 redis_cli(&compose, &format!("XPENDING '{EVENTS}' processors - + 100000 {consumer}")).lines().count()
                     / 4;

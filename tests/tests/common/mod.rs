@@ -357,3 +357,24 @@ pub fn create_group(redis: &hookstream_tests::RedisServer) {
         .query(&mut redis.con())
         .unwrap();
 }
+
+// ---------------------------------------------------------------------------------------------
+// Metrics.
+
+/// The value of one sample in Prometheus text, e.g. `hookstream_processor_entries_total` with
+/// labels `{outcome="acked"}`; 0 when the series is absent (a counter not yet incremented).
+pub fn metric(text: &str, name: &str, labels: &str) -> f64 {
+    let series = format!("{name}{labels}");
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| {
+            let (key, value) = l.rsplit_once(' ')?;
+            (key == series).then(|| value.parse::<f64>().ok()).flatten()
+        })
+        .unwrap_or(0.0)
+}
+
+/// GETs a `/metrics` page.
+pub async fn scrape(url: &str) -> String {
+    reqwest::get(url).await.expect("scrape").text().await.expect("metrics text")
+}

@@ -1,0 +1,98 @@
+//! Metrics, checked by value: each test reads the counters before and after and asserts the
+//! change per label. The Prometheus recorder is global to a process, so these tests live in a
+//! binary of their own, where nothing else moves the same series (the ingress and processor
+//! tests here touch disjoint metric names).
+
+mod common;
+
+use common::*;
+use hookstream_tests::fake_api::{FakeApi, Reply};
+use hookstream_tests::{fixture, RedisServer};
+
+fn forward_vars(redis: &RedisServer, target: &FakeApi) -> std::collections::HashMap<String, String> {
+    let mut vars = processor_vars(&redis.url(), "http://127.0.0.1:9");
+    vars.insert("FORWARD_URL".into(), format!("{}/hook", target.url()));
+    vars
+}
+
+#[tokio::test]
+async fn ingress_health_readiness_and_metrics_by_outcome() {
+    let mut redis = RedisServer::start();
+    let mut vars = default_vars(&redis.url());
+    vars.insert("MAX_BODY_BYTES".into(), "4096".into());
+    let ingress = start_with(vars, |_| {}).await;
+    let c = client();
+    let (status, body) = answer(c.get(ingress.url("/healthz")).send().await.unwrap()).await;
+    assert_eq!((status, body["status"].as_str()), (200, Some("ok")));
+    let (status, body) = answer(c.get(ingress.url("/readyz")).send().await.unwrap()).await;
+    assert_eq!((status, body["status"].as_str()), (200, Some("ready")));
+
+    let metrics = ingress.url("/metrics");
+    let before = scrape(&metrics).await;
+    let body = fixture("meeting-baas/v1/failed.json");
+    assert_eq!(post_v1(&ingress, &body).await.status(), 200); // accepted
+    assert_eq!(post_v1(&ingress, &body).await.status(), 200); // duplicate
+    assert_eq!(post_v1(&ingress, b"[]").await.status(), 400); // invalid
+    assert_eq!(post_v1(&ingress, &vec![b' '; 5000]).await.status(), 413); // too_large
+    let plain = c.post(ingress.webhook_url()).header("content-type", "text/plain").body("{}").send().await.unwrap();
+    assert_eq!(plain.status(), 415); // unsupported
+    let anonymous =
+        c.post(ingress.webhook_url()).header("content-type", "application/json").body(body.clone()).send().await;
+    assert_eq!(anonymous.unwrap().status(), 401); // unauthorized
+    redis.kill();
+    assert_eq!(post_v1(&ingress, br#"{"event":"x"}"#).await.status(), 503); // unavailable
+    let after = scrape(&metrics).await;
+    let delta = |outcome: &str| {
+        let labels = format!(r#"{{outcome="{outcome}"}}"#);
+        metric(&after, "hookstream_ingress_requests_total", &labels)
+            - metric(&before, "hookstream_ingress_requests_total", &labels)
+    };
+    for outcome in ["accepted", "duplicate", "invalid", "too_large", "unsupported", "unauthorized", "unavailable"] {
+        assert_eq!(delta(outcome), 1.0, "{outcome}:\n{after}");
+    }
+    let count = |text: &str| metric(text, "hookstream_ingress_request_duration_seconds_count", "");
+    assert_eq!(count(&after) - count(&before), 7.0, "one duration per webhook request:\n{after}");
+}
+
+#[tokio::test]
+async fn health_and_metrics() {
+    let redis = RedisServer::start();
+    let target = FakeApi::start().await;
+    target.sequence("POST", "/hook", vec![Reply::status(503), Reply::status(200), Reply::status(422)]);
+    let vars = forward_vars(&redis, &target);
+    let processor = start_processor(vars).await;
+    let base = format!("http://{}", processor.metrics);
+    let before = scrape(&format!("{base}/metrics")).await;
+    // One entry acked after a transient error, then one dead (permanent).
+    add_event(&redis, "bot.completed", br#"{"event":"bot.completed"}"#, "m1");
+    all_acked(&redis).await;
+    add_event(&redis, "bot.completed", br#"{"event":"bot.completed"}"#, "m2");
+    dead_after(&redis, 1).await;
+    all_acked(&redis).await;
+    assert_eq!(reqwest::get(format!("{base}/healthz")).await.unwrap().status(), 200);
+    assert_eq!(reqwest::get(format!("{base}/readyz")).await.unwrap().status(), 200);
+    let after = scrape(&format!("{base}/metrics")).await;
+    let delta = |name: &str, labels: &str| metric(&after, name, labels) - metric(&before, name, labels);
+    assert_eq!(delta("hookstream_processor_entries_total", r#"{outcome="acked"}"#), 1.0, "{after}");
+    assert_eq!(delta("hookstream_processor_entries_total", r#"{outcome="dead"}"#), 1.0, "{after}");
+    assert_eq!(delta("hookstream_processor_entries_total", r#"{outcome="reclaimed"}"#), 0.0, "{after}");
+    assert_eq!(delta("hookstream_processor_attempts_total", r#"{result="ok"}"#), 1.0, "{after}");
+    assert_eq!(delta("hookstream_processor_attempts_total", r#"{result="transient"}"#), 1.0, "{after}");
+    assert_eq!(delta("hookstream_processor_attempts_total", r#"{result="permanent"}"#), 1.0, "{after}");
+    assert_eq!(
+        delta("hookstream_processor_handler_duration_seconds_count", r#"{event="bot.completed"}"#),
+        2.0,
+        "one duration per handled entry: {after}"
+    );
+    for (gauge, value) in [
+        ("hookstream_stream_length", 2.0),
+        ("hookstream_dead_length", 1.0),
+        ("hookstream_group_pending", 0.0),
+        ("hookstream_group_lag", 0.0),
+    ] {
+        assert!(after.lines().any(|l| l.starts_with(&format!("{gauge} "))), "{gauge} missing:\n{after}");
+        assert_eq!(metric(&after, gauge, ""), value, "{gauge}");
+    }
+    assert_eq!(reqwest::get(format!("{base}/nope")).await.unwrap().status(), 404);
+    processor.stop().await;
+}
