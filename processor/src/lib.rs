@@ -3,12 +3,26 @@
 //! retries, a lease while working, reclaim of abandoned entries, and a dead stream for what
 //! cannot be done. See [`stream`] for how Redis Streams are used.
 
+//!
+//! Modules, from the top down (a module uses only those below it):
+//! `service` (the supervisor) → `reader`, `lease`, `housekeeping`, `health` (the loops) →
+//! `dispatch` (slots, tasks) → `worker` (one delivery's handling) → `delivery` (the `Delivery`
+//! and the table of what is held), `retry`, `handlers/` → `acker` → `stream` (commands) →
+//! `replies` (typed Redis replies), used by `ops` (operator commands) too.
+
 pub mod acker;
 pub mod cli;
 pub mod config;
+pub mod delivery;
+pub mod dispatch;
 pub mod handlers;
+pub mod health;
+pub mod housekeeping;
+pub mod lease;
 pub mod metrics;
 pub mod ops;
+pub mod reader;
+pub mod replies;
 pub mod retry;
 pub mod service;
 pub mod stream;

@@ -37,7 +37,7 @@ fn operate(config: ProcessorConfig, action: Option<commands::Dead>) -> Result<Ex
     let runtime = cli::runtime("processor")?;
     let done = runtime.block_on(async {
         let manager = shared::conn::client(&config.common.redis_url)
-            .and_then(|c| shared::conn::manager(c, Some(Duration::from_secs(10))));
+            .and_then(|c| shared::conn::Conn::new(c, Duration::from_secs(10)));
         let manager = match manager {
             Ok(m) => m,
             Err(err) => {

@@ -1,8 +1,7 @@
 //! The processor's metrics (SPEC §6). Handles are registered once and reused, so handling an
 //! entry only bumps atomics instead of looking its series up in the registry each time.
 
-use std::collections::HashMap;
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
 
 pub const ENTRIES_TOTAL: &str = "hookstream_processor_entries_total";
 pub const ATTEMPTS_TOTAL: &str = "hookstream_processor_attempts_total";
@@ -24,14 +23,43 @@ pub enum Attempt {
     Permanent,
 }
 
-/// Distinct `event` labels kept as handles; past this, durations are still recorded, through
-/// the registry. Bounds the cache whatever event names arrive.
-const MAX_CACHED_EVENTS: usize = 256;
+/// The event names Meeting BaaS sends (API v1 and v2): the only values the `event` label takes.
+/// Senders choose event names, so every other name is counted as [`OTHER_EVENT`]: a label set
+/// that senders could grow would grow the exporter's memory and `/metrics` for ever.
+pub const KNOWN_EVENTS: &[&str] = &[
+    // API v1
+    "calendar.sync_events",
+    "bot.status_change",
+    "complete",
+    "failed",
+    "transcription_complete",
+    // API v2
+    "calendar.event_created",
+    "calendar.event_updated",
+    "calendar.event_cancelled",
+    "calendar.events_synced",
+    "calendar.connection_created",
+    "calendar.connection_updated",
+    "calendar.connection_deleted",
+    "calendar.connection_error",
+    "bot.completed",
+    "bot.failed",
+    "bot.chat_message",
+];
+
+/// The `event` label of every event name outside [`KNOWN_EVENTS`].
+pub const OTHER_EVENT: &str = "other";
+
+/// The `event` label for `event`: itself when known, else [`OTHER_EVENT`].
+pub fn event_label(event: &str) -> &'static str {
+    KNOWN_EVENTS.iter().find(|known| **known == event).copied().unwrap_or(OTHER_EVENT)
+}
 
 struct Handles {
     entries: [metrics::Counter; 3],
     attempts: [metrics::Counter; 3],
-    durations: Mutex<HashMap<String, metrics::Histogram>>,
+    /// One histogram per known event name, and the last one for `other`.
+    durations: Vec<metrics::Histogram>,
 }
 
 fn handles() -> &'static Handles {
@@ -39,7 +67,11 @@ fn handles() -> &'static Handles {
     HANDLES.get_or_init(|| Handles {
         entries: ["acked", "dead", "reclaimed"].map(|o| metrics::counter!(ENTRIES_TOTAL, "outcome" => o)),
         attempts: ["ok", "transient", "permanent"].map(|r| metrics::counter!(ATTEMPTS_TOTAL, "result" => r)),
-        durations: Mutex::default(),
+        durations: KNOWN_EVENTS
+            .iter()
+            .chain(std::iter::once(&OTHER_EVENT))
+            .map(|e| metrics::histogram!(HANDLER_DURATION, "event" => *e))
+            .collect(),
     })
 }
 
@@ -51,15 +83,23 @@ pub fn attempt(result: Attempt) {
     handles().attempts[result as usize].increment(1);
 }
 
-/// Records how long handling an entry of `event` took (all its attempts).
+/// Records how long handling an entry of `event` took (all its attempts), under its bounded
+/// label ([`event_label`]).
 pub fn handler_duration(event: &str, seconds: f64) {
-    let mut durations = handles().durations.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    if let Some(histogram) = durations.get(event) {
-        return histogram.record(seconds);
-    }
-    let histogram = metrics::histogram!(HANDLER_DURATION, "event" => event.to_string());
-    histogram.record(seconds);
-    if durations.len() < MAX_CACHED_EVENTS {
-        durations.insert(event.to_string(), histogram);
+    let durations = &handles().durations;
+    let index = KNOWN_EVENTS.iter().position(|known| *known == event).unwrap_or(durations.len() - 1);
+    durations[index].record(seconds);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_labels_are_bounded() {
+        assert_eq!(event_label("bot.completed"), "bot.completed");
+        assert_eq!(event_label("calendar.sync_events"), "calendar.sync_events");
+        assert_eq!(event_label("made.up.by.a.sender"), OTHER_EVENT);
+        assert_eq!(event_label(""), OTHER_EVENT);
     }
 }

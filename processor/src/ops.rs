@@ -4,10 +4,11 @@
 //! call them directly; `main` prints and picks the exit code: 0 done, 1 nothing matched,
 //! 64 bad arguments.
 
+use crate::replies::{Consumers, Entries, PendingRows, StreamEntry};
 use crate::stream::{parse_id, DEAD_FIELDS};
-use redis::aio::ConnectionManager;
 use redis::streams::StreamInfoGroupsReply;
-use redis::{RedisResult, Script, Value};
+use redis::{RedisResult, Script};
+use shared::conn::Conn;
 use shared::keys::Keys;
 use std::fmt::Write as _;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -46,10 +47,6 @@ fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
-fn text(v: &Value) -> String {
-    crate::stream::text(v).unwrap_or_default()
-}
-
 /// One dead entry: id and fields in stream order.
 #[derive(Debug, Clone)]
 pub struct DeadEntry {
@@ -63,34 +60,17 @@ impl DeadEntry {
     }
 }
 
-fn parse_range(v: Value) -> Vec<DeadEntry> {
-    let Value::Array(items) = v else { return Vec::new() };
-    items
-        .into_iter()
-        .filter_map(|item| {
-            let Value::Array(pair) = item else { return None };
-            let mut it = pair.into_iter();
-            let id = text(&it.next()?);
-            let Value::Array(flat) = it.next()? else { return None };
-            let mut fields = Vec::new();
-            let mut f = flat.into_iter();
-            while let (Some(k), Some(v)) = (f.next(), f.next()) {
-                let v = match v {
-                    Value::BulkString(b) => b,
-                    other => text(&other).into_bytes(),
-                };
-                fields.push((text(&k), v));
-            }
-            Some(DeadEntry { id, fields })
-        })
-        .collect()
+impl From<StreamEntry> for DeadEntry {
+    fn from(e: StreamEntry) -> Self {
+        Self { id: e.id, fields: e.fields.unwrap_or_default() }
+    }
 }
 
 /// The dead stream and the tools on it.
 pub struct Ops {
     pub keys: Keys,
     pub group: String,
-    con: ConnectionManager,
+    con: Conn,
 }
 
 const REPLAY_SCRIPT: &str = r#"
@@ -130,11 +110,11 @@ return 1
 "#;
 
 impl Ops {
-    pub fn new(keys: Keys, group: String, con: ConnectionManager) -> Self {
+    pub fn new(keys: Keys, group: String, con: Conn) -> Self {
         Self { keys, group, con }
     }
 
-    fn con(&self) -> ConnectionManager {
+    fn con(&self) -> Conn {
         self.con.clone()
     }
 
@@ -143,7 +123,7 @@ impl Ops {
         let mut out = Vec::new();
         let mut end = "+".to_string();
         loop {
-            let page: Value = redis::cmd("XREVRANGE")
+            let page: Entries = redis::cmd("XREVRANGE")
                 .arg(&self.keys.dead)
                 .arg(&end)
                 .arg("-")
@@ -151,7 +131,7 @@ impl Ops {
                 .arg(500)
                 .query_async(&mut self.con())
                 .await?;
-            let page = parse_range(page);
+            let page: Vec<DeadEntry> = page.0.into_iter().map(DeadEntry::from).collect();
             let Some(last) = page.last() else { break };
             end = format!("({}", last.id);
             let full = page.len() < 500;
@@ -171,9 +151,9 @@ impl Ops {
     }
 
     pub async fn dead_show(&self, id: &str) -> RedisResult<Option<DeadEntry>> {
-        let found: Value =
+        let found: Entries =
             redis::cmd("XRANGE").arg(&self.keys.dead).arg(id).arg(id).query_async(&mut self.con()).await?;
-        Ok(parse_range(found).into_iter().next())
+        Ok(found.0.into_iter().next().map(DeadEntry::from))
     }
 
     /// Every dead entry id, oldest first, only `event` when given.
@@ -256,38 +236,13 @@ impl Ops {
 
     /// XINFO CONSUMERS of the group.
     pub async fn consumers(&self) -> RedisResult<Vec<ConsumerInfo>> {
-        let reply: Value = redis::cmd("XINFO")
+        let reply: Consumers = redis::cmd("XINFO")
             .arg("CONSUMERS")
             .arg(&self.keys.events)
             .arg(&self.group)
             .query_async(&mut self.con())
             .await?;
-        let Value::Array(rows) = reply else { return Ok(Vec::new()) };
-        Ok(rows
-            .into_iter()
-            .map(|row| {
-                let pairs: Vec<(String, Value)> = match row {
-                    Value::Array(flat) => {
-                        let mut it = flat.into_iter();
-                        let mut pairs = Vec::new();
-                        while let (Some(k), Some(v)) = (it.next(), it.next()) {
-                            pairs.push((text(&k), v));
-                        }
-                        pairs
-                    }
-                    Value::Map(map) => map.into_iter().map(|(k, v)| (text(&k), v)).collect(),
-                    _ => Vec::new(),
-                };
-                let int = |name: &str| {
-                    pairs.iter().find(|(k, _)| k == name).map(|(_, v)| text(v).parse::<u64>().unwrap_or(0)).unwrap_or(0)
-                };
-                ConsumerInfo {
-                    name: pairs.iter().find(|(k, _)| k == "name").map(|(_, v)| text(v)).unwrap_or_default(),
-                    pending: int("pending"),
-                    idle: Duration::from_millis(int("idle")),
-                }
-            })
-            .collect())
+        Ok(reply.0)
     }
 
     /// The numbers behind `processor status`, as text for a person.
@@ -312,7 +267,7 @@ impl Ops {
         let _ = writeln!(out, "\n{:<32} {:>8} {:>22} {:>12}", "consumer", "pending", "oldest pending age", "idle");
         let now = now_ms();
         for c in &consumers {
-            let oldest: Value = redis::cmd("XPENDING")
+            let oldest: PendingRows = redis::cmd("XPENDING")
                 .arg(&self.keys.events)
                 .arg(&self.group)
                 .arg("-")
@@ -321,18 +276,12 @@ impl Ops {
                 .arg(&c.name)
                 .query_async(&mut self.con())
                 .await?;
-            let age = match oldest {
-                Value::Array(rows) => rows
-                    .first()
-                    .and_then(|row| match row {
-                        Value::Array(cols) => cols.first().map(text),
-                        _ => None,
-                    })
-                    .and_then(|id| parse_id(&id))
-                    .map(|(ms, _)| human(Duration::from_millis(now.saturating_sub(ms))))
-                    .unwrap_or_else(|| "-".into()),
-                _ => "-".into(),
-            };
+            let age = oldest
+                .0
+                .first()
+                .and_then(|row| parse_id(&row.id))
+                .map(|(ms, _)| human(Duration::from_millis(now.saturating_sub(ms))))
+                .unwrap_or_else(|| "-".into());
             let mark = if c.pending == 0 && c.idle >= reap_after { "  (idle: will be reaped)" } else { "" };
             let _ = writeln!(out, "{:<32} {:>8} {:>22} {:>12}{mark}", c.name, c.pending, age, human(c.idle));
         }
@@ -343,13 +292,7 @@ impl Ops {
     }
 }
 
-/// A consumer of the group.
-#[derive(Debug, Clone)]
-pub struct ConsumerInfo {
-    pub name: String,
-    pub pending: u64,
-    pub idle: Duration,
-}
+pub use crate::replies::ConsumerInfo;
 
 /// Why a replay stopped before the end; the number of entries moved until then.
 #[derive(Debug, thiserror::Error)]

@@ -7,7 +7,7 @@
 //! because that helper lets a `Retry-After` bypass the time budget; here a server's requested
 //! delay that would cross the budget ends the retries instead.
 
-use crate::handlers::HandlerError;
+use crate::handlers::{Event, HandlerError};
 use crate::metrics::Attempt;
 use backoff::backoff::Backoff;
 use backoff::ExponentialBackoffBuilder;
@@ -53,8 +53,10 @@ impl RetryPolicy {
     }
 
     /// Runs `attempt` until it succeeds, fails permanently, or the time budget is spent.
-    /// `attempt` receives the attempt number (1, 2, …).
-    pub async fn run<F, Fut>(&self, mut attempt: F) -> Outcome
+    /// `attempt` receives the attempt number (1, 2, …). Every failed attempt logs one `warn`
+    /// line naming the entry, the event, the attempt, the error's class and message, and the
+    /// wait before the next attempt (if any), so a struggling entry is visible at once.
+    pub async fn run<F, Fut>(&self, event: &Event, mut attempt: F) -> Outcome
     where
         F: FnMut(u32) -> Fut,
         Fut: Future<Output = Result<(), HandlerError>>,
@@ -64,6 +66,18 @@ impl RetryPolicy {
         let mut attempts = 0;
         loop {
             attempts += 1;
+            let failed = |class: &str, reason: &str, next: Option<Duration>| {
+                let next_wait = next.map_or_else(|| "none: giving up".to_string(), |d| format!("{} ms", d.as_millis()));
+                tracing::warn!(
+                    stream_id = %event.id,
+                    event = %event.name,
+                    attempt = attempts,
+                    class,
+                    error = %reason,
+                    next_wait = %next_wait,
+                    "attempt failed"
+                );
+            };
             let (reason, retry_after) = match tokio::time::timeout(self.attempt_timeout, attempt(attempts)).await {
                 Ok(Ok(())) => {
                     crate::metrics::attempt(Attempt::Ok);
@@ -71,20 +85,21 @@ impl RetryPolicy {
                 }
                 Ok(Err(HandlerError::Permanent(reason))) => {
                     crate::metrics::attempt(Attempt::Permanent);
+                    failed("permanent", &reason, None);
                     return Outcome { verdict: Verdict::Permanent(reason), attempts };
                 }
                 Ok(Err(HandlerError::Transient { reason, retry_after })) => (reason, retry_after),
                 Err(_) => (format!("attempt timed out after {} ms", self.attempt_timeout.as_millis()), None),
             };
             crate::metrics::attempt(Attempt::Transient);
-            let Some(delay) = backoff.next_backoff() else {
+            let delay = backoff
+                .next_backoff()
+                .map(|delay| delay.max(retry_after.unwrap_or_default()))
+                .filter(|delay| started.elapsed() + *delay <= self.max_elapsed);
+            failed("transient", &reason, delay);
+            let Some(delay) = delay else {
                 return Outcome { verdict: Verdict::Exhausted(reason), attempts };
             };
-            let delay = delay.max(retry_after.unwrap_or_default());
-            if started.elapsed() + delay > self.max_elapsed {
-                return Outcome { verdict: Verdict::Exhausted(reason), attempts };
-            }
-            tracing::debug!(attempt = attempts, delay_ms = delay.as_millis() as u64, %reason, "transient error, retrying");
             tokio::time::sleep(delay).await;
         }
     }
@@ -114,6 +129,10 @@ mod tests {
         }
     }
 
+    fn event() -> Event {
+        Event { id: "1-0".into(), name: "test".into(), dedup_id: "d".into(), payload: Vec::new() }
+    }
+
     fn transient(retry_after: Option<Duration>) -> HandlerError {
         HandlerError::Transient { reason: "boom".into(), retry_after }
     }
@@ -122,7 +141,7 @@ mod tests {
     async fn transient_errors_are_retried_until_success() {
         let calls = AtomicU32::new(0);
         let outcome = policy(10_000)
-            .run(|_| async {
+            .run(&event(), |_| async {
                 if calls.fetch_add(1, Ordering::SeqCst) < 3 {
                     Err(transient(None))
                 } else {
@@ -135,14 +154,14 @@ mod tests {
 
     #[tokio::test]
     async fn permanent_errors_stop_at_once() {
-        let outcome = policy(10_000).run(|_| async { Err(HandlerError::Permanent("no".into())) }).await;
+        let outcome = policy(10_000).run(&event(), |_| async { Err(HandlerError::Permanent("no".into())) }).await;
         assert_eq!(outcome, Outcome { verdict: Verdict::Permanent("no".into()), attempts: 1 });
     }
 
     #[tokio::test(start_paused = true)]
     async fn the_time_budget_ends_retries() {
         let started = Instant::now();
-        let outcome = policy(30).run(|_| async { Err(transient(None)) }).await;
+        let outcome = policy(30).run(&event(), |_| async { Err(transient(None)) }).await;
         assert_eq!(outcome.verdict, Verdict::Exhausted("boom".into()));
         assert!(outcome.attempts > 1);
         // Paused time: no wait is started that would end past the budget.
@@ -155,7 +174,7 @@ mod tests {
         p.attempt_timeout = Duration::from_millis(10);
         let calls = AtomicU32::new(0);
         let outcome = p
-            .run(|_| async {
+            .run(&event(), |_| async {
                 if calls.fetch_add(1, Ordering::SeqCst) == 0 {
                     std::future::pending::<()>().await;
                 }
@@ -170,7 +189,7 @@ mod tests {
         let started = Instant::now();
         let calls = AtomicU32::new(0);
         let outcome = policy(10_000)
-            .run(|_| async {
+            .run(&event(), |_| async {
                 if calls.fetch_add(1, Ordering::SeqCst) == 0 {
                     Err(transient(Some(Duration::from_millis(150))))
                 } else {
@@ -184,7 +203,7 @@ mod tests {
         assert!(started.elapsed() < Duration::from_millis(160), "waited {:?}", started.elapsed());
 
         // A Retry-After beyond the budget ends the retries instead of overrunning it.
-        let outcome = policy(100).run(|_| async { Err(transient(Some(Duration::from_secs(60)))) }).await;
+        let outcome = policy(100).run(&event(), |_| async { Err(transient(Some(Duration::from_secs(60)))) }).await;
         assert_eq!(outcome, Outcome { verdict: Verdict::Exhausted("boom".into()), attempts: 1 });
     }
 }

@@ -14,31 +14,28 @@
 //!   the entry's idle time (XCLAIM … JUSTID with min-idle 0, which does not count a delivery)
 //!   every `CLAIM_IDLE_MS / 3`, so a slow handler is never mistaken for a dead one. One script
 //!   call leases every held entry older than that, and only those this consumer still owns, so
-//!   it never steals an entry another replica has reclaimed.
+//!   it never steals an entry another replica has reclaimed; the ones it no longer owns are
+//!   reported, and their deliveries end without a verdict (see [`crate::delivery`]).
+//! - **One owner's verdict.** XACK removes an id from the PEL whoever owns it, so an ack is a
+//!   script that acks only the ids this consumer still owns: a consumer that lost an entry to a
+//!   reclaim can never pull it from under the new owner.
 //! - **Deliveries.** The PEL counts how often each entry was delivered; past `MAX_DELIVERIES`
-//!   an entry is a poison entry and goes to the dead stream without running the handler.
-//! - **Dead letters.** XADD to `{ns}:dead` and XACK in one MULTI/EXEC: an entry is either still
-//!   pending or dead, never neither.
+//!   an entry is a poison entry and goes to the dead stream without running the handler. The
+//!   count is read per entry (XPENDING id id), never guessed.
+//! - **Dead letters.** One script: if this consumer owns the entry, XACK it, and only if that
+//!   XACK removed it, XADD the dead copy to `{ns}:dead`. An entry is either still pending or dead,
+//!   never neither, and dead at most once — even when the script is sent again after a timeout
+//!   whose first send had applied.
 //! - **Trim.** XTRIM MINID ~ the oldest of every group's oldest pending id, every group's
 //!   last-delivered id, and now − retention: never an entry some group has not acked.
 
-use redis::aio::ConnectionManager;
+use crate::replies::{AutoClaim, PendingRows, PendingSummary, ReadReply, StreamEntry};
 use redis::streams::StreamInfoGroupsReply;
-use redis::{RedisResult, Script, Value};
+use redis::{RedisResult, Script};
+use shared::conn::Conn;
 use shared::keys::Keys;
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-/// An entry's fields, in stream order.
-pub type Fields = Vec<(String, Vec<u8>)>;
-
-/// An entry as read from the stream; `fields` is `None` when the entry was deleted from the
-/// stream while still pending.
-#[derive(Debug, Clone)]
-pub struct RawEntry {
-    pub id: String,
-    pub fields: Option<Fields>,
-}
 
 /// The fields a dead-letter entry adds to the original ones.
 pub const DEAD_FIELDS: &[&str] = &["original_id", "error", "attempts", "deliveries", "failed_at", "consumer"];
@@ -58,69 +55,55 @@ end
 return lost
 "#;
 
+const ACK_SCRIPT: &str = r#"
+-- KEYS[1] stream; ARGV[1] group, ARGV[2] consumer, ARGV[3..] entry ids
+-- XACKs the ids this consumer still owns; returns the ids it does not own (acked already, or
+-- reclaimed by another consumer, whose verdict it is now).
+local mine, lost = {}, {}
+for i = 3, #ARGV do
+  local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
+  if #p == 1 and p[1][2] == ARGV[2] then
+    mine[#mine + 1] = ARGV[i]
+  else
+    lost[#lost + 1] = ARGV[i]
+  end
+end
+if #mine > 0 then
+  redis.call('XACK', KEYS[1], ARGV[1], unpack(mine))
+end
+return lost
+"#;
+
+const DEAD_LETTER_SCRIPT: &str = r#"
+-- KEYS[1] stream, KEYS[2] dead stream; ARGV[1] group, ARGV[2] consumer, ARGV[3] entry id,
+-- ARGV[4..] the dead entry's fields and values.
+-- Acks the entry if this consumer owns it and, only if that ack removed it, adds the dead copy.
+-- Returns the dead entry's id, or nil when nothing was done (not owned, or already settled).
+local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
+if #p == 0 or p[1][2] ~= ARGV[2] then
+  return false
+end
+if redis.call('XACK', KEYS[1], ARGV[1], ARGV[3]) == 0 then
+  return false
+end
+return redis.call('XADD', KEYS[2], '*', unpack(ARGV, 4))
+"#;
+
 /// The stream as one consumer of one group sees it.
 #[derive(Clone)]
 pub struct Stream {
     pub keys: Keys,
     pub group: String,
     pub consumer: String,
-    con: ConnectionManager,
+    con: Conn,
     lease_script: Script,
+    ack_script: Script,
+    dead_letter_script: Script,
 }
 
 /// Whether an error is "the group (or the stream) does not exist".
 pub fn is_nogroup(err: &redis::RedisError) -> bool {
     err.code() == Some("NOGROUP")
-}
-
-/// A Redis reply value as text (bulk or simple string, integer).
-pub(crate) fn text(v: &Value) -> Option<String> {
-    match v {
-        Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
-        Value::SimpleString(s) => Some(s.clone()),
-        Value::Int(i) => Some(i.to_string()),
-        _ => None,
-    }
-}
-
-fn bytes(v: Value) -> Vec<u8> {
-    match v {
-        Value::BulkString(b) => b,
-        Value::SimpleString(s) => s.into_bytes(),
-        Value::Int(i) => i.to_string().into_bytes(),
-        _ => Vec::new(),
-    }
-}
-
-/// Parses `[[id, [field, value, …] | nil], …]`.
-fn parse_entries(v: Value) -> Vec<RawEntry> {
-    let Value::Array(items) = v else { return Vec::new() };
-    items
-        .into_iter()
-        .filter_map(|item| {
-            let Value::Array(mut pair) = item else { return None };
-            if pair.len() < 2 {
-                return None;
-            }
-            let fields_value = pair.pop()?;
-            let id = text(&pair.pop()?)?;
-            let fields = match fields_value {
-                Value::Array(flat) => {
-                    let mut fields = Vec::with_capacity(flat.len() / 2);
-                    let mut it = flat.into_iter();
-                    while let (Some(k), Some(v)) = (it.next(), it.next()) {
-                        fields.push((text(&k).unwrap_or_default(), bytes(v)));
-                    }
-                    Some(fields)
-                }
-                Value::Map(map) => {
-                    Some(map.into_iter().map(|(k, v)| (text(&k).unwrap_or_default(), bytes(v))).collect())
-                }
-                _ => None,
-            };
-            Some(RawEntry { id, fields })
-        })
-        .collect()
 }
 
 /// `ms-seq` as a pair, for ordering stream ids.
@@ -134,8 +117,29 @@ fn now_ms() -> u64 {
 }
 
 /// XLEN of the events and the dead stream, in one round trip.
-pub async fn lengths(con: &mut ConnectionManager, keys: &Keys) -> RedisResult<(u64, u64)> {
+pub async fn lengths(con: &mut Conn, keys: &Keys) -> RedisResult<(u64, u64)> {
     redis::pipe().cmd("XLEN").arg(&keys.events).cmd("XLEN").arg(&keys.dead).query_async(con).await
+}
+
+/// Remembers whether Redis answered last time, so an outage is logged once when it starts and
+/// once when it ends, not once per attempt.
+#[derive(Default)]
+pub struct RedisState {
+    down: std::sync::atomic::AtomicBool,
+}
+
+impl RedisState {
+    pub fn failed(&self, what: &str, err: &redis::RedisError) {
+        if !self.down.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            tracing::warn!(error = %err, "Redis unreachable ({what}); retrying with backoff");
+        }
+    }
+
+    pub fn ok(&self) {
+        if self.down.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            tracing::info!("Redis reachable again");
+        }
+    }
 }
 
 /// The numbers behind the gauges.
@@ -148,16 +152,24 @@ pub struct Gauges {
 }
 
 impl Stream {
-    pub fn new(keys: Keys, group: String, consumer: String, con: ConnectionManager) -> Self {
-        Self { keys, group, consumer, con, lease_script: Script::new(LEASE_SCRIPT) }
+    pub fn new(keys: Keys, group: String, consumer: String, con: Conn) -> Self {
+        Self {
+            keys,
+            group,
+            consumer,
+            con,
+            lease_script: Script::new(LEASE_SCRIPT),
+            ack_script: Script::new(ACK_SCRIPT),
+            dead_letter_script: Script::new(DEAD_LETTER_SCRIPT),
+        }
     }
 
-    fn con(&self) -> ConnectionManager {
+    fn con(&self) -> Conn {
         self.con.clone()
     }
 
     /// The shared command connection (for the operator tools).
-    pub fn connection(&self) -> ConnectionManager {
+    pub fn connection(&self) -> Conn {
         self.con.clone()
     }
 
@@ -181,89 +193,65 @@ impl Stream {
     /// `reader`, a connection used for nothing else (a blocking read stalls its connection).
     pub async fn read(
         &self,
-        reader: &mut ConnectionManager,
+        reader: &mut Conn,
         from: &str,
         count: usize,
         block: Option<Duration>,
-    ) -> RedisResult<Vec<RawEntry>> {
+    ) -> RedisResult<Vec<StreamEntry>> {
         let mut cmd = redis::cmd("XREADGROUP");
         cmd.arg("GROUP").arg(&self.group).arg(&self.consumer).arg("COUNT").arg(count);
         if let Some(block) = block {
             cmd.arg("BLOCK").arg(block.as_millis() as u64);
         }
         cmd.arg("STREAMS").arg(&self.keys.events).arg(from);
-        let reply: Value = cmd.query_async(reader).await?;
-        let streams = match reply {
-            Value::Array(streams) => streams,
-            Value::Map(map) => map.into_iter().map(|(k, v)| Value::Array(vec![k, v])).collect(),
-            _ => return Ok(Vec::new()),
-        };
-        Ok(streams
-            .into_iter()
-            .filter_map(|s| match s {
-                Value::Array(mut kv) if kv.len() == 2 => kv.pop(),
-                _ => None,
-            })
-            .flat_map(parse_entries)
-            .collect())
+        let reply: ReadReply = cmd.query_async(reader).await?;
+        Ok(reply.0)
     }
 
-    /// Delivery counts of `ids` in this consumer's PEL.
+    /// Each entry's own delivery count, from its own PEL row (one XPENDING per id, pipelined);
+    /// an id that is no longer pending is absent from the answer.
     pub async fn delivery_counts(&self, ids: &[&str]) -> RedisResult<HashMap<String, u64>> {
-        let (Some(first), Some(last)) =
-            (ids.iter().min_by_key(|id| parse_id(id)), ids.iter().max_by_key(|id| parse_id(id)))
-        else {
+        if ids.is_empty() {
             return Ok(HashMap::new());
-        };
-        let reply: Value = redis::cmd("XPENDING")
-            .arg(&self.keys.events)
-            .arg(&self.group)
-            .arg(*first)
-            .arg(*last)
-            .arg(ids.len().max(1) * 2)
-            .arg(&self.consumer)
-            .query_async(&mut self.con())
-            .await?;
-        let mut counts = HashMap::new();
-        if let Value::Array(rows) = reply {
-            for row in rows {
-                if let Value::Array(cols) = row {
-                    if let (Some(id), Some(Value::Int(n))) = (cols.first().and_then(text), cols.get(3)) {
-                        counts.insert(id, *n as u64);
-                    }
-                }
-            }
         }
-        Ok(counts)
+        let mut pipe = redis::pipe();
+        for id in ids {
+            pipe.cmd("XPENDING").arg(&self.keys.events).arg(&self.group).arg(*id).arg(*id).arg(1);
+        }
+        let rows: Vec<PendingRows> = pipe.query_async(&mut self.con()).await?;
+        Ok(rows.into_iter().flat_map(|r| r.0).map(|row| (row.id, row.deliveries)).collect())
     }
 
-    pub async fn ack(&self, id: &str) -> RedisResult<()> {
-        self.ack_many(&[id]).await
+    /// Acks the ids this consumer still owns, in one script call; returns the ids it did not
+    /// own (see [`ACK_SCRIPT`]).
+    pub async fn ack_owned(&self, ids: &[&str]) -> RedisResult<Vec<String>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut invocation = self.ack_script.key(&self.keys.events);
+        invocation.arg(&self.group).arg(&self.consumer).arg(ids);
+        invocation.invoke_async(&mut self.con()).await
     }
 
-    /// One XACK for many ids.
-    pub async fn ack_many(&self, ids: &[&str]) -> RedisResult<()> {
-        redis::cmd("XACK").arg(&self.keys.events).arg(&self.group).arg(ids).query_async::<i64>(&mut self.con()).await?;
-        Ok(())
-    }
-
-    /// XADD `{ns}:dead` (original fields + the reason) and XACK, in one MULTI/EXEC.
+    /// The dead-letter script (see the module docs): `Some(dead id)` when this call moved the
+    /// entry to `{ns}:dead`, `None` when it was not this consumer's to move (any more).
     pub async fn dead_letter(
         &self,
-        entry: &RawEntry,
+        entry: &StreamEntry,
         error: &str,
         attempts: u32,
         deliveries: u64,
-    ) -> RedisResult<String> {
+    ) -> RedisResult<Option<String>> {
         let failed_at = shared::entry::timestamp_now();
-        let mut xadd = redis::cmd("XADD");
-        xadd.arg(&self.keys.dead).arg("*");
+        let mut invocation = self.dead_letter_script.key(&self.keys.events);
+        invocation.key(&self.keys.dead).arg(&self.group).arg(&self.consumer).arg(&entry.id);
         for (field, value) in entry.fields.iter().flatten() {
             if !DEAD_FIELDS.contains(&field.as_str()) {
-                xadd.arg(field).arg(value.as_slice());
+                invocation.arg(field).arg(value.as_slice());
             }
         }
-        xadd.arg("original_id")
+        invocation
+            .arg("original_id")
             .arg(&entry.id)
             .arg("error")
             .arg(error)
@@ -275,11 +263,7 @@ impl Stream {
             .arg(&failed_at)
             .arg("consumer")
             .arg(&self.consumer);
-        let mut xack = redis::cmd("XACK");
-        xack.arg(&self.keys.events).arg(&self.group).arg(&entry.id);
-        let (dead_id, _acked): (String, i64) =
-            redis::pipe().atomic().add_command(xadd).add_command(xack).query_async(&mut self.con()).await?;
-        Ok(dead_id)
+        invocation.invoke_async(&mut self.con()).await
     }
 
     /// Resets the idle time of the entries this consumer still owns, in one script call;
@@ -293,14 +277,9 @@ impl Stream {
         invocation.invoke_async(&mut self.con()).await
     }
 
-    /// One XAUTOCLAIM call: `(next cursor, claimed entries, deleted ids)`.
-    pub async fn autoclaim(
-        &self,
-        min_idle: Duration,
-        cursor: &str,
-        count: usize,
-    ) -> RedisResult<(String, Vec<RawEntry>, Vec<String>)> {
-        let reply: Value = redis::cmd("XAUTOCLAIM")
+    /// One XAUTOCLAIM call.
+    pub async fn autoclaim(&self, min_idle: Duration, cursor: &str, count: usize) -> RedisResult<AutoClaim> {
+        redis::cmd("XAUTOCLAIM")
             .arg(&self.keys.events)
             .arg(&self.group)
             .arg(&self.consumer)
@@ -309,19 +288,7 @@ impl Stream {
             .arg("COUNT")
             .arg(count)
             .query_async(&mut self.con())
-            .await?;
-        let Value::Array(mut parts) = reply else { return Ok(("0-0".into(), Vec::new(), Vec::new())) };
-        let deleted = if parts.len() >= 3 {
-            match parts.pop() {
-                Some(Value::Array(ids)) => ids.iter().filter_map(text).collect(),
-                _ => Vec::new(),
-            }
-        } else {
-            Vec::new()
-        };
-        let claimed = parts.pop().map(parse_entries).unwrap_or_default();
-        let next = parts.pop().as_ref().and_then(text).unwrap_or_else(|| "0-0".into());
-        Ok((next, claimed, deleted))
+            .await
     }
 
     /// The id below which every entry is processed by every group and older than `retention`;
@@ -345,12 +312,10 @@ impl Stream {
                 oldest = oldest.min(last);
             }
             if group.pending > 0 {
-                let summary: Value =
+                let summary: PendingSummary =
                     redis::cmd("XPENDING").arg(&self.keys.events).arg(&group.name).query_async(&mut self.con()).await?;
-                if let Value::Array(parts) = summary {
-                    if let Some(min) = parts.get(1).and_then(text).and_then(|id| parse_id(&id)) {
-                        oldest = oldest.min(min);
-                    }
+                if let Some(min) = summary.oldest.as_deref().and_then(parse_id) {
+                    oldest = oldest.min(min);
                 }
             }
         }
@@ -387,20 +352,5 @@ mod tests {
         assert!(parse_id("999-99") < parse_id("1000-0"));
         assert_eq!(parse_id("5"), Some((5, 0)));
         assert_eq!(parse_id("x-1"), None);
-    }
-
-    #[test]
-    fn entries_parse_with_deleted_ones() {
-        let v = Value::Array(vec![
-            Value::Array(vec![
-                Value::BulkString(b"1-0".to_vec()),
-                Value::Array(vec![Value::BulkString(b"event".to_vec()), Value::BulkString(b"x".to_vec())]),
-            ]),
-            Value::Array(vec![Value::BulkString(b"2-0".to_vec()), Value::Nil]),
-        ]);
-        let entries = parse_entries(v);
-        assert_eq!(entries.len(), 2);
-        assert_eq!(entries[0].fields.as_deref(), Some(&[("event".to_string(), b"x".to_vec())][..]));
-        assert!(entries[1].fields.is_none());
     }
 }

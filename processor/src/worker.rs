@@ -1,45 +1,23 @@
-//! Handling one entry: poison check, parse, handler with retries, then XACK or a
-//! dead letter.
+//! Handling one delivery: poison check, parse, handler with retries, then its verdict — ack or
+//! dead letter — or nothing at all when the lease is lost on the way.
 
+use crate::acker::Acker;
+use crate::delivery::{Delivery, Settled};
 use crate::handlers::{Event, Registry};
-use crate::retry::{reconnect_backoff, RetryPolicy, Verdict};
-use crate::stream::{is_nogroup, Fields, RawEntry, Stream};
-use backoff::backoff::Backoff;
+use crate::replies::Fields;
+use crate::retry::{RetryPolicy, Verdict};
+use crate::stream::{RedisState, Stream};
 use shared::entry;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
-use tokio::sync::OwnedSemaphorePermit;
+use std::time::Instant;
 
-/// What a worker needs, shared by every task.
+/// What handling needs, shared by every delivery.
 pub struct Worker {
     pub stream: Stream,
-    pub acker: crate::acker::Acker,
+    pub acker: Acker,
     pub registry: Registry,
     pub retry: RetryPolicy,
     pub max_deliveries: u64,
     pub redis: RedisState,
-}
-
-/// Remembers whether Redis answered last time, so an outage is logged once when it starts and
-/// once when it ends, not once per attempt.
-#[derive(Default)]
-pub struct RedisState {
-    down: AtomicBool,
-}
-
-impl RedisState {
-    pub fn failed(&self, what: &str, err: &redis::RedisError) {
-        if !self.down.swap(true, Ordering::SeqCst) {
-            tracing::warn!(error = %err, "Redis unreachable ({what}); retrying with backoff");
-        }
-    }
-
-    pub fn ok(&self) {
-        if self.down.swap(false, Ordering::SeqCst) {
-            tracing::info!("Redis reachable again");
-        }
-    }
 }
 
 /// Why an entry cannot be handled at all.
@@ -54,80 +32,51 @@ fn parse_event(id: &str, fields: &Fields) -> Result<Event, String> {
 }
 
 impl Worker {
-    /// Retries a final Redis write (ack or dead letter) until it succeeds. A vanished group means
-    /// the entry is no longer pending anywhere: nothing left to write.
-    async fn settle<F, Fut, T>(&self, what: &str, id: &str, mut write: F) -> Option<T>
-    where
-        F: FnMut() -> Fut,
-        Fut: std::future::Future<Output = redis::RedisResult<T>>,
-    {
-        let mut backoff = reconnect_backoff();
-        loop {
-            match write().await {
-                Ok(v) => {
-                    self.redis.ok();
-                    return Some(v);
-                }
-                Err(err) if is_nogroup(&err) => {
-                    tracing::warn!(stream_id = %id, "{what}: the consumer group is gone; the entry is no longer pending");
-                    return None;
-                }
-                Err(err) => {
-                    self.redis.failed(what, &err);
-                    tokio::time::sleep(backoff.next_backoff().unwrap_or(Duration::from_secs(5))).await;
-                }
-            }
-        }
-    }
-
-    async fn dead_letter(&self, entry: &RawEntry, error: &str, attempts: u32, deliveries: u64) {
-        let written =
-            self.settle("dead letter", &entry.id, || self.stream.dead_letter(entry, error, attempts, deliveries)).await;
-        if let Some(dead_id) = written {
-            crate::metrics::entries(crate::metrics::Entry::Dead, 1);
-            tracing::warn!(stream_id = %entry.id, dead_id = %dead_id, attempts, deliveries, %error, "dead-lettered");
-        }
-    }
-
-    /// Handles one delivered entry to its end: acked, or dead-lettered with the reason.
+    /// Handles one delivery to its end: acked, dead-lettered with the reason, or — when another
+    /// consumer took it over meanwhile — let go without a verdict.
     ///
-    /// `slot` (a `CONCURRENCY` permit) is released as soon as the handler is done, before the
-    /// ack or dead letter is written: `CONCURRENCY` bounds the handlers running at once, and an
-    /// entry waiting only for its (batched) ack does not keep the next one from starting. The
-    /// caller waits for this whole future, ack included, before it lets the entry go.
-    pub async fn process(self: Arc<Self>, entry: RawEntry, deliveries: u64, slot: OwnedSemaphorePermit) {
-        let Some(fields) = &entry.fields else {
+    /// The delivery's `CONCURRENCY` slot is released as soon as the handler is done, before the
+    /// verdict is written: `CONCURRENCY` bounds the handlers running at once, and an entry
+    /// waiting only for its (batched) ack does not keep the next one from starting.
+    pub async fn process(&self, mut delivery: Delivery) {
+        let Some(fields) = &delivery.entry.fields else {
             // Deleted from the stream while pending: nothing to handle, nothing to keep.
-            tracing::warn!(stream_id = %entry.id, "pending entry no longer in the stream; acked");
-            self.settle("ack", &entry.id, || self.stream.ack(&entry.id)).await;
+            tracing::warn!(stream_id = %delivery.id(), "pending entry no longer in the stream; acked");
+            delivery.ack(&self.acker, &self.redis).await;
             return;
         };
-        if deliveries > self.max_deliveries {
+        if delivery.deliveries > self.max_deliveries {
             let reason = format!(
-                "delivered {deliveries} times, more than MAX_DELIVERIES={}; the handler was not run",
-                self.max_deliveries
+                "delivered {} times, more than MAX_DELIVERIES={}; the handler was not run",
+                delivery.deliveries, self.max_deliveries
             );
-            return self.dead_letter(&entry, &reason, 0, deliveries).await;
+            return self.dead_letter(delivery, &reason, 0).await;
         }
-        let event = match parse_event(&entry.id, fields) {
+        let event = match parse_event(delivery.id(), fields) {
             Ok(event) => event,
-            Err(reason) => return self.dead_letter(&entry, &reason, 0, deliveries).await,
+            Err(reason) => return self.dead_letter(delivery, &reason, 0).await,
         };
-        self.handle(&entry, &event, deliveries, slot).await
-    }
-
-    async fn handle(&self, entry: &RawEntry, event: &Event, deliveries: u64, slot: OwnedSemaphorePermit) {
         let handler = self.registry.get(&event.name).clone();
         let started = Instant::now();
-        let outcome = self.retry.run(|_| handler.handle(event)).await;
-        drop(slot);
+        let outcome = tokio::select! {
+            outcome = self.retry.run(&event, |_| handler.handle(&event)) => outcome,
+            _ = delivery.lost() => {
+                tracing::warn!(
+                    stream_id = %event.id,
+                    event = %event.name,
+                    "lease lost while handling: another consumer owns the entry now; stopped, no verdict"
+                );
+                return;
+            }
+        };
+        delivery.release_slot();
         crate::metrics::handler_duration(&event.name, started.elapsed().as_secs_f64());
         match outcome.verdict {
             Verdict::Done => {
-                if self.settle("ack", &entry.id, || self.acker.ack(&entry.id)).await.is_some() {
+                if delivery.ack(&self.acker, &self.redis).await == Settled::Acked {
                     crate::metrics::entries(crate::metrics::Entry::Acked, 1);
                     tracing::info!(
-                        stream_id = %entry.id,
+                        stream_id = %event.id,
                         event = %event.name,
                         attempts = outcome.attempts,
                         outcome = "acked",
@@ -135,11 +84,19 @@ impl Worker {
                     );
                 }
             }
-            Verdict::Permanent(reason) => self.dead_letter(entry, &reason, outcome.attempts, deliveries).await,
+            Verdict::Permanent(reason) => self.dead_letter(delivery, &reason, outcome.attempts).await,
             Verdict::Exhausted(reason) => {
                 let reason = format!("retries exhausted after {} attempts: {reason}", outcome.attempts);
-                self.dead_letter(entry, &reason, outcome.attempts, deliveries).await
+                self.dead_letter(delivery, &reason, outcome.attempts).await
             }
+        }
+    }
+
+    async fn dead_letter(&self, delivery: Delivery, reason: &str, attempts: u32) {
+        let (id, deliveries) = (delivery.id().to_string(), delivery.deliveries);
+        if let Settled::Dead(dead_id) = delivery.dead_letter(&self.stream, &self.redis, reason, attempts).await {
+            crate::metrics::entries(crate::metrics::Entry::Dead, 1);
+            tracing::warn!(stream_id = %id, dead_id = %dead_id, attempts, deliveries, error = %reason, "dead-lettered");
         }
     }
 }

@@ -1,34 +1,144 @@
 //! How hookstream connects to Redis.
 //!
-//! A [`ConnectionManager`] is one multiplexed connection that every task shares (concurrent
-//! commands are pipelined on one socket) and that reconnects by itself. It is created lazily, so
-//! a service starts even while Redis is down and serves again when Redis is back, without a
-//! restart. Waits are bounded: a connection attempt gives up after [`CONNECT_TIMEOUT`], and a
-//! reconnect makes only a couple of quick attempts, so a request that arrives while Redis is down
-//! fails fast (the ingress answers 503) instead of hanging.
+//! A [`Conn`] is one multiplexed connection that every task shares (concurrent commands are
+//! pipelined on one socket) and that heals itself:
+//!
+//! - **Lazily made.** A service starts even while Redis is down and serves again when Redis is
+//!   back, without a restart. A connection attempt gives up after [`CONNECT_TIMEOUT`], and a
+//!   reconnect makes only a couple of quick attempts, so a request that arrives while Redis is
+//!   down fails fast (the ingress answers 503) instead of hanging.
+//! - **A dropped socket** (reset, EOF) is replaced by the redis crate's `ConnectionManager`.
+//! - **A silent Redis** — a host that vanished without a reset, a stalled proxy, a frozen
+//!   process — answers nothing and closes nothing. Every socket has TCP keepalive (a dead peer is
+//!   noticed by the kernel) and every command a response timeout; when a command times out, the
+//!   connection is thrown away and the next command opens a fresh one (the crate's manager
+//!   would keep waiting on the old socket: a timeout is not a "dropped connection" to it).
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Client, RedisResult};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::io::tcp::{socket2::TcpKeepalive, TcpSettings};
+use redis::{Client, Cmd, IntoConnectionInfo, Pipeline, RedisFuture, RedisResult, Value};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// How long one TCP connect to Redis may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// Opens a client for `url` (checked here, so a bad URL stops start-up).
+/// TCP keepalive: the first probe after this much silence, then every [`KEEPALIVE_INTERVAL`];
+/// with [`KEEPALIVE_RETRIES`] unanswered probes the kernel closes the socket (about 25 s).
+pub const KEEPALIVE_IDLE: Duration = Duration::from_secs(10);
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+pub const KEEPALIVE_RETRIES: u32 = 3;
+
+/// Opens a client for `url` (checked here, so a bad URL stops start-up), with TCP keepalive on
+/// every socket it opens.
 pub fn client(url: &str) -> RedisResult<Client> {
-    Client::open(url)
+    let keepalive =
+        TcpKeepalive::new().with_time(KEEPALIVE_IDLE).with_interval(KEEPALIVE_INTERVAL).with_retries(KEEPALIVE_RETRIES);
+    let mut tcp = TcpSettings::default().set_keepalive(keepalive);
+    // Data sent but unacknowledged this long (a peer gone without a reset) closes the socket.
+    #[cfg(target_os = "linux")]
+    {
+        tcp = tcp.set_user_timeout(KEEPALIVE_IDLE + KEEPALIVE_INTERVAL * KEEPALIVE_RETRIES);
+    }
+    Client::open(url.into_connection_info()?.set_tcp_settings(tcp))
 }
 
 /// A shared, lazily connecting, self-healing connection.
 ///
 /// `response_timeout` bounds every command; pass `None` only for connections that run blocking
-/// commands (XREADGROUP BLOCK), which must never share a socket with other work.
+/// commands (XREADGROUP BLOCK) and nothing else.
 pub fn manager(client: Client, response_timeout: Option<Duration>) -> RedisResult<ConnectionManager> {
-    let config = ConnectionManagerConfig::new()
+    ConnectionManager::new_lazy_with_config(client, manager_config(response_timeout))
+}
+
+fn manager_config(response_timeout: Option<Duration>) -> ConnectionManagerConfig {
+    ConnectionManagerConfig::new()
         .set_connection_timeout(Some(CONNECT_TIMEOUT))
         .set_response_timeout(response_timeout)
         .set_number_of_retries(1)
         .set_min_delay(Duration::from_millis(50))
-        .set_max_delay(Duration::from_millis(500));
-    ConnectionManager::new_lazy_with_config(client, config)
+        .set_max_delay(Duration::from_millis(500))
+}
+
+/// A connection that every task can clone and use as a `ConnectionLike`; a command that times
+/// out replaces the connection (see the module docs). Cheap to clone: clones share one socket.
+#[derive(Clone)]
+pub struct Conn {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    client: Client,
+    response_timeout: Duration,
+    /// The connection in use, and how many times it was replaced (so that many commands timing
+    /// out on one silent socket replace it once, not once each).
+    current: Mutex<(u64, ConnectionManager)>,
+}
+
+impl Conn {
+    /// A lazily made connection whose commands each time out after `response_timeout` (for a
+    /// connection running blocking reads: the longest block plus a margin).
+    pub fn new(client: Client, response_timeout: Duration) -> RedisResult<Self> {
+        let current = Mutex::new((0, manager(client.clone(), Some(response_timeout))?));
+        Ok(Self { shared: Arc::new(Shared { client, response_timeout, current }) })
+    }
+
+    fn current(&self) -> (u64, ConnectionManager) {
+        self.shared.current.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// After an error on connection number `generation`: a timeout replaces it (unless another
+    /// command has already done so), so no command waits on a silent socket again.
+    fn heal(&self, err: &redis::RedisError, generation: u64) {
+        if !err.is_timeout() {
+            return;
+        }
+        let mut current = self.shared.current.lock().unwrap_or_else(|p| p.into_inner());
+        if current.0 != generation {
+            return;
+        }
+        match manager(self.shared.client.clone(), Some(self.shared.response_timeout)) {
+            Ok(fresh) => {
+                tracing::warn!(
+                    timeout_ms = self.shared.response_timeout.as_millis() as u64,
+                    "Redis did not answer in time; opening a new connection"
+                );
+                *current = (generation + 1, fresh);
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot replace a silent Redis connection"),
+        }
+    }
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        Box::pin(async move {
+            let (generation, mut con) = self.current();
+            let result = con.req_packed_command(cmd).await;
+            if let Err(err) = &result {
+                self.heal(err, generation);
+            }
+            result
+        })
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        Box::pin(async move {
+            let (generation, mut con) = self.current();
+            let result = con.req_packed_commands(pipeline, offset, count).await;
+            if let Err(err) = &result {
+                self.heal(err, generation);
+            }
+            result
+        })
+    }
+
+    fn get_db(&self) -> i64 {
+        self.current().1.get_db()
+    }
 }

@@ -12,9 +12,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 fn ops(redis: &RedisServer) -> Ops {
-    let manager =
-        shared::conn::manager(shared::conn::client(&redis.url()).unwrap(), Some(Duration::from_secs(5))).unwrap();
-    Ops::new(shared::keys::Keys::new(NS), GROUP.into(), manager)
+    Ops::new(shared::keys::Keys::new(NS), GROUP.into(), conn(redis))
 }
 
 /// Parses `processor dead …` as the binary would.

@@ -307,8 +307,7 @@ async fn trimming_never_removes_unacked_entries() {
     processor.stop().await;
 
     let config = processor::ProcessorConfig::read(&shared::config::Reader::new(&vars)).unwrap();
-    let manager = shared::conn::manager(shared::conn::client(&redis.url()).unwrap(), None).unwrap();
-    let stream = Stream::new(shared::keys::Keys::new(NS), GROUP.into(), "trimmer".into(), manager);
+    let stream = Stream::new(shared::keys::Keys::new(NS), GROUP.into(), "trimmer".into(), conn(&redis));
     assert_eq!(stream.trim_point(config.stream_retention).await.unwrap().as_deref(), Some(ids[0].as_str()));
     stream.trim(config.stream_retention).await.unwrap();
     assert_eq!(xlen(&redis), 6, "the oldest pending entry bounds the trim");

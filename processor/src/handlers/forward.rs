@@ -49,9 +49,9 @@ impl Handler for Forward {
             if status.is_success() {
                 return Ok(());
             }
-            let wait = super::retry_after(response.headers());
+            let headers = response.headers().clone();
             let body = response.text().await.unwrap_or_default();
-            Err(HandlerError::from_status(&what, status, wait, &body))
+            Err(HandlerError::from_answer(&what, status, &headers, &body))
         })
     }
 }

@@ -2,7 +2,7 @@
 //! classified into [`HandlerError`]s. Every request is built to be valid for the published
 //! OpenAPI documents (existing operations, no undeclared query parameters, schema-valid bodies).
 
-use super::{retry_after, HandlerError};
+use super::HandlerError;
 use crate::config::{ProcessorConfig, RecordPolicy};
 use reqwest::{Method, StatusCode, Url};
 use serde::de::DeserializeOwned;
@@ -65,13 +65,13 @@ impl Api {
         }
         let response = request.send().await.map_err(|e| HandlerError::from_request(&what, &e))?;
         let status = response.status();
-        let wait = retry_after(response.headers());
+        let headers = response.headers().clone();
         let body = response.text().await.map_err(|e| HandlerError::from_request(&what, &e))?;
         if status == StatusCode::NOT_FOUND {
             return Ok(None);
         }
         if !status.is_success() {
-            return Err(HandlerError::from_status(&what, status, wait, &body));
+            return Err(HandlerError::from_answer(&what, status, &headers, &body));
         }
         Ok(Some(Answer { status, body }))
     }

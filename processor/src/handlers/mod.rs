@@ -7,7 +7,7 @@
 //! Handlers may run more than once for one entry (a crash, a reclaim, a retry after a partial
 //! success), so each one reads the current state before acting and treats "already done" as done.
 //!
-//! Errors are classified where they arise ([`HandlerError::from_status`],
+//! Errors are classified where they arise ([`HandlerError::from_answer`],
 //! [`HandlerError::from_request`]): transient for network errors, timeouts, HTTP 408, 425, 429
 //! and 5xx; permanent for other 4xx and for payloads that cannot be understood. The retry loop
 //! only reads the class.
@@ -56,7 +56,25 @@ impl HandlerError {
         Self::Permanent(reason.into())
     }
 
-    /// Classifies a non-2xx answer to `what` (e.g. "POST /calendar_events/…/bot").
+    /// Classifies a non-2xx answer to `what` from its status and headers. A redirect (3xx) is
+    /// never followed (a POST would become a GET without its body, and the API key would travel
+    /// to whatever host the redirect names): it is a permanent error naming the status and the
+    /// `Location`, so the entry lands in the dead stream where a person sees it.
+    pub fn from_answer(what: &str, status: StatusCode, headers: &reqwest::header::HeaderMap, body: &str) -> Self {
+        if status.is_redirection() {
+            let location = headers
+                .get(reqwest::header::LOCATION)
+                .map(|l| String::from_utf8_lossy(l.as_bytes()).into_owned())
+                .unwrap_or_else(|| "(none)".into());
+            return Self::Permanent(format!(
+                "{what} answered {status} redirecting to Location: {location}; redirects are not followed \
+                 (point the URL at the final address)"
+            ));
+        }
+        Self::from_status(what, status, retry_after(headers), body)
+    }
+
+    /// Classifies a non-2xx, non-3xx answer to `what` (e.g. "POST /calendar_events/…/bot").
     pub fn from_status(what: &str, status: StatusCode, retry_after: Option<Duration>, body: &str) -> Self {
         let snippet: String = body.chars().take(300).collect();
         let reason = format!("{what} answered {status}: {snippet}");
@@ -125,9 +143,11 @@ impl Registry {
     }
 }
 
-/// The one outbound HTTP client (connection pool, rustls), reused by every handler.
+/// The one outbound HTTP client (connection pool, rustls), reused by every handler. It never
+/// follows redirects (see [`HandlerError::from_answer`]).
 pub fn http_client(timeout: Duration) -> Result<reqwest::Client, reqwest::Error> {
     reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(Duration::from_secs(5).min(timeout))
         .timeout(timeout)
         .user_agent(concat!("hookstream/", env!("CARGO_PKG_VERSION")))
@@ -169,6 +189,17 @@ mod tests {
         }
         for code in [400, 401, 403, 404, 409, 422] {
             assert!(matches!(t(code), HandlerError::Permanent(_)), "{code}");
+        }
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(reqwest::header::LOCATION, "https://elsewhere.example/hook".parse().expect("value"));
+        for code in [301, 302, 303, 307, 308] {
+            let status = StatusCode::from_u16(code).expect("code");
+            match HandlerError::from_answer("POST /hook", status, &headers, "") {
+                HandlerError::Permanent(reason) => {
+                    assert!(reason.contains(&code.to_string()) && reason.contains("https://elsewhere.example/hook"))
+                }
+                other => panic!("{code}: {other:?}"),
+            }
         }
     }
 

@@ -378,3 +378,9 @@ pub fn metric(text: &str, name: &str, labels: &str) -> f64 {
 pub async fn scrape(url: &str) -> String {
     reqwest::get(url).await.expect("scrape").text().await.expect("metrics text")
 }
+
+/// A self-healing connection to the test's Redis, as the processor makes them.
+pub fn conn(redis: &hookstream_tests::RedisServer) -> shared::conn::Conn {
+    let client = shared::conn::client(&redis.url()).expect("client");
+    shared::conn::Conn::new(client, std::time::Duration::from_secs(5)).expect("conn")
+}

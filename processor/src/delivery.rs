@@ -1,0 +1,224 @@
+//! One delivery, one value.
+//!
+//! An entry this process has read or reclaimed is *held* until it is let go. [`Held`] is the
+//! table of what is held — since when (the lease keeper renews the old ones), whether the lease
+//! was lost, and the task handling it (aborted if the shutdown grace runs out). Each row is
+//! owned by a [`Lease`]: dropping the lease removes the row, so the table never keeps an entry
+//! nobody handles.
+//!
+//! A [`Delivery`] is an entry with its lease, its delivery count and its `CONCURRENCY` slot. It
+//! is consumed by its verdict — [`Delivery::ack`] or [`Delivery::dead_letter`] — or dropped.
+//! When the lease keeper finds that another consumer took the entry over, the lease is marked
+//! lost: the handler is stopped ([`Delivery::lost`]), and neither verdict writes anything: the
+//! new owner decides. Redis checks the same thing once more when the verdict is written (the
+//! ack and dead-letter scripts act only on entries this consumer owns), so a lease lost in the
+//! last moment cannot slip through either.
+
+use crate::acker::Acker;
+use crate::replies::StreamEntry;
+use crate::retry::reconnect_backoff;
+use crate::stream::{is_nogroup, RedisState, Stream};
+use backoff::backoff::Backoff;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::task::AbortHandle;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
+
+/// The table of what this process holds.
+#[derive(Default)]
+pub struct Held {
+    rows: Mutex<HashMap<String, Row>>,
+}
+
+struct Row {
+    since: Instant,
+    lost: CancellationToken,
+    task: Option<AbortHandle>,
+}
+
+impl Held {
+    fn rows(&self) -> MutexGuard<'_, HashMap<String, Row>> {
+        self.rows.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Starts holding `id`: its lease, or `None` when this process already holds it (read again
+    /// through a reclaim race: the first holder goes on).
+    pub fn hold(self: &Arc<Self>, id: &str) -> Option<Lease> {
+        let mut rows = self.rows();
+        if rows.contains_key(id) {
+            return None;
+        }
+        let lost = CancellationToken::new();
+        rows.insert(id.to_string(), Row { since: Instant::now(), lost: lost.clone(), task: None });
+        Some(Lease { id: id.to_string(), lost, held: self.clone() })
+    }
+
+    /// The ids held longer than `age` whose lease is not lost: the ones to renew.
+    pub fn due(&self, age: Duration) -> Vec<String> {
+        self.rows()
+            .iter()
+            .filter(|(_, row)| !row.lost.is_cancelled() && row.since.elapsed() >= age)
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
+    /// Another consumer owns `id` now: its delivery stops and writes no verdict.
+    pub fn lose(&self, id: &str) {
+        if let Some(row) = self.rows().get(id) {
+            row.lost.cancel();
+        }
+    }
+
+    /// Records the task handling `id`, to abort it when the shutdown grace runs out.
+    pub fn set_task(&self, id: &str, task: AbortHandle) {
+        if let Some(row) = self.rows().get_mut(id) {
+            row.task = Some(task);
+        }
+    }
+
+    /// Aborts every task still handling an entry; how many entries were still held.
+    pub fn abort_all(&self) -> usize {
+        let rows: Vec<Row> = self.rows().drain().map(|(_, row)| row).collect();
+        for row in &rows {
+            if let Some(task) = &row.task {
+                task.abort();
+            }
+        }
+        rows.len()
+    }
+
+    pub fn len(&self) -> usize {
+        self.rows().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// This process's hold on one entry. Dropping it lets the entry go: it is no longer renewed
+/// (it stays pending in the group until someone acks it).
+pub struct Lease {
+    id: String,
+    lost: CancellationToken,
+    held: Arc<Held>,
+}
+
+impl Lease {
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.held.rows().remove(&self.id);
+    }
+}
+
+/// How a delivery ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Settled {
+    /// Acked: done.
+    Acked,
+    /// Moved to `{ns}:dead`, as this entry.
+    Dead(String),
+    /// Not this consumer's any more (the lease was lost, or Redis found another owner): nothing
+    /// written; the new owner decides.
+    Lost,
+    /// The consumer group is gone (Redis lost its data): nothing left to write.
+    GroupGone,
+}
+
+/// An entry being handled: consumed by its verdict.
+pub struct Delivery {
+    pub entry: StreamEntry,
+    /// How many times the group has delivered the entry (1 for a new one).
+    pub deliveries: u64,
+    lease: Lease,
+    slot: Option<OwnedSemaphorePermit>,
+}
+
+impl Delivery {
+    pub fn new(entry: StreamEntry, deliveries: u64, lease: Lease, slot: OwnedSemaphorePermit) -> Self {
+        Self { entry, deliveries, lease, slot: Some(slot) }
+    }
+
+    pub fn id(&self) -> &str {
+        &self.entry.id
+    }
+
+    /// Resolves when the lease is lost (another consumer took the entry over).
+    pub fn lost(&self) -> WaitForCancellationFuture<'_> {
+        self.lease.lost.cancelled()
+    }
+
+    pub fn is_lost(&self) -> bool {
+        self.lease.lost.is_cancelled()
+    }
+
+    /// Frees the `CONCURRENCY` slot (the handler is done; only the verdict is left to write).
+    pub fn release_slot(&mut self) {
+        self.slot = None;
+    }
+
+    /// Acks the entry (batched), retrying Redis errors until it is written or the lease is lost.
+    pub async fn ack(self, acker: &Acker, redis: &RedisState) -> Settled {
+        self.settle("ack", redis, || async { acker.ack(&self.entry.id).await.map(|acked| acked.then_some(())) })
+            .await
+            .map_or_else(|settled| settled, |()| Settled::Acked)
+    }
+
+    /// Moves the entry to `{ns}:dead` with `reason` (one script: ack + dead copy, only if this
+    /// consumer's ack removed it), retrying Redis errors until written or the lease is lost.
+    pub async fn dead_letter(self, stream: &Stream, redis: &RedisState, reason: &str, attempts: u32) -> Settled {
+        self.settle("dead letter", redis, || stream.dead_letter(&self.entry, reason, attempts, self.deliveries))
+            .await
+            .map_or_else(|settled| settled, Settled::Dead)
+    }
+
+    /// Writes a verdict: `write` answers `Some` when written, `None` when Redis found the entry
+    /// not this consumer's. Redis errors are retried with backoff; a lost lease or a vanished
+    /// group ends the retries.
+    async fn settle<T, F, Fut>(&self, what: &str, redis: &RedisState, mut write: F) -> Result<T, Settled>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = redis::RedisResult<Option<T>>>,
+    {
+        let mut backoff = reconnect_backoff();
+        loop {
+            if self.is_lost() {
+                tracing::warn!(stream_id = %self.entry.id, "{what} not written: the lease was lost; the new owner decides");
+                return Err(Settled::Lost);
+            }
+            match write().await {
+                Ok(Some(done)) => {
+                    redis.ok();
+                    return Ok(done);
+                }
+                Ok(None) => {
+                    redis.ok();
+                    tracing::warn!(
+                        stream_id = %self.entry.id,
+                        "{what} not written: the entry is no longer pending under this consumer (acked already, or taken over by another)"
+                    );
+                    return Err(Settled::Lost);
+                }
+                Err(err) if is_nogroup(&err) => {
+                    tracing::warn!(stream_id = %self.entry.id, "{what}: the consumer group is gone; the entry is no longer pending");
+                    return Err(Settled::GroupGone);
+                }
+                Err(err) => {
+                    redis.failed(what, &err);
+                    let wait = backoff.next_backoff().unwrap_or(Duration::from_secs(5));
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = self.lost() => {}
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,139 @@
+//! From held entries to running deliveries: the `CONCURRENCY` slots, the delivery counts, the
+//! tasks, and the stop signal every loop watches.
+//!
+//! The reader and the reclaimer hand their entries here as soon as they have them: [`hold`]
+//! registers each in the [`Held`] table (from then on the lease keeper renews it), and
+//! [`dispatch_batch`] starts a [`Delivery`] for each as a slot frees up. Shutting down, entries
+//! not yet started are let go (they stay pending in the group, for another replica).
+//!
+//! [`hold`]: Dispatcher::hold
+//! [`dispatch_batch`]: Dispatcher::dispatch_batch
+
+use crate::delivery::{Delivery, Held, Lease};
+use crate::replies::StreamEntry;
+use crate::retry::reconnect_backoff;
+use crate::worker::Worker;
+use backoff::backoff::Backoff;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio_util::task::TaskTracker;
+
+/// An entry held and not yet started.
+pub type HeldEntry = (StreamEntry, Lease);
+
+pub struct Dispatcher {
+    pub worker: Arc<Worker>,
+    pub held: Arc<Held>,
+    permits: Arc<Semaphore>,
+    /// Every delivery task, from its start until its verdict is written.
+    pub tasks: TaskTracker,
+    stop: watch::Receiver<bool>,
+}
+
+impl Dispatcher {
+    pub fn new(worker: Arc<Worker>, concurrency: usize, stop: watch::Receiver<bool>) -> Self {
+        Self {
+            worker,
+            held: Arc::new(Held::default()),
+            permits: Arc::new(Semaphore::new(concurrency)),
+            tasks: TaskTracker::new(),
+            stop,
+        }
+    }
+
+    pub fn stopping(&self) -> bool {
+        *self.stop.borrow()
+    }
+
+    /// Resolves when shutdown starts.
+    pub async fn stopped(&self) {
+        let mut stop = self.stop.clone();
+        let _ = stop.wait_for(|s| *s).await;
+    }
+
+    /// Waits `delay`, or less if shutdown starts; `false` when shutting down.
+    pub async fn pause(&self, delay: Duration) -> bool {
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => !self.stopping(),
+            _ = self.stopped() => false,
+        }
+    }
+
+    /// Free `CONCURRENCY` slots right now.
+    pub fn free_slots(&self) -> usize {
+        self.permits.available_permits()
+    }
+
+    /// Waits for one free slot (`None` when shutting down, even if a slot is free).
+    async fn slot(&self) -> Option<OwnedSemaphorePermit> {
+        tokio::select! {
+            biased;
+            _ = self.stopped() => None,
+            permit = self.permits.clone().acquire_owned() => permit.ok(),
+        }
+    }
+
+    /// Holds every entry (the lease keeper covers it from now on). An entry this process
+    /// already holds (read again through a reclaim race) is dropped.
+    pub fn hold(&self, entries: Vec<StreamEntry>) -> Vec<HeldEntry> {
+        entries.into_iter().filter_map(|e| self.held.hold(&e.id).map(|lease| (e, lease))).collect()
+    }
+
+    /// Starts a delivery for each held entry as a slot frees up. `fresh` entries (new, read with
+    /// `>`) were delivered once; the others (re-read or reclaimed) have their own delivery count
+    /// read from the pending list first. Shutting down, what was not started is let go.
+    pub async fn dispatch_batch(&self, entries: Vec<HeldEntry>, fresh: bool) {
+        if self.stopping() {
+            return; // dropping the leases lets them go
+        }
+        let counts = if fresh {
+            None
+        } else {
+            let ids: Vec<&str> = entries.iter().map(|(e, _)| e.id.as_str()).collect();
+            match self.delivery_counts(&ids).await {
+                Some(counts) => Some(counts),
+                None => return, // shutting down
+            }
+        };
+        for (entry, lease) in entries {
+            let deliveries = match &counts {
+                None => 1,
+                Some(counts) => match counts.get(&entry.id) {
+                    Some(n) => *n,
+                    // No longer pending (acked meanwhile by someone, or its group recreated):
+                    // nothing of ours to handle.
+                    None => continue,
+                },
+            };
+            let Some(slot) = self.slot().await else { return };
+            self.start(Delivery::new(entry, deliveries, lease, slot));
+        }
+    }
+
+    /// The exact delivery counts of `ids`, retried while Redis fails; `None` when shutting down.
+    async fn delivery_counts(&self, ids: &[&str]) -> Option<std::collections::HashMap<String, u64>> {
+        let mut backoff = reconnect_backoff();
+        loop {
+            match self.worker.stream.delivery_counts(ids).await {
+                Ok(counts) => {
+                    self.worker.redis.ok();
+                    return Some(counts);
+                }
+                Err(err) => {
+                    self.worker.redis.failed("reading delivery counts", &err);
+                    if !self.pause(backoff.next_backoff().unwrap_or(Duration::from_secs(5))).await {
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+
+    fn start(&self, delivery: Delivery) {
+        let id = delivery.id().to_string();
+        let worker = self.worker.clone();
+        let task = self.tasks.spawn(async move { worker.process(delivery).await });
+        self.held.set_task(&id, task.abort_handle());
+    }
+}

@@ -1,0 +1,41 @@
+//! `/healthz`, `/readyz` and `/metrics` on `METRICS_ADDR`.
+
+use crate::stream::{Gauges, Stream};
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use shared::http::{json, metrics_response, ApiError, Body};
+
+#[derive(serde::Serialize)]
+struct Status {
+    status: &'static str,
+}
+
+fn set_gauges(g: &Gauges) {
+    metrics::gauge!("hookstream_stream_length").set(g.stream_length as f64);
+    metrics::gauge!("hookstream_dead_length").set(g.dead_length as f64);
+    metrics::gauge!("hookstream_group_pending").set(g.group_pending as f64);
+    metrics::gauge!("hookstream_group_lag").set(g.group_lag as f64);
+}
+
+pub async fn answer(stream: &Stream, req: Request<Incoming>) -> Response<Body> {
+    let method = req.method();
+    let path = req.uri().path();
+    match path {
+        "/healthz" | "/readyz" | "/metrics" if method != Method::GET && method != Method::HEAD => {
+            ApiError::method_not_allowed(method, path, "GET, HEAD").into_response()
+        }
+        "/healthz" => json(StatusCode::OK, &Status { status: "ok" }),
+        "/readyz" => match stream.gauges().await {
+            Ok(_) => json(StatusCode::OK, &Status { status: "ready" }),
+            Err(err) => ApiError::unavailable(format!("Redis does not answer: {err}")).into_response(),
+        },
+        "/metrics" => {
+            // The gauges are read when scraped, so they are never stale.
+            if let Ok(gauges) = stream.gauges().await {
+                set_gauges(&gauges);
+            }
+            metrics_response()
+        }
+        _ => ApiError::not_found(method, path).into_response(),
+    }
+}

@@ -1,0 +1,102 @@
+//! The reader: this consumer's own pending entries first (XREADGROUP from id `0`, paged to the
+//! end), then new ones (`>`), up to `BATCH_SIZE` at a time, one batch ahead: the next batch is
+//! read while the last one is being handed out, so handlers do not sit idle during a read's
+//! round trip. At most two batches are held unstarted (one waiting, one being handed out),
+//! leased like every held entry.
+//!
+//! Blocking reads run on a connection of their own (a blocked socket would stall every command
+//! queued behind it), whose response timeout is `BLOCK_MS` plus a margin: a Redis that falls
+//! silent mid-read is noticed, and the next read opens a fresh connection.
+
+use crate::dispatch::{Dispatcher, HeldEntry};
+use crate::retry::reconnect_backoff;
+use crate::stream::is_nogroup;
+use backoff::backoff::Backoff;
+use shared::conn::Conn;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// How much longer than `BLOCK_MS` the reader waits for Redis's answer before it gives the
+/// connection up as silent.
+pub const BLOCK_MARGIN: Duration = Duration::from_secs(2);
+
+pub async fn run(dispatcher: &Dispatcher, reader: Conn, batch: usize, block: Duration) {
+    let (tx, mut rx) = mpsc::channel::<(Vec<HeldEntry>, bool)>(1);
+    let handing_out = async {
+        while let Some((entries, fresh)) = rx.recv().await {
+            dispatcher.dispatch_batch(entries, fresh).await;
+        }
+    };
+    tokio::join!(read_batches(dispatcher, reader, batch, block, tx), handing_out);
+}
+
+/// The reading half of [`run`]: sends each batch, already held, to be handed out.
+async fn read_batches(
+    dispatcher: &Dispatcher,
+    mut reader: Conn,
+    batch: usize,
+    block: Duration,
+    batches: mpsc::Sender<(Vec<HeldEntry>, bool)>,
+) {
+    let stream = dispatcher.worker.stream.clone();
+    let redis = &dispatcher.worker.redis;
+    let mut backoff = reconnect_backoff();
+    let mut pending_from: Option<String> = Some("0".into());
+    let mut group_checked = false;
+    while !dispatcher.stopping() {
+        if !group_checked {
+            match stream.ensure_group().await {
+                Ok(()) => group_checked = true,
+                Err(err) => {
+                    redis.failed("creating the consumer group", &err);
+                    if !dispatcher.pause(backoff.next_backoff().unwrap_or(Duration::from_secs(5))).await {
+                        break;
+                    }
+                    continue;
+                }
+            }
+        }
+        let (from, block_for) = match &pending_from {
+            Some(id) => (id.clone(), None),
+            None => (">".to_string(), Some(block)),
+        };
+        // Read only when there is room for the batch: one waits while one is handed out.
+        let room = tokio::select! {
+            room = batches.reserve() => room,
+            _ = dispatcher.stopped() => break,
+        };
+        let Ok(room) = room else { break };
+        let read = tokio::select! {
+            read = stream.read(&mut reader, &from, batch, block_for) => read,
+            _ = dispatcher.stopped() => break,
+        };
+        match read {
+            Ok(entries) => {
+                redis.ok();
+                backoff.reset();
+                if let Some(cursor) = pending_from.as_mut() {
+                    match entries.last() {
+                        Some(last) => *cursor = last.id.clone(),
+                        None => {
+                            pending_from = None;
+                            continue;
+                        }
+                    }
+                }
+                if !entries.is_empty() {
+                    room.send((dispatcher.hold(entries), pending_from.is_none()));
+                }
+            }
+            Err(err) if is_nogroup(&err) => {
+                tracing::warn!(group = %stream.group, "consumer group missing; recreating it");
+                group_checked = false;
+            }
+            Err(err) => {
+                redis.failed("reading the stream", &err);
+                if !dispatcher.pause(backoff.next_backoff().unwrap_or(Duration::from_secs(5))).await {
+                    break;
+                }
+            }
+        }
+    }
+}
