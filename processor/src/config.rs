@@ -91,6 +91,9 @@ pub struct ProcessorConfig {
     /// Not an environment variable: how often the trimmer (and the consumer reaper) runs (tests
     /// shorten it).
     pub trim_interval: Duration,
+    /// Not an environment variable: how long one command on the shared (non-blocking) Redis
+    /// connection may take before the connection is given up as silent (tests shorten it).
+    pub command_timeout: Duration,
 }
 
 /// `<hostname>-<pid>`: unique per container (compose gives each replica its own hostname) and
@@ -173,6 +176,7 @@ impl ProcessorConfig {
                 10 * 366 * 86_400,
             )?),
             trim_interval: Duration::from_secs(10),
+            command_timeout: Duration::from_secs(10),
         };
         if config.retry_max_interval < config.retry_initial {
             return Err(ConfigError::new("RETRY_MAX_INTERVAL_MS", "must not be smaller than RETRY_INITIAL_MS"));

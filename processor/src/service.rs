@@ -33,9 +33,6 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-/// How long one command on the shared (non-blocking) connection may take.
-const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
-
 pub struct Processor {
     config: ProcessorConfig,
     worker: Arc<Worker>,
@@ -62,7 +59,7 @@ impl Processor {
             .await
             .map_err(|source| BuildError::Bind { addr: config.metrics_addr, source })?;
         let client = shared::conn::client(&config.common.redis_url)?;
-        let commands = Conn::new(client.clone(), COMMAND_TIMEOUT)?;
+        let commands = Conn::new(client.clone(), config.command_timeout)?;
         // The blocking reads get a connection of their own: a XREADGROUP BLOCK would otherwise
         // stall every ack queued behind it on a shared socket.
         let reader = Conn::new(client, config.block + crate::reader::BLOCK_MARGIN)?;

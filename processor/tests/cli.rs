@@ -138,3 +138,53 @@ fn operator_commands_exit_codes() {
     let down = [("REDIS_URL", "redis://127.0.0.1:1")];
     assert_eq!(run(&["dead", "list"], &down).status.code(), Some(69));
 }
+
+#[tokio::test]
+async fn every_failed_attempt_logs_one_warn_line() {
+    let redis = RedisServer::start();
+    let target = FakeApi::start().await;
+    target.sequence("POST", "/hook", vec![Reply::status(503), Reply::status(502), Reply::status(200)]);
+    let url = redis.url();
+    let forward = format!("{}/hook", target.url());
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("processor.log");
+    let vars = [
+        ("REDIS_URL", url.as_str()),
+        ("METRICS_ADDR", "127.0.0.1:0"),
+        ("FORWARD_URL", forward.as_str()),
+        ("BLOCK_MS", "100"),
+        ("RETRY_INITIAL_MS", "10"),
+        ("LOG_FORMAT", "json"),
+    ];
+    let mut child = hookstream_tests::spawn_bin_with(BIN, &vars, std::fs::File::create(&log).unwrap());
+    let id: String = redis::cmd("XADD")
+        .arg(EVENTS)
+        .arg("*")
+        .arg("event")
+        .arg("bot.completed")
+        .arg("dedup_id")
+        .arg("w")
+        .arg("payload")
+        .arg("{}")
+        .query(&mut redis.con())
+        .unwrap();
+    eventually("forwarded after two failures", || async { (target.calls().len() == 3).then_some(()) }).await;
+    child.signal("TERM");
+    assert_eq!(child.exited(Duration::from_secs(15)).await.code(), Some(0));
+    let text = std::fs::read_to_string(&log).unwrap();
+    let failed: Vec<serde_json::Value> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|l| l["message"] == "attempt failed")
+        .collect();
+    assert_eq!(failed.len(), 2, "one line per failed attempt:\n{text}");
+    for (n, line) in failed.iter().enumerate() {
+        assert_eq!(line["level"], "WARN", "{line}");
+        assert_eq!(line["stream_id"], id.as_str(), "{line}");
+        assert_eq!(line["event"], "bot.completed", "{line}");
+        assert_eq!(line["attempt"], n as u64 + 1, "{line}");
+        assert_eq!(line["class"], "transient", "{line}");
+        assert!(line["error"].as_str().unwrap().contains(["503", "502"][n]), "{line}");
+        assert!(line["next_wait"].as_str().unwrap().ends_with(" ms"), "{line}");
+    }
+}

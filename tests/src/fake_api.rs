@@ -192,6 +192,11 @@ impl FakeApi {
         self.state.lock().unwrap().max_in_flight
     }
 
+    /// Calls received and not yet answered (a client that gave up no longer counts).
+    pub fn in_flight(&self) -> usize {
+        self.state.lock().unwrap().in_flight
+    }
+
     /// `METHOD path` of every call, in order.
     pub fn log(&self) -> Vec<String> {
         self.calls().iter().map(|c| key(&c.method, &c.path)).collect()

@@ -7,6 +7,7 @@
 
 pub mod fake_api;
 pub mod openapi;
+pub mod proxy;
 
 use std::future::Future;
 use std::net::TcpListener;

@@ -94,5 +94,23 @@ async fn health_and_metrics() {
         assert_eq!(metric(&after, gauge, ""), value, "{gauge}");
     }
     assert_eq!(reqwest::get(format!("{base}/nope")).await.unwrap().status(), 404);
+
+    // Senders choose event names: they never grow the `event` label set.
+    let other = |text: &str| metric(text, "hookstream_processor_handler_duration_seconds_count", r#"{event="other"}"#);
+    let before = scrape(&format!("{base}/metrics")).await;
+    for i in 0..30 {
+        add_event(&redis, &format!("made.up.{i}"), br#"{"event":"x"}"#, &format!("odd{i}"));
+    }
+    all_acked(&redis).await;
+    let after = scrape(&format!("{base}/metrics")).await;
+    assert_eq!(other(&after) - other(&before), 30.0, "{after}");
+    assert!(!after.contains("made.up"), "a sender's event name became a label:\n{after}");
+    for line in after.lines().filter(|l| l.contains("event=\"")) {
+        let value = line.split("event=\"").nth(1).and_then(|rest| rest.split('"').next()).unwrap();
+        assert!(
+            value == "other" || processor::metrics::KNOWN_EVENTS.contains(&value),
+            "unbounded label value {value:?}"
+        );
+    }
     processor.stop().await;
 }
