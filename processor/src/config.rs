@@ -35,6 +35,11 @@ pub const PROCESSOR_VARS: &[Var] = &[
         default: "3600",
         help: "consumers idle this long with nothing pending are removed from the group",
     },
+    Var {
+        name: "API_WRITES_PER_SEC",
+        default: "5",
+        help: "Meeting BaaS API writes per second, all replicas together (your plan's limit; 0 = no limit)",
+    },
 ];
 
 /// Every variable the processor reads, in `--help` order.
@@ -88,6 +93,9 @@ pub struct ProcessorConfig {
     pub bot_config: serde_json::Map<String, serde_json::Value>,
     pub forward_url: Option<Url>,
     pub consumer_idle_reap: Duration,
+    /// POST/PATCH/DELETE requests per second to the Meeting BaaS API, all replicas together
+    /// (0: no limit).
+    pub api_writes_per_sec: u32,
     /// Not an environment variable: how often the trimmer (and the consumer reaper) runs (tests
     /// shorten it).
     pub trim_interval: Duration,
@@ -175,6 +183,7 @@ impl ProcessorConfig {
                 1,
                 10 * 366 * 86_400,
             )?),
+            api_writes_per_sec: r.number("API_WRITES_PER_SEC", 5, 0, 1_000_000)? as u32,
             trim_interval: Duration::from_secs(10),
             command_timeout: Duration::from_secs(10),
         };

@@ -125,6 +125,8 @@ pub enum Settled {
     Acked,
     /// Moved to `{ns}:dead`, as this entry.
     Dead(String),
+    /// Split into one entry per meeting (these ids), and acked.
+    FannedOut(Vec<String>),
     /// Not this consumer's any more (the lease was lost, or Redis found another owner): nothing
     /// written; the new owner decides.
     Lost,
@@ -177,6 +179,14 @@ impl Delivery {
         self.settle("dead letter", redis, || stream.dead_letter(&self.entry, reason, attempts, self.deliveries))
             .await
             .map_or_else(|settled| settled, Settled::Dead)
+    }
+
+    /// Splits the entry into one entry per meeting (`(payload, meeting key)` each) and acks it,
+    /// in one script: exactly once, and only while this consumer owns it.
+    pub async fn fan_out(self, stream: &Stream, redis: &RedisState, meetings: &[(Vec<u8>, String)]) -> Settled {
+        self.settle("fan-out", redis, || stream.fan_out(&self.entry, meetings))
+            .await
+            .map_or_else(|settled| settled, Settled::FannedOut)
     }
 
     /// Writes a verdict: `write` answers `Some` when written, `None` when Redis found the entry

@@ -6,9 +6,10 @@
 //!
 //! Modules, from the top down (a module uses only those below it):
 //! `service` (the supervisor) → `reader`, `lease`, `housekeeping`, `health` (the loops) →
-//! `dispatch` (slots, tasks) → `worker` (one delivery's handling) → `delivery` (the `Delivery`
-//! and the table of what is held), `retry`, `handlers/` → `acker` → `stream` (commands) →
-//! `replies` (typed Redis replies), used by `ops` (operator commands) too.
+//! `dispatch` (slots, tasks) → `worker` (one delivery's handling: fan-out, meeting lock,
+//! retries) → `delivery` (the `Delivery` and the table of what is held), `retry`, `lock` (one
+//! meeting at a time), `handlers/` → `limiter` (the shared API write limit), `acker` → `stream`
+//! (commands) → `replies` (typed Redis replies), used by `ops` (operator commands) too.
 
 pub mod acker;
 pub mod cli;
@@ -19,6 +20,8 @@ pub mod handlers;
 pub mod health;
 pub mod housekeeping;
 pub mod lease;
+pub mod limiter;
+pub mod lock;
 pub mod metrics;
 pub mod ops;
 pub mod reader;

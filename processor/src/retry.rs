@@ -1,6 +1,11 @@
 //! The retry policy: exponential backoff with jitter, a per-attempt timeout, `Retry-After`
 //! honoured, and a total time budget.
 //!
+//! Time an attempt spends waiting for something shared — its meeting's lock, the API's write
+//! limit — is neither failure nor slowness of its own: such waits run inside [`excluded`], and
+//! the attempt's timeout and the retry budget do not count them. A sync about hundreds of
+//! meetings then completes at the write limit's pace instead of timing out.
+//!
 //! This is the only module that knows the `backoff` crate. The crate is marked unmaintained
 //! (RUSTSEC-2025-0012, accepted in `deny.toml`); swapping it for another policy is a change to
 //! this file alone. The loop itself is written here rather than with `backoff::future::retry`
@@ -12,8 +17,59 @@ use crate::metrics::Attempt;
 use backoff::backoff::Backoff;
 use backoff::ExponentialBackoffBuilder;
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
+
+tokio::task_local! {
+    static CLOCK: Arc<WaitClock>;
+}
+
+/// How long the current attempt has waited inside [`excluded`]: the waits that are over, and
+/// since when the one under way (if any) has been waiting.
+struct WaitClock {
+    base: Instant,
+    done_us: AtomicU64,
+    /// Microseconds after `base` + 1 at which the wait under way began; 0 when none is.
+    since_us: AtomicU64,
+}
+
+impl WaitClock {
+    fn new() -> Self {
+        Self { base: Instant::now(), done_us: AtomicU64::new(0), since_us: AtomicU64::new(0) }
+    }
+
+    fn now_us(&self) -> u64 {
+        self.base.elapsed().as_micros() as u64
+    }
+
+    /// The time excluded so far, the wait under way included.
+    fn excluded(&self) -> Duration {
+        let since = self.since_us.load(Ordering::SeqCst);
+        let current = if since == 0 { 0 } else { self.now_us().saturating_sub(since - 1) };
+        Duration::from_micros(self.done_us.load(Ordering::SeqCst) + current)
+    }
+}
+
+/// Runs `wait` (waiting for a meeting's lock, or for the API's write limit) without counting
+/// its time against the attempt's timeout or the retry budget. Waits of one attempt follow one
+/// another; they do not overlap.
+pub async fn excluded<F: Future>(wait: F) -> F::Output {
+    let Ok(clock) = CLOCK.try_with(Arc::clone) else { return wait.await };
+    clock.since_us.store(clock.now_us() + 1, Ordering::SeqCst);
+    struct End(Arc<WaitClock>);
+    impl Drop for End {
+        fn drop(&mut self) {
+            let since = self.0.since_us.swap(0, Ordering::SeqCst);
+            if since != 0 {
+                self.0.done_us.fetch_add(self.0.now_us().saturating_sub(since - 1), Ordering::SeqCst);
+            }
+        }
+    }
+    let _end = End(clock);
+    wait.await
+}
 
 /// How handler attempts are retried (from `RETRY_*` and `HANDLER_TIMEOUT_MS`).
 #[derive(Debug, Clone, Copy)]
@@ -62,6 +118,7 @@ impl RetryPolicy {
         Fut: Future<Output = Result<(), HandlerError>>,
     {
         let started = Instant::now();
+        let clock = Arc::new(WaitClock::new());
         let mut backoff = self.backoff();
         let mut attempts = 0;
         loop {
@@ -78,29 +135,51 @@ impl RetryPolicy {
                     "attempt failed"
                 );
             };
-            let (reason, retry_after) = match tokio::time::timeout(self.attempt_timeout, attempt(attempts)).await {
-                Ok(Ok(())) => {
+            let (reason, retry_after) = match self.timed(&clock, CLOCK.scope(clock.clone(), attempt(attempts))).await {
+                Some(Ok(())) => {
                     crate::metrics::attempt(Attempt::Ok);
                     return Outcome { verdict: Verdict::Done, attempts };
                 }
-                Ok(Err(HandlerError::Permanent(reason))) => {
+                Some(Err(HandlerError::Permanent(reason))) => {
                     crate::metrics::attempt(Attempt::Permanent);
                     failed("permanent", &reason, None);
                     return Outcome { verdict: Verdict::Permanent(reason), attempts };
                 }
-                Ok(Err(HandlerError::Transient { reason, retry_after })) => (reason, retry_after),
-                Err(_) => (format!("attempt timed out after {} ms", self.attempt_timeout.as_millis()), None),
+                Some(Err(HandlerError::Transient { reason, retry_after })) => (reason, retry_after),
+                None => (format!("attempt timed out after {} ms", self.attempt_timeout.as_millis()), None),
             };
             crate::metrics::attempt(Attempt::Transient);
             let delay = backoff
                 .next_backoff()
                 .map(|delay| delay.max(retry_after.unwrap_or_default()))
-                .filter(|delay| started.elapsed() + *delay <= self.max_elapsed);
+                .filter(|delay| started.elapsed().saturating_sub(clock.excluded()) + *delay <= self.max_elapsed);
             failed("transient", &reason, delay);
             let Some(delay) = delay else {
                 return Outcome { verdict: Verdict::Exhausted(reason), attempts };
             };
             tokio::time::sleep(delay).await;
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// Runs one attempt under `HANDLER_TIMEOUT_MS`, not counting what it waits in [`excluded`];
+    /// `None` when it timed out.
+    async fn timed<T>(&self, clock: &WaitClock, attempt: impl Future<Output = T>) -> Option<T> {
+        let start = Instant::now();
+        let excluded_before = clock.excluded();
+        tokio::pin!(attempt);
+        loop {
+            let deadline = start + self.attempt_timeout + clock.excluded().saturating_sub(excluded_before);
+            tokio::select! {
+                done = &mut attempt => return Some(done),
+                _ = tokio::time::sleep_until(deadline) => {
+                    let now_deadline = start + self.attempt_timeout + clock.excluded().saturating_sub(excluded_before);
+                    if now_deadline <= Instant::now() {
+                        return None;
+                    }
+                }
+            }
         }
     }
 }
@@ -182,6 +261,38 @@ mod tests {
             })
             .await;
         assert_eq!(outcome, Outcome { verdict: Verdict::Done, attempts: 2 });
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn excluded_waits_do_not_count_against_the_timeout_or_the_budget() {
+        let mut p = policy(1_000);
+        p.attempt_timeout = Duration::from_millis(100);
+        let calls = AtomicU32::new(0);
+        let started = Instant::now();
+        let outcome = p
+            .run(&event(), |_| async {
+                let n = calls.fetch_add(1, Ordering::SeqCst);
+                // Waits for a shared limit far longer than the attempt timeout and the budget.
+                excluded(tokio::time::sleep(Duration::from_secs(30))).await;
+                tokio::time::sleep(Duration::from_millis(50)).await; // its own work: inside 100 ms
+                if n == 0 {
+                    Err(transient(None))
+                } else {
+                    Ok(())
+                }
+            })
+            .await;
+        assert_eq!(outcome, Outcome { verdict: Verdict::Done, attempts: 2 });
+        assert!(started.elapsed() >= Duration::from_secs(60));
+        // Its own slowness still counts.
+        let outcome = p
+            .run(&event(), |_| async {
+                excluded(tokio::time::sleep(Duration::from_secs(30))).await;
+                tokio::time::sleep(Duration::from_millis(150)).await;
+                Ok(())
+            })
+            .await;
+        assert_eq!(outcome.verdict, Verdict::Exhausted("attempt timed out after 100 ms".into()));
     }
 
     #[tokio::test(start_paused = true)]

@@ -63,16 +63,20 @@ impl Processor {
         // The blocking reads get a connection of their own: a XREADGROUP BLOCK would otherwise
         // stall every ack queued behind it on a shared socket.
         let reader = Conn::new(client, config.block + crate::reader::BLOCK_MARGIN)?;
+        let keys = Keys::new(&config.common.namespace);
+        let limiter =
+            crate::limiter::WriteLimiter::new(keys.api_writes.clone(), commands.clone(), config.api_writes_per_sec);
         let registry = match registry {
             Some(registry) => registry,
-            None => Registry::standard(&config)?,
+            None => Registry::standard(&config, limiter)?,
         };
+        // A meeting's lock lives as long as a dead holder's entries stay unclaimed.
+        let locks = crate::lock::MeetingLocks::new(keys.clone(), commands.clone(), config.claim_idle);
         if config.api_key.is_none() {
             tracing::warn!("MEETING_BAAS_API_KEY is not set: Meeting BaaS API calls will be refused");
         }
         let _ = shared::telemetry::metrics();
-        let stream =
-            Stream::new(Keys::new(&config.common.namespace), config.group.clone(), config.consumer.clone(), commands);
+        let stream = Stream::new(keys, config.group.clone(), config.consumer.clone(), commands);
         let worker = Arc::new(Worker {
             acker: crate::acker::Acker::spawn(stream.clone()),
             stream,
@@ -85,6 +89,7 @@ impl Processor {
             },
             max_deliveries: config.max_deliveries,
             redis: RedisState::default(),
+            locks,
         });
         Ok(Self { config, worker, reader, metrics_listener })
     }

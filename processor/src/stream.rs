@@ -89,6 +89,34 @@ end
 return redis.call('XADD', KEYS[2], '*', unpack(ARGV, 4))
 "#;
 
+const FAN_OUT_SCRIPT: &str = r#"
+-- KEYS[1] stream; ARGV[1] group, ARGV[2] consumer, ARGV[3] entry id, ARGV[4] n, ARGV[5..4+n]
+-- the fields and values every new entry shares, then (payload, meeting) for each new entry.
+-- Acks the entry if this consumer owns it and, only if that ack removed it, appends one entry
+-- per meeting: exactly once, even when sent again. Returns the new ids, or nil.
+local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
+if #p == 0 or p[1][2] ~= ARGV[2] then
+  return false
+end
+if redis.call('XACK', KEYS[1], ARGV[1], ARGV[3]) == 0 then
+  return false
+end
+local n = tonumber(ARGV[4])
+local ids = {}
+for i = 5 + n, #ARGV, 2 do
+  local fields = {}
+  for j = 5, 4 + n do
+    fields[#fields + 1] = ARGV[j]
+  end
+  fields[#fields + 1] = 'payload'
+  fields[#fields + 1] = ARGV[i]
+  fields[#fields + 1] = 'meeting'
+  fields[#fields + 1] = ARGV[i + 1]
+  ids[#ids + 1] = redis.call('XADD', KEYS[1], '*', unpack(fields))
+end
+return ids
+"#;
+
 /// The stream as one consumer of one group sees it.
 #[derive(Clone)]
 pub struct Stream {
@@ -99,6 +127,7 @@ pub struct Stream {
     lease_script: Script,
     ack_script: Script,
     dead_letter_script: Script,
+    fan_out_script: Script,
 }
 
 /// Whether an error is "the group (or the stream) does not exist".
@@ -161,6 +190,7 @@ impl Stream {
             lease_script: Script::new(LEASE_SCRIPT),
             ack_script: Script::new(ACK_SCRIPT),
             dead_letter_script: Script::new(DEAD_LETTER_SCRIPT),
+            fan_out_script: Script::new(FAN_OUT_SCRIPT),
         }
     }
 
@@ -263,6 +293,35 @@ impl Stream {
             .arg(&failed_at)
             .arg("consumer")
             .arg(&self.consumer);
+        invocation.invoke_async(&mut self.con()).await
+    }
+
+    /// Splits `entry` into one entry per meeting — `(payload, meeting key)` each, with the
+    /// original's other fields and `fanout_of` — and acks it, in one script (see
+    /// [`FAN_OUT_SCRIPT`]): `Some(new ids)` when done by this call, `None` when the entry was not
+    /// this consumer's to split (any more).
+    pub async fn fan_out(
+        &self,
+        entry: &StreamEntry,
+        meetings: &[(Vec<u8>, String)],
+    ) -> RedisResult<Option<Vec<String>>> {
+        use shared::entry::{FANOUT_OF, MEETING, PAYLOAD};
+        let shared: Vec<(&str, &[u8])> = entry
+            .fields
+            .iter()
+            .flatten()
+            .filter(|(k, _)| k != PAYLOAD && k != MEETING && k != FANOUT_OF)
+            .map(|(k, v)| (k.as_str(), v.as_slice()))
+            .chain(std::iter::once((FANOUT_OF, entry.id.as_bytes())))
+            .collect();
+        let mut invocation = self.fan_out_script.key(&self.keys.events);
+        invocation.arg(&self.group).arg(&self.consumer).arg(&entry.id).arg(shared.len() * 2);
+        for (field, value) in &shared {
+            invocation.arg(*field).arg(*value);
+        }
+        for (payload, meeting) in meetings {
+            invocation.arg(payload.as_slice()).arg(meeting);
+        }
         invocation.invoke_async(&mut self.con()).await
     }
 

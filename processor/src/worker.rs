@@ -1,9 +1,23 @@
-//! Handling one delivery: poison check, parse, handler with retries, then its verdict — ack or
-//! dead letter — or nothing at all when the lease is lost on the way.
+//! Handling one delivery: poison check, parse, fan-out, handler with retries under its
+//! meeting's lock, then its verdict — ack or dead letter — or nothing at all when the lease is
+//! lost on the way.
+//!
+//! **Fan-out.** An entry about several meetings (a v1 sync, a v2 webhook with many instances)
+//! is not handled as a whole, where the first failing meeting would stop the rest or make them
+//! all run again. It is split into one entry per meeting, appended to the stream and the
+//! original acked in one script (exactly once). Each new entry carries the original's fields —
+//! `dedup_id`, `request_id`, `received_at` — plus `fanout_of` (the original's id) and `meeting`,
+//! with the payload narrowed to that meeting; each is then processed, retried, locked and
+//! dead-lettered on its own.
+//!
+//! **One meeting at a time.** An entry about one meeting runs each handler attempt under that
+//! meeting's lock ([`crate::lock`]), so two entries about one meeting never read, decide and act
+//! at the same time, on any replica.
 
 use crate::acker::Acker;
 use crate::delivery::{Delivery, Settled};
-use crate::handlers::{Event, Registry};
+use crate::handlers::{Event, HandlerError, Registry};
+use crate::lock::MeetingLocks;
 use crate::replies::Fields;
 use crate::retry::{RetryPolicy, Verdict};
 use crate::stream::{RedisState, Stream};
@@ -18,6 +32,7 @@ pub struct Worker {
     pub retry: RetryPolicy,
     pub max_deliveries: u64,
     pub redis: RedisState,
+    pub locks: MeetingLocks,
 }
 
 /// Why an entry cannot be handled at all.
@@ -57,9 +72,47 @@ impl Worker {
             Err(reason) => return self.dead_letter(delivery, &reason, 0).await,
         };
         let handler = self.registry.get(&event.name).clone();
+        let meetings = match handler.meetings(&event) {
+            Ok(meetings) => meetings,
+            Err(err) => return self.dead_letter(delivery, &err.to_string(), 0).await,
+        };
+        if meetings.len() > 1 {
+            let parts: Vec<(Vec<u8>, String)> = meetings.into_iter().map(|m| (m.payload, m.key)).collect();
+            delivery.release_slot();
+            if let Settled::FannedOut(ids) = delivery.fan_out(&self.stream, &self.redis, &parts).await {
+                crate::metrics::entries(crate::metrics::Entry::Acked, 1);
+                tracing::info!(
+                    stream_id = %event.id,
+                    event = %event.name,
+                    meetings = ids.len(),
+                    outcome = "fanned_out",
+                    "split into one entry per meeting"
+                );
+            }
+            return;
+        }
+        let meeting = meetings.into_iter().next().map(|m| m.key);
         let started = Instant::now();
+        let attempt = |_| {
+            let (handler, event, meeting) = (&handler, &event, &meeting);
+            async move {
+                let lock =
+                    match meeting {
+                        // Waiting for the lock is not this attempt's slowness (see `retry::excluded`).
+                        Some(key) => Some(crate::retry::excluded(self.locks.lock(key)).await.map_err(|e| {
+                            HandlerError::transient(format!("cannot take the lock of meeting {key}: {e}"))
+                        })?),
+                        None => None,
+                    };
+                let result = handler.handle(event).await;
+                if let Some(lock) = lock {
+                    lock.release().await;
+                }
+                result
+            }
+        };
         let outcome = tokio::select! {
-            outcome = self.retry.run(&event, |_| handler.handle(&event)) => outcome,
+            outcome = self.retry.run(&event, attempt) => outcome,
             _ = delivery.lost() => {
                 tracing::warn!(
                     stream_id = %event.id,

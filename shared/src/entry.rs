@@ -13,6 +13,13 @@ pub const RECEIVED_AT: &str = "received_at";
 /// Field: the request's `x-request-id`, or a generated one.
 pub const REQUEST_ID: &str = "request_id";
 
+/// Field of a fan-out entry (written by a processor, never by the ingress): the id of the entry
+/// about several meetings that it was split from. Its other fields are the original's, with the
+/// payload narrowed to one meeting.
+pub const FANOUT_OF: &str = "fanout_of";
+/// Field of a fan-out entry: the meeting it is about (`v1:<uuid>`, `v2:<calendar>:<event>`).
+pub const MEETING: &str = "meeting";
+
 /// The value of [`SOURCE`] for Meeting BaaS webhooks.
 pub const SOURCE_MEETING_BAAS: &str = "meeting-baas";
 

@@ -13,8 +13,12 @@ pub struct Keys {
     pub events: String,
     /// `{ns}:dead` — the stream of dead-lettered entries, each with the reason.
     pub dead: String,
+    /// `{ns}:ratelimit:api-writes` — the Meeting BaaS API write limiter every processor shares.
+    pub api_writes: String,
     /// `{ns}:dedup:` — prefix of the dedup keys; the rest is a hex SHA-256.
     dedup_prefix: String,
+    /// `{ns}:lock:` — prefix of the per-meeting locks; the rest is a hex SHA-256.
+    lock_prefix: String,
 }
 
 impl Keys {
@@ -23,8 +27,16 @@ impl Keys {
         Self {
             events: format!("{{{ns}}}:events"),
             dead: format!("{{{ns}}}:dead"),
+            api_writes: format!("{{{ns}}}:ratelimit:api-writes"),
             dedup_prefix: format!("{{{ns}}}:dedup:"),
+            lock_prefix: format!("{{{ns}}}:lock:"),
         }
+    }
+
+    /// `{ns}:lock:<hex sha256 of the meeting key>`: held while one entry reads, decides and acts
+    /// on that meeting (v1: `v1:<event uuid>`; v2: `v2:<calendar_id>:<event_id>`).
+    pub fn lock(&self, meeting_key: &str) -> String {
+        format!("{}{}", self.lock_prefix, hex::encode(Sha256::digest(meeting_key.as_bytes())))
     }
 
     /// `{ns}:dedup:<hex sha256 of the dedup identity>`. Hashing bounds the key length whatever the
@@ -51,5 +63,10 @@ mod tests {
             keys.dedup("abc"),
             "{hookstream}:dedup:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
+        assert_eq!(
+            keys.lock("abc"),
+            "{hookstream}:lock:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert_eq!(keys.api_writes, "{hookstream}:ratelimit:api-writes");
     }
 }

@@ -5,7 +5,7 @@ mod common;
 
 use common::*;
 use hookstream_tests::fake_api::{FakeApi, Reply};
-use hookstream_tests::{fixture, RedisServer};
+use hookstream_tests::{fixture, fixture_json, RedisServer};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn webhooks_become_api_calls_and_acked_entries() {
@@ -75,6 +75,22 @@ async fn webhooks_become_api_calls_and_acked_entries() {
     assert_eq!(forwarded[0].header("x-hookstream-event"), Some("bot.completed"));
     let meeting_baas: Vec<_> = api.calls().into_iter().filter(|c| c.path != "/downstream").collect();
     hookstream_tests::openapi::assert_valid(&meeting_baas);
-    assert_eq!(xlen(&redis), 3);
+    // The three accepted webhooks, and the entries the two about several meetings were split
+    // into (one per meeting, each naming its original).
+    let all = entries(&redis);
+    let originals: Vec<&String> = all.iter().filter(|(_, f)| !f.contains_key("fanout_of")).map(|(id, _)| id).collect();
+    assert_eq!(originals.len(), 3);
+    let sync_meetings = fixture_json("meeting-baas/v1/calendar_sync_events.json")["data"]["affected_event_uuids"]
+        .as_array()
+        .unwrap()
+        .len();
+    let created_meetings =
+        fixture_json("meeting-baas/v2/calendar_event_created.json")["data"]["instances"].as_array().unwrap().len();
+    let expected_children = [sync_meetings, created_meetings].iter().filter(|n| **n > 1).sum::<usize>();
+    assert_eq!(all.len(), 3 + expected_children);
+    for (_, f) in all.iter().filter(|(_, f)| f.contains_key("fanout_of")) {
+        assert!(originals.iter().any(|id| id.as_bytes() == f["fanout_of"].as_slice()));
+        assert!(f.contains_key("meeting") && f.contains_key("dedup_id") && f.contains_key("request_id"));
+    }
     assert_eq!(xlen_dead(&redis), 0);
 }

@@ -52,12 +52,21 @@ fn script_v1(api: &FakeApi) {
 /// The v2 event-details answer for `event_id`, with `bot_scheduled` and whether the calendar's
 /// owner organises it.
 fn details(event_id: &str, bot_scheduled: bool, organizer: bool) -> Vec<u8> {
+    details_with(event_id, bot_scheduled, organizer, |_| {})
+}
+
+/// [`details`], with `change` applied to the event (`data`).
+fn details_with(event_id: &str, bot_scheduled: bool, organizer: bool, change: impl FnOnce(&mut Value)) -> Vec<u8> {
     let mut d = fixture_json("meeting-baas/api/v2_event_details.json");
     d["data"]["event_id"] = json!(event_id);
     d["data"]["bot_scheduled"] = json!(bot_scheduled);
     d["data"]["attendees"][0]["organizer"] = json!(organizer);
+    change(&mut d["data"]);
     serde_json::to_vec(&d).unwrap()
 }
+
+/// The second instance of the `created` fixture (the webhook shows it without a meeting URL).
+const CREATED_NO_URL: &str = "3c25d7e4-dfe0-4ede-a3f0-fb280cac281c";
 
 fn details_path(event_id: &str) -> String {
     format!("/v2/calendars/{CAL}/events/{event_id}")
@@ -84,16 +93,22 @@ async fn v1_sync_schedules_unschedules_and_skips() {
     vars.insert("BOT_CONFIG".into(), r#"{"recording_mode":"audio_only","bot_name":"overridden"}"#.into());
     run_one(&redis, vars, "meeting-baas/v1/calendar_sync_events.json").await;
 
-    assert_eq!(
-        api.log(),
-        vec![
-            format!("GET /calendar_events/{UPCOMING}"),
-            format!("POST /calendar_events/{UPCOMING}/bot"),
-            format!("GET /calendar_events/{DELETED}"),
-            format!("DELETE /calendar_events/{DELETED}/bot"),
-            format!("GET /calendar_events/{NO_URL}"),
-        ]
-    );
+    // One entry per meeting (fan-out), so meetings interleave; within one, the read comes first.
+    let log = api.log();
+    let mut sorted = log.clone();
+    sorted.sort();
+    let mut expected = vec![
+        format!("GET /calendar_events/{UPCOMING}"),
+        format!("POST /calendar_events/{UPCOMING}/bot"),
+        format!("GET /calendar_events/{DELETED}"),
+        format!("DELETE /calendar_events/{DELETED}/bot"),
+        format!("GET /calendar_events/{NO_URL}"),
+    ];
+    expected.sort();
+    assert_eq!(sorted, expected);
+    let at = |call: String| log.iter().position(|c| *c == call).unwrap();
+    assert!(at(format!("GET /calendar_events/{UPCOMING}")) < at(format!("POST /calendar_events/{UPCOMING}/bot")));
+    assert!(at(format!("GET /calendar_events/{DELETED}")) < at(format!("DELETE /calendar_events/{DELETED}/bot")));
     let post = &api.calls_to("POST", &format!("/calendar_events/{UPCOMING}/bot"))[0];
     assert_eq!(post.json(), json!({"bot_name": "hookstream recorder", "recording_mode": "audio_only"}));
     assert_eq!(post.header("content-type"), Some("application/json"));
@@ -207,12 +222,18 @@ async fn v2_created_schedules_the_confirmed_instance_with_a_url() {
     let redis = RedisServer::start();
     let api = FakeApi::start().await;
     api.always("GET", &details_path(CREATED_EVENT), Reply::json(200, details(CREATED_EVENT, false, true)));
+    let no_url = details_with(CREATED_NO_URL, false, true, |d| d["meeting_url"] = Value::Null);
+    api.always("GET", &details_path(CREATED_NO_URL), Reply::json(200, no_url));
     api.always("POST", &bots_path(), Reply::json(201, api_fixture("v2_create_bots_response.json")));
     let mut vars = processor_vars(&redis.url(), &api.url());
     vars.insert("BOT_CONFIG".into(), r#"{"recording_mode":"audio_only"}"#.into());
     vars.insert("BOT_NAME".into(), "Notetaker".into());
     run_one(&redis, vars, "meeting-baas/v2/calendar_event_created.json").await;
-    assert_eq!(api.log(), vec![format!("GET {}", details_path(CREATED_EVENT)), format!("POST {}", bots_path())]);
+    // Both instances are read (the webhook only names candidates); the one without a URL in the
+    // API's current event gets no bot.
+    assert_eq!(api.calls_to("GET", &details_path(CREATED_EVENT)).len(), 1);
+    assert_eq!(api.calls_to("GET", &details_path(CREATED_NO_URL)).len(), 1);
+    assert_eq!(api.calls_to("POST", &bots_path()).len(), 1);
     let post = &api.calls_to("POST", &bots_path())[0];
     assert_eq!(
         post.json(),
@@ -239,6 +260,46 @@ async fn v2_organizer_policy_reads_the_event() {
 }
 
 #[tokio::test]
+async fn v2_decisions_come_from_the_current_event_not_the_webhook() {
+    // The webhook shows a confirmed instance with a URL and no bot; by the time the entry runs
+    // the API shows otherwise, field by field. Only the unchanged one gets a bot.
+    let ended = (chrono::Utc::now() - chrono::Duration::hours(1)).to_rfc3339();
+    type Change = Box<dyn Fn(&mut Value)>;
+    let cases: Vec<(&str, Change, usize)> = vec![
+        ("unchanged", Box::new(|_| {}), 1),
+        ("cancelled", Box::new(|d| d["status"] = json!("cancelled")), 0),
+        ("tentative", Box::new(|d| d["status"] = json!("tentative")), 0),
+        ("no meeting_url", Box::new(|d| d["meeting_url"] = Value::Null), 0),
+        ("empty meeting_url", Box::new(|d| d["meeting_url"] = json!("")), 0),
+        ("ended", Box::new(move |d| d["end_time"] = json!(ended)), 0),
+        ("bot scheduled meanwhile", Box::new(|d| d["bot_scheduled"] = json!(true)), 0),
+    ];
+    for (what, change, posts) in cases {
+        let redis = RedisServer::start();
+        let api = FakeApi::start().await;
+        api.always(
+            "GET",
+            &details_path(CREATED_EVENT),
+            Reply::json(200, details_with(CREATED_EVENT, false, true, change)),
+        );
+        api.always("POST", &bots_path(), Reply::json(201, api_fixture("v2_create_bots_response.json")));
+        let mut body = fixture_json("meeting-baas/v2/calendar_event_created.json");
+        body["data"]["instances"].as_array_mut().unwrap().truncate(1);
+        let processor = start_processor(processor_vars(&redis.url(), &api.url())).await;
+        add_event(&redis, "calendar.event_created", &serde_json::to_vec(&body).unwrap(), what);
+        all_acked(&redis).await;
+        processor.stop().await;
+        assert_eq!(api.calls_to("POST", &bots_path()).len(), posts, "{what}");
+        assert_eq!(xlen_dead(&redis), 0, "{what}");
+    }
+    // Gone from the API (404): nothing to do.
+    let redis = RedisServer::start();
+    let api = FakeApi::start().await;
+    run_one(&redis, processor_vars(&redis.url(), &api.url()), "meeting-baas/v2/calendar_event_created.json").await;
+    assert!(api.calls_to("POST", &bots_path()).is_empty());
+}
+
+#[tokio::test]
 async fn v2_policy_none_schedules_nothing() {
     let redis = RedisServer::start();
     let api = FakeApi::start().await;
@@ -253,13 +314,14 @@ async fn v2_updated_skips_instances_that_already_have_a_bot() {
     let redis = RedisServer::start();
     let api = FakeApi::start().await;
     api.always("GET", &details_path(RECURRING_1), Reply::json(200, details(RECURRING_1, false, true)));
+    api.always("GET", &details_path(RECURRING_2), Reply::json(200, details(RECURRING_2, true, true)));
     api.always("POST", &bots_path(), Reply::json(201, api_fixture("v2_create_bots_response.json")));
     run_one(&redis, processor_vars(&redis.url(), &api.url()), "meeting-baas/v2/calendar_event_updated.json").await;
     let posts = api.calls_to("POST", &bots_path());
     assert_eq!(posts.len(), 1);
     assert_eq!(posts[0].json()["event_id"], RECURRING_1);
     assert_eq!(posts[0].json()["series_id"], RECURRING_SERIES);
-    assert!(api.calls_to("GET", &details_path(RECURRING_2)).is_empty());
+    assert_eq!(api.calls_to("GET", &details_path(RECURRING_2)).len(), 1, "read: the API's state decides");
     assert_valid(&api.calls());
 }
 
@@ -270,10 +332,26 @@ async fn v2_synced_schedules_each_confirmed_instance_of_each_series() {
     for id in [RECURRING_1, RECURRING_2] {
         api.always("GET", &details_path(id), Reply::json(200, details(id, false, true)));
     }
+    let tentative = "e6d064c0-b2a5-4cb3-bc57-8135123ed791";
+    let no_url = "8d77acd8-7f4f-4b33-8a31-387967bcc600";
+    api.always(
+        "GET",
+        &details_path(tentative),
+        Reply::json(200, details_with(tentative, false, true, |d| d["status"] = json!("tentative"))),
+    );
+    api.always(
+        "GET",
+        &details_path(no_url),
+        Reply::json(200, details_with(no_url, false, true, |d| d["meeting_url"] = Value::Null)),
+    );
     api.always("POST", &bots_path(), Reply::json(201, api_fixture("v2_create_bots_response.json")));
     run_one(&redis, processor_vars(&redis.url(), &api.url()), "meeting-baas/v2/calendar_events_synced.json").await;
-    let posted: Vec<Value> = api.calls_to("POST", &bots_path()).iter().map(|c| c.json()["event_id"].clone()).collect();
-    assert_eq!(posted, vec![json!(RECURRING_1), json!(RECURRING_2)], "tentative and URL-less instances are skipped");
+    let mut posted: Vec<String> =
+        api.calls_to("POST", &bots_path()).iter().map(|c| c.json()["event_id"].as_str().unwrap().to_string()).collect();
+    posted.sort();
+    let mut expected = vec![RECURRING_1.to_string(), RECURRING_2.to_string()];
+    expected.sort();
+    assert_eq!(posted, expected, "tentative and URL-less instances are skipped");
     assert_valid(&api.calls());
 }
 
@@ -317,6 +395,8 @@ async fn v2_cancelled_unschedules_and_a_missing_bot_is_fine() {
     for status in [200, 404] {
         let redis = RedisServer::start();
         let api = FakeApi::start().await;
+        let current = details_with(CREATED_EVENT, true, true, |d| d["status"] = json!("cancelled"));
+        api.always("GET", &details_path(CREATED_EVENT), Reply::json(200, current));
         api.always("DELETE", &bots_path(), Reply::json(status, b"{\"success\":true}".to_vec()));
         run_one(&redis, processor_vars(&redis.url(), &api.url()), "meeting-baas/v2/calendar_event_cancelled.json")
             .await;
@@ -329,6 +409,38 @@ async fn v2_cancelled_unschedules_and_a_missing_bot_is_fine() {
         assert_valid(&api.calls());
         assert_eq!(deletes[0].header("x-meeting-baas-api-key"), Some(API_KEY));
     }
+}
+
+#[tokio::test]
+async fn v2_cancelled_decides_from_the_current_event() {
+    // The webhook says a bot was scheduled; the API says none is (any more), or the event is
+    // gone: nothing to delete.
+    for current in [Some(details_with(CREATED_EVENT, false, true, |d| d["status"] = json!("cancelled"))), None] {
+        let redis = RedisServer::start();
+        let api = FakeApi::start().await;
+        if let Some(current) = current.clone() {
+            api.always("GET", &details_path(CREATED_EVENT), Reply::json(200, current));
+        }
+        api.always("DELETE", &bots_path(), Reply::json(200, b"{\"success\":true}".to_vec()));
+        run_one(&redis, processor_vars(&redis.url(), &api.url()), "meeting-baas/v2/calendar_event_cancelled.json")
+            .await;
+        assert!(api.calls_to("DELETE", &bots_path()).is_empty(), "found={}", current.is_some());
+        assert_eq!(api.calls_to("GET", &details_path(CREATED_EVENT)).len(), 1);
+        assert_valid(&api.calls());
+    }
+    // The webhook says no bot, but the API shows one (scheduled since): it is removed.
+    let redis = RedisServer::start();
+    let api = FakeApi::start().await;
+    let current = details_with(CREATED_EVENT, true, true, |d| d["status"] = json!("cancelled"));
+    api.always("GET", &details_path(CREATED_EVENT), Reply::json(200, current));
+    api.always("DELETE", &bots_path(), Reply::json(200, b"{\"success\":true}".to_vec()));
+    let mut body = fixture_json("meeting-baas/v2/calendar_event_cancelled.json");
+    body["data"]["cancelled_instances"][0]["bot_scheduled"] = json!(false);
+    let processor = start_processor(processor_vars(&redis.url(), &api.url())).await;
+    add_event(&redis, "calendar.event_cancelled", &serde_json::to_vec(&body).unwrap(), "stale");
+    all_acked(&redis).await;
+    processor.stop().await;
+    assert_eq!(api.calls_to("DELETE", &bots_path()).len(), 1);
 }
 
 #[tokio::test]

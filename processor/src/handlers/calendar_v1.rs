@@ -4,9 +4,12 @@
 //! Idempotent by construction: the decision is made from the event as the API has it now
 //! (`bot_param` set or null), not from the webhook, so a second run after a success finds the
 //! bot scheduled (or removed) and does nothing.
+//!
+//! Each affected event is a meeting (`v1:<uuid>`): a sync about several is fanned out into one
+//! entry per meeting, each with the webhook's payload narrowed to its one uuid.
 
 use super::meeting_baas::Api;
-use super::{has_ended, parse_payload, Event, Handler, HandlerError, HandlerFuture};
+use super::{has_ended, parse_payload, payload_json, Event, Handler, HandlerError, HandlerFuture, Meeting};
 use crate::config::RecordPolicy;
 use reqwest::Method;
 use serde::Deserialize;
@@ -106,6 +109,24 @@ impl Handler for SyncEvents {
             Ok(())
         })
     }
+
+    fn meetings(&self, event: &Event) -> Result<Vec<Meeting>, HandlerError> {
+        let payload: Payload = parse_payload(event)?;
+        let mut uuids = payload.data.affected_event_uuids;
+        let mut seen = std::collections::HashSet::new();
+        uuids.retain(|uuid| seen.insert(uuid.clone()));
+        let whole = payload_json(event)?;
+        uuids
+            .into_iter()
+            .map(|uuid| {
+                let mut narrowed = whole.clone();
+                narrowed["data"]["affected_event_uuids"] = Value::Array(vec![Value::String(uuid.clone())]);
+                let payload = serde_json::to_vec(&narrowed)
+                    .map_err(|e| HandlerError::permanent(format!("cannot narrow the payload to {uuid}: {e}")))?;
+                Ok(Meeting { key: format!("v1:{uuid}"), payload })
+            })
+            .collect()
+    }
 }
 
 #[cfg(test)]
@@ -122,24 +143,25 @@ mod tests {
         }
     }
 
-    const FUTURE: &str = "2030-06-11T15:45:00Z";
     const PAST: &str = "2020-06-11T15:45:00Z";
 
     #[test]
     fn decisions() {
         use Action::*;
         use RecordPolicy as P;
+        let future = (chrono::Utc::now() + chrono::Duration::days(30)).to_rfc3339();
+        let future = future.as_str();
         let url = "https://meet.example.com/x";
-        assert_eq!(decide(&event(false, false, false, url, FUTURE), P::All), Schedule);
-        assert_eq!(decide(&event(false, false, true, url, FUTURE), P::All), Nothing, "already scheduled");
-        assert_eq!(decide(&event(true, false, true, url, FUTURE), P::All), Unschedule, "deleted");
-        assert_eq!(decide(&event(true, false, false, url, FUTURE), P::All), Nothing, "deleted, no bot");
-        assert_eq!(decide(&event(false, false, false, "", FUTURE), P::All), Nothing, "no url");
+        assert_eq!(decide(&event(false, false, false, url, future), P::All), Schedule);
+        assert_eq!(decide(&event(false, false, true, url, future), P::All), Nothing, "already scheduled");
+        assert_eq!(decide(&event(true, false, true, url, future), P::All), Unschedule, "deleted");
+        assert_eq!(decide(&event(true, false, false, url, future), P::All), Nothing, "deleted, no bot");
+        assert_eq!(decide(&event(false, false, false, "", future), P::All), Nothing, "no url");
         assert_eq!(decide(&event(false, false, false, url, PAST), P::All), Nothing, "ended");
-        assert_eq!(decide(&event(false, false, false, url, FUTURE), P::Organizer), Nothing);
-        assert_eq!(decide(&event(false, true, false, url, FUTURE), P::Organizer), Schedule);
-        assert_eq!(decide(&event(false, false, true, url, FUTURE), P::Organizer), Unschedule, "no longer wanted");
-        assert_eq!(decide(&event(false, true, false, url, FUTURE), P::None), Nothing);
-        assert_eq!(decide(&event(false, true, true, url, FUTURE), P::None), Unschedule);
+        assert_eq!(decide(&event(false, false, false, url, future), P::Organizer), Nothing);
+        assert_eq!(decide(&event(false, true, false, url, future), P::Organizer), Schedule);
+        assert_eq!(decide(&event(false, false, true, url, future), P::Organizer), Unschedule, "no longer wanted");
+        assert_eq!(decide(&event(false, true, false, url, future), P::None), Nothing);
+        assert_eq!(decide(&event(false, true, true, url, future), P::None), Unschedule);
     }
 }

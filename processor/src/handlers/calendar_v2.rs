@@ -1,13 +1,18 @@
 //! The v2 calendar events: schedule bots for new or changed meetings, unschedule them for
 //! cancelled ones.
 //!
-//! Idempotent: before scheduling, the handler reads the instance's current state
-//! (`GET /v2/calendars/{calendar_id}/events/{event_id}`, which also says who organises it) and
-//! skips it when `bot_scheduled` is already true; a `BOT_ALREADY_EXISTS` answer counts as done.
-//! Unscheduling a bot that is already gone answers 404, which counts as done.
+//! Every decision — schedule or unschedule — is made from the API's current event
+//! (`GET /v2/calendars/{calendar_id}/events/{event_id}`; 404: nothing to do), never from the
+//! webhook's copy, which may be stale by the time the entry runs: the webhook only names the
+//! candidate instances. That also makes the handlers idempotent: a second run finds the bot
+//! scheduled (or gone) and does nothing; `BOT_ALREADY_EXISTS` counts as done, and unscheduling
+//! a bot that is already gone answers 404, which counts as done too.
+//!
+//! Each instance is a meeting (`v2:<calendar_id>:<event_id>`): an entry about several is fanned
+//! out into one entry per instance.
 
 use super::meeting_baas::{require_uuid, Api};
-use super::{has_ended, parse_payload, Event, Handler, HandlerError, HandlerFuture};
+use super::{has_ended, parse_payload, payload_json, Event, Handler, HandlerError, HandlerFuture, Meeting};
 use crate::config::RecordPolicy;
 use reqwest::Method;
 use serde::Deserialize;
@@ -42,24 +47,18 @@ struct Series {
     instances: Vec<Instance>,
 }
 
+/// A candidate instance the webhook names. Only its ids are read: everything the decision
+/// needs comes from the API's current event.
 #[derive(Debug, Deserialize)]
 struct Instance {
     event_id: String,
     #[serde(default)]
     series_id: Option<String>,
-    #[serde(default)]
-    end: Option<String>,
-    #[serde(default)]
-    status: Option<String>,
-    #[serde(default)]
-    bot_scheduled: bool,
-    #[serde(default)]
-    meeting_url: Option<String>,
 }
 
 /// `(series_id, instance)` pairs of a payload, from `instances`, `affected_instances` or
 /// `events[].instances` (or, for `cancelled`, `cancelled_instances`).
-fn instances(data: &Data, cancelled: bool) -> Result<Vec<(&str, &Instance)>, HandlerError> {
+fn instances(data: &Data, cancelled: bool) -> Vec<(Option<&str>, &Instance)> {
     let top = data.series_id.as_deref();
     let mut all: Vec<(Option<&str>, &Instance)> = Vec::new();
     if cancelled {
@@ -70,36 +69,73 @@ fn instances(data: &Data, cancelled: bool) -> Result<Vec<(&str, &Instance)>, Han
             all.extend(series.instances.iter().map(|i| (series.series_id.as_deref().or(top), i)));
         }
     }
-    all.into_iter()
-        .map(|(series, instance)| {
-            let series_id =
-                instance.series_id.as_deref().or(series).ok_or_else(|| {
-                    HandlerError::permanent(format!("instance {} has no series_id", instance.event_id))
-                })?;
-            Ok((series_id, instance))
-        })
-        .collect()
+    all.into_iter().map(|(series, instance)| (instance.series_id.as_deref().or(series), instance)).collect()
 }
 
 #[derive(Debug, Deserialize)]
 struct Details {
-    data: DetailsData,
+    data: Current,
 }
 
-#[derive(Debug, Deserialize)]
-struct DetailsData {
+/// The fields of the API's current event (`GET /v2/calendars/{calendar_id}/events/{event_id}`)
+/// that the decisions read.
+#[derive(Debug, Default, Deserialize)]
+pub struct Current {
     #[serde(default)]
-    bot_scheduled: bool,
+    pub series_id: Option<String>,
     #[serde(default)]
-    attendees: Vec<Attendee>,
+    pub status: Option<String>,
+    #[serde(default)]
+    pub end_time: Option<String>,
+    #[serde(default)]
+    pub meeting_url: Option<String>,
+    #[serde(default)]
+    pub bot_scheduled: bool,
+    #[serde(default)]
+    pub attendees: Vec<Attendee>,
 }
 
-#[derive(Debug, Deserialize)]
-struct Attendee {
+#[derive(Debug, Default, Deserialize)]
+pub struct Attendee {
     #[serde(default, rename = "self")]
-    is_self: bool,
+    pub is_self: bool,
     #[serde(default)]
-    organizer: bool,
+    pub organizer: bool,
+}
+
+/// What to do with one instance.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Action {
+    Schedule,
+    Unschedule,
+    Nothing,
+}
+
+/// Whether a `created`/`updated`/`synced` instance gets a bot, from the API's current event
+/// (never from the webhook's copy, which may be stale by the time the entry runs): confirmed,
+/// with a meeting URL, not ended, wanted by `RECORD_POLICY`, and no bot yet.
+pub fn decide_schedule(current: &Current, policy: RecordPolicy) -> Action {
+    let wanted = match policy {
+        RecordPolicy::All => true,
+        RecordPolicy::Organizer => current.attendees.iter().any(|a| a.is_self && a.organizer),
+        RecordPolicy::None => false,
+    };
+    let confirmed = current.status.as_deref() == Some("confirmed");
+    let has_url = current.meeting_url.as_deref().is_some_and(|u| !u.trim().is_empty());
+    if wanted && confirmed && has_url && !current.bot_scheduled && !has_ended(current.end_time.as_deref()) {
+        Action::Schedule
+    } else {
+        Action::Nothing
+    }
+}
+
+/// Whether a cancelled instance's bot is removed: when the API's current event shows one.
+pub fn decide_cancel(current: &Current) -> Action {
+    if current.bot_scheduled {
+        Action::Unschedule
+    } else {
+        Action::Nothing
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -126,35 +162,30 @@ impl Schedule {
         Self { api }
     }
 
-    async fn schedule_one(&self, calendar_id: &str, series_id: &str, instance: &Instance) -> Result<(), HandlerError> {
-        let event_id = instance.event_id.as_str();
-        let candidate = instance.status.as_deref() == Some("confirmed")
-            && instance.meeting_url.as_deref().is_some_and(|u| !u.trim().is_empty())
-            && !instance.bot_scheduled
-            && !has_ended(instance.end.as_deref())
-            && self.api.policy != RecordPolicy::None;
-        if !candidate {
+    /// `series_id` is the webhook's (the instance's, else its series'); the current event's is
+    /// used when the webhook names none.
+    async fn schedule_one(
+        &self,
+        calendar_id: &str,
+        series_id: Option<&str>,
+        event_id: &str,
+    ) -> Result<(), HandlerError> {
+        if self.api.policy == RecordPolicy::None {
             return Ok(());
         }
-        require_uuid("series_id", series_id)?;
         require_uuid("event_id", event_id)?;
-        // The current state: a bot may have been scheduled since the webhook was sent (or by an
-        // earlier run of this very entry).
-        let Some(details) = self.api.get::<Details>(&["v2", "calendars", calendar_id, "events", event_id]).await?
-        else {
+        let Some(current) = current_event(&self.api, calendar_id, event_id).await? else {
             tracing::info!(calendar_id, event_id, "event no longer exists; nothing to do");
             return Ok(());
         };
-        if details.data.bot_scheduled {
-            tracing::debug!(calendar_id, event_id, "bot already scheduled");
+        if decide_schedule(&current, self.api.policy) != Action::Schedule {
+            tracing::debug!(calendar_id, event_id, "no bot wanted, or one is scheduled already");
             return Ok(());
         }
-        if self.api.policy == RecordPolicy::Organizer
-            && !details.data.attendees.iter().any(|a| a.is_self && a.organizer)
-        {
-            tracing::debug!(calendar_id, event_id, "not organised by the calendar's owner; no bot");
-            return Ok(());
-        }
+        let Some(series_id) = series_id.or(current.series_id.as_deref()) else {
+            return Err(HandlerError::permanent(format!("instance {event_id} has no series_id")));
+        };
+        require_uuid("series_id", series_id)?;
         let body = self.api.bot_body(&[
             ("series_id", json!(series_id)),
             ("event_id", json!(event_id)),
@@ -181,17 +212,78 @@ impl Schedule {
     }
 }
 
+/// The API's current event; `None` when it no longer exists (404).
+async fn current_event(api: &Api, calendar_id: &str, event_id: &str) -> Result<Option<Current>, HandlerError> {
+    Ok(api.get::<Details>(&["v2", "calendars", calendar_id, "events", event_id]).await?.map(|d| d.data))
+}
+
+/// The meetings of a v2 payload (see [`Handler::meetings`]): one per instance, keyed
+/// `v2:<calendar_id>:<event_id>`, each with the payload narrowed to that instance (its series
+/// id filled in).
+fn meetings(event: &Event, cancelled: bool) -> Result<Vec<Meeting>, HandlerError> {
+    let payload: Payload = parse_payload(event)?;
+    let calendar_id = payload.data.calendar_id.as_str();
+    let whole = payload_json(event)?;
+    let data = &whole["data"];
+    let top_series = data.get("series_id").cloned().unwrap_or(Value::Null);
+    let mut raw: Vec<(Value, &Value)> = Vec::new();
+    let list = |name: &str| data.get(name).and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+    if cancelled {
+        raw.extend(list("cancelled_instances").iter().map(|i| (top_series.clone(), i)));
+    } else {
+        raw.extend(list("instances").iter().chain(list("affected_instances")).map(|i| (top_series.clone(), i)));
+        for series in list("events") {
+            let series_id = series.get("series_id").cloned().filter(|s| !s.is_null()).unwrap_or(top_series.clone());
+            let instances = series.get("instances").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+            raw.extend(instances.iter().map(|i| (series_id.clone(), i)));
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    let mut out = Vec::new();
+    for (series_id, instance) in raw {
+        let Some(event_id) = instance.get("event_id").and_then(Value::as_str) else {
+            return Err(HandlerError::permanent(format!(
+                "malformed {} payload: an instance has no event_id",
+                event.name
+            )));
+        };
+        if !seen.insert(event_id.to_string()) {
+            continue;
+        }
+        let mut instance = instance.clone();
+        if instance.get("series_id").is_none_or(Value::is_null) {
+            instance["series_id"] = series_id;
+        }
+        let mut narrowed = whole.clone();
+        if let Some(data) = narrowed.get_mut("data").and_then(Value::as_object_mut) {
+            for list in ["instances", "affected_instances", "events", "cancelled_instances"] {
+                data.remove(list);
+            }
+            let list = if cancelled { "cancelled_instances" } else { "instances" };
+            data.insert(list.into(), Value::Array(vec![instance]));
+        }
+        let payload = serde_json::to_vec(&narrowed)
+            .map_err(|e| HandlerError::permanent(format!("cannot narrow the payload to {event_id}: {e}")))?;
+        out.push(Meeting { key: format!("v2:{calendar_id}:{event_id}"), payload });
+    }
+    Ok(out)
+}
+
 impl Handler for Schedule {
     fn handle<'a>(&'a self, event: &'a Event) -> HandlerFuture<'a> {
         Box::pin(async move {
             let payload: Payload = parse_payload(event)?;
             let calendar_id = payload.data.calendar_id.as_str();
-            for (series_id, instance) in instances(&payload.data, false)? {
+            for (series_id, instance) in instances(&payload.data, false) {
                 require_uuid("calendar_id", calendar_id)?;
-                self.schedule_one(calendar_id, series_id, instance).await?;
+                self.schedule_one(calendar_id, series_id, &instance.event_id).await?;
             }
             Ok(())
         })
+    }
+
+    fn meetings(&self, event: &Event) -> Result<Vec<Meeting>, HandlerError> {
+        meetings(event, false)
     }
 }
 
@@ -211,21 +303,76 @@ impl Handler for Cancel {
         Box::pin(async move {
             let payload: Payload = parse_payload(event)?;
             let calendar_id = payload.data.calendar_id.as_str();
-            for (series_id, instance) in instances(&payload.data, true)? {
-                if !instance.bot_scheduled {
+            for (series_id, instance) in instances(&payload.data, true) {
+                let event_id = instance.event_id.as_str();
+                require_uuid("calendar_id", calendar_id)?;
+                require_uuid("event_id", event_id)?;
+                // The webhook's `bot_scheduled` may be stale (a bot scheduled since, or removed):
+                // the API's current event decides.
+                let Some(current) = current_event(&self.api, calendar_id, event_id).await? else {
+                    tracing::info!(calendar_id, event_id, "event no longer exists; nothing to do");
+                    continue;
+                };
+                if decide_cancel(&current) != Action::Unschedule {
+                    tracing::debug!(calendar_id, event_id, "no bot to unschedule");
                     continue;
                 }
-                require_uuid("calendar_id", calendar_id)?;
+                let Some(series_id) = series_id.or(current.series_id.as_deref()) else {
+                    return Err(HandlerError::permanent(format!("instance {event_id} has no series_id")));
+                };
                 require_uuid("series_id", series_id)?;
-                require_uuid("event_id", &instance.event_id)?;
-                let body: Value =
-                    json!({"series_id": series_id, "event_id": instance.event_id, "all_occurrences": false});
+                let body: Value = json!({"series_id": series_id, "event_id": event_id, "all_occurrences": false});
                 match self.api.call(Method::DELETE, &["v2", "calendars", calendar_id, "bots"], Some(&body)).await? {
-                    Some(_) => tracing::info!(calendar_id, event_id = %instance.event_id, "bot unscheduled"),
-                    None => tracing::info!(calendar_id, event_id = %instance.event_id, "no bot to unschedule"),
+                    Some(_) => tracing::info!(calendar_id, event_id, "bot unscheduled"),
+                    None => tracing::info!(calendar_id, event_id, "no bot to unschedule"),
                 }
             }
             Ok(())
         })
+    }
+
+    fn meetings(&self, event: &Event) -> Result<Vec<Meeting>, HandlerError> {
+        meetings(event, true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn current(status: &str, url: &str, end: chrono::Duration, bot: bool) -> Current {
+        Current {
+            series_id: None,
+            status: Some(status.into()),
+            end_time: Some((chrono::Utc::now() + end).to_rfc3339()),
+            meeting_url: Some(url.into()),
+            bot_scheduled: bot,
+            attendees: vec![Attendee { is_self: true, organizer: false }],
+        }
+    }
+
+    #[test]
+    fn schedule_decisions_come_from_the_current_event() {
+        use RecordPolicy as P;
+        let (url, later, earlier) =
+            ("https://meet.example.com/x", chrono::Duration::days(1), chrono::Duration::hours(-1));
+        assert_eq!(decide_schedule(&current("confirmed", url, later, false), P::All), Action::Schedule);
+        assert_eq!(decide_schedule(&current("cancelled", url, later, false), P::All), Action::Nothing, "cancelled");
+        assert_eq!(decide_schedule(&current("tentative", url, later, false), P::All), Action::Nothing, "not confirmed");
+        assert_eq!(decide_schedule(&current("confirmed", " ", later, false), P::All), Action::Nothing, "no URL");
+        assert_eq!(decide_schedule(&current("confirmed", url, earlier, false), P::All), Action::Nothing, "ended");
+        assert_eq!(decide_schedule(&current("confirmed", url, later, true), P::All), Action::Nothing, "has a bot");
+        assert_eq!(decide_schedule(&current("confirmed", url, later, false), P::None), Action::Nothing);
+        assert_eq!(decide_schedule(&current("confirmed", url, later, false), P::Organizer), Action::Nothing);
+        let mut organised = current("confirmed", url, later, false);
+        organised.attendees[0].organizer = true;
+        assert_eq!(decide_schedule(&organised, P::Organizer), Action::Schedule);
+    }
+
+    #[test]
+    fn cancel_decisions_come_from_the_current_event() {
+        let later = chrono::Duration::days(1);
+        assert_eq!(decide_cancel(&current("cancelled", "u", later, true)), Action::Unschedule);
+        assert_eq!(decide_cancel(&current("cancelled", "u", later, false)), Action::Nothing, "no bot (any more)");
     }
 }

@@ -4,6 +4,7 @@
 
 use super::HandlerError;
 use crate::config::{ProcessorConfig, RecordPolicy};
+use crate::limiter::WriteLimiter;
 use reqwest::{Method, StatusCode, Url};
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
@@ -17,6 +18,8 @@ pub struct Api {
     pub policy: RecordPolicy,
     bot_name: String,
     bot_config: Map<String, Value>,
+    /// Every write (POST, PATCH, DELETE) waits for a slot of the shared write limit.
+    limiter: WriteLimiter,
 }
 
 /// A successful answer.
@@ -26,7 +29,7 @@ pub struct Answer {
 }
 
 impl Api {
-    pub fn new(http: reqwest::Client, config: &ProcessorConfig) -> Self {
+    pub fn new(http: reqwest::Client, config: &ProcessorConfig, limiter: WriteLimiter) -> Self {
         Self {
             http,
             base: config.api_url.clone(),
@@ -34,6 +37,7 @@ impl Api {
             policy: config.record_policy,
             bot_name: config.bot_name.clone(),
             bot_config: config.bot_config.clone(),
+            limiter,
         }
     }
 
@@ -56,6 +60,12 @@ impl Api {
     ) -> Result<Option<Answer>, HandlerError> {
         let url = self.url(segments)?;
         let what = format!("{method} {}", url.path());
+        if method != Method::GET {
+            // The wait is not this attempt's slowness: it does not count against its timeout.
+            crate::retry::excluded(self.limiter.acquire())
+                .await
+                .map_err(|e| HandlerError::transient(format!("{what}: the API write limiter in Redis failed: {e}")))?;
+        }
         let mut request = self.http.request(method, url);
         if let Some(key) = &self.api_key {
             request = request.header(API_KEY_HEADER, key);

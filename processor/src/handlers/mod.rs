@@ -38,6 +38,16 @@ pub struct Event {
     pub payload: Vec<u8>,
 }
 
+/// One meeting an event is about (see [`Handler::meetings`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Meeting {
+    /// The meeting's identity across entries, the key of its lock ([`crate::lock`]): v1
+    /// `v1:<event uuid>`, v2 `v2:<calendar_id>:<event_id>`.
+    pub key: String,
+    /// The event's payload narrowed to this one meeting: the payload of its fan-out entry.
+    pub payload: Vec<u8>,
+}
+
 /// Why an attempt failed, and whether trying again can help.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum HandlerError {
@@ -105,6 +115,14 @@ pub type HandlerFuture<'a> = Pin<Box<dyn Future<Output = Result<(), HandlerError
 /// Does the work one event asks for.
 pub trait Handler: Send + Sync {
     fn handle<'a>(&'a self, event: &'a Event) -> HandlerFuture<'a>;
+
+    /// The meetings the event is about, in payload order (none: the event is not about
+    /// meetings, e.g. a forwarded bot result). An entry about one meeting is handled under that
+    /// meeting's lock; an entry about several is first fanned out into one entry per meeting
+    /// (see [`crate::worker`]). A payload that cannot be read is a permanent error.
+    fn meetings(&self, _event: &Event) -> Result<Vec<Meeting>, HandlerError> {
+        Ok(Vec::new())
+    }
 }
 
 /// Event name → handler, with a fallback.
@@ -128,10 +146,10 @@ impl Registry {
         self.handlers.get(event).unwrap_or(&self.fallback)
     }
 
-    /// The built-in handlers of SPEC §4.1.
-    pub fn standard(config: &ProcessorConfig) -> Result<Self, reqwest::Error> {
+    /// The built-in handlers of SPEC §4.1; their API writes go through `limiter`.
+    pub fn standard(config: &ProcessorConfig, limiter: crate::limiter::WriteLimiter) -> Result<Self, reqwest::Error> {
         let http = http_client(config.handler_timeout)?;
-        let api = Arc::new(meeting_baas::Api::new(http.clone(), config));
+        let api = Arc::new(meeting_baas::Api::new(http.clone(), config, limiter));
         let mut registry = Self::new(Arc::new(forward::Forward::new(http, config.forward_url.clone())));
         registry.register("calendar.sync_events", Arc::new(calendar_v1::SyncEvents::new(api.clone())));
         let schedule = Arc::new(calendar_v2::Schedule::new(api.clone()));
@@ -162,6 +180,12 @@ pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
     }
     let when = chrono::DateTime::parse_from_rfc2822(value).ok()?;
     (when.with_timezone(&chrono::Utc) - chrono::Utc::now()).to_std().ok()
+}
+
+/// A payload as JSON, for narrowing it to one meeting; unreadable is a permanent error.
+pub fn payload_json(event: &Event) -> Result<serde_json::Value, HandlerError> {
+    serde_json::from_slice(&event.payload)
+        .map_err(|e| HandlerError::permanent(format!("malformed {} payload: {e}", event.name)))
 }
 
 /// Whether an RFC 3339 end time lies in the past. A missing or unreadable time counts as not

@@ -1,0 +1,73 @@
+//! The Meeting BaaS API's write limit, shared by every replica.
+//!
+//! Meeting BaaS limits writes per team (5, 10 or 20 per second by plan) and answers 429 beyond
+//! that. Every POST, PATCH and DELETE a processor sends first asks the limiter in Redis
+//! (`{ns}:ratelimit:api-writes`) for a slot, so all replicas together stay at
+//! `API_WRITES_PER_SEC` instead of each bursting up to `CONCURRENCY` writes and retrying on 429s.
+//!
+//! The limiter is GCRA (the generic cell rate algorithm) in one script: the key holds the
+//! theoretical arrival time (TAT) of the next write, in microseconds of Redis's own clock (so
+//! replicas' clocks do not matter). A write may go when the TAT is not in the future; it then
+//! moves the TAT one interval (1 s / rate) on. Otherwise the script answers how long to wait;
+//! the caller sleeps that long and asks again (another replica may have taken the slot).
+//! Writes are spaced evenly — no burst — so no one-second window ever holds more than the rate
+//! allows. The wait is not a failed attempt and does not count against the handler's timeout
+//! ([`crate::retry::excluded`]).
+
+use redis::{RedisResult, Script};
+use shared::conn::Conn;
+use std::time::Duration;
+
+const GCRA_SCRIPT: &str = r#"
+-- KEYS[1] limiter; ARGV[1] interval between two writes, microseconds.
+-- Returns 0 when a write may go now (and takes its slot), else the microseconds to wait.
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local interval = tonumber(ARGV[1])
+local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tat < now then
+  tat = now
+end
+if tat > now then
+  return tat - now
+end
+redis.call('SET', KEYS[1], string.format('%d', tat + interval), 'PX', math.ceil(interval / 1000) + 1000)
+return 0
+"#;
+
+/// The shared write limiter; `None` rate means unlimited (`API_WRITES_PER_SEC=0`).
+#[derive(Clone)]
+pub struct WriteLimiter {
+    key: String,
+    con: Option<Conn>,
+    interval_us: u64,
+    script: Script,
+}
+
+impl WriteLimiter {
+    /// A limiter of `per_sec` writes per second for all replicas together (0: no limit).
+    pub fn new(key: String, con: Conn, per_sec: u32) -> Self {
+        let (con, interval_us) = match per_sec {
+            0 => (None, 0),
+            n => (Some(con), 1_000_000 / u64::from(n)),
+        };
+        Self { key, con, interval_us, script: Script::new(GCRA_SCRIPT) }
+    }
+
+    /// No limit (for handlers built without Redis, e.g. in unit tests).
+    pub fn unlimited() -> Self {
+        Self { key: String::new(), con: None, interval_us: 0, script: Script::new(GCRA_SCRIPT) }
+    }
+
+    /// Waits for a write slot. A Redis error is returned (the attempt fails transiently).
+    pub async fn acquire(&self) -> RedisResult<()> {
+        let Some(con) = &self.con else { return Ok(()) };
+        loop {
+            let wait_us: u64 = self.script.key(&self.key).arg(self.interval_us).invoke_async(&mut con.clone()).await?;
+            if wait_us == 0 {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_micros(wait_us)).await;
+        }
+    }
+}
