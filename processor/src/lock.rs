@@ -92,6 +92,7 @@ impl MeetingLocks {
             }
             if !waited {
                 tracing::debug!(meeting = meeting_key, "meeting is locked by another entry; waiting");
+                crate::metrics::lock_wait();
                 waited = true;
             }
             tokio::time::sleep(jitter(pause)).await;

@@ -6,6 +6,8 @@ use std::sync::OnceLock;
 pub const ENTRIES_TOTAL: &str = "hookstream_processor_entries_total";
 pub const ATTEMPTS_TOTAL: &str = "hookstream_processor_attempts_total";
 pub const HANDLER_DURATION: &str = "hookstream_processor_handler_duration_seconds";
+pub const LOCK_WAITS_TOTAL: &str = "hookstream_processor_lock_waits_total";
+pub const API_WRITE_WAITS_TOTAL: &str = "hookstream_processor_api_write_waits_total";
 
 /// What became of an entry: the `outcome` label of [`ENTRIES_TOTAL`].
 #[derive(Debug, Clone, Copy)]
@@ -60,6 +62,8 @@ struct Handles {
     attempts: [metrics::Counter; 3],
     /// One histogram per known event name, and the last one for `other`.
     durations: Vec<metrics::Histogram>,
+    lock_waits: metrics::Counter,
+    api_write_waits: metrics::Counter,
 }
 
 fn handles() -> &'static Handles {
@@ -72,7 +76,19 @@ fn handles() -> &'static Handles {
             .chain(std::iter::once(&OTHER_EVENT))
             .map(|e| metrics::histogram!(HANDLER_DURATION, "event" => *e))
             .collect(),
+        lock_waits: metrics::counter!(LOCK_WAITS_TOTAL),
+        api_write_waits: metrics::counter!(API_WRITE_WAITS_TOTAL),
     })
+}
+
+/// An entry found its meeting locked by another and waits for it.
+pub fn lock_wait() {
+    handles().lock_waits.increment(1);
+}
+
+/// An API write waits for a slot of the shared write limit.
+pub fn api_write_wait() {
+    handles().api_write_waits.increment(1);
 }
 
 pub fn entries(outcome: Entry, n: u64) {
