@@ -1,5 +1,6 @@
 //! A meeting lock's holder killed with SIGKILL frees the meeting within the lock's TTL
 //! (`CLAIM_IDLE_MS`): real processes, so the holder can die for real.
+#![allow(clippy::unwrap_used)] // test helpers may unwrap: a panic is how a test fails
 
 use hookstream_tests::fake_api::{FakeApi, Gate, Reply};
 use hookstream_tests::{eventually, fixture, fixture_json, RedisServer};
