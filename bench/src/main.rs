@@ -331,7 +331,23 @@ async fn run_sink(addr: SocketAddr, log: Option<SinkLog>) -> std::io::Result<()>
                     async move {
                         let at = now_ms();
                         let id = req.headers().get("x-hookstream-id").and_then(|v| v.to_str().ok());
+                        let path = req.uri().path();
                         let body = match (&log, id) {
+                            // A stand-in Meeting BaaS v1 for `scripts/bench-drain`: every calendar
+                            // event is upcoming, with a meeting URL and no bot (so it gets one),
+                            // except those whose uuid starts with `read-` (no URL: read only).
+                            (None, _)
+                                if path.starts_with("/calendar_events/") && req.method() == hyper::Method::GET =>
+                            {
+                                if path.starts_with("/calendar_events/read-") {
+                                    Bytes::from_static(
+                                        br#"{"meeting_url":"","end_time":"2999-01-01T00:00:00Z","bot_param":null}"#,
+                                    )
+                                } else {
+                                    Bytes::from_static(br#"{"meeting_url":"https://meet.example.com/x","end_time":"2999-01-01T00:00:00Z","bot_param":null}"#)
+                                }
+                            }
+                            (None, _) if path.starts_with("/calendar_events/") => Bytes::from_static(b"[]"),
                             (None, _) => Bytes::from_static(br#"{"status":"accepted","id":"0-0"}"#),
                             (Some(log), Some(id)) => {
                                 if let Ok(mut log) = log.lock() {

@@ -1,41 +1,54 @@
 //! One delivery, one value.
 //!
 //! An entry this process has read or reclaimed is *held* until it is let go. [`Held`] is the
-//! table of what is held — since when (the lease keeper renews the old ones), whether the lease
-//! was lost, and the task handling it (aborted if the shutdown grace runs out). Each row is
-//! owned by a [`Lease`]: dropping the lease removes the row, so the table never keeps an entry
-//! nobody handles.
+//! table of what is held — when its idle time was last reset (the lease keeper renews the old
+//! ones), whether the lease was lost, the meeting lock its handler holds (renewed with it), and
+//! the task handling it (aborted if the shutdown grace runs out). Each row is owned by a
+//! [`Lease`]: dropping the lease removes the row, so the table never keeps an entry nobody
+//! handles.
 //!
 //! A [`Delivery`] is an entry with its lease, its delivery count and its `CONCURRENCY` slot. It
 //! is consumed by its verdict — [`Delivery::ack`] or [`Delivery::dead_letter`] — or dropped.
 //! When the lease keeper finds that another consumer took the entry over, the lease is marked
 //! lost: the handler is stopped ([`Delivery::lost`]), and neither verdict writes anything: the
-//! new owner decides. Redis checks the same thing once more when the verdict is written (the
-//! ack and dead-letter scripts act only on entries this consumer owns), so a lease lost in the
-//! last moment cannot slip through either.
+//! new owner decides. Redis checks the same thing once more when the verdict is written, so a
+//! lease lost in the last moment cannot slip through either: the dead-letter script acts only
+//! on entries this consumer owns, and so does an ack — as a script, unless the entry's idle
+//! time was reset less than half of `CLAIM_IDLE_MS` ago (timed from before the command that
+//! reset it was sent). Then no replica can have reclaimed it (XAUTOCLAIM takes only entries
+//! idle for `CLAIM_IDLE_MS`), and a plain XACK — half the Redis work — is just as safe. This
+//! relies on every replica using the same `CLAIM_IDLE_MS` (the README says so).
 
 use crate::acker::Acker;
+use crate::lock::LockHandle;
 use crate::replies::StreamEntry;
 use crate::retry::reconnect_backoff;
 use crate::stream::{is_nogroup, RedisState, Stream};
 use backoff::backoff::Backoff;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::task::AbortHandle;
+use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
 /// The table of what this process holds.
-#[derive(Default)]
 pub struct Held {
     rows: Mutex<HashMap<String, Row>>,
+    /// Half of `CLAIM_IDLE_MS`: an entry reset more recently than this cannot have been
+    /// reclaimed by another replica.
+    fresh_for: Duration,
 }
 
 struct Row {
-    since: Instant,
+    /// When the command that last reset the entry's idle time (its delivery, or a lease
+    /// renewal) was sent.
+    reset: Instant,
     lost: CancellationToken,
     task: Option<AbortHandle>,
+    /// The meeting lock the entry's handler holds right now.
+    lock: Option<LockHandle>,
 }
 
 impl Held {
@@ -43,25 +56,62 @@ impl Held {
         self.rows.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Starts holding `id`: its lease, or `None` when this process already holds it (read again
-    /// through a reclaim race: the first holder goes on).
-    pub fn hold(self: &Arc<Self>, id: &str) -> Option<Lease> {
+    /// An empty table for a consumer whose entries are reclaimed after `claim_idle`.
+    pub fn new(claim_idle: Duration) -> Self {
+        Self { rows: Mutex::default(), fresh_for: claim_idle / 2 }
+    }
+
+    /// Starts holding `id`, delivered by a command sent at `sent`: its lease, or `None` when
+    /// this process already holds it (read again through a reclaim race: the first holder goes
+    /// on).
+    pub fn hold(self: &Arc<Self>, id: &str, sent: Instant) -> Option<Lease> {
         let mut rows = self.rows();
         if rows.contains_key(id) {
             return None;
         }
         let lost = CancellationToken::new();
-        rows.insert(id.to_string(), Row { since: Instant::now(), lost: lost.clone(), task: None });
+        rows.insert(id.to_string(), Row { reset: sent, lost: lost.clone(), task: None, lock: None });
         Some(Lease { id: id.to_string(), lost, held: self.clone() })
     }
 
-    /// The ids held longer than `age` whose lease is not lost: the ones to renew.
+    /// The ids not reset for `age` whose lease is not lost: the ones to renew.
     pub fn due(&self, age: Duration) -> Vec<String> {
         self.rows()
             .iter()
-            .filter(|(_, row)| !row.lost.is_cancelled() && row.since.elapsed() >= age)
+            .filter(|(_, row)| !row.lost.is_cancelled() && row.reset.elapsed() >= age)
             .map(|(id, _)| id.clone())
             .collect()
+    }
+
+    /// The meeting locks held by handlers that were not renewed for `age`.
+    pub fn due_locks(&self, age: Duration) -> Vec<LockHandle> {
+        self.rows()
+            .values()
+            .filter_map(|row| row.lock.clone())
+            .filter(|lock| crate::lock::MeetingLocks::due(lock, age))
+            .collect()
+    }
+
+    /// The lease of `ids` was renewed by a command sent at `sent`.
+    pub fn renewed(&self, ids: &[String], sent: Instant) {
+        let mut rows = self.rows();
+        for id in ids {
+            if let Some(row) = rows.get_mut(id) {
+                row.reset = sent;
+            }
+        }
+    }
+
+    /// Whether `id` was reset so recently that no other replica can have reclaimed it.
+    fn fresh(&self, id: &str) -> bool {
+        self.rows().get(id).is_some_and(|row| row.reset.elapsed() < self.fresh_for)
+    }
+
+    /// The handler of `id` holds `lock` (`None`: released): it is renewed with the lease.
+    pub fn set_lock(&self, id: &str, lock: Option<LockHandle>) {
+        if let Some(row) = self.rows().get_mut(id) {
+            row.lock = lock;
+        }
     }
 
     /// Another consumer owns `id` now: its delivery stops and writes no verdict.
@@ -109,6 +159,10 @@ pub struct Lease {
 impl Lease {
     pub fn id(&self) -> &str {
         &self.id
+    }
+
+    fn fresh(&self) -> bool {
+        self.held.fresh(&self.id)
     }
 }
 
@@ -161,6 +215,11 @@ impl Delivery {
         self.lease.lost.is_cancelled()
     }
 
+    /// The handler holds `lock` now (`None`: released); the lease keeper renews it meanwhile.
+    pub fn holds_lock(&self, lock: Option<LockHandle>) {
+        self.lease.held.set_lock(&self.entry.id, lock);
+    }
+
     /// Frees the `CONCURRENCY` slot (the handler is done; only the verdict is left to write).
     pub fn release_slot(&mut self) {
         self.slot = None;
@@ -168,9 +227,13 @@ impl Delivery {
 
     /// Acks the entry (batched), retrying Redis errors until it is written or the lease is lost.
     pub async fn ack(self, acker: &Acker, redis: &RedisState) -> Settled {
-        self.settle("ack", redis, || async { acker.ack(&self.entry.id).await.map(|acked| acked.then_some(())) })
-            .await
-            .map_or_else(|settled| settled, |()| Settled::Acked)
+        self.settle("ack", redis, || async {
+            // Checked by Redis unless no other replica can have taken the entry (module docs).
+            let checked = !self.lease.fresh();
+            acker.ack(&self.entry.id, checked).await.map(|acked| acked.then_some(()))
+        })
+        .await
+        .map_or_else(|settled| settled, |()| Settled::Acked)
     }
 
     /// Moves the entry to `{ns}:dead` with `reason` (one script: ack + dead copy, only if this

@@ -17,6 +17,7 @@ use backoff::backoff::Backoff;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
 /// An entry held and not yet started.
@@ -32,10 +33,10 @@ pub struct Dispatcher {
 }
 
 impl Dispatcher {
-    pub fn new(worker: Arc<Worker>, concurrency: usize, stop: watch::Receiver<bool>) -> Self {
+    pub fn new(worker: Arc<Worker>, concurrency: usize, claim_idle: Duration, stop: watch::Receiver<bool>) -> Self {
         Self {
             worker,
-            held: Arc::new(Held::default()),
+            held: Arc::new(Held::new(claim_idle)),
             permits: Arc::new(Semaphore::new(concurrency)),
             tasks: TaskTracker::new(),
             stop,
@@ -74,10 +75,11 @@ impl Dispatcher {
         }
     }
 
-    /// Holds every entry (the lease keeper covers it from now on). An entry this process
-    /// already holds (read again through a reclaim race) is dropped.
-    pub fn hold(&self, entries: Vec<StreamEntry>) -> Vec<HeldEntry> {
-        entries.into_iter().filter_map(|e| self.held.hold(&e.id).map(|lease| (e, lease))).collect()
+    /// Holds every entry, delivered by a command sent at `sent` (the lease keeper covers it
+    /// from now on). An entry this process already holds (read again through a reclaim race) is
+    /// dropped.
+    pub fn hold(&self, entries: Vec<StreamEntry>, sent: Instant) -> Vec<HeldEntry> {
+        entries.into_iter().filter_map(|e| self.held.hold(&e.id, sent).map(|lease| (e, lease))).collect()
     }
 
     /// Starts a delivery for each held entry as a slot frees up. `fresh` entries (new, read with

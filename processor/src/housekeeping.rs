@@ -20,6 +20,7 @@ pub async fn reclaim(dispatcher: &Dispatcher, claim_idle: Duration, batch: usize
             if free == 0 {
                 break;
             }
+            let sent = tokio::time::Instant::now();
             match stream.autoclaim(claim_idle, &cursor, free).await {
                 Ok(claim) => {
                     redis.ok();
@@ -29,7 +30,7 @@ pub async fn reclaim(dispatcher: &Dispatcher, claim_idle: Duration, batch: usize
                     if !claim.claimed.is_empty() {
                         crate::metrics::entries(crate::metrics::Entry::Reclaimed, claim.claimed.len() as u64);
                         tracing::info!(entries = claim.claimed.len(), "reclaimed idle entries");
-                        let held = dispatcher.hold(claim.claimed);
+                        let held = dispatcher.hold(claim.claimed, sent);
                         dispatcher.dispatch_batch(held, false).await;
                     }
                     if claim.next == "0-0" || dispatcher.stopping() {

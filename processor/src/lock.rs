@@ -10,9 +10,12 @@
 //! - its value is a random token, set with `SET NX PX <ttl>`; the TTL is `CLAIM_IDLE_MS`, the
 //!   same time after which a dead processor's entries are reclaimed, so a holder that dies
 //!   (SIGKILL, lost host) frees its meetings no later than its entries;
-//! - while held, it is renewed every TTL / 3 (only while the token is still ours: a script);
-//! - it is released by its token only (a script), so a holder whose lock expired can never
-//!   release the next holder's;
+//! - while held, it is renewed by the lease keeper, with the entry's lease, every TTL / 3 (only
+//!   while the token is still ours: a script);
+//! - it is released by its token only, so a holder whose lock expired can never release the
+//!   next holder's: a plain DEL while the lock cannot have expired yet (less than half its TTL
+//!   since it was taken or last renewed, timed from before the command was sent), the
+//!   token-checking script otherwise;
 //! - a meeting that is locked is waited for — never skipped — with a jittered backoff from
 //!   10 ms up to 250 ms between tries (no busy loop). The entry keeps its lease meanwhile, and
 //!   the wait does not count against its handler timeout ([`crate::retry::excluded`]).
@@ -20,8 +23,9 @@
 use redis::{RedisResult, Script};
 use shared::conn::Conn;
 use shared::keys::Keys;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio_util::sync::CancellationToken;
+use tokio::time::Instant;
 
 const RENEW_SCRIPT: &str = r#"
 -- KEYS[1] lock; ARGV[1] token, ARGV[2] ttl ms. Extends the lock while it is still ours.
@@ -53,13 +57,31 @@ pub struct MeetingLocks {
     release: Script,
 }
 
-/// A held meeting lock: renewed until [`MeetingLock::release`] (or drop, which releases in the
-/// background).
-pub struct MeetingLock {
+/// What the lease keeper needs to renew a held lock: its key, token, and since when it surely
+/// holds (updated on each renewal).
+#[derive(Clone)]
+pub struct LockHandle {
     key: String,
     token: String,
+    /// When the last SET or renewal that succeeded was sent.
+    valid_from: Arc<Mutex<Instant>>,
+}
+
+impl LockHandle {
+    fn valid_from(&self) -> Instant {
+        *self.valid_from.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn renewed(&self, sent: Instant) {
+        *self.valid_from.lock().unwrap_or_else(|p| p.into_inner()) = sent;
+    }
+}
+
+/// A held meeting lock, until [`MeetingLock::release`] (or drop, which releases in the
+/// background).
+pub struct MeetingLock {
+    handle: LockHandle,
     locks: MeetingLocks,
-    renewing: CancellationToken,
     released: bool,
 }
 
@@ -72,10 +94,11 @@ impl MeetingLocks {
     /// attempt fails transiently and is retried).
     pub async fn lock(&self, meeting_key: &str) -> RedisResult<MeetingLock> {
         let key = self.keys.lock(meeting_key);
-        let token = uuid::Uuid::new_v4().to_string();
+        let token = uuid::Uuid::new_v4().simple().to_string();
         let mut pause = FIRST_RETRY;
         let mut waited = false;
         loop {
+            let sent = Instant::now();
             let taken: Option<String> = redis::cmd("SET")
                 .arg(&key)
                 .arg(&token)
@@ -88,7 +111,8 @@ impl MeetingLocks {
                 if waited {
                     tracing::debug!(meeting = meeting_key, "meeting lock taken after waiting");
                 }
-                return Ok(self.held(key, token));
+                let handle = LockHandle { key, token, valid_from: Arc::new(Mutex::new(sent)) };
+                return Ok(MeetingLock { handle, locks: self.clone(), released: false });
             }
             if !waited {
                 tracing::debug!(meeting = meeting_key, "meeting is locked by another entry; waiting");
@@ -100,45 +124,54 @@ impl MeetingLocks {
         }
     }
 
-    fn held(&self, key: String, token: String) -> MeetingLock {
-        let renewing = CancellationToken::new();
-        let (locks, k, t, stop) = (self.clone(), key.clone(), token.clone(), renewing.clone());
-        tokio::spawn(async move {
-            let every = (locks.ttl / 3).max(Duration::from_millis(10));
-            loop {
-                tokio::select! {
-                    _ = tokio::time::sleep(every) => {}
-                    _ = stop.cancelled() => return,
-                }
-                let renewed: RedisResult<i64> = locks
-                    .renew
-                    .key(&k)
-                    .arg(&t)
-                    .arg(locks.ttl.as_millis() as u64)
-                    .invoke_async(&mut locks.con.clone())
-                    .await;
-                match renewed {
-                    Ok(1) => {}
-                    Ok(_) => {
-                        tracing::warn!(lock = %k, "a meeting lock expired while held (Redis unreachable for longer than its TTL)");
-                        return;
-                    }
-                    Err(err) => {
-                        tracing::debug!(error = %err, lock = %k, "renewing a meeting lock failed; will try again")
-                    }
-                }
+    /// Renews `locks` (one script call each; locks live long enough to need it only when an
+    /// attempt waits long, e.g. for the write limit); a lock found no longer ours is reported.
+    pub async fn renew(&self, locks: &[LockHandle]) -> RedisResult<()> {
+        for lock in locks {
+            let sent = Instant::now();
+            let renewed: i64 = self
+                .renew
+                .key(&lock.key)
+                .arg(&lock.token)
+                .arg(self.ttl.as_millis() as u64)
+                .invoke_async(&mut self.con.clone())
+                .await?;
+            if renewed == 1 {
+                lock.renewed(sent);
+            } else {
+                tracing::warn!(lock = %lock.key, "a meeting lock expired while held (Redis unreachable for longer than its TTL)");
             }
-        });
-        MeetingLock { key, token, locks: self.clone(), renewing, released: false }
+        }
+        Ok(())
+    }
+
+    /// Whether `lock` has not been renewed for `age`.
+    pub fn due(lock: &LockHandle, age: Duration) -> bool {
+        lock.valid_from().elapsed() >= age
     }
 }
 
 impl MeetingLock {
+    /// What the lease keeper renews while this lock is held.
+    pub fn handle(&self) -> LockHandle {
+        self.handle.clone()
+    }
+
     /// Releases the lock (only if it is still ours).
     pub async fn release(mut self) {
         self.released = true;
-        self.renewing.cancel();
-        release(&self.locks, &self.key, &self.token).await;
+        let still_ours = self.handle.valid_from().elapsed() < self.locks.ttl / 2;
+        let handle = self.handle.clone();
+        if still_ours {
+            // It cannot have expired yet, so no one else can hold it: a plain DEL is safe.
+            let deleted: RedisResult<i64> =
+                redis::cmd("DEL").arg(&handle.key).query_async(&mut self.locks.con.clone()).await;
+            if let Err(err) = deleted {
+                tracing::debug!(error = %err, lock = %handle.key, "releasing a meeting lock failed; its TTL will free it");
+            }
+        } else {
+            release(&self.locks, &handle.key, &handle.token).await;
+        }
     }
 }
 
@@ -147,12 +180,11 @@ impl Drop for MeetingLock {
         if self.released {
             return;
         }
-        // Dropped without `release` (the attempt was cancelled or timed out): stop renewing and
-        // release in the background; should that fail, the TTL frees it.
-        self.renewing.cancel();
-        let (locks, key, token) = (self.locks.clone(), std::mem::take(&mut self.key), std::mem::take(&mut self.token));
+        // Dropped without `release` (the attempt was cancelled or timed out): release in the
+        // background; should that fail, the TTL frees it.
+        let (locks, handle) = (self.locks.clone(), self.handle.clone());
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move { release(&locks, &key, &token).await });
+            runtime.spawn(async move { release(&locks, &handle.key, &handle.token).await });
         }
     }
 }

@@ -66,6 +66,7 @@ async fn read_batches(
             _ = dispatcher.stopped() => break,
         };
         let Ok(room) = room else { break };
+        let sent = tokio::time::Instant::now();
         let read = tokio::select! {
             read = stream.read(&mut reader, &from, batch, block_for) => read,
             _ = dispatcher.stopped() => break,
@@ -84,7 +85,7 @@ async fn read_batches(
                     }
                 }
                 if !entries.is_empty() {
-                    room.send((dispatcher.hold(entries), pending_from.is_none()));
+                    room.send((dispatcher.hold(entries, sent), pending_from.is_none()));
                 }
             }
             Err(err) if is_nogroup(&err) => {

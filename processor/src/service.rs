@@ -105,7 +105,7 @@ impl Processor {
         let Processor { config, worker, reader, metrics_listener } = self;
         tracing::info!(consumer = %config.consumer, group = %config.group, stream = %worker.stream.keys.events, "processor starting");
         let (stop_tx, stop) = watch::channel(false);
-        let dispatcher = Arc::new(Dispatcher::new(worker.clone(), config.concurrency, stop));
+        let dispatcher = Arc::new(Dispatcher::new(worker.clone(), config.concurrency, config.claim_idle, stop));
 
         let mut health = {
             let stream = worker.stream.clone();
@@ -126,6 +126,7 @@ impl Processor {
         let lease_keeper = tokio::spawn(crate::lease::run(
             dispatcher.held.clone(),
             worker.stream.clone(),
+            worker.locks.clone(),
             (config.claim_idle / 3).max(Duration::from_millis(10)),
         ));
         let mut reclaimer = {

@@ -17,8 +17,10 @@
 //!   it never steals an entry another replica has reclaimed; the ones it no longer owns are
 //!   reported, and their deliveries end without a verdict (see [`crate::delivery`]).
 //! - **One owner's verdict.** XACK removes an id from the PEL whoever owns it, so an ack is a
-//!   script that acks only the ids this consumer still owns: a consumer that lost an entry to a
-//!   reclaim can never pull it from under the new owner.
+//!   script that acks only the ids this consumer still owns — or a plain XACK when the entry's
+//!   idle time was reset so recently that no replica can have reclaimed it (see
+//!   [`crate::delivery`]): a consumer that lost an entry can never pull it from under the new
+//!   owner.
 //! - **Deliveries.** The PEL counts how often each entry was delivered; past `MAX_DELIVERIES`
 //!   an entry is a poison entry and goes to the dead stream without running the handler. The
 //!   count is read per entry (XPENDING id id), never guessed.
@@ -261,6 +263,31 @@ impl Stream {
         let mut invocation = self.ack_script.key(&self.keys.events);
         invocation.arg(&self.group).arg(&self.consumer).arg(ids);
         invocation.invoke_async(&mut self.con()).await
+    }
+
+    /// One round trip for a batch of acks: `plain` ids with XACK, `checked` ones with
+    /// [`Self::ack_owned`]; returns the checked ids this consumer did not own.
+    pub async fn ack_batch(&self, plain: &[&str], checked: &[&str]) -> RedisResult<Vec<String>> {
+        if checked.is_empty() {
+            if !plain.is_empty() {
+                redis::cmd("XACK")
+                    .arg(&self.keys.events)
+                    .arg(&self.group)
+                    .arg(plain)
+                    .query_async::<i64>(&mut self.con())
+                    .await?;
+            }
+            return Ok(Vec::new());
+        }
+        if !plain.is_empty() {
+            // Both at once: the XACK is pipelined ahead of the script on the shared connection.
+            let mut con = self.con();
+            let xack = redis::cmd("XACK").arg(&self.keys.events).arg(&self.group).arg(plain).to_owned();
+            let (acked, lost) = tokio::join!(xack.query_async::<i64>(&mut con), self.ack_owned(checked));
+            acked?;
+            return lost;
+        }
+        self.ack_owned(checked).await
     }
 
     /// The dead-letter script (see the module docs): `Some(dead id)` when this call moved the

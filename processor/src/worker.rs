@@ -94,7 +94,7 @@ impl Worker {
         let meeting = meetings.into_iter().next().map(|m| m.key);
         let started = Instant::now();
         let attempt = |_| {
-            let (handler, event, meeting) = (&handler, &event, &meeting);
+            let (handler, event, meeting, delivery) = (&handler, &event, &meeting, &delivery);
             async move {
                 let lock =
                     match meeting {
@@ -104,8 +104,11 @@ impl Worker {
                         })?),
                         None => None,
                     };
+                // Renewed with the entry's lease while held.
+                delivery.holds_lock(lock.as_ref().map(|l| l.handle()));
                 let result = handler.handle(event).await;
                 if let Some(lock) = lock {
+                    delivery.holds_lock(None);
                     lock.release().await;
                 }
                 result

@@ -115,6 +115,12 @@ impl Handler for SyncEvents {
         let mut uuids = payload.data.affected_event_uuids;
         let mut seen = std::collections::HashSet::new();
         uuids.retain(|uuid| seen.insert(uuid.clone()));
+        if uuids.len() == 1 {
+            return Ok(uuids
+                .into_iter()
+                .map(|uuid| Meeting { key: format!("v1:{uuid}"), payload: Vec::new() })
+                .collect());
+        }
         let whole = payload_json(event)?;
         uuids
             .into_iter()

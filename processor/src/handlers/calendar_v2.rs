@@ -223,6 +223,10 @@ async fn current_event(api: &Api, calendar_id: &str, event_id: &str) -> Result<O
 fn meetings(event: &Event, cancelled: bool) -> Result<Vec<Meeting>, HandlerError> {
     let payload: Payload = parse_payload(event)?;
     let calendar_id = payload.data.calendar_id.as_str();
+    let named = instances(&payload.data, cancelled);
+    if let [(_, only)] = named.as_slice() {
+        return Ok(vec![Meeting { key: format!("v2:{calendar_id}:{}", only.event_id), payload: Vec::new() }]);
+    }
     let whole = payload_json(event)?;
     let data = &whole["data"];
     let top_series = data.get("series_id").cloned().unwrap_or(Value::Null);

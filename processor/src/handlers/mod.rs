@@ -45,6 +45,7 @@ pub struct Meeting {
     /// `v1:<event uuid>`, v2 `v2:<calendar_id>:<event_id>`.
     pub key: String,
     /// The event's payload narrowed to this one meeting: the payload of its fan-out entry.
+    /// Empty when the event is about this meeting alone (it is handled as it is: no fan-out).
     pub payload: Vec<u8>,
 }
 
