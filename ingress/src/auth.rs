@@ -38,6 +38,15 @@ const WEBHOOK_ID: HeaderName = HeaderName::from_static("webhook-id");
 const WEBHOOK_TIMESTAMP: HeaderName = HeaderName::from_static("webhook-timestamp");
 const WEBHOOK_SIGNATURE: HeaderName = HeaderName::from_static("webhook-signature");
 
+/// What a request's head says about its authenticity (see [`Verifier::verify_head`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Head {
+    /// Genuine: no need to look further.
+    Genuine,
+    /// Signed: the signature covers the body, so only the body can tell.
+    Signed,
+}
+
 /// Why a request is not genuine. Every variant is answered 401 `unauthorized`; the message says
 /// which check failed, never what the expected value is.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -134,12 +143,35 @@ impl Verifier {
 
     /// Checks a request; `now` is the current Unix time in seconds (a parameter, for tests).
     pub fn verify(&self, headers: &HeaderMap, body: &[u8], now: i64) -> Result<(), AuthError> {
+        match self.verify_head(headers)? {
+            Head::Genuine => Ok(()),
+            Head::Signed => self.verify_body(headers, body, now),
+        }
+    }
+
+    /// What the head alone tells: genuine (an API key or callback secret that matches, or
+    /// `ALLOW_UNSIGNED`), not genuine, or signed — then only the body can tell
+    /// ([`Self::verify_body`]). Lets the ingress refuse a stranger before reading any body.
+    pub fn verify_head(&self, headers: &HeaderMap) -> Result<Head, AuthError> {
         if self.allow_unsigned {
-            return Ok(());
+            return Ok(Head::Genuine);
         }
         if let Some(signature) = SignatureHeaders::find(headers) {
-            return self.verify_signature(signature?, body, now);
+            signature?;
+            return Ok(Head::Signed);
         }
+        self.verify_secrets(headers).map(|()| Head::Genuine)
+    }
+
+    /// The signature check of a request whose head said [`Head::Signed`].
+    pub fn verify_body(&self, headers: &HeaderMap, body: &[u8], now: i64) -> Result<(), AuthError> {
+        match SignatureHeaders::find(headers) {
+            Some(signature) => self.verify_signature(signature?, body, now),
+            None => Err(AuthError::Missing),
+        }
+    }
+
+    fn verify_secrets(&self, headers: &HeaderMap) -> Result<(), AuthError> {
         let mut failure = AuthError::Missing;
         for (header, expected) in [(API_KEY_HEADER, &self.api_key), (CALLBACK_SECRET_HEADER, &self.callback_secret)] {
             if let Some(sent) = headers.get(header) {
@@ -154,7 +186,8 @@ impl Verifier {
 
     fn verify_signature(&self, sig: SignatureHeaders<'_>, body: &[u8], now: i64) -> Result<(), AuthError> {
         let timestamp: i64 = sig.timestamp.trim().parse().map_err(|_| AuthError::BadTimestamp)?;
-        if (now - timestamp).abs() > TOLERANCE_SECS {
+        // `abs_diff` cannot overflow, whatever number the header carries.
+        if now.abs_diff(timestamp) > TOLERANCE_SECS.unsigned_abs() {
             return Err(AuthError::StaleTimestamp);
         }
         let sent: Vec<Vec<u8>> = sig
@@ -316,6 +349,41 @@ mod tests {
             assert_eq!(check(v.timestamp + 301), Err(AuthError::StaleTimestamp));
             assert_eq!(check(v.timestamp - 301), Err(AuthError::StaleTimestamp));
         }
+    }
+
+    #[test]
+    fn extreme_timestamps_are_stale_not_a_panic() {
+        let v = &vectors()[0];
+        let verifier = verifier(&v.secret);
+        for (timestamp, now) in [
+            ("0", v.timestamp),
+            ("-1", v.timestamp),
+            (&*i64::MAX.to_string(), v.timestamp),
+            (&*i64::MIN.to_string(), v.timestamp),
+            (&*i64::MAX.to_string(), i64::MIN),
+            (&*i64::MIN.to_string(), i64::MAX),
+        ] {
+            let mut h = signed("svix", v, &v.signature);
+            h.insert("svix-timestamp", HeaderValue::from_str(timestamp).expect("value"));
+            assert_eq!(verifier.verify(&h, v.payload.as_bytes(), now), Err(AuthError::StaleTimestamp), "{timestamp}");
+        }
+        // Past i64: not a Unix time at all.
+        let mut h = signed("svix", v, &v.signature);
+        h.insert("svix-timestamp", HeaderValue::from_static("99999999999999999999"));
+        assert_eq!(verifier.verify(&h, v.payload.as_bytes(), v.timestamp), Err(AuthError::BadTimestamp));
+    }
+
+    #[test]
+    fn the_head_decides_for_keys_and_defers_signatures_to_the_body() {
+        let v = &vectors()[0];
+        let verifier = verifier(&v.secret);
+        let mut key = HeaderMap::new();
+        key.insert(API_KEY_HEADER, HeaderValue::from_static("key"));
+        assert_eq!(verifier.verify_head(&key), Ok(Head::Genuine));
+        key.insert(API_KEY_HEADER, HeaderValue::from_static("nope"));
+        assert_eq!(verifier.verify_head(&key), Err(AuthError::WrongSecret(API_KEY_HEADER)));
+        assert_eq!(verifier.verify_head(&HeaderMap::new()), Err(AuthError::Missing));
+        assert_eq!(verifier.verify_head(&signed("webhook", v, &v.signature)), Ok(Head::Signed));
     }
 
     #[test]

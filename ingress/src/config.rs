@@ -31,13 +31,16 @@ pub const INGRESS_VARS: &[Var] = &[
     Var { name: "DEDUP_TTL_SECS", default: "86400", help: "how long a delivered event's dedup key is kept" },
     Var { name: "MAX_BODY_BYTES", default: "8388608", help: "largest accepted request body; larger ones get 413" },
     Var { name: "MAX_BACKLOG", default: "1000000", help: "group lag above which webhooks get 503 backlog_full" },
+    Var {
+        name: "REQUEST_TIMEOUT_MS",
+        default: "10000",
+        help: "a request's head, and then its body, must arrive within this (else 408, or the connection is closed)",
+    },
+    Var { name: "MAX_CONNECTIONS", default: "4096", help: "connections served at once; more wait to be accepted" },
 ];
 
 /// How often the ingress reads the consumer group's lag for [`IngressConfig::max_backlog`].
 pub const BACKLOG_REFRESH: Duration = Duration::from_secs(1);
-
-/// How long a client may take to send the request line and headers.
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Every variable the ingress reads, in `--help` order.
 pub fn all_vars() -> Vec<Var> {
@@ -52,8 +55,10 @@ pub struct IngressConfig {
     pub dedup_ttl_secs: u64,
     pub max_body_bytes: usize,
     pub max_backlog: u64,
-    /// Not an environment variable: [`HEADER_READ_TIMEOUT`] in production; tests shorten it.
-    pub header_read_timeout: Duration,
+    /// `REQUEST_TIMEOUT_MS`: how long the head may take to arrive, and then the body.
+    pub request_timeout: Duration,
+    /// `MAX_CONNECTIONS`: connections served at once.
+    pub max_connections: usize,
     /// Not an environment variable: [`BACKLOG_REFRESH`] in production; tests shorten it.
     pub backlog_refresh: Duration,
 }
@@ -79,7 +84,8 @@ impl IngressConfig {
             dedup_ttl_secs,
             max_body_bytes,
             max_backlog: r.number("MAX_BACKLOG", 1_000_000, 1, u64::MAX)?,
-            header_read_timeout: HEADER_READ_TIMEOUT,
+            request_timeout: Duration::from_millis(r.number("REQUEST_TIMEOUT_MS", 10_000, 1, 3_600_000)?),
+            max_connections: r.number("MAX_CONNECTIONS", 4_096, 1, 1_000_000)? as usize,
             backlog_refresh: BACKLOG_REFRESH,
         })
     }

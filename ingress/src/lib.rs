@@ -9,6 +9,7 @@ pub mod auth;
 pub mod config;
 pub mod identity;
 pub mod metrics;
+pub mod rejection;
 pub mod server;
 
 pub use config::IngressConfig;

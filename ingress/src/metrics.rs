@@ -15,6 +15,7 @@ pub enum Outcome {
     TooLarge,
     Unsupported,
     Unavailable,
+    Timeout,
 }
 
 impl Outcome {
@@ -27,11 +28,12 @@ impl Outcome {
             Outcome::TooLarge => "too_large",
             Outcome::Unsupported => "unsupported",
             Outcome::Unavailable => "unavailable",
+            Outcome::Timeout => "timeout",
         }
     }
 }
 
-const OUTCOMES: [Outcome; 7] = [
+const OUTCOMES: [Outcome; 8] = [
     Outcome::Accepted,
     Outcome::Duplicate,
     Outcome::Unauthorized,
@@ -39,11 +41,12 @@ const OUTCOMES: [Outcome; 7] = [
     Outcome::TooLarge,
     Outcome::Unsupported,
     Outcome::Unavailable,
+    Outcome::Timeout,
 ];
 
 /// The metric handles, registered once: a request then only bumps atomics (no registry lookup).
 struct Handles {
-    requests: [metrics::Counter; 7],
+    requests: [metrics::Counter; 8],
     duration: metrics::Histogram,
 }
 

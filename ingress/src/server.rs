@@ -4,19 +4,28 @@
 //! envelope — and then makes exactly one Redis round trip: the dedup+append script, sent by SHA
 //! over the one multiplexed connection every request shares (concurrent requests are pipelined
 //! on one socket). Only a stored event, or a recognised duplicate, is answered 200.
+//!
+//! **Strangers and slow clients.** A request whose head already tells it is not genuine (a
+//! wrong or missing API key or callback secret, incomplete signature headers) is refused before
+//! any of its body is read. The head must arrive within `REQUEST_TIMEOUT_MS` (else hyper closes
+//! the connection) and then the body within `REQUEST_TIMEOUT_MS` (else `408 request_timeout`);
+//! the body is read incrementally and never past `MAX_BODY_BYTES`. At most `MAX_CONNECTIONS`
+//! connections are served at once (see [`shared::http::serve`]). Each request runs on its own
+//! task, so a stalled upload never delays another request.
 
-use crate::auth::{self, Verifier};
+use crate::auth::{self, Head, Verifier};
 use crate::config::IngressConfig;
 use crate::identity;
 use crate::metrics::{record, Outcome};
+use crate::rejection::Rejection;
 use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Incoming;
-use redis::aio::ConnectionManager;
 use serde::Serialize;
 use shared::append::{Appended, DedupAppend};
+use shared::conn::Conn;
 use shared::entry::{self, NewEntry};
 use shared::http::{json, metrics_response, ApiError, Body, ServeOptions};
 use shared::keys::Keys;
@@ -43,13 +52,14 @@ pub struct Ingress {
 
 struct State {
     keys: Keys,
-    redis: ConnectionManager,
+    redis: Conn,
     script: DedupAppend,
     verifier: Verifier,
     dedup_ttl_secs: u64,
     max_body_bytes: usize,
     shutdown_grace: Duration,
-    header_read_timeout: Duration,
+    request_timeout: Duration,
+    max_connections: usize,
     max_backlog: u64,
     backlog_refresh: Duration,
     /// The consumer groups' backlog as last read in the background ([`watch_backlog`]).
@@ -72,7 +82,7 @@ impl Ingress {
             .await
             .map_err(|source| BuildError::Bind { addr: config.listen_addr, source })?;
         let client = shared::conn::client(&config.common.redis_url)?;
-        let redis = shared::conn::manager(client, Some(REDIS_RESPONSE_TIMEOUT))?;
+        let redis = Conn::new(client, REDIS_RESPONSE_TIMEOUT)?;
         if config.verifier.allows_unsigned() {
             tracing::warn!("ALLOW_UNSIGNED=true: every request is accepted without authentication");
         }
@@ -87,7 +97,8 @@ impl Ingress {
                 dedup_ttl_secs: config.dedup_ttl_secs,
                 max_body_bytes: config.max_body_bytes,
                 shutdown_grace: config.common.shutdown_grace,
-                header_read_timeout: config.header_read_timeout,
+                request_timeout: config.request_timeout,
+                max_connections: config.max_connections,
                 max_backlog: config.max_backlog,
                 backlog_refresh: config.backlog_refresh,
                 backlog: AtomicU64::new(0),
@@ -107,8 +118,11 @@ impl Ingress {
         if let Ok(addr) = listener.local_addr() {
             tracing::info!(%addr, "ingress listening");
         }
-        let options =
-            ServeOptions { header_read_timeout: state.header_read_timeout, shutdown_grace: state.shutdown_grace };
+        let options = ServeOptions {
+            header_read_timeout: state.request_timeout,
+            shutdown_grace: state.shutdown_grace,
+            max_connections: state.max_connections,
+        };
         let watcher = tokio::spawn(watch_backlog(state.clone()));
         let handler = move |req: Request<Incoming>| {
             let state = state.clone();
@@ -232,84 +246,60 @@ async fn webhook(state: &State, req: Request<Incoming>, request_id: &HeaderValue
     let started = Instant::now();
     let rid = request_id.to_str().unwrap_or("");
     let (outcome, response) = match accept(state, req, rid).await {
-        Ok((outcome, appended)) => {
-            let status = if outcome == Outcome::Accepted { "accepted" } else { "duplicate" };
+        Ok(appended) => {
+            let (outcome, status) = match appended {
+                Appended::Accepted(_) => (Outcome::Accepted, "accepted"),
+                Appended::Duplicate(_) => (Outcome::Duplicate, "duplicate"),
+            };
             (outcome, json(StatusCode::OK, &Stored { status, id: appended.id() }))
         }
-        Err((outcome, err)) => {
+        Err(rejection) => {
+            let outcome = rejection.outcome();
             if outcome == Outcome::Unavailable {
-                tracing::warn!(request_id = rid, outcome = outcome.as_str(), "{}", err.message);
+                tracing::warn!(request_id = rid, outcome = outcome.as_str(), "{rejection}");
             } else {
                 tracing::info!(
                     request_id = rid,
                     outcome = outcome.as_str(),
-                    status = err.status.as_u16(),
-                    "{}",
-                    err.message
+                    status = rejection.status().as_u16(),
+                    "{rejection}"
                 );
             }
-            (outcome, err.into_response())
+            (outcome, rejection.into_response())
         }
     };
     record(outcome, started);
     response
 }
 
-type Rejection = (Outcome, ApiError);
-
-fn reject(outcome: Outcome, status: StatusCode, code: &'static str, message: impl Into<String>) -> Rejection {
-    (outcome, ApiError::new(status, code, message))
-}
-
 /// The checks of SPEC §3.4, in order, then the dedup+append script.
-async fn accept(state: &State, req: Request<Incoming>, request_id: &str) -> Result<(Outcome, Appended), Rejection> {
+async fn accept(state: &State, req: Request<Incoming>, request_id: &str) -> Result<Appended, Rejection> {
     let (parts, body) = req.into_parts();
     if !is_json(&parts.headers) {
-        return Err(reject(
-            Outcome::Unsupported,
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            "content-type must be application/json",
-        ));
+        return Err(Rejection::UnsupportedMediaType);
     }
-    let too_large = || {
-        reject(
-            Outcome::TooLarge,
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
-            format!("the body is larger than {} bytes", state.max_body_bytes),
-        )
-    };
+    let limit = state.max_body_bytes;
     let declared = parts.headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > state.max_body_bytes as u64) {
-        return Err(too_large());
+    if declared.is_some_and(|len| len > limit as u64) {
+        return Err(Rejection::TooLarge { limit });
     }
-    // Reading stops at the limit: a body that grows past it is never buffered beyond it.
-    let body: Bytes = match Limited::new(body, state.max_body_bytes).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(err) if err.downcast_ref::<LengthLimitError>().is_some() => return Err(too_large()),
-        Err(err) => {
-            return Err(reject(
-                Outcome::Invalid,
-                StatusCode::BAD_REQUEST,
-                "invalid_payload",
-                format!("the body could not be read: {err}"),
-            ))
-        }
+    // A stranger is refused before any of its body is read (or buffered).
+    let head = state.verifier.verify_head(&parts.headers)?;
+    // Reading stops at the limit (a body that grows past it is never buffered beyond it) and at
+    // REQUEST_TIMEOUT_MS (a stalled upload holds nothing for ever).
+    let body: Bytes = match tokio::time::timeout(state.request_timeout, Limited::new(body, limit).collect()).await {
+        Err(_) => return Err(Rejection::Timeout { ms: state.request_timeout.as_millis() }),
+        Ok(Ok(collected)) => collected.to_bytes(),
+        Ok(Err(err)) if err.downcast_ref::<LengthLimitError>().is_some() => return Err(Rejection::TooLarge { limit }),
+        Ok(Err(err)) => return Err(Rejection::Invalid(format!("the body could not be read: {err}"))),
     };
-    if let Err(err) = state.verifier.verify(&parts.headers, &body, unix_now()) {
-        return Err(reject(Outcome::Unauthorized, StatusCode::UNAUTHORIZED, "unauthorized", err.to_string()));
+    if head == Head::Signed {
+        state.verifier.verify_body(&parts.headers, &body, unix_now())?;
     }
-    let envelope = identity::envelope(&body)
-        .map_err(|err| reject(Outcome::Invalid, StatusCode::BAD_REQUEST, "invalid_payload", err.to_string()))?;
+    let envelope = identity::envelope(&body).map_err(|err| Rejection::Invalid(err.to_string()))?;
     let backlog = state.backlog.load(Ordering::Relaxed);
     if backlog > state.max_backlog {
-        return Err(reject(
-            Outcome::Unavailable,
-            StatusCode::SERVICE_UNAVAILABLE,
-            "backlog_full",
-            format!("{backlog} events wait for processing (more than MAX_BACKLOG={}); retry later", state.max_backlog),
-        ));
+        return Err(Rejection::BacklogFull { backlog, max: state.max_backlog });
     }
     let dedup_id = identity::dedup_identity(auth::message_id(&parts.headers), &envelope, &body);
     let received_at = entry::timestamp_now();
@@ -325,15 +315,7 @@ async fn accept(state: &State, req: Request<Incoming>, request_id: &str) -> Resu
     let appended = state
         .script
         .run(&mut con, &state.keys.dedup(&dedup_id), &state.keys.events, state.dedup_ttl_secs, &new_entry)
-        .await
-        .map_err(|err| {
-            reject(
-                Outcome::Unavailable,
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                format!("the event could not be stored, retry later: {err}"),
-            )
-        })?;
+        .await?;
     let outcome = match appended {
         Appended::Accepted(_) => Outcome::Accepted,
         Appended::Duplicate(_) => Outcome::Duplicate,
@@ -346,5 +328,5 @@ async fn accept(state: &State, req: Request<Incoming>, request_id: &str) -> Resu
         outcome = outcome.as_str(),
         "webhook"
     );
-    Ok((outcome, appended))
+    Ok(appended)
 }

@@ -82,6 +82,12 @@ fn bad(what: &str, v: &Value) -> ParsingError {
     ParsingError::from(format!("unexpected reply for {what}: {v:?}"))
 }
 
+/// A reply of the right kind whose inside is not as expected (the value itself is not kept:
+/// copying every reply to describe a failure that never happens would cost more than parsing).
+fn malformed(what: &str) -> ParsingError {
+    ParsingError::from(format!("malformed reply for {what}"))
+}
+
 fn text(v: &Value) -> Option<String> {
     match v {
         Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
@@ -132,15 +138,14 @@ fn pairs(v: Value) -> Option<Vec<(Value, Value)>> {
 
 impl FromRedisValue for StreamEntry {
     fn from_redis_value(v: Value) -> Result<Self, ParsingError> {
-        let shown = v.clone();
         let parts = items(v).map_err(|v| bad("a stream entry", &v))?;
         let mut parts = parts.into_iter();
-        let (Some(id), fields) = (parts.next(), parts.next()) else { return Err(bad("a stream entry", &shown)) };
-        let id = text(&id).ok_or_else(|| bad("a stream entry id", &shown))?;
+        let (Some(id), fields) = (parts.next(), parts.next()) else { return Err(malformed("a stream entry")) };
+        let id = text(&id).ok_or_else(|| malformed("a stream entry id"))?;
         let fields = match fields {
             None | Some(Value::Nil) => None,
             Some(fields) => {
-                let pairs = pairs(fields).ok_or_else(|| bad("stream entry fields", &shown))?;
+                let pairs = pairs(fields).ok_or_else(|| malformed("stream entry fields"))?;
                 Some(pairs.into_iter().map(|(k, v)| (text(&k).unwrap_or_default(), bytes(v))).collect())
             }
         };
@@ -171,12 +176,11 @@ impl FromRedisValue for ReadReply {
                 .map_err(|v| bad("XREADGROUP", &v))?
                 .into_iter()
                 .map(|s| {
-                    let shown = s.clone();
                     let kv = items(s).map_err(|v| bad("XREADGROUP stream", &v))?;
                     let mut kv = kv.into_iter();
                     match (kv.next(), kv.next()) {
                         (Some(k), Some(v)) => Ok((k, v)),
-                        _ => Err(bad("XREADGROUP stream", &shown)),
+                        _ => Err(malformed("XREADGROUP stream")),
                     }
                 })
                 .collect::<Result<_, _>>()?,
@@ -191,16 +195,15 @@ impl FromRedisValue for ReadReply {
 
 impl FromRedisValue for PendingRow {
     fn from_redis_value(v: Value) -> Result<Self, ParsingError> {
-        let shown = v.clone();
         let cols = items(v).map_err(|v| bad("an XPENDING row", &v))?;
         match cols.as_slice() {
             [id, consumer, idle, deliveries, ..] => Ok(PendingRow {
-                id: text(id).ok_or_else(|| bad("an XPENDING row", &shown))?,
-                consumer: text(consumer).ok_or_else(|| bad("an XPENDING row", &shown))?,
-                idle: Duration::from_millis(int(idle).ok_or_else(|| bad("an XPENDING row", &shown))?),
-                deliveries: int(deliveries).ok_or_else(|| bad("an XPENDING row", &shown))?,
+                id: text(id).ok_or_else(|| malformed("an XPENDING row"))?,
+                consumer: text(consumer).ok_or_else(|| malformed("an XPENDING row"))?,
+                idle: Duration::from_millis(int(idle).ok_or_else(|| malformed("an XPENDING row"))?),
+                deliveries: int(deliveries).ok_or_else(|| malformed("an XPENDING row"))?,
             }),
-            _ => Err(bad("an XPENDING row", &shown)),
+            _ => Err(malformed("an XPENDING row")),
         }
     }
 }
@@ -221,19 +224,17 @@ impl FromRedisValue for PendingRows {
 
 impl FromRedisValue for PendingSummary {
     fn from_redis_value(v: Value) -> Result<Self, ParsingError> {
-        let shown = v.clone();
         let parts = items(v).map_err(|v| bad("the XPENDING summary", &v))?;
-        let count = parts.first().and_then(int).ok_or_else(|| bad("the XPENDING summary", &shown))?;
+        let count = parts.first().and_then(int).ok_or_else(|| malformed("the XPENDING summary"))?;
         Ok(PendingSummary { count, oldest: parts.get(1).and_then(text) })
     }
 }
 
 impl FromRedisValue for AutoClaim {
     fn from_redis_value(v: Value) -> Result<Self, ParsingError> {
-        let shown = v.clone();
         let mut parts = items(v).map_err(|v| bad("XAUTOCLAIM", &v))?.into_iter();
-        let next = parts.next().as_ref().and_then(text).ok_or_else(|| bad("XAUTOCLAIM", &shown))?;
-        let claimed = Entries::from_redis_value(parts.next().ok_or_else(|| bad("XAUTOCLAIM", &shown))?)?.0;
+        let next = parts.next().as_ref().and_then(text).ok_or_else(|| malformed("XAUTOCLAIM"))?;
+        let claimed = Entries::from_redis_value(parts.next().ok_or_else(|| malformed("XAUTOCLAIM"))?)?.0;
         let deleted = match parts.next() {
             None | Some(Value::Nil) => Vec::new(),
             Some(ids) => items(ids).map_err(|v| bad("XAUTOCLAIM deleted ids", &v))?.iter().filter_map(text).collect(),
@@ -244,11 +245,10 @@ impl FromRedisValue for AutoClaim {
 
 impl FromRedisValue for ConsumerInfo {
     fn from_redis_value(v: Value) -> Result<Self, ParsingError> {
-        let shown = v.clone();
-        let pairs = pairs(v).ok_or_else(|| bad("a consumer", &shown))?;
+        let pairs = pairs(v).ok_or_else(|| malformed("a consumer"))?;
         let field = |name: &str| pairs.iter().find(|(k, _)| text(k).as_deref() == Some(name)).map(|(_, v)| v);
         Ok(ConsumerInfo {
-            name: field("name").and_then(text).ok_or_else(|| bad("a consumer", &shown))?,
+            name: field("name").and_then(text).ok_or_else(|| malformed("a consumer"))?,
             pending: field("pending").and_then(int).unwrap_or(0),
             idle: Duration::from_millis(field("idle").and_then(int).unwrap_or(0)),
         })

@@ -107,22 +107,23 @@ impl Processor {
         let (stop_tx, stop) = watch::channel(false);
         let dispatcher = Arc::new(Dispatcher::new(worker.clone(), config.concurrency, config.claim_idle, stop));
 
-        let mut health = {
-            let stream = worker.stream.clone();
-            let handler = move |req: Request<Incoming>| {
-                let stream = stream.clone();
-                async move { crate::health::answer(&stream, req).await }
+        let mut health =
+            {
+                let stream = worker.stream.clone();
+                let handler = move |req: Request<Incoming>| {
+                    let stream = stream.clone();
+                    async move { crate::health::answer(&stream, req).await }
+                };
+                let options = ServeOptions {
+                    header_read_timeout: Duration::from_secs(10),
+                    shutdown_grace: Duration::from_secs(1),
+                    max_connections: 256,
+                };
+                let d = dispatcher.clone();
+                tokio::spawn(shared::http::serve(metrics_listener, Arc::new(handler), options, async move {
+                    d.stopped().await
+                }))
             };
-            let options =
-                ServeOptions { header_read_timeout: Duration::from_secs(10), shutdown_grace: Duration::from_secs(1) };
-            let d = dispatcher.clone();
-            tokio::spawn(shared::http::serve(
-                metrics_listener,
-                Arc::new(handler),
-                options,
-                async move { d.stopped().await },
-            ))
-        };
         let lease_keeper = tokio::spawn(crate::lease::run(
             dispatcher.held.clone(),
             worker.stream.clone(),

@@ -96,15 +96,21 @@ pub fn metrics_response() -> Response<Body> {
 /// Serving limits.
 #[derive(Debug, Clone, Copy)]
 pub struct ServeOptions {
-    /// How long a client may take to send its request head.
+    /// How long a client may take to send its request head (then the connection is closed).
     pub header_read_timeout: Duration,
     /// How long in-flight requests may take to finish after shutdown starts.
     pub shutdown_grace: Duration,
+    /// Connections served at once; further ones wait in the listen backlog until one closes.
+    pub max_connections: usize,
 }
 
 /// Serves HTTP/1.1 (keep-alive on) with `handler` until `shutdown` resolves; then stops
 /// accepting, closes idle connections, lets in-flight requests finish within
 /// `shutdown_grace`, and returns `true` when all of them did.
+///
+/// At most `max_connections` connections are served at once: the loop takes a slot before it
+/// accepts, so further clients wait in the kernel's listen backlog (their connect succeeds,
+/// their request is read once a slot frees) instead of each costing a task and buffers.
 pub async fn serve<H, Fut>(
     listener: TcpListener,
     handler: Arc<H>,
@@ -119,7 +125,15 @@ where
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new()).header_read_timeout(options.header_read_timeout).keep_alive(true);
     tokio::pin!(shutdown);
+    let slots = Arc::new(tokio::sync::Semaphore::new(options.max_connections.max(1)));
     loop {
+        let slot = tokio::select! {
+            _ = &mut shutdown => break,
+            slot = slots.clone().acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => break,
+            },
+        };
         tokio::select! {
             _ = &mut shutdown => break,
             accepted = listener.accept() => {
@@ -143,6 +157,7 @@ where
                     if let Err(err) = conn.await {
                         tracing::debug!(error = %err, "connection ended with an error");
                     }
+                    drop(slot);
                 });
             }
         }

@@ -422,9 +422,9 @@ pub const SPEC_VARS: &[(&str, &str, &str)] = &[
     ("FORWARD_URL", "", "processor"),
     ("MAX_BACKLOG", "1000000", "ingress"),
     ("CONSUMER_IDLE_REAP_SECS", "3600", "processor"),
+    ("REQUEST_TIMEOUT_MS", "10000", "ingress"),
+    ("MAX_CONNECTIONS", "4096", "ingress"),
     ("API_WRITES_PER_SEC", "5", "processor"),
-    // Not yet implemented, added here with their features: REQUEST_TIMEOUT_MS (10000) and
-    // MAX_CONNECTIONS (4096) for the ingress.
 ];
 
 /// Asserts that `bin --help` (`bin_name` is `ingress` or `processor`) lists every variable of
