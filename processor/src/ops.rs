@@ -249,8 +249,8 @@ impl Ops {
     pub async fn status(&self, reap_after: Duration) -> RedisResult<String> {
         let (stream_len, dead_len) = crate::stream::lengths(&mut self.con(), &self.keys).await?;
         let mut out = String::new();
-        let _ = writeln!(out, "stream  {}  {stream_len} entries", self.keys.events);
-        let _ = writeln!(out, "dead    {}  {dead_len} entries", self.keys.dead);
+        let _ = writeln!(out, "stream  {}  {}", self.keys.events, entries(stream_len));
+        let _ = writeln!(out, "dead    {}  {}", self.keys.dead, entries(dead_len));
         let groups: Option<StreamInfoGroupsReply> =
             redis::cmd("XINFO").arg("GROUPS").arg(&self.keys.events).query_async(&mut self.con()).await.ok();
         let Some(group) = groups.and_then(|g| g.groups.into_iter().find(|g| g.name == self.group)) else {
@@ -301,6 +301,15 @@ pub enum ReplayError<E> {
     Interrupted(usize, E),
     #[error("Redis failed after {0} entries: {1}")]
     Redis(usize, redis::RedisError),
+}
+
+/// `1 entry`, `2 entries`.
+fn entries(n: u64) -> String {
+    if n == 1 {
+        "1 entry".into()
+    } else {
+        format!("{n} entries")
+    }
 }
 
 /// `1d 2h`, `3h 4m`, `5m 6s`, `7s`, `120ms`.

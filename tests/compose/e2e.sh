@@ -32,7 +32,8 @@ BASE_VERSION=1 # bump to rebuild the cached images
 BASE_IMAGE=hookstream-e2e/base:bookworm
 REDIS_IMAGE=hookstream-e2e/redis:bookworm
 FAKE_IMAGE=hookstream-e2e/fake-api:local
-PROJECT=hookstream-e2e
+# A project of its own per run: two runs on one engine never tear each other down.
+PROJECT=hookstream-e2e-$$-$RANDOM
 MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 
 log() { printf 'e2e: %s\n' "$*"; }
@@ -126,6 +127,15 @@ $COMPOSE up -d --build --scale processor=3 >/dev/null 2>"$CACHE/compose-up.log" 
 NETWORK=$(docker network ls -q --filter "label=com.docker.compose.project=$PROJECT" | head -n1)
 docker run -d --name "$PROJECT-fake-api" --network "$NETWORK" --network-alias fake-api \
   -e FORWARD_DELAY_MS=300 -p "127.0.0.1:$FAKE_PORT:8000" "$FAKE_IMAGE" >/dev/null
+
+# The default publishes the ingress on loopback only: no other machine can reach it, with the
+# development key or any other (INGRESS_BIND is not set here, so compose.yaml's default applies).
+bound=$($COMPOSE port ingress 8080 | head -n1)
+if [ "${bound%:*}" != "127.0.0.1" ]; then
+  log "FAILED: by default the ingress is published on $bound, reachable from other machines"
+  exit 1
+fi
+log "ok: the ingress is published on $bound only (loopback)"
 
 INGRESS_URL="http://127.0.0.1:$INGRESS_PORT" FAKE_URL="http://127.0.0.1:$FAKE_PORT" COMPOSE="$COMPOSE" \
   API_KEY="$MEETING_BAAS_API_KEY" SECRET="$WEBHOOK_SECRETS" target/debug/compose-e2e

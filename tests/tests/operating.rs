@@ -203,7 +203,7 @@ async fn status_shows_the_numbers() {
     assert_eq!(done.code, 0);
     let out = done.stdout;
     assert!(out.contains("4 entries"), "stream length: {out}");
-    assert!(out.contains("1 entries"), "dead length: {out}");
+    assert!(out.contains("  1 entry\n"), "dead length: {out}");
     assert!(out.contains("lag 2"), "{out}");
     assert!(out.contains("pending 1"), "{out}");
     let crashed = out.lines().find(|l| l.starts_with("crashed")).expect("the crashed consumer is listed");
