@@ -76,33 +76,41 @@ end
 return lost
 "#;
 
-const DEAD_LETTER_SCRIPT: &str = r#"
+/// The start of the scripts that settle one entry (ARGV[1] group, ARGV[2] consumer, ARGV[3] id):
+/// ack it if this consumer owns it, and go on only if that ack removed it from the pending
+/// list; otherwise answer nil. What follows runs at most once per entry.
+macro_rules! ack_if_owned {
+    () => {
+        r#"
+local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
+if #p == 0 or p[1][2] ~= ARGV[2] then
+  return false
+end
+if redis.call('XACK', KEYS[1], ARGV[1], ARGV[3]) == 0 then
+  return false
+end
+"#
+    };
+}
+
+const DEAD_LETTER_SCRIPT: &str = concat!(
+    ack_if_owned!(),
+    r#"
 -- KEYS[1] stream, KEYS[2] dead stream; ARGV[1] group, ARGV[2] consumer, ARGV[3] entry id,
 -- ARGV[4..] the dead entry's fields and values.
 -- Acks the entry if this consumer owns it and, only if that ack removed it, adds the dead copy.
 -- Returns the dead entry's id, or nil when nothing was done (not owned, or already settled).
-local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
-if #p == 0 or p[1][2] ~= ARGV[2] then
-  return false
-end
-if redis.call('XACK', KEYS[1], ARGV[1], ARGV[3]) == 0 then
-  return false
-end
 return redis.call('XADD', KEYS[2], '*', unpack(ARGV, 4))
-"#;
+"#
+);
 
-const FAN_OUT_SCRIPT: &str = r#"
+const FAN_OUT_SCRIPT: &str = concat!(
+    ack_if_owned!(),
+    r#"
 -- KEYS[1] stream; ARGV[1] group, ARGV[2] consumer, ARGV[3] entry id, ARGV[4] n, ARGV[5..4+n]
 -- the fields and values every new entry shares, then (payload, meeting) for each new entry.
 -- Acks the entry if this consumer owns it and, only if that ack removed it, appends one entry
 -- per meeting: exactly once, even when sent again. Returns the new ids, or nil.
-local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
-if #p == 0 or p[1][2] ~= ARGV[2] then
-  return false
-end
-if redis.call('XACK', KEYS[1], ARGV[1], ARGV[3]) == 0 then
-  return false
-end
 local n = tonumber(ARGV[4])
 local ids = {}
 for i = 5 + n, #ARGV, 2 do
@@ -117,7 +125,8 @@ for i = 5 + n, #ARGV, 2 do
   ids[#ids + 1] = redis.call('XADD', KEYS[1], '*', unpack(fields))
 end
 return ids
-"#;
+"#
+);
 
 /// The stream as one consumer of one group sees it.
 #[derive(Clone)]
