@@ -144,6 +144,15 @@ impl FromRedisValue for StreamEntry {
         let id = text(&id).ok_or_else(|| malformed("a stream entry id"))?;
         let fields = match fields {
             None | Some(Value::Nil) => None,
+            // RESP2: a flat array, read in place (the hot path: every entry read).
+            Some(Value::Array(flat)) => {
+                let mut fields = Vec::with_capacity(flat.len() / 2);
+                let mut it = flat.into_iter();
+                while let (Some(k), Some(v)) = (it.next(), it.next()) {
+                    fields.push((text(&k).unwrap_or_default(), bytes(v)));
+                }
+                Some(fields)
+            }
             Some(fields) => {
                 let pairs = pairs(fields).ok_or_else(|| malformed("stream entry fields"))?;
                 Some(pairs.into_iter().map(|(k, v)| (text(&k).unwrap_or_default(), bytes(v))).collect())

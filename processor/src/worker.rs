@@ -79,7 +79,7 @@ impl Worker {
         if meetings.len() > 1 {
             let parts: Vec<(Vec<u8>, String)> = meetings.into_iter().map(|m| (m.payload, m.key)).collect();
             delivery.release_slot();
-            if let Settled::FannedOut(ids) = delivery.fan_out(&self.stream, &self.redis, &parts).await {
+            if let Settled::FannedOut(ids) = Box::pin(delivery.fan_out(&self.stream, &self.redis, &parts)).await {
                 crate::metrics::entries(crate::metrics::Entry::Acked, 1);
                 tracing::info!(
                     stream_id = %event.id,
@@ -96,20 +96,24 @@ impl Worker {
         let attempt = |_| {
             let (handler, event, meeting, delivery) = (&handler, &event, &meeting, &delivery);
             async move {
-                let lock =
-                    match meeting {
-                        // Waiting for the lock is not this attempt's slowness (see `retry::excluded`).
-                        Some(key) => Some(crate::retry::excluded(self.locks.lock(key)).await.map_err(|e| {
+                // The lock's futures are boxed: entries about no meeting (the hot, forwarding
+                // path) should not carry their size in every task.
+                let lock = match meeting {
+                    // Waiting for the lock is not this attempt's slowness (see `retry::excluded`).
+                    Some(key) => {
+                        let lock = Box::pin(crate::retry::excluded(self.locks.lock(key))).await.map_err(|e| {
                             HandlerError::transient(format!("cannot take the lock of meeting {key}: {e}"))
-                        })?),
-                        None => None,
-                    };
-                // Renewed with the entry's lease while held.
-                delivery.holds_lock(lock.as_ref().map(|l| l.handle()));
+                        })?;
+                        // Renewed with the entry's lease while held.
+                        delivery.holds_lock(Some(lock.handle()));
+                        Some(lock)
+                    }
+                    None => None,
+                };
                 let result = handler.handle(event).await;
                 if let Some(lock) = lock {
                     delivery.holds_lock(None);
-                    lock.release().await;
+                    Box::pin(lock.release()).await;
                 }
                 result
             }
@@ -150,7 +154,9 @@ impl Worker {
 
     async fn dead_letter(&self, delivery: Delivery, reason: &str, attempts: u32) {
         let (id, deliveries) = (delivery.id().to_string(), delivery.deliveries);
-        if let Settled::Dead(dead_id) = delivery.dead_letter(&self.stream, &self.redis, reason, attempts).await {
+        if let Settled::Dead(dead_id) =
+            Box::pin(delivery.dead_letter(&self.stream, &self.redis, reason, attempts)).await
+        {
             crate::metrics::entries(crate::metrics::Entry::Dead, 1);
             tracing::warn!(stream_id = %id, dead_id = %dead_id, attempts, deliveries, error = %reason, "dead-lettered");
         }
