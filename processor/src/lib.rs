@@ -8,8 +8,9 @@
 //! `service` (the supervisor) → `reader`, `lease`, `housekeeping`, `health` (the loops) →
 //! `dispatch` (slots, tasks) → `worker` (one delivery's handling: fan-out, meeting lock,
 //! retries) → `delivery` (the `Delivery` and the table of what is held), `retry`, `lock` (one
-//! meeting at a time), `handlers/` → `limiter` (the shared API write limit), `acker` → `stream`
-//! (commands) → `replies` (typed Redis replies), used by `ops` (operator commands) too.
+//! meeting at a time), `handlers/` → `limiter` (the shared API write limit), `waits` (waits that
+//! do not count against an attempt), `acker` → `stream` (commands) → `replies` (typed Redis
+//! replies), used by `ops` (operator commands) too. No module imports one above it.
 
 pub mod acker;
 pub mod cli;
@@ -29,6 +30,7 @@ pub mod replies;
 pub mod retry;
 pub mod service;
 pub mod stream;
+pub mod waits;
 pub mod worker;
 
 pub use config::ProcessorConfig;

@@ -18,7 +18,7 @@
 //!   token-checking script otherwise;
 //! - a meeting that is locked is waited for — never skipped — with a jittered backoff from
 //!   10 ms up to 250 ms between tries (no busy loop). The entry keeps its lease meanwhile, and
-//!   the wait does not count against its handler timeout ([`crate::retry::excluded`]).
+//!   the wait does not count against its handler timeout ([`crate::waits::excluded`]).
 
 use redis::{RedisResult, Script};
 use shared::conn::Conn;

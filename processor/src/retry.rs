@@ -2,9 +2,10 @@
 //! honoured, and a total time budget.
 //!
 //! Time an attempt spends waiting for something shared — its meeting's lock, the API's write
-//! limit — is neither failure nor slowness of its own: such waits run inside [`excluded`], and
-//! the attempt's timeout and the retry budget do not count them. A sync about hundreds of
-//! meetings then completes at the write limit's pace instead of timing out.
+//! limit — is neither failure nor slowness of its own: such waits run inside
+//! [`crate::waits::excluded`], and the attempt's timeout and the retry budget do not count them.
+//! A sync about hundreds of meetings then completes at the write limit's pace instead of timing
+//! out.
 //!
 //! This is the only module that knows the `backoff` crate. The crate is marked unmaintained
 //! (RUSTSEC-2025-0012, accepted in `deny.toml`); swapping it for another policy is a change to
@@ -14,62 +15,13 @@
 
 use crate::handlers::{Event, HandlerError};
 use crate::metrics::Attempt;
+use crate::waits::WaitClock;
 use backoff::backoff::Backoff;
 use backoff::ExponentialBackoffBuilder;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
-
-tokio::task_local! {
-    static CLOCK: Arc<WaitClock>;
-}
-
-/// How long the current attempt has waited inside [`excluded`]: the waits that are over, and
-/// since when the one under way (if any) has been waiting.
-struct WaitClock {
-    base: Instant,
-    done_us: AtomicU64,
-    /// Microseconds after `base` + 1 at which the wait under way began; 0 when none is.
-    since_us: AtomicU64,
-}
-
-impl WaitClock {
-    fn new() -> Self {
-        Self { base: Instant::now(), done_us: AtomicU64::new(0), since_us: AtomicU64::new(0) }
-    }
-
-    fn now_us(&self) -> u64 {
-        self.base.elapsed().as_micros() as u64
-    }
-
-    /// The time excluded so far, the wait under way included.
-    fn excluded(&self) -> Duration {
-        let since = self.since_us.load(Ordering::SeqCst);
-        let current = if since == 0 { 0 } else { self.now_us().saturating_sub(since - 1) };
-        Duration::from_micros(self.done_us.load(Ordering::SeqCst) + current)
-    }
-}
-
-/// Runs `wait` (waiting for a meeting's lock, or for the API's write limit) without counting
-/// its time against the attempt's timeout or the retry budget. Waits of one attempt follow one
-/// another; they do not overlap.
-pub async fn excluded<F: Future>(wait: F) -> F::Output {
-    let Ok(clock) = CLOCK.try_with(Arc::clone) else { return wait.await };
-    clock.since_us.store(clock.now_us() + 1, Ordering::SeqCst);
-    struct End(Arc<WaitClock>);
-    impl Drop for End {
-        fn drop(&mut self) {
-            let since = self.0.since_us.swap(0, Ordering::SeqCst);
-            if since != 0 {
-                self.0.done_us.fetch_add(self.0.now_us().saturating_sub(since - 1), Ordering::SeqCst);
-            }
-        }
-    }
-    let _end = End(clock);
-    wait.await
-}
 
 /// How handler attempts are retried (from `RETRY_*` and `HANDLER_TIMEOUT_MS`).
 #[derive(Debug, Clone, Copy)]
@@ -118,7 +70,7 @@ impl RetryPolicy {
         Fut: Future<Output = Result<(), HandlerError>>,
     {
         let started = Instant::now();
-        let clock = Arc::new(WaitClock::new());
+        let clock = Arc::new(WaitClock::default());
         let mut backoff = self.backoff();
         let mut attempts = 0;
         loop {
@@ -135,19 +87,20 @@ impl RetryPolicy {
                     "attempt failed"
                 );
             };
-            let (reason, retry_after) = match self.timed(&clock, CLOCK.scope(clock.clone(), attempt(attempts))).await {
-                Some(Ok(())) => {
-                    crate::metrics::attempt(Attempt::Ok);
-                    return Outcome { verdict: Verdict::Done, attempts };
-                }
-                Some(Err(HandlerError::Permanent(reason))) => {
-                    crate::metrics::attempt(Attempt::Permanent);
-                    failed("permanent", &reason, None);
-                    return Outcome { verdict: Verdict::Permanent(reason), attempts };
-                }
-                Some(Err(HandlerError::Transient { reason, retry_after })) => (reason, retry_after),
-                None => (format!("attempt timed out after {} ms", self.attempt_timeout.as_millis()), None),
-            };
+            let (reason, retry_after) =
+                match self.timed(&clock, crate::waits::counted(clock.clone(), attempt(attempts))).await {
+                    Some(Ok(())) => {
+                        crate::metrics::attempt(Attempt::Ok);
+                        return Outcome { verdict: Verdict::Done, attempts };
+                    }
+                    Some(Err(HandlerError::Permanent(reason))) => {
+                        crate::metrics::attempt(Attempt::Permanent);
+                        failed("permanent", &reason, None);
+                        return Outcome { verdict: Verdict::Permanent(reason), attempts };
+                    }
+                    Some(Err(HandlerError::Transient { reason, retry_after })) => (reason, retry_after),
+                    None => (format!("attempt timed out after {} ms", self.attempt_timeout.as_millis()), None),
+                };
             crate::metrics::attempt(Attempt::Transient);
             let delay = backoff
                 .next_backoff()
@@ -197,6 +150,7 @@ pub fn reconnect_backoff() -> impl Backoff {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::waits::excluded;
     use std::sync::atomic::{AtomicU32, Ordering};
 
     fn policy(max_elapsed_ms: u64) -> RetryPolicy {

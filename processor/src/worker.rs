@@ -99,9 +99,9 @@ impl Worker {
                 // The lock's futures are boxed: entries about no meeting (the hot, forwarding
                 // path) should not carry their size in every task.
                 let lock = match meeting {
-                    // Waiting for the lock is not this attempt's slowness (see `retry::excluded`).
+                    // Waiting for the lock is not this attempt's slowness (see `waits::excluded`).
                     Some(key) => {
-                        let lock = Box::pin(crate::retry::excluded(self.locks.lock(key))).await.map_err(|e| {
+                        let lock = Box::pin(crate::waits::excluded(self.locks.lock(key))).await.map_err(|e| {
                             HandlerError::transient(format!("cannot take the lock of meeting {key}: {e}"))
                         })?;
                         // Renewed with the entry's lease while held.

@@ -62,7 +62,7 @@ impl Api {
         let what = format!("{method} {}", url.path());
         if method != Method::GET {
             // The wait is not this attempt's slowness: it does not count against its timeout.
-            crate::retry::excluded(self.limiter.acquire())
+            crate::waits::excluded(self.limiter.acquire())
                 .await
                 .map_err(|e| HandlerError::transient(format!("{what}: the API write limiter in Redis failed: {e}")))?;
         }
