@@ -179,18 +179,18 @@ fn uuids(prefix: &str, n: usize) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_replicas_share_the_api_write_limit_and_every_meeting_gets_one_bot() {
     let redis = RedisServer::start();
-    let all = uuids("m", 40);
-    let fake = v1_api(&all, 10, HashMap::new()).await;
+    let all = uuids("m", 30);
+    let fake = v1_api(&all, 15, HashMap::new()).await;
     let mut vars = processor_vars(&redis.url(), &fake.api.url());
-    vars.insert("API_WRITES_PER_SEC".into(), "10".into());
+    vars.insert("API_WRITES_PER_SEC".into(), "15".into());
     let a = start_processor(vars.clone()).await;
     vars.insert("CONSUMER_NAME".into(), "second-replica".into());
     let b = start_processor(vars).await;
-    // Eight sync webhooks of five meetings each.
+    // Six sync webhooks of five meetings each.
     for (i, chunk) in all.chunks(5).enumerate() {
         add_event(&redis, "calendar.sync_events", &sync_body(chunk), &format!("sync-{i}"));
     }
-    eventually("every meeting has a bot", || async { (fake.bots.lock().unwrap().len() == 40).then_some(()) }).await;
+    eventually("every meeting has a bot", || async { (fake.bots.lock().unwrap().len() == 30).then_some(()) }).await;
     all_acked(&redis).await;
     a.stop().await;
     b.stop().await;
@@ -204,17 +204,17 @@ async fn two_replicas_share_the_api_write_limit_and_every_meeting_gets_one_bot()
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_large_sync_completes_at_the_limits_pace_without_timing_out() {
     let redis = RedisServer::start();
-    let all = uuids("big", 120);
+    let all = uuids("big", 80);
     let fake = v1_api(&all, 1000, HashMap::new()).await;
     let mut vars = processor_vars(&redis.url(), &fake.api.url());
     vars.insert("API_WRITES_PER_SEC".into(), "40".into());
-    // 120 writes at 40/s take 3 s: far longer than one attempt may take, and than the whole
+    // 80 writes at 40/s take 2 s: far longer than one attempt may take, and than the whole
     // retry budget. Waiting for the limit must count as neither.
     vars.insert("HANDLER_TIMEOUT_MS".into(), "500".into());
     vars.insert("RETRY_MAX_ELAPSED_MS".into(), "1000".into());
     let processor = start_processor(vars).await;
     add_event(&redis, "calendar.sync_events", &sync_body(&all), "big-sync");
-    eventually("every meeting has a bot", || async { (fake.bots.lock().unwrap().len() == 120).then_some(()) }).await;
+    eventually("every meeting has a bot", || async { (fake.bots.lock().unwrap().len() == 80).then_some(()) }).await;
     all_acked(&redis).await;
     processor.stop().await;
     assert!(fake.bots.lock().unwrap().values().all(|n| *n == 1), "no meeting handled twice");
