@@ -34,7 +34,7 @@ pub const INGRESS_VARS: &[Var] = &[
     Var {
         name: "REQUEST_TIMEOUT_MS",
         default: "10000",
-        help: "a request's head, and then its body, must arrive within this (else 408, or the connection is closed)",
+        help: "a request's head and body must arrive within this (else 408, or the connection is closed)",
     },
     Var { name: "MAX_CONNECTIONS", default: "4096", help: "connections served at once; more wait to be accepted" },
 ];

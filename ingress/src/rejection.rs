@@ -14,7 +14,7 @@ pub enum Rejection {
     UnsupportedMediaType,
     #[error("the body is larger than {limit} bytes")]
     TooLarge { limit: usize },
-    #[error("the request body did not arrive within REQUEST_TIMEOUT_MS={ms}")]
+    #[error("the request did not arrive within REQUEST_TIMEOUT_MS={ms}")]
     Timeout { ms: u128 },
     #[error("{0}")]
     Unauthorized(#[from] AuthError),

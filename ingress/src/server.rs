@@ -8,7 +8,8 @@
 //! **Strangers and slow clients.** A request whose head already tells it is not genuine (a
 //! wrong or missing API key or callback secret, incomplete signature headers) is refused before
 //! any of its body is read. The head must arrive within `REQUEST_TIMEOUT_MS` (else hyper closes
-//! the connection) and then the body within `REQUEST_TIMEOUT_MS` (else `408 request_timeout`);
+//! the connection), and the body too, counted from when the server began waiting for the head
+//! (else `408 request_timeout`);
 //! the body is read incrementally and never past `MAX_BODY_BYTES`. At most `MAX_CONNECTIONS`
 //! connections are served at once (see [`shared::http::serve`]). Each request runs on its own
 //! task, so a stalled upload never delays another request.
@@ -27,7 +28,7 @@ use serde::Serialize;
 use shared::append::{Appended, DedupAppend};
 use shared::conn::Conn;
 use shared::entry::{self, NewEntry};
-use shared::http::{json, metrics_response, ApiError, Body, ServeOptions};
+use shared::http::{json, metrics_response, ApiError, Body, RequestStarted, ServeOptions};
 use shared::keys::Keys;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -285,9 +286,12 @@ async fn accept(state: &State, req: Request<Incoming>, request_id: &str) -> Resu
     }
     // A stranger is refused before any of its body is read (or buffered).
     let head = state.verifier.verify_head(&parts.headers)?;
-    // Reading stops at the limit (a body that grows past it is never buffered beyond it) and at
-    // REQUEST_TIMEOUT_MS (a stalled upload holds nothing for ever).
-    let body: Bytes = match tokio::time::timeout(state.request_timeout, Limited::new(body, limit).collect()).await {
+    // Reading stops at the limit (a body that grows past it is never buffered beyond it) and
+    // REQUEST_TIMEOUT_MS after the server began waiting for this request's head: head and body
+    // together get that long, and a stalled upload holds nothing for ever.
+    let started = parts.extensions.get::<RequestStarted>().map_or_else(std::time::Instant::now, |s| s.0);
+    let deadline = tokio::time::Instant::from_std(started + state.request_timeout);
+    let body: Bytes = match tokio::time::timeout_at(deadline, Limited::new(body, limit).collect()).await {
         Err(_) => return Err(Rejection::Timeout { ms: state.request_timeout.as_millis() }),
         Ok(Ok(collected)) => collected.to_bytes(),
         Ok(Err(err)) if err.downcast_ref::<LengthLimitError>().is_some() => return Err(Rejection::TooLarge { limit }),

@@ -93,6 +93,13 @@ pub fn metrics_response() -> Response<Body> {
     response
 }
 
+/// A request extension set by [`serve`]: when the server began waiting for this request's
+/// head — the connection's accept, or the end of the answer before it on a keep-alive
+/// connection, which is also when the head-read timeout starts. A deadline for the whole
+/// request (head and body) counts from here.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestStarted(pub std::time::Instant);
+
 /// Serving limits.
 #[derive(Debug, Clone, Copy)]
 pub struct ServeOptions {
@@ -148,9 +155,18 @@ where
                 };
                 let _ = stream.set_nodelay(true);
                 let handler = handler.clone();
-                let service = service_fn(move |req| {
+                // When this connection began waiting for its next request head.
+                let waiting_since = Arc::new(std::sync::Mutex::new(std::time::Instant::now()));
+                let service = service_fn(move |mut req: Request<Incoming>| {
+                    let since = *waiting_since.lock().unwrap_or_else(|p| p.into_inner());
+                    req.extensions_mut().insert(RequestStarted(since));
                     let answer = handler(req);
-                    async move { Ok::<_, std::convert::Infallible>(answer.await) }
+                    let waiting_since = waiting_since.clone();
+                    async move {
+                        let response = answer.await;
+                        *waiting_since.lock().unwrap_or_else(|p| p.into_inner()) = std::time::Instant::now();
+                        Ok::<_, std::convert::Infallible>(response)
+                    }
                 });
                 let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
                 tokio::spawn(async move {

@@ -59,6 +59,26 @@ async fn a_stalled_body_is_answered_408_and_writes_nothing() {
 }
 
 #[tokio::test]
+async fn head_and_body_together_must_arrive_within_the_timeout() {
+    let redis = RedisServer::start();
+    let ingress = ingress(&redis, 600, 4096).await;
+    let body = br#"{"event":"bot.completed","data":{"bot_id":"two-halves"}}"#;
+    let head = head(body.len(), API_KEY);
+    let (head_start, head_end) = head.as_bytes().split_at(head.len() - 2);
+    let mut stream = TcpStream::connect(ingress.addr).await.unwrap();
+    // Each half alone fits in 600 ms; both together do not.
+    stream.write_all(head_start).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    stream.write_all(head_end).await.unwrap();
+    stream.write_all(&body[..10]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let _ = stream.write_all(&body[10..]).await;
+    let answer = read_to_close(&mut stream).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert_eq!(dbsize(&redis), 0);
+}
+
+#[tokio::test]
 async fn a_slow_upload_that_finishes_in_time_is_accepted() {
     let redis = RedisServer::start();
     let ingress = ingress(&redis, 10_000, 4096).await;
