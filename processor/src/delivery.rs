@@ -138,14 +138,6 @@ impl Held {
         }
         rows.len()
     }
-
-    pub fn len(&self) -> usize {
-        self.rows().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 /// This process's hold on one entry. Dropping it lets the entry go: it is no longer renewed
@@ -157,10 +149,6 @@ pub struct Lease {
 }
 
 impl Lease {
-    pub fn id(&self) -> &str {
-        &self.id
-    }
-
     fn fresh(&self) -> bool {
         self.held.fresh(&self.id)
     }

@@ -54,11 +54,6 @@ impl WriteLimiter {
         Self { key, con, interval_us, script: Script::new(GCRA_SCRIPT) }
     }
 
-    /// No limit (for handlers built without Redis, e.g. in unit tests).
-    pub fn unlimited() -> Self {
-        Self { key: String::new(), con: None, interval_us: 0, script: Script::new(GCRA_SCRIPT) }
-    }
-
     /// Waits for a write slot. A Redis error is returned (the attempt fails transiently).
     pub async fn acquire(&self) -> RedisResult<()> {
         let Some(con) = &self.con else { return Ok(()) };
