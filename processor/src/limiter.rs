@@ -35,6 +35,18 @@ redis.call('SET', KEYS[1], string.format('%d', tat + interval), 'PX', math.ceil(
 return 0
 "#;
 
+const PAUSE_SCRIPT: &str = r#"
+-- KEYS[1] limiter; ARGV[1] pause, microseconds. No write slot before now + pause.
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local until_us = now + tonumber(ARGV[1])
+local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+if until_us > tat then
+  redis.call('SET', KEYS[1], string.format('%d', until_us), 'PX', math.ceil(tonumber(ARGV[1]) / 1000) + 1000)
+end
+return 0
+"#;
+
 /// The shared write limiter; `None` rate means unlimited (`API_WRITES_PER_SEC=0`).
 #[derive(Clone)]
 pub struct WriteLimiter {
@@ -42,6 +54,7 @@ pub struct WriteLimiter {
     con: Option<Conn>,
     interval_us: u64,
     script: Script,
+    pause_script: Script,
 }
 
 impl WriteLimiter {
@@ -51,7 +64,22 @@ impl WriteLimiter {
             0 => (None, 0),
             n => (Some(con), 1_000_000 / u64::from(n)),
         };
-        Self { key, con, interval_us, script: Script::new(GCRA_SCRIPT) }
+        Self { key, con, interval_us, script: Script::new(GCRA_SCRIPT), pause_script: Script::new(PAUSE_SCRIPT) }
+    }
+
+    /// The API refused a write with 429 and `Retry-After: wait`: no replica writes before then
+    /// (the next slot moves to now + `wait`, on Redis's clock). Best effort: an error is logged.
+    pub async fn pause(&self, wait: Duration) {
+        let Some(con) = &self.con else { return };
+        let paused: RedisResult<i64> =
+            self.pause_script.key(&self.key).arg(wait.as_micros() as u64).invoke_async(&mut con.clone()).await;
+        match paused {
+            Ok(_) => tracing::warn!(
+                wait_ms = wait.as_millis() as u64,
+                "the API refused a write (429): every replica pauses its writes for Retry-After"
+            ),
+            Err(err) => tracing::debug!(error = %err, "pausing the shared write limit failed"),
+        }
     }
 
     /// Waits for a write slot. A Redis error is returned (the attempt fails transiently).

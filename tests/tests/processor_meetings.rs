@@ -249,3 +249,36 @@ async fn one_failing_meeting_leaves_the_others_done_and_the_dead_stream_names_it
     let payload: Value = serde_json::from_str(&f["payload"]).unwrap();
     assert_eq!(payload["data"]["affected_event_uuids"], json!([all[1]]), "narrowed to its meeting");
 }
+
+#[tokio::test]
+async fn a_429_pauses_every_replicas_writes_for_its_retry_after() {
+    let redis = RedisServer::start();
+    let api = FakeApi::start().await;
+    let upcoming = fixture("meeting-baas/api/v1_calendar_event_upcoming.json");
+    api.always("GET", "/calendar_events/e-429", Reply::json(200, upcoming));
+    let limited = Reply::json(429, fixture("meeting-baas/api/v2_rate_limited.json")).header("retry-after", "2");
+    let scheduled = Reply::json(200, fixture("meeting-baas/api/v1_schedule_response.json"));
+    api.sequence("POST", "/calendar_events/e-429/bot", vec![limited, scheduled]);
+    let processor = start_processor(processor_vars(&redis.url(), &api.url())).await;
+    add_event(&redis, "calendar.sync_events", &sync_body(&["e-429".to_string()]), "limited");
+    eventually("the API answered 429", || async {
+        (api.calls_to("POST", "/calendar_events/e-429/bot").len() == 1).then_some(())
+    })
+    .await;
+    let (secs, micros): (String, String) = redis::cmd("TIME").query(&mut redis.con()).unwrap();
+    let now_us: i64 = secs.parse::<i64>().unwrap() * 1_000_000 + micros.parse::<i64>().unwrap();
+    // The shared limiter's next slot moves past Retry-After (2 s): no replica writes before.
+    eventually("the write limit is paused for every replica", || async {
+        let next: Option<String> =
+            redis::cmd("GET").arg("{hookstream}:ratelimit:api-writes").query(&mut redis.con()).unwrap();
+        let paused = next.and_then(|n| n.parse::<i64>().ok()).filter(|n| *n >= now_us + 1_500_000);
+        // Seen before the entry's own retry (after its Retry-After), which takes a slot anyway.
+        assert_eq!(api.calls_to("POST", "/calendar_events/e-429/bot").len(), 1, "the pause came only with the retry");
+        paused.map(|_| ())
+    })
+    .await;
+    all_acked(&redis).await;
+    processor.stop().await;
+    assert_eq!(api.calls_to("POST", "/calendar_events/e-429/bot").len(), 2, "retried once, after the pause");
+    assert_eq!(xlen_dead(&redis), 0);
+}

@@ -60,7 +60,8 @@ impl Api {
     ) -> Result<Option<Answer>, HandlerError> {
         let url = self.url(segments)?;
         let what = format!("{method} {}", url.path());
-        if method != Method::GET {
+        let is_write = method != Method::GET;
+        if is_write {
             // The wait is not this attempt's slowness: it does not count against its timeout.
             crate::waits::excluded(self.limiter.acquire())
                 .await
@@ -81,7 +82,14 @@ impl Api {
             return Ok(None);
         }
         if !status.is_success() {
-            return Err(HandlerError::from_answer(&what, status, &headers, &body));
+            let error = HandlerError::from_answer(&what, status, &headers, &body);
+            if let (true, HandlerError::Transient { retry_after: Some(wait), .. }) =
+                (status == StatusCode::TOO_MANY_REQUESTS && is_write, &error)
+            {
+                // The limit is shared: pause every replica's writes, not only this entry's.
+                self.limiter.pause(*wait).await;
+            }
+            return Err(error);
         }
         Ok(Some(Answer { status, body }))
     }
