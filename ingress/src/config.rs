@@ -37,7 +37,15 @@ pub const INGRESS_VARS: &[Var] = &[
         help: "a request's head and body must arrive within this (else 408, or the connection is closed)",
     },
     Var { name: "MAX_CONNECTIONS", default: "4096", help: "connections served at once; more wait to be accepted" },
+    Var {
+        name: "MIN_REPLICAS_ACK",
+        default: "0",
+        help: "answer 200 only once this many Redis replicas have the event (WAIT), else 503",
+    },
 ];
+
+/// How long the ingress waits for `MIN_REPLICAS_ACK` replicas before it answers 503.
+pub const REPLICA_ACK_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// How often the ingress reads the consumer group's lag for [`IngressConfig::max_backlog`].
 pub const BACKLOG_REFRESH: Duration = Duration::from_secs(1);
@@ -59,6 +67,8 @@ pub struct IngressConfig {
     pub request_timeout: Duration,
     /// `MAX_CONNECTIONS`: connections served at once.
     pub max_connections: usize,
+    /// `MIN_REPLICAS_ACK`: replicas that must have an event before it is answered 200.
+    pub min_replicas_ack: u32,
     /// Not an environment variable: [`BACKLOG_REFRESH`] in production; tests shorten it.
     pub backlog_refresh: Duration,
 }
@@ -86,6 +96,7 @@ impl IngressConfig {
             max_backlog: r.number("MAX_BACKLOG", 1_000_000, 1, u64::MAX)?,
             request_timeout: Duration::from_millis(r.number("REQUEST_TIMEOUT_MS", 10_000, 1, 3_600_000)?),
             max_connections: r.number("MAX_CONNECTIONS", 4_096, 1, 1_000_000)? as usize,
+            min_replicas_ack: r.number("MIN_REPLICAS_ACK", 0, 0, 64)? as u32,
             backlog_refresh: BACKLOG_REFRESH,
         })
     }

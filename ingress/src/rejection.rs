@@ -24,6 +24,11 @@ pub enum Rejection {
     BacklogFull { backlog: u64, max: u64 },
     #[error("the event could not be stored, retry later: {0}")]
     Unavailable(#[from] redis::RedisError),
+    #[error(
+        "the event is stored but only {got} of MIN_REPLICAS_ACK={wanted} Redis replicas confirmed it in time; \
+         retry later (the retry is answered once it is replicated)"
+    )]
+    NotReplicated { wanted: u32, got: u32 },
 }
 
 impl Rejection {
@@ -34,7 +39,9 @@ impl Rejection {
             Self::Timeout { .. } => StatusCode::REQUEST_TIMEOUT,
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::Invalid(_) => StatusCode::BAD_REQUEST,
-            Self::BacklogFull { .. } | Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::BacklogFull { .. } | Self::Unavailable(_) | Self::NotReplicated { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
         }
     }
 
@@ -47,7 +54,7 @@ impl Rejection {
             Self::Unauthorized(_) => "unauthorized",
             Self::Invalid(_) => "invalid_payload",
             Self::BacklogFull { .. } => "backlog_full",
-            Self::Unavailable(_) => "unavailable",
+            Self::Unavailable(_) | Self::NotReplicated { .. } => "unavailable",
         }
     }
 
@@ -59,7 +66,7 @@ impl Rejection {
             Self::Timeout { .. } => Outcome::Timeout,
             Self::Unauthorized(_) => Outcome::Unauthorized,
             Self::Invalid(_) => Outcome::Invalid,
-            Self::BacklogFull { .. } | Self::Unavailable(_) => Outcome::Unavailable,
+            Self::BacklogFull { .. } | Self::Unavailable(_) | Self::NotReplicated { .. } => Outcome::Unavailable,
         }
     }
 

@@ -15,7 +15,7 @@
 //! task, so a stalled upload never delays another request.
 
 use crate::auth::{self, Head, Verifier};
-use crate::config::IngressConfig;
+use crate::config::{IngressConfig, REPLICA_ACK_TIMEOUT};
 use crate::identity;
 use crate::metrics::{record, Outcome};
 use crate::rejection::Rejection;
@@ -25,7 +25,7 @@ use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use serde::Serialize;
-use shared::append::{Appended, DedupAppend};
+use shared::append::{Appended, DedupAppend, Replicas};
 use shared::conn::Conn;
 use shared::entry::{self, NewEntry};
 use shared::http::{json, metrics_response, ApiError, Body, RequestStarted, ServeOptions};
@@ -61,6 +61,7 @@ struct State {
     shutdown_grace: Duration,
     request_timeout: Duration,
     max_connections: usize,
+    min_replicas_ack: u32,
     max_backlog: u64,
     backlog_refresh: Duration,
     /// The consumer groups' backlog as last read in the background ([`watch_backlog`]).
@@ -100,6 +101,7 @@ impl Ingress {
                 shutdown_grace: config.common.shutdown_grace,
                 request_timeout: config.request_timeout,
                 max_connections: config.max_connections,
+                min_replicas_ack: config.min_replicas_ack,
                 max_backlog: config.max_backlog,
                 backlog_refresh: config.backlog_refresh,
                 backlog: AtomicU64::new(0),
@@ -316,10 +318,29 @@ async fn accept(state: &State, req: Request<Incoming>, request_id: &str) -> Resu
         request_id,
     };
     let mut con = state.redis.clone();
-    let appended = state
-        .script
-        .run(&mut con, &state.keys.dedup(&dedup_id), &state.keys.events, state.dedup_ttl_secs, &new_entry)
-        .await?;
+    let (dedup_key, events) = (state.keys.dedup(&dedup_id), &state.keys.events);
+    let appended = if state.min_replicas_ack == 0 {
+        state.script.run(&mut con, &dedup_key, events, state.dedup_ttl_secs, &new_entry).await?
+    } else {
+        // Durable beyond the primary: 200 only once enough replicas have the event (or, for a
+        // duplicate, its first copy). Otherwise 503, and the sender's retry finds it again.
+        let wanted = state.min_replicas_ack;
+        let (appended, got) = state
+            .script
+            .run_replicated(
+                &mut con,
+                &dedup_key,
+                events,
+                state.dedup_ttl_secs,
+                &new_entry,
+                Replicas { count: wanted, timeout: REPLICA_ACK_TIMEOUT },
+            )
+            .await?;
+        if got < wanted {
+            return Err(Rejection::NotReplicated { wanted, got });
+        }
+        appended
+    };
     let outcome = match appended {
         Appended::Accepted(_) => Outcome::Accepted,
         Appended::Duplicate(_) => Outcome::Duplicate,

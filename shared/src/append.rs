@@ -29,6 +29,20 @@ redis.call('SET', KEYS[1], id, 'NX', 'EX', ARGV[1])
 return {1, id}
 "#;
 
+/// Whether Redis answered `NOSCRIPT` (inside a pipeline the error may come wrapped).
+fn is_noscript(err: &redis::RedisError) -> bool {
+    err.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript)
+        || err.code() == Some("NOSCRIPT")
+        || err.to_string().contains("NOSCRIPT")
+}
+
+/// How many replicas must have an append (`WAIT count timeout`), and how long to wait for them.
+#[derive(Debug, Clone, Copy)]
+pub struct Replicas {
+    pub count: u32,
+    pub timeout: std::time::Duration,
+}
+
 /// What the script did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Appended {
@@ -79,5 +93,37 @@ impl DedupAppend {
         }
         let (fresh, id): (i64, String) = invocation.invoke_async(con).await?;
         Ok(if fresh == 1 { Appended::Accepted(id) } else { Appended::Duplicate(id) })
+    }
+
+    /// [`Self::run`], then `WAIT replicas timeout` in the same pipeline — so on the same
+    /// connection, right behind the append: how many replicas have everything written so far,
+    /// this event (or its first copy) included. `(what the script did, replicas that have it)`.
+    pub async fn run_replicated<C: ConnectionLike>(
+        &self,
+        con: &mut C,
+        dedup_key: &str,
+        events_key: &str,
+        ttl_secs: u64,
+        entry: &NewEntry<'_>,
+        wait: Replicas,
+    ) -> RedisResult<(Appended, u32)> {
+        let mut invocation = self.script.key(dedup_key);
+        invocation.key(events_key).arg(ttl_secs);
+        for (field, value) in entry.fields() {
+            invocation.arg(field).arg(value);
+        }
+        let mut pipe = redis::pipe();
+        pipe.invoke_script(&invocation).cmd("WAIT").arg(wait.count).arg(wait.timeout.as_millis() as u64);
+        let answer: RedisResult<((i64, String), u32)> = pipe.query_async(con).await;
+        let ((fresh, id), acked) = match answer {
+            // After a Redis restart the script cache is empty: load it, then once more.
+            Err(err) if is_noscript(&err) => {
+                invocation.load_async(con).await?;
+                pipe.query_async(con).await?
+            }
+            other => other?,
+        };
+        let appended = if fresh == 1 { Appended::Accepted(id) } else { Appended::Duplicate(id) };
+        Ok((appended, acked))
     }
 }

@@ -108,6 +108,30 @@ impl RedisServer {
         Self::start_args(&["--appendonly", "yes", "--appendfsync", "always"])
     }
 
+    /// Starts a replica of `primary` (no persistence) and waits until its link to the primary is
+    /// up and the primary counts it.
+    pub fn start_replica_of(primary: &RedisServer) -> Self {
+        let port = primary.port.to_string();
+        let replica = Self::start_args(&["--appendonly", "no", "--replicaof", "127.0.0.1", &port]);
+        replica.wait_linked(primary);
+        replica
+    }
+
+    /// Waits until this replica's link to `primary` is up and `primary` counts it.
+    pub fn wait_linked(&self, primary: &RedisServer) {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let info = |server: &RedisServer| -> String {
+                redis::cmd("INFO").arg("replication").query(&mut server.con()).unwrap_or_default()
+            };
+            if info(self).contains("master_link_status:up") && !info(primary).contains("connected_slaves:0") {
+                return;
+            }
+            assert!(Instant::now() < deadline, "the replica on port {} did not link to its primary", self.port);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     fn start_args(extra: &[&str]) -> Self {
         let mut server = Self { port: 0, dir: tempfile::tempdir().unwrap(), child: None, extra: Vec::new() };
         // A port taken by someone else between `free_port` and Redis binding it makes Redis exit
