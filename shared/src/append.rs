@@ -53,6 +53,15 @@ pub enum Appended {
 }
 
 impl Appended {
+    /// The script's answer `{1 | 0, id}`.
+    fn from_answer((fresh, id): (i64, String)) -> Self {
+        if fresh == 1 {
+            Appended::Accepted(id)
+        } else {
+            Appended::Duplicate(id)
+        }
+    }
+
     pub fn id(&self) -> &str {
         match self {
             Appended::Accepted(id) | Appended::Duplicate(id) => id,
@@ -86,13 +95,24 @@ impl DedupAppend {
         ttl_secs: u64,
         entry: &NewEntry<'_>,
     ) -> RedisResult<Appended> {
+        let answer = self.invocation(dedup_key, events_key, ttl_secs, entry).invoke_async(con).await?;
+        Ok(Appended::from_answer(answer))
+    }
+
+    /// The script call for one entry: keys, TTL, then the entry's fields.
+    fn invocation<'a>(
+        &'a self,
+        dedup_key: &str,
+        events_key: &str,
+        ttl_secs: u64,
+        entry: &NewEntry<'_>,
+    ) -> redis::ScriptInvocation<'a> {
         let mut invocation = self.script.key(dedup_key);
         invocation.key(events_key).arg(ttl_secs);
         for (field, value) in entry.fields() {
             invocation.arg(field).arg(value);
         }
-        let (fresh, id): (i64, String) = invocation.invoke_async(con).await?;
-        Ok(if fresh == 1 { Appended::Accepted(id) } else { Appended::Duplicate(id) })
+        invocation
     }
 
     /// [`Self::run`], then `WAIT replicas timeout` in the same pipeline — so on the same
@@ -107,15 +127,11 @@ impl DedupAppend {
         entry: &NewEntry<'_>,
         wait: Replicas,
     ) -> RedisResult<(Appended, u32)> {
-        let mut invocation = self.script.key(dedup_key);
-        invocation.key(events_key).arg(ttl_secs);
-        for (field, value) in entry.fields() {
-            invocation.arg(field).arg(value);
-        }
+        let invocation = self.invocation(dedup_key, events_key, ttl_secs, entry);
         let mut pipe = redis::pipe();
         pipe.invoke_script(&invocation).cmd("WAIT").arg(wait.count).arg(wait.timeout.as_millis() as u64);
         let answer: RedisResult<((i64, String), u32)> = pipe.query_async(con).await;
-        let ((fresh, id), acked) = match answer {
+        let (answer, acked) = match answer {
             // After a Redis restart the script cache is empty: load it, then once more.
             Err(err) if is_noscript(&err) => {
                 invocation.load_async(con).await?;
@@ -123,7 +139,6 @@ impl DedupAppend {
             }
             other => other?,
         };
-        let appended = if fresh == 1 { Appended::Accepted(id) } else { Appended::Duplicate(id) };
-        Ok((appended, acked))
+        Ok((Appended::from_answer(answer), acked))
     }
 }
