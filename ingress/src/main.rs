@@ -40,7 +40,7 @@ fn run() -> Result<ExitCode, ExitCode> {
             Ok(ingress) => ingress,
             Err(err) => {
                 tracing::error!("{err}");
-                return ExitCode::FAILURE;
+                return if err.is_configuration() { ExitCode::from(shared::EXIT_USAGE) } else { ExitCode::FAILURE };
             }
         };
         ingress.run_until(shutdown).await;

@@ -29,6 +29,8 @@ pub enum Rejection {
          retry later (the retry is answered once it is replicated)"
     )]
     NotReplicated { wanted: u32, got: u32 },
+    #[error("hookstream is misconfigured, retry later: {0}")]
+    Misconfigured(String),
 }
 
 impl Rejection {
@@ -39,7 +41,7 @@ impl Rejection {
             Self::Timeout { .. } => StatusCode::REQUEST_TIMEOUT,
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::Invalid(_) => StatusCode::BAD_REQUEST,
-            Self::BacklogFull { .. } | Self::Unavailable(_) | Self::NotReplicated { .. } => {
+            Self::BacklogFull { .. } | Self::Unavailable(_) | Self::NotReplicated { .. } | Self::Misconfigured(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
         }
@@ -54,7 +56,7 @@ impl Rejection {
             Self::Unauthorized(_) => "unauthorized",
             Self::Invalid(_) => "invalid_payload",
             Self::BacklogFull { .. } => "backlog_full",
-            Self::Unavailable(_) | Self::NotReplicated { .. } => "unavailable",
+            Self::Unavailable(_) | Self::NotReplicated { .. } | Self::Misconfigured(_) => "unavailable",
         }
     }
 
@@ -66,7 +68,9 @@ impl Rejection {
             Self::Timeout { .. } => Outcome::Timeout,
             Self::Unauthorized(_) => Outcome::Unauthorized,
             Self::Invalid(_) => Outcome::Invalid,
-            Self::BacklogFull { .. } | Self::Unavailable(_) | Self::NotReplicated { .. } => Outcome::Unavailable,
+            Self::BacklogFull { .. } | Self::Unavailable(_) | Self::NotReplicated { .. } | Self::Misconfigured(_) => {
+                Outcome::Unavailable
+            }
         }
     }
 

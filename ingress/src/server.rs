@@ -29,7 +29,8 @@ use shared::append::{Appended, DedupAppend, Replicas};
 use shared::conn::Conn;
 use shared::entry::{self, NewEntry};
 use shared::http::{json, metrics_response, ApiError, Body, RequestStarted, ServeOptions};
-use shared::keys::Keys;
+use shared::keys::Partitions;
+use shared::layout::{Layout, LayoutError};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -52,7 +53,8 @@ pub struct Ingress {
 }
 
 struct State {
-    keys: Keys,
+    partitions: Partitions,
+    layout: Layout,
     redis: Conn,
     script: DedupAppend,
     verifier: Verifier,
@@ -74,7 +76,20 @@ pub enum BuildError {
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error("invalid Redis settings: {0}")]
     Redis(#[from] redis::RedisError),
+    #[error("{0}")]
+    Layout(LayoutError),
 }
+
+impl BuildError {
+    /// A setting to fix (exit code 64), not a failure to retry.
+    pub fn is_configuration(&self) -> bool {
+        matches!(self, BuildError::Layout(_))
+    }
+}
+
+/// How long the start-up check of the partition layout waits for Redis; when Redis does not
+/// answer, the ingress starts anyway and checks before its first append.
+const LAYOUT_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl Ingress {
     /// Binds the listener (port 0 picks a free port) and prepares the Redis connection, which is
@@ -83,8 +98,14 @@ impl Ingress {
         let listener = TcpListener::bind(config.listen_addr)
             .await
             .map_err(|source| BuildError::Bind { addr: config.listen_addr, source })?;
-        let client = shared::conn::client(&config.common.redis_url)?;
-        let redis = Conn::new(client, REDIS_RESPONSE_TIMEOUT)?;
+        let redis = Conn::open(&config.common.redis_target()?, REDIS_RESPONSE_TIMEOUT)?;
+        let layout = Layout::new(&config.common.namespace, config.common.partitions);
+        match tokio::time::timeout(LAYOUT_CHECK_TIMEOUT, layout.ensure(&mut redis.clone())).await {
+            Ok(Err(err)) if err.is_refusal() => return Err(BuildError::Layout(err)),
+            Ok(Err(err)) => tracing::warn!(error = %err, "Redis unreachable at start; will check the layout later"),
+            Err(_) => tracing::warn!("Redis did not answer at start; will check the layout later"),
+            Ok(Ok(())) => {}
+        }
         if config.verifier.allows_unsigned() {
             tracing::warn!("ALLOW_UNSIGNED=true: every request is accepted without authentication");
         }
@@ -92,7 +113,8 @@ impl Ingress {
         Ok(Self {
             listener,
             state: Arc::new(State {
-                keys: Keys::new(&config.common.namespace),
+                partitions: config.common.partitions(),
+                layout,
                 redis,
                 script: DedupAppend::new(),
                 verifier: config.verifier,
@@ -138,27 +160,25 @@ impl Ingress {
 }
 
 /// Reads the backlog about once per `backlog_refresh`, never per request: the largest lag
-/// (entries not yet delivered) of the stream's consumer groups, or the stream's length while no
-/// group exists yet (nothing consumes it). A lag Redis cannot tell (null) counts as 0: the
-/// ingress pushes back only on a backlog it knows of. Errors keep the last value.
+/// (entries not yet delivered) of the consumer groups, summed over the partitions, or the
+/// streams' length while no group exists yet (nothing consumes them). A lag Redis cannot tell
+/// (null) counts as 0: the ingress pushes back only on a backlog it knows of. Errors keep the
+/// last value. A layout not yet checked (Redis was down at start) is checked here too.
 async fn watch_backlog(state: Arc<State>) {
     let mut tick = tokio::time::interval(state.backlog_refresh);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         let mut con = state.redis.clone();
-        let groups: redis::RedisResult<redis::streams::StreamInfoGroupsReply> =
-            redis::cmd("XINFO").arg("GROUPS").arg(&state.keys.events).query_async(&mut con).await;
-        let backlog = match groups {
-            Ok(reply) if reply.groups.is_empty() => {
-                redis::cmd("XLEN").arg(&state.keys.events).query_async::<u64>(&mut con).await.ok()
+        if !state.layout.checked() {
+            if let Err(err) = state.layout.ensure(&mut con).await {
+                if err.is_refusal() {
+                    tracing::error!("{err}; answering 503 to every webhook");
+                }
+                continue;
             }
-            Ok(reply) => Some(reply.groups.iter().map(|g| g.lag.unwrap_or(0) as u64).max().unwrap_or(0)),
-            // "no such key": no stream yet, so no backlog.
-            Err(err) if err.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError) => Some(0),
-            Err(_) => None,
-        };
-        if let Some(backlog) = backlog {
+        }
+        if let Some(backlog) = read_backlog(&state, &mut con).await {
             let before = state.backlog.swap(backlog, Ordering::Relaxed);
             let (was_full, full) = (before > state.max_backlog, backlog > state.max_backlog);
             if full && !was_full {
@@ -172,6 +192,30 @@ async fn watch_backlog(state: Arc<State>) {
             }
         }
     }
+}
+
+/// The backlog over every partition (see [`watch_backlog`]); `None` when Redis fails.
+async fn read_backlog(state: &State, con: &mut Conn) -> Option<u64> {
+    let mut lag_by_group: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
+    let mut unconsumed = 0u64; // entries of partitions without any group
+    for keys in state.partitions.all() {
+        let groups: redis::RedisResult<redis::streams::StreamInfoGroupsReply> =
+            redis::cmd("XINFO").arg("GROUPS").arg(&keys.events).query_async(con).await;
+        match groups {
+            Ok(reply) if reply.groups.is_empty() => {
+                unconsumed += redis::cmd("XLEN").arg(&keys.events).query_async::<u64>(con).await.ok()?;
+            }
+            Ok(reply) => {
+                for group in reply.groups {
+                    *lag_by_group.entry(group.name).or_default() += group.lag.unwrap_or(0) as u64;
+                }
+            }
+            // "no such key": no stream yet, so no backlog.
+            Err(err) if err.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError) => {}
+            Err(_) => return None,
+        }
+    }
+    Some(lag_by_group.values().map(|lag| lag + unconsumed).max().unwrap_or(unconsumed))
 }
 
 /// The caller's `x-request-id` when it is a sane token, else a new one.
@@ -318,7 +362,14 @@ async fn accept(state: &State, req: Request<Incoming>, request_id: &str) -> Resu
         request_id,
     };
     let mut con = state.redis.clone();
-    let (dedup_key, events) = (state.keys.dedup(&dedup_id), &state.keys.events);
+    if !state.layout.checked() {
+        state.layout.ensure(&mut con).await.map_err(|err| match err {
+            LayoutError::Redis(err) => Rejection::Unavailable(err),
+            refusal => Rejection::Misconfigured(refusal.to_string()),
+        })?;
+    }
+    let (keys, dedup_key) = state.partitions.of(&dedup_id);
+    let events = &keys.events;
     let appended = if state.min_replicas_ack == 0 {
         state.script.run(&mut con, &dedup_key, events, state.dedup_ttl_secs, &new_entry).await?
     } else {

@@ -14,6 +14,9 @@ pub const EXIT_UNAVAILABLE: u8 = 69;
 #[command(name = "processor", version, about = "hookstream processor: handles the events in the Redis Stream")]
 #[command(after_help = shared::config::help_table(&crate::config::all_vars()))]
 pub struct Cli {
+    /// With PARTITIONS > 1: `status` and `dead …` look at this partition only (0 to P-1).
+    #[arg(long, global = true, value_name = "INDEX")]
+    pub partition: Option<usize>,
     #[command(subcommand)]
     pub command: Option<Command>,
 }
@@ -28,6 +31,12 @@ pub enum Command {
     Dead {
         #[command(subcommand)]
         action: Dead,
+    },
+    /// Record a new partition count for a drained namespace (stop every ingress first, then run
+    /// this, then restart everything with PARTITIONS set to the new count).
+    Repartition {
+        /// The new partition count (1 to 1024).
+        partitions: usize,
     },
 }
 
@@ -103,52 +112,84 @@ fn check_ids(ids: &[String]) -> Result<(), BadArgs> {
     ids.iter().try_for_each(|id| ops::check_id(id))
 }
 
-/// Runs `processor status`.
-pub async fn status(ops: &Ops, reap_after: std::time::Duration) -> Done {
-    Done::ok(try_redis!(ops.status(reap_after).await))
+/// Runs `processor repartition N`.
+pub async fn repartition(con: &mut shared::conn::Conn, ns: &str, partitions: usize) -> Done {
+    if !(1..=1024).contains(&partitions) {
+        return Done::bad(BadArgs(format!("{partitions} partitions: the count must be 1 to 1024")));
+    }
+    match ops::repartition(con, ns, partitions).await {
+        Ok(text) => Done::ok(text),
+        Err(ops::RepartitionError::Redis(err)) => Done::redis(err),
+        Err(ops::RepartitionError::NotDrained(why)) => Done::nothing(format!("not repartitioned: {why}")),
+    }
 }
 
-/// Runs a `processor dead …` command.
-pub async fn dead(ops: &Ops, action: Dead) -> Done {
+/// Runs `processor status` over `ops` (one per partition looked at).
+pub async fn status(ops: &[Ops], reap_after: std::time::Duration) -> Done {
+    let mut out = String::new();
+    for (n, part) in ops.iter().enumerate() {
+        if n > 0 {
+            out.push('\n');
+        }
+        out.push_str(&try_redis!(part.status(reap_after).await));
+    }
+    Done::ok(out)
+}
+
+/// Runs a `processor dead …` command over `ops` (one per partition looked at). With several
+/// partitions, an id is looked for in each (ids are per stream; `--partition` narrows it).
+pub async fn dead(ops: &[Ops], action: Dead) -> Done {
     match action {
         Dead::List { count, event } => {
-            let entries = try_redis!(ops.dead_list(count, event.as_deref()).await);
+            let mut entries = Vec::new();
+            for part in ops {
+                entries.extend(try_redis!(part.dead_list(count, event.as_deref()).await));
+            }
             if entries.is_empty() {
                 return Done::nothing("no dead entries");
             }
+            // Newest first across partitions (ids are times).
+            entries.sort_by_key(|e| std::cmp::Reverse(crate::stream::parse_id(&e.id)));
+            entries.truncate(count);
             Done::ok(ops::format_list(&entries))
         }
         Dead::Show { id } => {
             if let Err(e) = ops::check_id(&id) {
                 return Done::bad(e);
             }
-            match try_redis!(ops.dead_show(&id).await) {
-                Some(entry) => Done::ok(ops::format_entry(&entry)),
-                None => Done::nothing(format!("no dead entry {id}")),
+            let mut out = String::new();
+            for part in ops {
+                if let Some(entry) = try_redis!(part.dead_show(&id).await) {
+                    out.push_str(&ops::format_entry(&entry));
+                }
             }
+            if out.is_empty() {
+                return Done::nothing(format!("no dead entry {id}"));
+            }
+            Done::ok(out)
         }
         Dead::Replay { ids, all, event } => {
-            let ids = if all {
-                try_redis!(ops.dead_ids(event.as_deref()).await)
-            } else if ids.is_empty() {
+            if !all && ids.is_empty() {
                 return Done::bad(BadArgs("name the entries to replay, or --all".into()));
-            } else {
-                if let Err(e) = check_ids(&ids) {
-                    return Done::bad(e);
-                }
-                ids
-            };
-            let moved = match ops.replay(&ids, |_| Ok::<(), std::convert::Infallible>(())).await {
-                Ok(moved) => moved,
-                Err(ops::ReplayError::Redis(n, err)) => {
-                    return Done {
-                        code: EXIT_UNAVAILABLE,
-                        stdout: format!("replayed {n}\n"),
-                        stderr: format!("Redis failed; the rest stay in the dead stream: {err}"),
+            }
+            if let Err(e) = check_ids(&ids) {
+                return Done::bad(e);
+            }
+            let mut moved = Vec::new();
+            for part in ops {
+                let ids = if all { try_redis!(part.dead_ids(event.as_deref()).await) } else { ids.clone() };
+                match part.replay(&ids, |_| Ok::<(), std::convert::Infallible>(())).await {
+                    Ok(done) => moved.extend(done),
+                    Err(ops::ReplayError::Redis(n, err)) => {
+                        return Done {
+                            code: EXIT_UNAVAILABLE,
+                            stdout: format!("replayed {}\n", moved.len() + n),
+                            stderr: format!("Redis failed; the rest stay in the dead stream: {err}"),
+                        }
                     }
+                    Err(ops::ReplayError::Interrupted(_, never)) => match never {},
                 }
-                Err(ops::ReplayError::Interrupted(_, never)) => match never {},
-            };
+            }
             if moved.is_empty() {
                 return Done::nothing("no dead entries matched");
             }
@@ -160,19 +201,26 @@ pub async fn dead(ops: &Ops, action: Dead) -> Done {
             Done::ok(out)
         }
         Dead::Purge { ids, older_than } => {
-            let purged = match (older_than, ids.is_empty()) {
+            let age = match (older_than, ids.is_empty()) {
                 (Some(text), true) => match ops::parse_duration(&text) {
-                    Ok(age) => try_redis!(ops.purge_older_than(age).await),
+                    Ok(age) => Some(age),
                     Err(e) => return Done::bad(e),
                 },
                 (None, false) => {
                     if let Err(e) = check_ids(&ids) {
                         return Done::bad(e);
                     }
-                    try_redis!(ops.purge_ids(&ids).await)
+                    None
                 }
                 _ => return Done::bad(BadArgs("name the entries to purge, or --older-than DURATION".into())),
             };
+            let mut purged = 0;
+            for part in ops {
+                purged += match age {
+                    Some(age) => try_redis!(part.purge_older_than(age).await),
+                    None => try_redis!(part.purge_ids(&ids).await),
+                };
+            }
             if purged == 0 {
                 return Done::nothing("no dead entries matched");
             }

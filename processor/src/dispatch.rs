@@ -33,14 +33,15 @@ pub struct Dispatcher {
 }
 
 impl Dispatcher {
-    pub fn new(worker: Arc<Worker>, concurrency: usize, claim_idle: Duration, stop: watch::Receiver<bool>) -> Self {
-        Self {
-            worker,
-            held: Arc::new(Held::new(claim_idle)),
-            permits: Arc::new(Semaphore::new(concurrency)),
-            tasks: TaskTracker::new(),
-            stop,
-        }
+    /// A dispatcher for one partition's `worker`; `permits` are the `CONCURRENCY` slots, shared
+    /// by every partition.
+    pub fn new(
+        worker: Arc<Worker>,
+        permits: Arc<Semaphore>,
+        claim_idle: Duration,
+        stop: watch::Receiver<bool>,
+    ) -> Self {
+        Self { worker, held: Arc::new(Held::new(claim_idle)), permits, tasks: TaskTracker::new(), stop }
     }
 
     pub fn stopping(&self) -> bool {

@@ -17,7 +17,20 @@ fn set_gauges(g: &Gauges) {
     metrics::gauge!("hookstream_group_lag").set(g.group_lag as f64);
 }
 
-pub async fn answer(stream: &Stream, req: Request<Incoming>) -> Response<Body> {
+/// The gauges summed over every partition's stream.
+async fn gauges(streams: &[Stream]) -> redis::RedisResult<Gauges> {
+    let mut total = Gauges::default();
+    for stream in streams {
+        let g = stream.gauges().await?;
+        total.stream_length += g.stream_length;
+        total.dead_length += g.dead_length;
+        total.group_pending += g.group_pending;
+        total.group_lag += g.group_lag;
+    }
+    Ok(total)
+}
+
+pub async fn answer(streams: &[Stream], req: Request<Incoming>) -> Response<Body> {
     let method = req.method();
     let path = req.uri().path();
     match path {
@@ -25,13 +38,13 @@ pub async fn answer(stream: &Stream, req: Request<Incoming>) -> Response<Body> {
             ApiError::method_not_allowed(method, path, "GET, HEAD").into_response()
         }
         "/healthz" => json(StatusCode::OK, &Status { status: "ok" }),
-        "/readyz" => match stream.gauges().await {
+        "/readyz" => match gauges(streams).await {
             Ok(_) => json(StatusCode::OK, &Status { status: "ready" }),
             Err(err) => ApiError::unavailable(format!("Redis does not answer: {err}")).into_response(),
         },
         "/metrics" => {
             // The gauges are read when scraped, so they are never stale.
-            if let Ok(gauges) = stream.gauges().await {
+            if let Ok(gauges) = gauges(streams).await {
                 set_gauges(&gauges);
             }
             metrics_response()

@@ -3,7 +3,7 @@
 use processor::cli::{self as commands, Cli, Command};
 use processor::{Processor, ProcessorConfig};
 use shared::cli;
-use shared::keys::Keys;
+use shared::keys::Partitions;
 use std::io::Write;
 use std::process::ExitCode;
 
@@ -26,32 +26,52 @@ fn run() -> Result<ExitCode, ExitCode> {
     match cli.command {
         None => serve(config),
         Some(Command::Healthcheck) => Ok(cli::healthcheck("processor", config.metrics_addr)),
-        Some(Command::Status) => operate(config, None),
-        Some(Command::Dead { action }) => operate(config, Some(action)),
+        Some(command) => operate(config, cli.partition, command),
     }
 }
 
-/// `status` (no action) and `dead …`: one short-lived connection, the result printed, its
-/// exit code.
-fn operate(config: ProcessorConfig, action: Option<commands::Dead>) -> Result<ExitCode, ExitCode> {
+/// `status`, `dead …` and `repartition`: one short-lived connection, the result printed, its
+/// exit code. They look at the partitions the namespace was created with (`{ns}:partitions`),
+/// whatever `PARTITIONS` says; `--partition` picks one.
+fn operate(config: ProcessorConfig, partition: Option<usize>, command: Command) -> Result<ExitCode, ExitCode> {
     let runtime = cli::runtime("processor")?;
     let done = runtime.block_on(async {
-        let manager = shared::conn::client(&config.common.redis_url)
-            .and_then(|c| shared::conn::Conn::new(c, Duration::from_secs(10)));
-        let manager = match manager {
-            Ok(m) => m,
-            Err(err) => {
-                return commands::Done {
-                    code: commands::EXIT_UNAVAILABLE,
-                    stdout: String::new(),
-                    stderr: err.to_string(),
-                }
-            }
+        let unavailable = |err: redis::RedisError| commands::Done {
+            code: commands::EXIT_UNAVAILABLE,
+            stdout: String::new(),
+            stderr: err.to_string(),
         };
-        let ops = processor::ops::Ops::new(Keys::new(&config.common.namespace), config.group.clone(), manager);
-        match action {
-            None => commands::status(&ops, config.consumer_idle_reap).await,
-            Some(action) => commands::dead(&ops, action).await,
+        let mut con =
+            match config.common.redis_target().and_then(|t| shared::conn::Conn::open(&t, Duration::from_secs(10))) {
+                Ok(con) => con,
+                Err(err) => return unavailable(err),
+            };
+        let ns = &config.common.namespace;
+        if let Command::Repartition { partitions } = command {
+            return commands::repartition(&mut con, ns, partitions).await;
+        }
+        let count = match processor::ops::recorded_partitions(&mut con, ns).await {
+            Ok(recorded) => recorded.unwrap_or(config.common.partitions),
+            Err(err) => return unavailable(err),
+        };
+        let mut ops: Vec<processor::ops::Ops> = Partitions::new(ns, count)
+            .all()
+            .iter()
+            .map(|keys| processor::ops::Ops::new(keys.clone(), config.group.clone(), con.clone()))
+            .collect();
+        if let Some(index) = partition {
+            if index >= ops.len() {
+                return commands::Done {
+                    code: shared::EXIT_USAGE,
+                    stdout: String::new(),
+                    stderr: format!("--partition {index}: the namespace has {count} partition(s), 0 to {}", count - 1),
+                };
+            }
+            ops = vec![ops.swap_remove(index)];
+        }
+        match command {
+            Command::Dead { action } => commands::dead(&ops, action).await,
+            _ => commands::status(&ops, config.consumer_idle_reap).await,
         }
     });
     let _ = std::io::stdout().write_all(done.stdout.as_bytes());
@@ -70,7 +90,7 @@ fn serve(config: ProcessorConfig) -> Result<ExitCode, ExitCode> {
             Ok(processor) => processor,
             Err(err) => {
                 tracing::error!("{err}");
-                return ExitCode::FAILURE;
+                return if err.is_configuration() { ExitCode::from(shared::EXIT_USAGE) } else { ExitCode::FAILURE };
             }
         };
         processor.run_until(shutdown).await;

@@ -45,6 +45,17 @@ async fn read_batches(
     let mut group_checked = false;
     while !dispatcher.stopping() {
         if !group_checked {
+            // Redis was down at start: the partition layout is checked before the first read.
+            if let Err(err) = dispatcher.worker.layout.ensure(&mut stream.connection()).await {
+                match err {
+                    shared::layout::LayoutError::Redis(err) => redis.failed("checking the partition layout", &err),
+                    refusal => tracing::error!("{refusal}; not reading"),
+                }
+                if !dispatcher.pause(backoff.next_backoff().unwrap_or(Duration::from_secs(5))).await {
+                    break;
+                }
+                continue;
+            }
             match stream.ensure_group().await {
                 Ok(()) => group_checked = true,
                 Err(err) => {

@@ -9,6 +9,13 @@
 //!     └─ health         /healthz /readyz /metrics                  │
 //! ```
 //!
+//! **Partitions.** With `PARTITIONS=P` the reader, reclaimer, lease keeper, tidier and the
+//! batched acks run once per partition (each on that partition's stream, consumer group and
+//! dead stream, the reader on a blocking connection of its own); the `CONCURRENCY` slots, the
+//! handlers, the meeting locks and the write limiter are shared by all of them. A reader waits
+//! for a free slot before it reads, and slots are granted in request order, so partitions with
+//! work take turns and a busy one cannot starve the others.
+//!
 //! Stopping (SIGTERM/SIGINT): the grace period `SHUTDOWN_GRACE_MS` starts counting at once and
 //! covers every part: the reader and the reclaimer stop taking entries, deliveries in flight
 //! finish and write their verdicts, and whatever is still running when the grace runs out is
@@ -24,7 +31,7 @@ use http::Request;
 use hyper::body::Incoming;
 use shared::conn::Conn;
 use shared::http::ServeOptions;
-use shared::keys::Keys;
+use shared::layout::{Layout, LayoutError};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -35,8 +42,8 @@ use tokio::time::Instant;
 
 pub struct Processor {
     config: ProcessorConfig,
-    worker: Arc<Worker>,
-    reader: Conn,
+    /// One per partition: what handles its entries, and its blocking-read connection.
+    parts: Vec<(Arc<Worker>, Conn)>,
     metrics_listener: TcpListener,
 }
 
@@ -48,7 +55,20 @@ pub enum BuildError {
     Redis(#[from] redis::RedisError),
     #[error("cannot build the HTTP client: {0}")]
     Http(#[from] reqwest::Error),
+    #[error("{0}")]
+    Layout(LayoutError),
 }
+
+impl BuildError {
+    /// A setting to fix (exit code 64), not a failure to retry.
+    pub fn is_configuration(&self) -> bool {
+        matches!(self, BuildError::Layout(_))
+    }
+}
+
+/// How long the start-up check of the partition layout waits for Redis; when Redis does not
+/// answer, the readers check before their first read.
+const LAYOUT_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl Processor {
     /// Binds `METRICS_ADDR` and prepares both Redis connections (made lazily: the processor
@@ -58,40 +78,57 @@ impl Processor {
         let metrics_listener = TcpListener::bind(config.metrics_addr)
             .await
             .map_err(|source| BuildError::Bind { addr: config.metrics_addr, source })?;
-        let client = shared::conn::client(&config.common.redis_url)?;
-        let commands = Conn::new(client.clone(), config.command_timeout)?;
-        // The blocking reads get a connection of their own: a XREADGROUP BLOCK would otherwise
-        // stall every ack queued behind it on a shared socket.
-        let reader = Conn::new(client, config.block + crate::reader::BLOCK_MARGIN)?;
-        let keys = Keys::new(&config.common.namespace);
-        let limiter =
-            crate::limiter::WriteLimiter::new(keys.api_writes.clone(), commands.clone(), config.api_writes_per_sec);
+        let target = config.common.redis_target()?;
+        let commands = Conn::open(&target, config.command_timeout)?;
+        let partitions = config.common.partitions();
+        let layout = Arc::new(Layout::new(&config.common.namespace, partitions.count()));
+        match tokio::time::timeout(LAYOUT_CHECK_TIMEOUT, layout.ensure(&mut commands.clone())).await {
+            Ok(Err(err)) if err.is_refusal() => return Err(BuildError::Layout(err)),
+            Ok(Err(err)) => tracing::warn!(error = %err, "Redis unreachable at start; will check the layout later"),
+            Err(_) => tracing::warn!("Redis did not answer at start; will check the layout later"),
+            Ok(Ok(())) => {}
+        }
+        let namespace = partitions.namespace().clone();
+        let limiter = crate::limiter::WriteLimiter::new(
+            namespace.api_writes.clone(),
+            commands.clone(),
+            config.api_writes_per_sec,
+        );
         let registry = match registry {
             Some(registry) => registry,
             None => Registry::standard(&config, limiter)?,
         };
         // A meeting's lock lives as long as a dead holder's entries stay unclaimed.
-        let locks = crate::lock::MeetingLocks::new(keys.clone(), commands.clone(), config.claim_idle);
+        let locks = crate::lock::MeetingLocks::new(namespace, commands.clone(), config.claim_idle);
         if config.api_key.is_none() {
             tracing::warn!("MEETING_BAAS_API_KEY is not set: Meeting BaaS API calls will be refused");
         }
         let _ = shared::telemetry::metrics();
-        let stream = Stream::new(keys, config.group.clone(), config.consumer.clone(), commands);
-        let worker = Arc::new(Worker {
-            acker: crate::acker::Acker::spawn(stream.clone()),
-            stream,
-            registry,
-            retry: RetryPolicy {
-                initial: config.retry_initial,
-                max_interval: config.retry_max_interval,
-                max_elapsed: config.retry_max_elapsed,
-                attempt_timeout: config.handler_timeout,
-            },
-            max_deliveries: config.max_deliveries,
-            redis: RedisState::default(),
-            locks,
-        });
-        Ok(Self { config, worker, reader, metrics_listener })
+        let redis = Arc::new(RedisState::default());
+        let mut parts = Vec::with_capacity(partitions.count());
+        for keys in partitions.all() {
+            let stream = Stream::new(keys.clone(), config.group.clone(), config.consumer.clone(), commands.clone());
+            let worker = Arc::new(Worker {
+                acker: crate::acker::Acker::spawn(stream.clone()),
+                stream,
+                registry: registry.clone(),
+                retry: RetryPolicy {
+                    initial: config.retry_initial,
+                    max_interval: config.retry_max_interval,
+                    max_elapsed: config.retry_max_elapsed,
+                    attempt_timeout: config.handler_timeout,
+                },
+                max_deliveries: config.max_deliveries,
+                redis: redis.clone(),
+                locks: locks.clone(),
+                layout: layout.clone(),
+            });
+            // The blocking reads get a connection of their own: a XREADGROUP BLOCK would
+            // otherwise stall every ack queued behind it on a shared socket.
+            let reader = Conn::open(&target, config.block + crate::reader::BLOCK_MARGIN)?;
+            parts.push((worker, reader));
+        }
+        Ok(Self { config, parts, metrics_listener })
     }
 
     pub fn metrics_addr(&self) -> std::io::Result<SocketAddr> {
@@ -102,75 +139,98 @@ impl Processor {
     /// what is left of `SHUTDOWN_GRACE_MS` to finish, aborts the rest (they stay pending and are
     /// reclaimed by another replica), and returns `true` when nothing had to be aborted.
     pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> bool {
-        let Processor { config, worker, reader, metrics_listener } = self;
-        tracing::info!(consumer = %config.consumer, group = %config.group, stream = %worker.stream.keys.events, "processor starting");
+        let Processor { config, parts, metrics_listener } = self;
+        let streams: Vec<Stream> = parts.iter().map(|(w, _)| w.stream.clone()).collect();
+        tracing::info!(
+            consumer = %config.consumer,
+            group = %config.group,
+            stream = %streams[0].keys.events,
+            partitions = streams.len(),
+            "processor starting"
+        );
         let (stop_tx, stop) = watch::channel(false);
-        let dispatcher = Arc::new(Dispatcher::new(worker.clone(), config.concurrency, config.claim_idle, stop));
+        // The CONCURRENCY slots, shared by every partition.
+        let permits = Arc::new(tokio::sync::Semaphore::new(config.concurrency));
+        let dispatchers: Vec<Arc<Dispatcher>> = parts
+            .iter()
+            .map(|(worker, _)| {
+                Arc::new(Dispatcher::new(worker.clone(), permits.clone(), config.claim_idle, stop.clone()))
+            })
+            .collect();
 
         let mut health =
             {
-                let stream = worker.stream.clone();
+                let streams = Arc::new(streams);
                 let handler = move |req: Request<Incoming>| {
-                    let stream = stream.clone();
-                    async move { crate::health::answer(&stream, req).await }
+                    let streams = streams.clone();
+                    async move { crate::health::answer(&streams, req).await }
                 };
                 let options = ServeOptions {
                     header_read_timeout: Duration::from_secs(10),
                     shutdown_grace: Duration::from_secs(1),
                     max_connections: 256,
                 };
-                let d = dispatcher.clone();
+                let d = dispatchers[0].clone();
                 tokio::spawn(shared::http::serve(metrics_listener, Arc::new(handler), options, async move {
                     d.stopped().await
                 }))
             };
-        let lease_keeper = tokio::spawn(crate::lease::run(
-            dispatcher.held.clone(),
-            worker.stream.clone(),
-            worker.locks.clone(),
-            (config.claim_idle / 3).max(Duration::from_millis(10)),
-        ));
-        let mut reclaimer = {
-            let d = dispatcher.clone();
-            let (idle, batch) = (config.claim_idle, config.batch_size);
-            tokio::spawn(async move { crate::housekeeping::reclaim(&d, idle, batch).await })
-        };
-        let tidier = {
-            let d = dispatcher.clone();
-            let ops =
-                crate::ops::Ops::new(worker.stream.keys.clone(), config.group.clone(), worker.stream.connection());
-            let (every, retention, reap) = (config.trim_interval, config.stream_retention, config.consumer_idle_reap);
-            tokio::spawn(async move { crate::housekeeping::tidy(&d, ops, every, retention, reap).await })
-        };
-        let mut reader_task = {
-            let d = dispatcher.clone();
-            let (batch, block) = (config.batch_size, config.block);
-            tokio::spawn(async move { crate::reader::run(&d, reader, batch, block).await })
-        };
+        let mut lease_keepers = Vec::new();
+        let mut reclaimers = Vec::new();
+        let mut tidiers = Vec::new();
+        let mut readers = Vec::new();
+        for ((worker, reader), d) in parts.into_iter().zip(&dispatchers) {
+            lease_keepers.push(tokio::spawn(crate::lease::run(
+                d.held.clone(),
+                worker.stream.clone(),
+                worker.locks.clone(),
+                (config.claim_idle / 3).max(Duration::from_millis(10)),
+            )));
+            reclaimers.push({
+                let d = d.clone();
+                let (idle, batch) = (config.claim_idle, config.batch_size);
+                tokio::spawn(async move { crate::housekeeping::reclaim(&d, idle, batch).await })
+            });
+            tidiers.push({
+                let d = d.clone();
+                let ops =
+                    crate::ops::Ops::new(worker.stream.keys.clone(), config.group.clone(), worker.stream.connection());
+                let (every, retention, reap) =
+                    (config.trim_interval, config.stream_retention, config.consumer_idle_reap);
+                tokio::spawn(async move { crate::housekeeping::tidy(&d, ops, every, retention, reap).await })
+            });
+            readers.push({
+                let d = d.clone();
+                let (batch, block) = (config.batch_size, config.block);
+                tokio::spawn(async move { crate::reader::run(&d, reader, batch, block).await })
+            });
+        }
 
         shutdown.await;
         let deadline = Instant::now() + config.common.shutdown_grace;
         tracing::info!("shutting down: no new entries; finishing in-flight ones");
         let _ = stop_tx.send(true);
-        tidier.abort();
+        tidiers.iter().for_each(|t| t.abort());
         let finished = tokio::time::timeout_at(deadline, async {
-            let _ = (&mut reader_task).await;
-            let _ = (&mut reclaimer).await;
-            dispatcher.tasks.close();
-            dispatcher.tasks.wait().await;
+            for task in readers.iter_mut().chain(reclaimers.iter_mut()) {
+                let _ = task.await;
+            }
+            for d in &dispatchers {
+                d.tasks.close();
+                d.tasks.wait().await;
+            }
         })
         .await
         .is_ok();
         if !finished {
-            reader_task.abort();
-            reclaimer.abort();
-            let unfinished = dispatcher.held.abort_all();
+            readers.iter().chain(&reclaimers).for_each(|t| t.abort());
+            let unfinished: usize = dispatchers.iter().map(|d| d.held.abort_all()).sum();
             tracing::warn!(
                 entries = unfinished,
                 "grace period over; unfinished entries stay pending and will be reclaimed"
             );
         }
-        lease_keeper.abort();
+        lease_keepers.iter().for_each(|t| t.abort());
         if tokio::time::timeout_at(deadline.max(Instant::now() + Duration::from_millis(100)), &mut health)
             .await
             .is_err()

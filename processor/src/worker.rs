@@ -31,8 +31,10 @@ pub struct Worker {
     pub registry: Registry,
     pub retry: RetryPolicy,
     pub max_deliveries: u64,
-    pub redis: RedisState,
+    pub redis: std::sync::Arc<RedisState>,
     pub locks: MeetingLocks,
+    /// The partition layout check, shared by every partition.
+    pub layout: std::sync::Arc<shared::layout::Layout>,
 }
 
 /// Why an entry cannot be handled at all.

@@ -150,6 +150,9 @@ pub enum LogFormat {
 #[derive(Debug, Clone)]
 pub struct Common {
     pub redis_url: String,
+    pub redis_mode: crate::conn::Mode,
+    /// `PARTITIONS`: how many streams the events are split into (1 = the unpartitioned keys).
+    pub partitions: usize,
     pub namespace: String,
     pub log_format: LogFormat,
     pub shutdown_grace: Duration,
@@ -157,7 +160,17 @@ pub struct Common {
 
 /// The variables of [`Common`].
 pub const COMMON_VARS: &[Var] = &[
-    Var { name: "REDIS_URL", default: "redis://127.0.0.1:6379", help: "Redis to use (redis:// or unix://)" },
+    Var {
+        name: "REDIS_URL",
+        default: "redis://127.0.0.1:6379",
+        help: "Redis to use (redis:// or unix://); in cluster mode a comma-separated list of seed nodes",
+    },
+    Var { name: "REDIS_MODE", default: "standalone", help: "standalone (one Redis) or cluster (Redis Cluster)" },
+    Var {
+        name: "PARTITIONS",
+        default: "1",
+        help: "streams the events are split into (1 to 1024); fixed once a namespace has data",
+    },
     Var { name: "HOOKSTREAM_NAMESPACE", default: "hookstream", help: "key prefix, used as the hash tag {ns}" },
     Var { name: "LOG_FORMAT", default: "text", help: "text or json; the level comes from RUST_LOG (info)" },
     Var { name: "SHUTDOWN_GRACE_MS", default: "25000", help: "time to finish in-flight work after SIGTERM/SIGINT" },
@@ -165,8 +178,15 @@ pub const COMMON_VARS: &[Var] = &[
 
 impl Common {
     pub fn read(r: &Reader<'_>) -> Result<Self, ConfigError> {
+        let redis_mode = match r.string("REDIS_MODE", "standalone").to_ascii_lowercase().as_str() {
+            "standalone" => crate::conn::Mode::Standalone,
+            "cluster" => crate::conn::Mode::Cluster,
+            other => return Err(ConfigError::new("REDIS_MODE", format!("{other:?} is not standalone or cluster"))),
+        };
         let redis_url = r.string("REDIS_URL", "redis://127.0.0.1:6379");
-        crate::conn::client(&redis_url).map_err(|e| ConfigError::new("REDIS_URL", format!("{redis_url:?}: {e}")))?;
+        crate::conn::Target::open(redis_mode, &redis_url)
+            .map_err(|e| ConfigError::new("REDIS_URL", format!("{redis_url:?}: {e}")))?;
+        let partitions = r.number("PARTITIONS", 1, 1, 1024)? as usize;
         let namespace = r.string("HOOKSTREAM_NAMESPACE", "hookstream");
         if let Some(bad) = namespace.chars().find(|c| matches!(c, '{' | '}') || c.is_whitespace() || c.is_control()) {
             return Err(ConfigError::new(
@@ -179,7 +199,24 @@ impl Common {
             "json" => LogFormat::Json,
             other => return Err(ConfigError::new("LOG_FORMAT", format!("{other:?} is not text or json"))),
         };
-        Ok(Self { redis_url, namespace, log_format, shutdown_grace: r.millis("SHUTDOWN_GRACE_MS", 25_000)? })
+        Ok(Self {
+            redis_url,
+            redis_mode,
+            partitions,
+            namespace,
+            log_format,
+            shutdown_grace: r.millis("SHUTDOWN_GRACE_MS", 25_000)?,
+        })
+    }
+
+    /// The Redis client these settings name (checked when they were read).
+    pub fn redis_target(&self) -> redis::RedisResult<crate::conn::Target> {
+        crate::conn::Target::open(self.redis_mode, &self.redis_url)
+    }
+
+    /// Every partition's keys.
+    pub fn partitions(&self) -> crate::keys::Partitions {
+        crate::keys::Partitions::new(&self.namespace, self.partitions)
     }
 }
 
@@ -199,6 +236,18 @@ mod tests {
         assert_eq!(c.namespace, "hookstream");
         assert_eq!(c.log_format, LogFormat::Text);
         assert_eq!(c.shutdown_grace, Duration::from_millis(25_000));
+        assert_eq!((c.redis_mode, c.partitions), (crate::conn::Mode::Standalone, 1));
+    }
+
+    #[test]
+    fn cluster_mode_takes_a_list_of_seed_nodes() {
+        let c =
+            read(&[("REDIS_MODE", "cluster"), ("REDIS_URL", "redis://a:7000, redis://b:7001"), ("PARTITIONS", "8")])
+                .expect("valid");
+        assert_eq!((c.redis_mode, c.partitions), (crate::conn::Mode::Cluster, 8));
+        assert!(matches!(c.redis_target(), Ok(crate::conn::Target::Cluster(_))));
+        let err = read(&[("REDIS_URL", "redis://a:7000,redis://b:7001")]).expect_err("a list needs cluster mode");
+        assert!(err.to_string().contains("REDIS_MODE=cluster"), "{err}");
     }
 
     #[test]
@@ -214,6 +263,10 @@ mod tests {
             ("HOOKSTREAM_NAMESPACE", "a{b}"),
             ("HOOKSTREAM_NAMESPACE", "a b"),
             ("LOG_FORMAT", "xml"),
+            ("REDIS_MODE", "sentinel"),
+            ("PARTITIONS", "0"),
+            ("PARTITIONS", "1025"),
+            ("PARTITIONS", "many"),
             ("SHUTDOWN_GRACE_MS", "soon"),
             ("SHUTDOWN_GRACE_MS", "0"),
             ("SHUTDOWN_GRACE_MS", "-5"),

@@ -13,8 +13,16 @@
 //!   noticed by the kernel) and every command a response timeout; when a command times out, the
 //!   connection is thrown away and the next command opens a fresh one (the crate's manager
 //!   would keep waiting on the old socket: a timeout is not a "dropped connection" to it).
+//!
+//! **Redis Cluster** (`REDIS_MODE=cluster`): the same [`Conn`] wraps the redis crate's async
+//! cluster connection, which routes each command (and each pipeline, by its keys) to the node
+//! that owns the slot, follows MOVED/ASK, refreshes the slot map after a failover and
+//! reconnects to nodes by itself; it is made lazily too, with the same keepalive, connect and
+//! response timeouts.
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::{ClusterClient, ClusterConfig};
+use redis::cluster_async::ClusterConnection;
 use redis::io::tcp::{socket2::TcpKeepalive, TcpSettings};
 use redis::{Client, Cmd, IntoConnectionInfo, Pipeline, RedisFuture, RedisResult, Value};
 use std::sync::{Arc, Mutex};
@@ -29,18 +37,66 @@ pub const KEEPALIVE_IDLE: Duration = Duration::from_secs(10);
 pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
 pub const KEEPALIVE_RETRIES: u32 = 3;
 
+/// How hookstream talks to Redis (`REDIS_MODE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// One Redis (`REDIS_URL` is its URL), with or without replicas.
+    Standalone,
+    /// A Redis Cluster (`REDIS_URL` is a comma-separated list of seed nodes).
+    Cluster,
+}
+
+/// Where Redis is: one server, or a cluster's seed nodes.
+#[derive(Clone)]
+pub enum Target {
+    Standalone(Client),
+    Cluster(ClusterClient),
+}
+
+impl Target {
+    /// Checks `url` for `mode` (so a bad URL stops start-up) and prepares the client.
+    pub fn open(mode: Mode, url: &str) -> RedisResult<Self> {
+        match mode {
+            Mode::Standalone => {
+                if url.contains(',') {
+                    return Err(redis::RedisError::from((
+                        redis::ErrorKind::InvalidClientConfig,
+                        "a list of URLs needs REDIS_MODE=cluster",
+                    )));
+                }
+                client(url).map(Target::Standalone)
+            }
+            Mode::Cluster => {
+                let nodes = url
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|u| !u.is_empty())
+                    .map(|u| u.into_connection_info())
+                    .collect::<RedisResult<Vec<_>>>()?;
+                ClusterClient::builder(nodes)
+                    .tcp_settings(tcp_settings())
+                    .connection_timeout(CONNECT_TIMEOUT)
+                    .build()
+                    .map(Target::Cluster)
+            }
+        }
+    }
+}
+
+fn tcp_settings() -> TcpSettings {
+    let keepalive =
+        TcpKeepalive::new().with_time(KEEPALIVE_IDLE).with_interval(KEEPALIVE_INTERVAL).with_retries(KEEPALIVE_RETRIES);
+    let tcp = TcpSettings::default().set_keepalive(keepalive);
+    // Data sent but unacknowledged this long (a peer gone without a reset) closes the socket.
+    #[cfg(target_os = "linux")]
+    let tcp = tcp.set_user_timeout(KEEPALIVE_IDLE + KEEPALIVE_INTERVAL * KEEPALIVE_RETRIES);
+    tcp
+}
+
 /// Opens a client for `url` (checked here, so a bad URL stops start-up), with TCP keepalive on
 /// every socket it opens.
 pub fn client(url: &str) -> RedisResult<Client> {
-    let keepalive =
-        TcpKeepalive::new().with_time(KEEPALIVE_IDLE).with_interval(KEEPALIVE_INTERVAL).with_retries(KEEPALIVE_RETRIES);
-    let mut tcp = TcpSettings::default().set_keepalive(keepalive);
-    // Data sent but unacknowledged this long (a peer gone without a reset) closes the socket.
-    #[cfg(target_os = "linux")]
-    {
-        tcp = tcp.set_user_timeout(KEEPALIVE_IDLE + KEEPALIVE_INTERVAL * KEEPALIVE_RETRIES);
-    }
-    Client::open(url.into_connection_info()?.set_tcp_settings(tcp))
+    Client::open(url.into_connection_info()?.set_tcp_settings(tcp_settings()))
 }
 
 /// A shared, lazily connecting, self-healing connection.
@@ -64,7 +120,13 @@ fn manager_config(response_timeout: Option<Duration>) -> ConnectionManagerConfig
 /// out replaces the connection (see the module docs). Cheap to clone: clones share one socket.
 #[derive(Clone)]
 pub struct Conn {
-    shared: Arc<Shared>,
+    inner: Inner,
+}
+
+#[derive(Clone)]
+enum Inner {
+    Standalone(Arc<Shared>),
+    Cluster(ClusterConnection),
 }
 
 struct Shared {
@@ -80,11 +142,31 @@ impl Conn {
     /// connection running blocking reads: the longest block plus a margin).
     pub fn new(client: Client, response_timeout: Duration) -> RedisResult<Self> {
         let current = Mutex::new((0, manager(client.clone(), Some(response_timeout))?));
-        Ok(Self { shared: Arc::new(Shared { client, response_timeout, current }) })
+        Ok(Self { inner: Inner::Standalone(Arc::new(Shared { client, response_timeout, current })) })
     }
 
+    /// A lazily made connection to `target` (one server or a cluster) whose commands each time
+    /// out after `response_timeout`.
+    pub fn open(target: &Target, response_timeout: Duration) -> RedisResult<Self> {
+        match target {
+            Target::Standalone(client) => Self::new(client.clone(), response_timeout),
+            Target::Cluster(client) => {
+                let config =
+                    ClusterConfig::new().set_connection_timeout(CONNECT_TIMEOUT).set_response_timeout(response_timeout);
+                Ok(Self { inner: Inner::Cluster(client.get_pending_async_connection_with_config(config)) })
+            }
+        }
+    }
+
+    /// Whether this connection talks to a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.inner, Inner::Cluster(_))
+    }
+}
+
+impl Shared {
     fn current(&self) -> (u64, ConnectionManager) {
-        self.shared.current.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.current.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// After an error on connection number `generation`: a timeout replaces it (unless another
@@ -93,14 +175,14 @@ impl Conn {
         if !err.is_timeout() {
             return;
         }
-        let mut current = self.shared.current.lock().unwrap_or_else(|p| p.into_inner());
+        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
         if current.0 != generation {
             return;
         }
-        match manager(self.shared.client.clone(), Some(self.shared.response_timeout)) {
+        match manager(self.client.clone(), Some(self.response_timeout)) {
             Ok(fresh) => {
                 tracing::warn!(
-                    timeout_ms = self.shared.response_timeout.as_millis() as u64,
+                    timeout_ms = self.response_timeout.as_millis() as u64,
                     "Redis did not answer in time; opening a new connection"
                 );
                 *current = (generation + 1, fresh);
@@ -112,14 +194,17 @@ impl Conn {
 
 impl ConnectionLike for Conn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        Box::pin(async move {
-            let (generation, mut con) = self.current();
-            let result = con.req_packed_command(cmd).await;
-            if let Err(err) = &result {
-                self.heal(err, generation);
-            }
-            result
-        })
+        match &mut self.inner {
+            Inner::Cluster(con) => con.req_packed_command(cmd),
+            Inner::Standalone(shared) => Box::pin(async move {
+                let (generation, mut con) = shared.current();
+                let result = con.req_packed_command(cmd).await;
+                if let Err(err) = &result {
+                    shared.heal(err, generation);
+                }
+                result
+            }),
+        }
     }
 
     fn req_packed_commands<'a>(
@@ -128,17 +213,23 @@ impl ConnectionLike for Conn {
         offset: usize,
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
-        Box::pin(async move {
-            let (generation, mut con) = self.current();
-            let result = con.req_packed_commands(pipeline, offset, count).await;
-            if let Err(err) = &result {
-                self.heal(err, generation);
-            }
-            result
-        })
+        match &mut self.inner {
+            Inner::Cluster(con) => con.req_packed_commands(pipeline, offset, count),
+            Inner::Standalone(shared) => Box::pin(async move {
+                let (generation, mut con) = shared.current();
+                let result = con.req_packed_commands(pipeline, offset, count).await;
+                if let Err(err) = &result {
+                    shared.heal(err, generation);
+                }
+                result
+            }),
+        }
     }
 
     fn get_db(&self) -> i64 {
-        self.current().1.get_db()
+        match &self.inner {
+            Inner::Cluster(con) => con.get_db(),
+            Inner::Standalone(shared) => shared.current().1.get_db(),
+        }
     }
 }

@@ -1,6 +1,7 @@
 //! The code both hookstream binaries must agree on, and nothing else:
 //!
-//! - [`keys`]: the Redis key names (all under one `{namespace}` hash tag);
+//! - [`keys`]: the Redis key names (one `{namespace}` hash tag, or `{namespace:i}` per partition);
+//! - [`layout`]: the partition count a namespace was created with, checked by every process;
 //! - [`entry`]: the fields of a stream entry;
 //! - [`append`]: the dedup+append Lua script, the only way an event enters the stream;
 //! - [`config`]: environment parsing with typed errors, and the settings both sides read;
@@ -19,6 +20,7 @@ pub mod entry;
 pub mod healthcheck;
 pub mod http;
 pub mod keys;
+pub mod layout;
 pub mod shutdown;
 pub mod telemetry;
 

@@ -26,7 +26,7 @@ fn dead_args(args: &[&str]) -> Dead {
 }
 
 async fn dead(redis: &RedisServer, args: &[&str]) -> Done {
-    cli::dead(&ops(redis), dead_args(args)).await
+    cli::dead(&[ops(redis)], dead_args(args)).await
 }
 
 /// Dead-letters `n` bot.completed and `m` bot.failed events (the target refuses them), and
@@ -191,7 +191,7 @@ async fn replay_and_purge_without_targets_are_bad_arguments() {
 #[tokio::test]
 async fn status_shows_the_numbers() {
     let redis = RedisServer::start();
-    let done = cli::status(&ops(&redis), Duration::from_secs(3600)).await;
+    let done = cli::status(&[ops(&redis)], Duration::from_secs(3600)).await;
     assert!(done.stdout.contains("does not exist yet"), "{}", done.stdout);
     make_dead(&redis, 1, 0).await;
     // A crashed consumer holds one entry; two more wait undelivered.
@@ -199,7 +199,7 @@ async fn status_shows_the_numbers() {
     assert_eq!(ghost_read(&redis, "crashed", 1), 1);
     add_event(&redis, "bot.completed", b"{}", "w1");
     add_event(&redis, "bot.completed", b"{}", "w2");
-    let done = cli::status(&ops(&redis), Duration::from_secs(3600)).await;
+    let done = cli::status(&[ops(&redis)], Duration::from_secs(3600)).await;
     assert_eq!(done.code, 0);
     let out = done.stdout;
     assert!(out.contains("4 entries"), "stream length: {out}");
@@ -211,7 +211,7 @@ async fn status_shows_the_numbers() {
     assert!(out.lines().any(|l| l.starts_with("test-consumer-") && !l.contains("will be reaped")));
     // With a reap limit of zero every consumer with nothing pending is marked, whatever its idle
     // time: no race with the clock.
-    let idle = cli::status(&ops(&redis), Duration::ZERO).await.stdout;
+    let idle = cli::status(&[ops(&redis)], Duration::ZERO).await.stdout;
     assert!(idle.lines().any(|l| l.starts_with("test-consumer-") && l.contains("will be reaped")), "{idle}");
     assert!(!idle.lines().any(|l| l.starts_with("crashed") && l.contains("will be reaped")), "{idle}");
 }

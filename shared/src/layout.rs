@@ -1,0 +1,103 @@
+//! The partition layout a namespace was created with, and the check that every process uses it.
+//!
+//! An event's partition is its dedup identity's hash mod P. A process started with another P
+//! would append a retry where its first copy is not (a duplicate effect), and processors with
+//! another P would not read some partitions at all (events nobody handles). So the first process
+//! to touch a namespace records P in `{ns}:partitions`, and every process checks it before it
+//! appends or reads; a different P is refused with a message that says how to migrate.
+//!
+//! A namespace from before partitions existed has no record: with P = 1 it is adopted as is
+//! (its keys are the unpartitioned ones); with P > 1 it is refused while the unpartitioned
+//! stream `{ns}:events` holds entries (they would never be read) — drain it and use the
+//! documented migration (`processor repartition`).
+
+use crate::keys::Keys;
+use redis::aio::ConnectionLike;
+use redis::Script;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+const SCRIPT: &str = r#"
+-- KEYS[1] {ns}:partitions, KEYS[2] {ns}:events (the unpartitioned stream); ARGV[1] P
+local stored = redis.call('GET', KEYS[1])
+if stored then
+  return stored
+end
+if ARGV[1] ~= '1' and redis.call('EXISTS', KEYS[2]) == 1 and redis.call('XLEN', KEYS[2]) > 0 then
+  return 'unpartitioned'
+end
+redis.call('SET', KEYS[1], ARGV[1])
+return ARGV[1]
+"#;
+
+/// Why a process may not use this namespace with its `PARTITIONS`.
+#[derive(Debug, thiserror::Error)]
+pub enum LayoutError {
+    #[error(
+        "PARTITIONS={configured}, but the namespace was created with {stored} partition(s) ({key}); \
+         every ingress and processor must use PARTITIONS={stored}. To change it, see \"Changing PARTITIONS\" \
+         in the README (`processor repartition`)"
+    )]
+    Mismatch { configured: usize, stored: String, key: String },
+    #[error(
+        "PARTITIONS={configured}, but the unpartitioned stream {stream} still holds entries that would never \
+         be read; start with PARTITIONS=1, let the processors drain it, then run `processor repartition {configured}`"
+    )]
+    Unpartitioned { configured: usize, stream: String },
+    #[error("cannot check the partition layout: {0}")]
+    Redis(#[from] redis::RedisError),
+}
+
+impl LayoutError {
+    /// A wrong setting (fix the configuration), as opposed to Redis not answering (retry).
+    pub fn is_refusal(&self) -> bool {
+        !matches!(self, LayoutError::Redis(_))
+    }
+}
+
+/// The check, remembered once it passed.
+pub struct Layout {
+    namespace: Keys,
+    partitions: usize,
+    script: Script,
+    checked: AtomicBool,
+}
+
+impl Layout {
+    /// The check of namespace `ns` against `partitions`.
+    pub fn new(ns: &str, partitions: usize) -> Self {
+        Self { namespace: Keys::new(ns), partitions, script: Script::new(SCRIPT), checked: AtomicBool::new(false) }
+    }
+
+    pub fn checked(&self) -> bool {
+        self.checked.load(Ordering::Relaxed)
+    }
+
+    /// Records or compares the layout; cheap once it has passed.
+    pub async fn ensure<C: ConnectionLike>(&self, con: &mut C) -> Result<(), LayoutError> {
+        if self.checked() {
+            return Ok(());
+        }
+        let stored: String = self
+            .script
+            .key(&self.namespace.layout)
+            .key(&self.namespace.events)
+            .arg(self.partitions)
+            .invoke_async(con)
+            .await?;
+        if stored == "unpartitioned" {
+            return Err(LayoutError::Unpartitioned {
+                configured: self.partitions,
+                stream: self.namespace.events.clone(),
+            });
+        }
+        if stored != self.partitions.to_string() {
+            return Err(LayoutError::Mismatch {
+                configured: self.partitions,
+                stored,
+                key: self.namespace.layout.clone(),
+            });
+        }
+        self.checked.store(true, Ordering::Relaxed);
+        Ok(())
+    }
+}
