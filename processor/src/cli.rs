@@ -112,6 +112,43 @@ fn check_ids(ids: &[String]) -> Result<(), BadArgs> {
     ids.iter().try_for_each(|id| ops::check_id(id))
 }
 
+/// Runs an operator command (`status`, `dead …`, `repartition`) on one short-lived connection.
+/// `status` and `dead …` look at the partitions the namespace was created with
+/// (`{ns}:partitions`), whatever `PARTITIONS` says; `partition` picks one of them.
+pub async fn operate(config: &crate::ProcessorConfig, partition: Option<usize>, command: Command) -> Done {
+    let mut con = match config
+        .common
+        .redis_target()
+        .and_then(|t| shared::conn::Conn::open(&t, std::time::Duration::from_secs(10)))
+    {
+        Ok(con) => con,
+        Err(err) => return Done::redis(err),
+    };
+    let ns = &config.common.namespace;
+    if let Command::Repartition { partitions } = command {
+        return repartition(&mut con, ns, partitions).await;
+    }
+    let count = try_redis!(ops::recorded_partitions(&mut con, ns).await).unwrap_or(config.common.partitions);
+    let mut parts: Vec<Ops> = shared::keys::Partitions::new(ns, count)
+        .all()
+        .iter()
+        .map(|keys| Ops::new(keys.clone(), config.group.clone(), con.clone()))
+        .collect();
+    if let Some(index) = partition {
+        if index >= parts.len() {
+            return Done::bad(BadArgs(format!(
+                "--partition {index}: the namespace has {count} partition(s), 0 to {}",
+                count - 1
+            )));
+        }
+        parts = vec![parts.swap_remove(index)];
+    }
+    match command {
+        Command::Dead { action } => dead(&parts, action).await,
+        _ => status(&parts, config.consumer_idle_reap).await,
+    }
+}
+
 /// Runs `processor repartition N`.
 pub async fn repartition(con: &mut shared::conn::Conn, ns: &str, partitions: usize) -> Done {
     if !(1..=1024).contains(&partitions) {

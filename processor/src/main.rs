@@ -3,7 +3,6 @@
 use processor::cli::{self as commands, Cli, Command};
 use processor::{Processor, ProcessorConfig};
 use shared::cli;
-use shared::keys::Partitions;
 use std::io::Write;
 use std::process::ExitCode;
 
@@ -12,7 +11,6 @@ use std::process::ExitCode;
 /// no measurable CPU and more than doubled the resident memory.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-use std::time::Duration;
 
 fn main() -> ExitCode {
     match run() {
@@ -35,45 +33,7 @@ fn run() -> Result<ExitCode, ExitCode> {
 /// whatever `PARTITIONS` says; `--partition` picks one.
 fn operate(config: ProcessorConfig, partition: Option<usize>, command: Command) -> Result<ExitCode, ExitCode> {
     let runtime = cli::runtime("processor")?;
-    let done = runtime.block_on(async {
-        let unavailable = |err: redis::RedisError| commands::Done {
-            code: commands::EXIT_UNAVAILABLE,
-            stdout: String::new(),
-            stderr: err.to_string(),
-        };
-        let mut con =
-            match config.common.redis_target().and_then(|t| shared::conn::Conn::open(&t, Duration::from_secs(10))) {
-                Ok(con) => con,
-                Err(err) => return unavailable(err),
-            };
-        let ns = &config.common.namespace;
-        if let Command::Repartition { partitions } = command {
-            return commands::repartition(&mut con, ns, partitions).await;
-        }
-        let count = match processor::ops::recorded_partitions(&mut con, ns).await {
-            Ok(recorded) => recorded.unwrap_or(config.common.partitions),
-            Err(err) => return unavailable(err),
-        };
-        let mut ops: Vec<processor::ops::Ops> = Partitions::new(ns, count)
-            .all()
-            .iter()
-            .map(|keys| processor::ops::Ops::new(keys.clone(), config.group.clone(), con.clone()))
-            .collect();
-        if let Some(index) = partition {
-            if index >= ops.len() {
-                return commands::Done {
-                    code: shared::EXIT_USAGE,
-                    stdout: String::new(),
-                    stderr: format!("--partition {index}: the namespace has {count} partition(s), 0 to {}", count - 1),
-                };
-            }
-            ops = vec![ops.swap_remove(index)];
-        }
-        match command {
-            Command::Dead { action } => commands::dead(&ops, action).await,
-            _ => commands::status(&ops, config.consumer_idle_reap).await,
-        }
-    });
+    let done = runtime.block_on(commands::operate(&config, partition, command));
     let _ = std::io::stdout().write_all(done.stdout.as_bytes());
     if !done.stderr.is_empty() {
         eprintln!("processor: {}", done.stderr);

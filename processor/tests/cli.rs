@@ -188,3 +188,14 @@ async fn every_failed_attempt_logs_one_warn_line() {
         assert!(line["next_wait"].as_str().unwrap().ends_with(" ms"), "{line}");
     }
 }
+
+#[test]
+fn a_partition_count_other_than_the_namespace_s_exits_64() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let () = redis::cmd("SET").arg("{hookstream}:partitions").arg(8).query(&mut redis.con()).unwrap();
+    let out = run(&[], &[("REDIS_URL", url.as_str()), ("METRICS_ADDR", "127.0.0.1:0"), ("PARTITIONS", "2")]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    assert!(stderr.contains("PARTITIONS=2") && stderr.contains("created with 8"), "{stderr}");
+}

@@ -50,7 +50,7 @@ pub enum Mode {
 #[derive(Clone)]
 pub enum Target {
     Standalone(Client),
-    Cluster(ClusterClient),
+    Cluster(Box<ClusterClient>),
 }
 
 impl Target {
@@ -77,7 +77,7 @@ impl Target {
                     .tcp_settings(tcp_settings())
                     .connection_timeout(CONNECT_TIMEOUT)
                     .build()
-                    .map(Target::Cluster)
+                    .map(|client| Target::Cluster(Box::new(client)))
             }
         }
     }

@@ -132,6 +132,23 @@ impl RedisServer {
         }
     }
 
+    /// A cluster node: its cluster bus listens on the port + 10000, so the port is picked below
+    /// 55536 with that one free too.
+    fn start_cluster_node(extra: &[&str]) -> Self {
+        let mut server = Self { port: 0, dir: tempfile::tempdir().unwrap(), child: None, extra: Vec::new() };
+        for _ in 0..50 {
+            let port = free_port();
+            if port > 55_000 || TcpListener::bind(("127.0.0.1", port + 10_000)).is_err() {
+                continue;
+            }
+            server.port = port;
+            if server.spawn(extra) {
+                return server;
+            }
+        }
+        panic!("no free port pair for a cluster node in 50 tries");
+    }
+
     fn start_args(extra: &[&str]) -> Self {
         let mut server = Self { port: 0, dir: tempfile::tempdir().unwrap(), child: None, extra: Vec::new() };
         // A port taken by someone else between `free_port` and Redis binding it makes Redis exit
@@ -241,6 +258,116 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// A Redis Cluster of real `redis-server` processes on free ports: `primaries` primaries with
+/// `replicas` replicas each, the slots spread evenly (`redis-cli --cluster create`), a node
+/// timeout of 1 s so a killed primary is failed over within seconds. Every node is killed on
+/// drop.
+pub struct RedisCluster {
+    pub nodes: Vec<RedisServer>,
+}
+
+/// The node timeout of a test cluster: a primary silent this long is failed over.
+pub const CLUSTER_NODE_TIMEOUT_MS: u64 = 1000;
+
+impl RedisCluster {
+    pub fn start(primaries: usize, replicas: usize) -> Self {
+        let timeout = CLUSTER_NODE_TIMEOUT_MS.to_string();
+        let args = [
+            "--appendonly",
+            "no",
+            "--cluster-enabled",
+            "yes",
+            "--cluster-node-timeout",
+            &timeout,
+            "--cluster-replica-validity-factor",
+            "0",
+        ];
+        let nodes: Vec<RedisServer> =
+            (0..primaries * (1 + replicas)).map(|_| RedisServer::start_cluster_node(&args)).collect();
+        let addrs: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
+        let out = run_command(
+            Command::new(redis_cli_binary())
+                .arg("--cluster")
+                .arg("create")
+                .args(&addrs)
+                .arg("--cluster-replicas")
+                .arg(replicas.to_string())
+                .arg("--cluster-yes"),
+        );
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let cluster = Self { nodes };
+        cluster.wait_ok();
+        cluster
+    }
+
+    /// The seed list for `REDIS_URL` (every node, comma-separated).
+    pub fn urls(&self) -> String {
+        self.nodes.iter().map(RedisServer::url).collect::<Vec<_>>().join(",")
+    }
+
+    /// Waits until every live node says `cluster_state:ok`, all 16384 slots are served, and
+    /// every replica's link to its primary is up.
+    pub fn wait_ok(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let ready = self.live().all(|node| {
+                let mut con = match redis::Client::open(node.url()).and_then(|c| c.get_connection()) {
+                    Ok(con) => con,
+                    Err(_) => return false,
+                };
+                let info: String = redis::cmd("CLUSTER").arg("INFO").query(&mut con).unwrap_or_default();
+                let replication: String = redis::cmd("INFO").arg("replication").query(&mut con).unwrap_or_default();
+                info.contains("cluster_state:ok")
+                    && info.contains("cluster_slots_ok:16384")
+                    && (replication.contains("role:master") || replication.contains("master_link_status:up"))
+            });
+            if ready {
+                return;
+            }
+            assert!(Instant::now() < deadline, "the test cluster did not become ready");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn live(&self) -> impl Iterator<Item = &RedisServer> {
+        self.nodes.iter().filter(|n| n.child.is_some())
+    }
+
+    /// The indexes of the live nodes that are primaries now.
+    pub fn primaries(&self) -> Vec<usize> {
+        (0..self.nodes.len())
+            .filter(|&i| {
+                self.nodes[i].child.is_some() && {
+                    let info: String =
+                        redis::cmd("INFO").arg("replication").query(&mut self.nodes[i].con()).unwrap_or_default();
+                    info.contains("role:master")
+                }
+            })
+            .collect()
+    }
+
+    /// A cluster-aware blocking connection, for assertions.
+    pub fn con(&self) -> redis::cluster::ClusterConnection {
+        let urls: Vec<String> = self.live().map(RedisServer::url).collect();
+        redis::cluster::ClusterClient::new(urls).unwrap().get_connection().unwrap()
+    }
+}
+
+/// `redis-cli`, next to `redis-server` or on PATH.
+pub fn redis_cli_binary() -> PathBuf {
+    let beside = redis_server_binary().with_file_name("redis-cli");
+    if beside.is_file() {
+        beside
+    } else {
+        PathBuf::from("redis-cli")
     }
 }
 

@@ -1,0 +1,214 @@
+//! hookstream on a Redis Cluster (3 primaries, 1 replica each, real `redis-server`s on free
+//! ports) with `PARTITIONS=8`: both binaries, the operator commands, and a primary killed with
+//! SIGKILL in the middle of the load.
+
+mod common;
+
+use common::*;
+use hookstream_tests::fake_api::{FakeApi, Reply};
+use hookstream_tests::{eventually, fixture, RedisCluster};
+use processor::cli::{self, Command};
+use shared::config::Reader;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+const PARTITIONS: usize = 8;
+
+fn cluster_vars(mut vars: HashMap<String, String>, cluster: &RedisCluster) -> HashMap<String, String> {
+    vars.insert("REDIS_URL".into(), cluster.urls());
+    vars.insert("REDIS_MODE".into(), "cluster".into());
+    vars.insert("PARTITIONS".into(), PARTITIONS.to_string());
+    vars
+}
+
+fn forwarding_processor_vars(cluster: &RedisCluster, api: &FakeApi) -> HashMap<String, String> {
+    let mut vars = cluster_vars(processor_vars(&cluster.urls(), &api.url()), cluster);
+    vars.insert("FORWARD_URL".into(), format!("{}/downstream", api.url()));
+    vars
+}
+
+/// How many times each `x-hookstream-id` reached the forward target.
+fn forwarded(api: &FakeApi) -> HashMap<String, usize> {
+    let mut seen = HashMap::new();
+    for call in api.calls_to("POST", "/downstream") {
+        if let Some(id) = call.header("x-hookstream-id") {
+            *seen.entry(id.to_string()).or_insert(0) += 1;
+        }
+    }
+    seen
+}
+
+fn partition_lengths(cluster: &RedisCluster) -> Vec<u64> {
+    let mut con = cluster.con();
+    (0..PARTITIONS)
+        .map(|i| redis::cmd("XLEN").arg(format!("{{{NS}:{i}}}:events")).query(&mut con).expect("XLEN"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn webhooks_spread_over_partitions_on_a_cluster_and_every_one_is_processed_once() {
+    let cluster = RedisCluster::start(3, 1);
+    let api = FakeApi::start().await;
+    api.always("POST", "/downstream", Reply::status(200));
+    let ingress = start_with(cluster_vars(default_vars(&cluster.urls()), &cluster), |_| {}).await;
+    let body = fixture("meeting-baas/v2/bot_completed.json");
+    const N: usize = 120;
+    for i in 0..N {
+        let r = post_signed(&ingress, "svix", SECRET, &format!("msg_cluster_{i}"), now(), &body).await;
+        assert_eq!(answer(r).await.1["status"], "accepted", "webhook {i}");
+    }
+    // A retry meets its first copy, in whatever partition that went.
+    for i in [0, 57, 119] {
+        let r = post_signed(&ingress, "svix", SECRET, &format!("msg_cluster_{i}"), now(), &body).await;
+        assert_eq!(answer(r).await.1["status"], "duplicate", "retry of webhook {i}");
+    }
+    let lengths = partition_lengths(&cluster);
+    assert_eq!(lengths.iter().sum::<u64>(), N as u64, "{lengths:?}");
+    assert!(lengths.iter().filter(|&&n| n > 0).count() >= 6, "events spread over the partitions: {lengths:?}");
+
+    let _one = start_processor(forwarding_processor_vars(&cluster, &api)).await;
+    let _two = start_processor(forwarding_processor_vars(&cluster, &api)).await;
+    let seen = eventually("every event forwarded", || {
+        let seen = forwarded(&api);
+        async move { (seen.len() == N).then_some(seen) }
+    })
+    .await;
+    assert!(seen.values().all(|&n| n == 1), "no event forwarded twice: {seen:?}");
+
+    // The operator commands see every partition, or the one asked for.
+    let vars = cluster_vars(processor_vars(&cluster.urls(), &api.url()), &cluster);
+    let config = processor::ProcessorConfig::read(&Reader::new(&vars)).expect("valid");
+    let status = cli::operate(&config, None, Command::Status).await;
+    assert_eq!(status.code, 0, "{status:?}");
+    for i in 0..PARTITIONS {
+        assert!(status.stdout.contains(&format!("{{{NS}:{i}}}:events")), "partition {i} in status:\n{}", status.stdout);
+    }
+    let one = cli::operate(&config, Some(3), Command::Status).await.stdout;
+    assert!(one.contains("{hookstream:3}:events") && !one.contains("{hookstream:4}:events"), "{one}");
+    let bad = cli::operate(&config, Some(8), Command::Status).await;
+    assert_eq!(bad.code, 64, "{bad:?}");
+    assert!(bad.stderr.contains("0 to 7"), "{bad:?}");
+}
+
+/// Posts webhook `msg_id` until the ingress answers 200 (accepted or duplicate), as a sender
+/// does: 503s and connection errors are retried. (During a failover most requests do not even
+/// see a 503: the cluster client retries on the promoted replica within the command timeout.)
+/// How many tries it took.
+async fn deliver(client: &reqwest::Client, url: &str, msg_id: &str, body: &[u8]) -> u32 {
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let ts = now();
+        let signature = ingress::auth::sign(SECRET, msg_id, ts, body).expect("sign");
+        let sent = client
+            .post(url)
+            .header("content-type", "application/json")
+            .header("svix-id", msg_id)
+            .header("svix-timestamp", ts.to_string())
+            .header("svix-signature", signature)
+            .body(body.to_vec())
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await;
+        if let Ok(r) = sent {
+            if r.status().as_u16() == 200 {
+                return tries;
+            }
+            assert_eq!(r.status().as_u16(), 503, "only 503 while the cluster fails over");
+        }
+        assert!(tries < 2000, "webhook {msg_id} never accepted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_primary_killed_mid_load_loses_no_accepted_event() {
+    let mut cluster = RedisCluster::start(3, 1);
+    let api = FakeApi::start().await;
+    api.always("POST", "/downstream", Reply::status(200));
+    let mut vars = cluster_vars(default_vars(&cluster.urls()), &cluster);
+    vars.insert("MIN_REPLICAS_ACK".into(), "1".into());
+    let ingress = start_with(vars, |_| {}).await;
+    let processors = [
+        start_processor(forwarding_processor_vars(&cluster, &api)).await,
+        start_processor(forwarding_processor_vars(&cluster, &api)).await,
+        start_processor(forwarding_processor_vars(&cluster, &api)).await,
+    ];
+
+    const N: usize = 400;
+    const SENDERS: usize = 4;
+    let accepted = Arc::new(Mutex::new(Vec::<String>::new()));
+    let body = Arc::new(fixture("meeting-baas/v2/bot_completed.json"));
+    let mut senders = Vec::new();
+    for s in 0..SENDERS {
+        let (accepted, body, url) = (accepted.clone(), body.clone(), ingress.webhook_url());
+        senders.push(tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            let mut tries = 0;
+            for i in (s..N).step_by(SENDERS) {
+                let id = format!("msg_failover_{i}");
+                tries += deliver(&client, &url, &id, &body).await;
+                accepted.lock().unwrap().push(id);
+            }
+            tries
+        }));
+    }
+    // Mid-load, one primary dies as in a crash.
+    eventually("a quarter of the load accepted", || {
+        let n = accepted.lock().unwrap().len();
+        async move { (n >= N / 4).then_some(()) }
+    })
+    .await;
+    // The victim serves a partition's stream (a primary whose slots hold none would prove nothing).
+    let partition_keys: Vec<String> = (0..PARTITIONS).map(|i| format!("{{{NS}:{i}}}:events")).collect();
+    let victim = cluster
+        .primaries()
+        .into_iter()
+        .find(|&i| {
+            let mut con = cluster.nodes[i].con();
+            // One key per command: keys of different slots cannot share one on a cluster node.
+            partition_keys.iter().any(|key| redis::cmd("EXISTS").arg(key).query::<u64>(&mut con).unwrap_or(0) > 0)
+        })
+        .expect("a primary holds a partition");
+    let at_kill = accepted.lock().unwrap().len();
+    cluster.nodes[victim].kill();
+    // Its replica takes over; then the dead host comes back, as a replica of the new primary
+    // (MIN_REPLICAS_ACK=1 needs one behind every primary).
+    let _cluster = tokio::task::spawn_blocking({
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        move || {
+            while std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(100));
+                if cluster.primaries().len() == 3 {
+                    break;
+                }
+            }
+            assert_eq!(cluster.primaries().len(), 3, "a replica took over the killed primary");
+            cluster.nodes[victim].restart();
+            cluster.wait_ok();
+            cluster
+        }
+    })
+    .await
+    .expect("failover");
+    let mut tries = 0;
+    for sender in senders {
+        tries += sender.await.expect("sender");
+    }
+    assert!(at_kill < N, "the primary died while webhooks were still arriving");
+    let accepted: HashSet<String> = accepted.lock().unwrap().iter().cloned().collect();
+    assert_eq!(accepted.len(), N);
+    let seen = eventually("every accepted event forwarded", || {
+        let seen = forwarded(&api);
+        let all = accepted.iter().all(|id| seen.contains_key(id));
+        async move { all.then_some(seen) }
+    })
+    .await;
+    let twice = seen.values().filter(|&&n| n > 1).count();
+    eprintln!(
+        "{N} accepted ({at_kill} before the kill, {tries} tries), all processed; {twice} processed more than once"
+    );
+    assert!(seen.values().all(|&n| n <= 2), "an event ran at most twice: {seen:?}");
+    drop(processors);
+}

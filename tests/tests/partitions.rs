@@ -1,0 +1,140 @@
+//! `PARTITIONS` on one Redis: the layout a namespace was created with is kept — a different
+//! count is refused before anything is appended or read — and `processor repartition` changes
+//! it only for a drained namespace.
+
+mod common;
+
+use common::*;
+use hookstream_tests::fake_api::{FakeApi, Reply};
+use hookstream_tests::{eventually, fixture, RedisServer};
+use processor::cli::{self, Command};
+use shared::config::Reader;
+use std::collections::HashMap;
+
+fn with_partitions(mut vars: HashMap<String, String>, p: usize) -> HashMap<String, String> {
+    vars.insert("PARTITIONS".into(), p.to_string());
+    vars
+}
+
+fn ingress_config(redis: &RedisServer, p: usize) -> ingress::IngressConfig {
+    ingress::IngressConfig::read(&Reader::new(&with_partitions(default_vars(&redis.url()), p))).expect("valid")
+}
+
+fn processor_config(redis: &RedisServer, api: &FakeApi, p: usize) -> processor::ProcessorConfig {
+    let mut vars = with_partitions(processor_vars(&redis.url(), &api.url()), p);
+    vars.insert("FORWARD_URL".into(), format!("{}/downstream", api.url()));
+    processor::ProcessorConfig::read(&Reader::new(&vars)).expect("valid")
+}
+
+async fn refusal(redis: &RedisServer, api: &FakeApi, p: usize) -> (String, String) {
+    let ingress = match ingress::Ingress::build(ingress_config(redis, p)).await {
+        Ok(_) => panic!("an ingress with PARTITIONS={p} was built"),
+        Err(err) => {
+            assert!(err.is_configuration(), "{err}");
+            err.to_string()
+        }
+    };
+    let processor = match processor::Processor::build(processor_config(redis, api, p), None).await {
+        Ok(_) => panic!("a processor with PARTITIONS={p} was built"),
+        Err(err) => {
+            assert!(err.is_configuration(), "{err}");
+            err.to_string()
+        }
+    };
+    (ingress, processor)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_different_partition_count_is_refused_by_both_binaries() {
+    let redis = RedisServer::start();
+    let api = FakeApi::start().await;
+    let ingress = start_with(with_partitions(default_vars(&redis.url()), 8), |_| {}).await;
+    let layout: String = redis::cmd("GET").arg("{hookstream}:partitions").query(&mut redis.con()).expect("GET");
+    assert_eq!(layout, "8", "the first process records the layout");
+    let (from_ingress, from_processor) = refusal(&redis, &api, 4).await;
+    for message in [from_ingress, from_processor] {
+        assert!(message.contains("PARTITIONS=4") && message.contains("created with 8"), "{message}");
+    }
+    // The recorded count is accepted, and events land in the partitions.
+    let body = fixture("meeting-baas/v2/bot_completed.json");
+    for i in 0..16 {
+        let r = post_signed(&ingress, "svix", SECRET, &format!("msg_p_{i}"), now(), &body).await;
+        assert_eq!(r.status(), 200);
+    }
+    let lengths: Vec<u64> = (0..8)
+        .map(|i| redis::cmd("XLEN").arg(format!("{{hookstream:{i}}}:events")).query(&mut redis.con()).expect("XLEN"))
+        .collect();
+    assert_eq!(lengths.iter().sum::<u64>(), 16, "{lengths:?}");
+    assert!(processor::Processor::build(processor_config(&redis, &api, 8), None).await.is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitions_are_refused_while_the_unpartitioned_stream_holds_events() {
+    let redis = RedisServer::start();
+    let api = FakeApi::start().await;
+    // A namespace from before partitions existed: events, no layout record.
+    let () = redis::cmd("XADD")
+        .arg(EVENTS)
+        .arg("*")
+        .arg("event")
+        .arg("bot.completed")
+        .arg("payload")
+        .arg("{}")
+        .query(&mut redis.con())
+        .expect("XADD");
+    let (from_ingress, from_processor) = refusal(&redis, &api, 8).await;
+    for message in [from_ingress, from_processor] {
+        assert!(message.contains(EVENTS) && message.contains("repartition"), "{message}");
+    }
+    let layout: Option<String> = redis::cmd("GET").arg("{hookstream}:partitions").query(&mut redis.con()).expect("GET");
+    assert_eq!(layout, None, "nothing recorded by a refused start");
+    // PARTITIONS=1 adopts it as it is.
+    let _ingress = start_ingress(&redis.url()).await;
+    let layout: String = redis::cmd("GET").arg("{hookstream}:partitions").query(&mut redis.con()).expect("GET");
+    assert_eq!(layout, "1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repartition_changes_the_count_of_a_drained_namespace_only() {
+    let redis = RedisServer::start();
+    let api = FakeApi::start().await;
+    api.always("POST", "/downstream", Reply::status(200));
+    let ingress = start_ingress(&redis.url()).await;
+    let body = fixture("meeting-baas/v2/bot_completed.json");
+    for i in 0..3 {
+        let r = post_signed(&ingress, "svix", SECRET, &format!("msg_r_{i}"), now(), &body).await;
+        assert_eq!(r.status(), 200);
+    }
+    let config = processor_config(&redis, &api, 1);
+    let refused = cli::operate(&config, None, Command::Repartition { partitions: 4 }).await;
+    assert_eq!(refused.code, 1, "{refused:?}");
+    assert!(refused.stderr.contains("not repartitioned") && refused.stderr.contains(EVENTS), "{refused:?}");
+    assert_eq!(cli::operate(&config, None, Command::Repartition { partitions: 0 }).await.code, 64);
+
+    // Drained by a processor, the namespace can change its count.
+    let mut processor = start_processor_with(HashMap::new(), |c| *c = config.clone()).await;
+    eventually("drained", || async { (api.calls_to("POST", "/downstream").len() == 3).then_some(()) }).await;
+    let done = eventually("repartitioned once acks landed", || async {
+        let done = cli::operate(&config, None, Command::Repartition { partitions: 4 }).await;
+        (done.code == 0).then_some(done)
+    })
+    .await;
+    assert!(done.stdout.contains("1 -> 4"), "{done:?}");
+    processor.begin_shutdown();
+    drop(ingress);
+    let layout: String = redis::cmd("GET").arg("{hookstream}:partitions").query(&mut redis.con()).expect("GET");
+    assert_eq!(layout, "4");
+
+    // The old count is refused now; the new one works end to end.
+    refusal(&redis, &api, 1).await;
+    let ingress = start_with(with_partitions(default_vars(&redis.url()), 4), |_| {}).await;
+    let _processor = start_processor_with(HashMap::new(), |c| *c = processor_config(&redis, &api, 4)).await;
+    for i in 3..9 {
+        let r = post_signed(&ingress, "svix", SECRET, &format!("msg_r_{i}"), now(), &body).await;
+        assert_eq!(r.status(), 200);
+    }
+    eventually("the new partitions are processed", || async {
+        (api.calls_to("POST", "/downstream").len() == 9).then_some(())
+    })
+    .await;
+}
