@@ -2,7 +2,9 @@
 # End-to-end test of the real compose.yaml: Redis, the ingress and three processors in
 # containers, ~500 webhooks (v1 API key and v2 signed, 20 % duplicates), one processor killed
 # with SIGKILL mid-load, a Redis restart, then `stop` (every container exits 0) and `down -v`
-# (nothing left behind).
+# (nothing left behind). Then the same stack on a Redis Cluster (compose.yaml +
+# compose.cluster.yaml: 3 primaries, 3 replicas, PARTITIONS=8, MIN_REPLICAS_ACK=1): load with
+# duplicates, each event processed once, `processor status` over the 8 partitions, stop, down.
 #
 # WHAT IS SUBSTITUTED, AND WHY. The Docker engine here reaches no image registry, so nothing
 # can be pulled. Only image *sources* are replaced, through tests/compose/compose.e2e.yaml,
@@ -33,7 +35,8 @@ BASE_IMAGE=hookstream-e2e/base:bookworm
 REDIS_IMAGE=hookstream-e2e/redis:bookworm
 FAKE_IMAGE=hookstream-e2e/fake-api:local
 # A project of its own per run: two runs on one engine never tear each other down.
-PROJECT=hookstream-e2e-$$-$RANDOM
+RUN=hookstream-e2e-$$-$RANDOM
+PROJECT=$RUN
 MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 
 log() { printf 'e2e: %s\n' "$*"; }
@@ -109,6 +112,50 @@ cleanup() {
   $COMPOSE down -v --remove-orphans >/dev/null 2>&1 || true
 }
 
+# Starts the fake API on the project's network.
+start_fake_api() {
+  local network
+  network=$(docker network ls -q --filter "label=com.docker.compose.project=$PROJECT" | head -n1)
+  docker run -d --name "$PROJECT-fake-api" --network "$network" --network-alias fake-api \
+    -e FORWARD_DELAY_MS="$1" -p "127.0.0.1:$FAKE_PORT:8000" "$FAKE_IMAGE" >/dev/null
+}
+
+# `stop`: every container exits 0 (with $1 = allow-killed, one processor may have exited 137:
+# the one killed on purpose); then `down -v` leaves nothing behind.
+stop_and_down() {
+  log "docker compose stop: every container must exit 0 within its grace period"
+  $COMPOSE stop >/dev/null 2>&1
+  local failed=0 killed_seen=""
+  for id in $($COMPOSE ps -q); do
+    name=$(docker inspect -f '{{.Name}}' "$id")
+    code=$(docker inspect -f '{{.State.ExitCode}}' "$id")
+    oom=$(docker inspect -f '{{.State.OOMKilled}}' "$id")
+    if [ "$code" != 0 ]; then
+      if [ "$1" = allow-killed ] && [ "$code" = 137 ] && [ "$(docker inspect -f '{{.State.Running}}' "$id")" = false ] \
+        && [ "$oom" = false ] && [ -n "$(docker inspect -f '{{.Config.Labels}}' "$id" | grep -o 'service:processor')" ] \
+        && [ "$failed" = 0 ] && [ -z "$killed_seen" ]; then
+        killed_seen=1
+        log "ok: $name exited 137 (the processor killed on purpose)"
+        continue
+      fi
+      log "FAILED: $name exited $code"
+      failed=1
+    else
+      log "ok: $name exited 0"
+    fi
+  done
+  [ "$failed" = 0 ] || exit 1
+
+  log "docker compose down -v: nothing may be left behind"
+  docker rm -f "$PROJECT-fake-api" >/dev/null
+  $COMPOSE down -v >/dev/null 2>&1
+  left=$(docker ps -aq --filter "label=com.docker.compose.project=$PROJECT"; docker volume ls -q --filter "label=com.docker.compose.project=$PROJECT"; docker network ls -q --filter "label=com.docker.compose.project=$PROJECT")
+  if [ -n "$left" ]; then
+    log "FAILED: left behind: $left"
+    exit 1
+  fi
+}
+
 build_base_images
 build_binaries
 cleanup
@@ -124,9 +171,7 @@ export CLAIM_IDLE_MS=3000 BLOCK_MS=1000 SHUTDOWN_GRACE_MS=10000 RUST_LOG=warn
 
 log "starting the stack: redis, ingress, 3 processors"
 $COMPOSE up -d --build --scale processor=3 >/dev/null 2>"$CACHE/compose-up.log" || { cat "$CACHE/compose-up.log"; exit 1; }
-NETWORK=$(docker network ls -q --filter "label=com.docker.compose.project=$PROJECT" | head -n1)
-docker run -d --name "$PROJECT-fake-api" --network "$NETWORK" --network-alias fake-api \
-  -e FORWARD_DELAY_MS=300 -p "127.0.0.1:$FAKE_PORT:8000" "$FAKE_IMAGE" >/dev/null
+start_fake_api 300
 
 # The default publishes the ingress on loopback only: no other machine can reach it, with the
 # development key or any other (INGRESS_BIND is not set here, so compose.yaml's default applies).
@@ -139,38 +184,16 @@ log "ok: the ingress is published on $bound only (loopback)"
 
 INGRESS_URL="http://127.0.0.1:$INGRESS_PORT" FAKE_URL="http://127.0.0.1:$FAKE_PORT" COMPOSE="$COMPOSE" \
   API_KEY="$MEETING_BAAS_API_KEY" SECRET="$WEBHOOK_SECRETS" target/debug/compose-e2e
+stop_and_down allow-killed
+log "standalone stack passed"
 
-log "docker compose stop: every container must exit 0 within its grace period"
-$COMPOSE stop >/dev/null 2>&1
-failed=0
-for id in $($COMPOSE ps -q); do
-  name=$(docker inspect -f '{{.Name}}' "$id")
-  code=$(docker inspect -f '{{.State.ExitCode}}' "$id")
-  oom=$(docker inspect -f '{{.State.OOMKilled}}' "$id")
-  if [ "$code" != 0 ]; then
-    # The processor killed on purpose mid-load (SIGKILL: 137) is the one allowed exception.
-    if [ "$code" = 137 ] && [ "$(docker inspect -f '{{.State.Running}}' "$id")" = false ] \
-      && [ "$oom" = false ] && [ -n "$(docker inspect -f '{{.Config.Labels}}' "$id" | grep -o 'service:processor')" ] \
-      && [ "$failed" = 0 ] && [ -z "${killed_seen:-}" ]; then
-      killed_seen=1
-      log "ok: $name exited 137 (the processor killed on purpose)"
-      continue
-    fi
-    log "FAILED: $name exited $code"
-    failed=1
-  else
-    log "ok: $name exited 0"
-  fi
-done
-[ "$failed" = 0 ] || exit 1
-
-log "docker compose down -v: nothing may be left behind"
-docker rm -f "$PROJECT-fake-api" >/dev/null
-$COMPOSE down -v >/dev/null 2>&1
-left=$(docker ps -aq --filter "label=com.docker.compose.project=$PROJECT"; docker volume ls -q --filter "label=com.docker.compose.project=$PROJECT"; docker network ls -q --filter "label=com.docker.compose.project=$PROJECT")
-if [ -n "$left" ]; then
-  log "FAILED: left behind: $left"
-  exit 1
-fi
+PROJECT=$RUN-cluster
+COMPOSE="$COMPOSE_BIN -p $PROJECT -f compose.yaml -f compose.cluster.yaml -f tests/compose/compose.e2e.yaml -f tests/compose/compose.cluster.e2e.yaml"
+log "starting the cluster stack: 6 Redis Cluster nodes, ingress, 2 processors"
+$COMPOSE up -d --build --scale processor=2 >/dev/null 2>"$CACHE/compose-up.log" || { cat "$CACHE/compose-up.log"; exit 1; }
+start_fake_api 0
+INGRESS_URL="http://127.0.0.1:$INGRESS_PORT" FAKE_URL="http://127.0.0.1:$FAKE_PORT" COMPOSE="$COMPOSE" \
+  API_KEY="$MEETING_BAAS_API_KEY" SECRET="$WEBHOOK_SECRETS" E2E_MODE=cluster target/debug/compose-e2e
+stop_and_down no-kill
 trap - EXIT
 log "passed"

@@ -6,6 +6,10 @@
 //! - `COMPOSE`: the compose command with its project and files (`docker-compose -p … -f …`);
 //! - `API_KEY`, `SECRET`: the ingress's `MEETING_BAAS_API_KEY` and one `WEBHOOK_SECRETS` entry.
 //!
+//! With `E2E_MODE=cluster` it checks the stack of `compose.cluster.yaml` instead (Redis Cluster,
+//! `PARTITIONS=8`, `MIN_REPLICAS_ACK=1`): load with duplicates, every event processed exactly
+//! once, and `processor status` covering every partition.
+//!
 //! Exits non-zero with a message on the first failed check.
 
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -143,18 +147,87 @@ async fn send(client: &reqwest::Client, url: &str, key: &str, secret: &str, w: &
     fail(&format!("request {} never accepted", w.n))
 }
 
-#[tokio::main]
-async fn main() {
-    let (ingress, fake, compose) = (env("INGRESS_URL"), env("FAKE_URL"), env("COMPOSE"));
-    let (key, secret) = (env("API_KEY"), env("SECRET"));
-    let client = reqwest::Client::new();
-
+async fn wait_ready(client: &reqwest::Client, ingress: &str) {
     let deadline = Instant::now() + Duration::from_secs(120);
     while client.get(format!("{ingress}/readyz")).send().await.map(|r| r.status().as_u16()).ok() != Some(200) {
         if Instant::now() > deadline {
             fail("the ingress never became ready");
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// How many times each dedup id reached the fake API's `/forward`.
+async fn forwarded(client: &reqwest::Client, fake: &str) -> HashMap<String, usize> {
+    let log: Vec<serde_json::Value> = client
+        .get(format!("{fake}/_calls"))
+        .send()
+        .await
+        .unwrap_or_else(|e| fail(&e.to_string()))
+        .json()
+        .await
+        .unwrap_or_default();
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for call in &log {
+        if call["path"] == "/forward" {
+            *counts.entry(call["id"].as_str().unwrap_or_default().to_string()).or_default() += 1;
+        }
+    }
+    counts
+}
+
+/// The cluster stack: 200 events and 40 copies; each processed once, over the partitions.
+async fn cluster(client: reqwest::Client, ingress: String, fake: String, compose: String, key: String, secret: String) {
+    const EVENTS: usize = 200;
+    let url = format!("{ingress}/webhooks/meeting-baas");
+    for n in 0..EVENTS {
+        let (status, answer) = send(&client, &url, &key, &secret, &webhook(n)).await;
+        check(status == 200 && answer == "accepted", &format!("webhook {n} accepted ({status} {answer})"));
+    }
+    for n in (0..EVENTS).step_by(5) {
+        let (status, answer) = send(&client, &url, &key, &secret, &webhook(n)).await;
+        check(status == 200 && answer == "duplicate", &format!("copy of webhook {n} is a duplicate ({answer})"));
+    }
+    println!("e2e: cluster: {EVENTS} accepted, {} copies answered duplicate", EVENTS / 5);
+    let expected: HashSet<String> = (0..EVENTS).map(|n| webhook(n).dedup_id).collect();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let counts = loop {
+        let counts = forwarded(&client, &fake).await;
+        if counts.keys().cloned().collect::<HashSet<_>>() == expected {
+            break counts;
+        }
+        if Instant::now() > deadline {
+            fail(&format!("{} of {EVENTS} events processed", counts.len()));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    check(counts.values().all(|&n| n == 1), "every event processed exactly once");
+    // Every partition's group drains to lag 0 and pending 0, as `processor status` shows it.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let status = sh(&format!("{compose} exec -T processor processor status"));
+        let partitions = (0..8).filter(|i| status.contains(&format!("{{hookstream:{i}}}:events"))).count();
+        check(partitions == 8, &format!("processor status covers the 8 partitions ({partitions} seen)"));
+        let groups: Vec<&str> = status.lines().filter(|l| l.starts_with("group ")).collect();
+        if groups.len() == 8 && groups.iter().all(|l| l.contains("lag 0 (") && l.contains("pending 0 (")) {
+            break;
+        }
+        if Instant::now() > deadline {
+            fail(&format!("partitions not drained:\n{status}"));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    check(true, "every partition drained (lag 0, pending 0)");
+}
+
+#[tokio::main]
+async fn main() {
+    let (ingress, fake, compose) = (env("INGRESS_URL"), env("FAKE_URL"), env("COMPOSE"));
+    let (key, secret) = (env("API_KEY"), env("SECRET"));
+    let client = reqwest::Client::new();
+    wait_ready(&client, &ingress).await;
+    if std::env::var("E2E_MODE").as_deref() == Ok("cluster") {
+        return cluster(client, ingress, fake, compose, key, secret).await;
     }
 
     // 400 events and 100 copies of some of them, interleaved (a fixed shuffle).
@@ -257,20 +330,7 @@ async fn main() {
 
     // The fake API's log: each unique event forwarded; only entries the killed processor held
     // may have run twice (at-least-once after a crash).
-    let log: Vec<serde_json::Value> = client
-        .get(format!("{fake}/_calls"))
-        .send()
-        .await
-        .unwrap_or_else(|e| fail(&e.to_string()))
-        .json()
-        .await
-        .unwrap_or_default();
-    let mut counts: HashMap<String, usize> = HashMap::new();
-    for call in &log {
-        if call["path"] == "/forward" {
-            *counts.entry(call["id"].as_str().unwrap_or_default().to_string()).or_default() += 1;
-        }
-    }
+    let counts = forwarded(&client, &fake).await;
     let expected: HashSet<String> = (0..UNIQUE).map(|n| webhook(n).dedup_id).collect();
     let got: HashSet<String> = counts.keys().cloned().collect();
     check(
