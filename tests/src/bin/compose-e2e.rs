@@ -181,14 +181,21 @@ async fn cluster(client: reqwest::Client, ingress: String, fake: String, compose
     const EVENTS: usize = 200;
     let url = format!("{ingress}/webhooks/meeting-baas");
     for n in 0..EVENTS {
+        // "duplicate" too: a 503 (a replica not yet caught up after the cluster formed) is
+        // retried by `send`, and the retry finds the stored first copy.
         let (status, answer) = send(&client, &url, &key, &secret, &webhook(n)).await;
-        check(status == 200 && answer == "accepted", &format!("webhook {n} accepted ({status} {answer})"));
+        let stored = status == 200 && (answer == "accepted" || answer == "duplicate");
+        if !stored {
+            fail(&format!("webhook {n} not stored ({status} {answer})"));
+        }
     }
     for n in (0..EVENTS).step_by(5) {
         let (status, answer) = send(&client, &url, &key, &secret, &webhook(n)).await;
-        check(status == 200 && answer == "duplicate", &format!("copy of webhook {n} is a duplicate ({answer})"));
+        if status != 200 || answer != "duplicate" {
+            fail(&format!("copy of webhook {n} answered {status} {answer}, not duplicate"));
+        }
     }
-    println!("e2e: cluster: {EVENTS} accepted, {} copies answered duplicate", EVENTS / 5);
+    println!("e2e: ok: cluster: {EVENTS} webhooks stored, {} copies answered duplicate", EVENTS / 5);
     let expected: HashSet<String> = (0..EVENTS).map(|n| webhook(n).dedup_id).collect();
     let deadline = Instant::now() + Duration::from_secs(120);
     let counts = loop {
