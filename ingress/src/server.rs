@@ -87,10 +87,6 @@ impl BuildError {
     }
 }
 
-/// How long the start-up check of the partition layout waits for Redis; when Redis does not
-/// answer, the ingress starts anyway and checks before its first append.
-const LAYOUT_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
-
 impl Ingress {
     /// Binds the listener (port 0 picks a free port) and prepares the Redis connection, which is
     /// made lazily: the ingress starts while Redis is down and answers 503 until it is back.
@@ -100,12 +96,7 @@ impl Ingress {
             .map_err(|source| BuildError::Bind { addr: config.listen_addr, source })?;
         let redis = Conn::open(&config.common.redis_target()?, REDIS_RESPONSE_TIMEOUT)?;
         let layout = Layout::new(&config.common.namespace, config.common.partitions);
-        match tokio::time::timeout(LAYOUT_CHECK_TIMEOUT, layout.ensure(&mut redis.clone())).await {
-            Ok(Err(err)) if err.is_refusal() => return Err(BuildError::Layout(err)),
-            Ok(Err(err)) => tracing::warn!(error = %err, "Redis unreachable at start; will check the layout later"),
-            Err(_) => tracing::warn!("Redis did not answer at start; will check the layout later"),
-            Ok(Ok(())) => {}
-        }
+        layout.check_at_start(&mut redis.clone()).await.map_err(BuildError::Layout)?;
         if config.verifier.allows_unsigned() {
             tracing::warn!("ALLOW_UNSIGNED=true: every request is accepted without authentication");
         }

@@ -66,10 +66,6 @@ impl BuildError {
     }
 }
 
-/// How long the start-up check of the partition layout waits for Redis; when Redis does not
-/// answer, the readers check before their first read.
-const LAYOUT_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
-
 impl Processor {
     /// Binds `METRICS_ADDR` and prepares both Redis connections (made lazily: the processor
     /// starts while Redis is down and begins work when it is up). `registry` defaults to the
@@ -82,12 +78,7 @@ impl Processor {
         let commands = Conn::open(&target, config.command_timeout)?;
         let partitions = config.common.partitions();
         let layout = Arc::new(Layout::new(&config.common.namespace, partitions.count()));
-        match tokio::time::timeout(LAYOUT_CHECK_TIMEOUT, layout.ensure(&mut commands.clone())).await {
-            Ok(Err(err)) if err.is_refusal() => return Err(BuildError::Layout(err)),
-            Ok(Err(err)) => tracing::warn!(error = %err, "Redis unreachable at start; will check the layout later"),
-            Err(_) => tracing::warn!("Redis did not answer at start; will check the layout later"),
-            Ok(Ok(())) => {}
-        }
+        layout.check_at_start(&mut commands.clone()).await.map_err(BuildError::Layout)?;
         let namespace = partitions.namespace().clone();
         let limiter = crate::limiter::WriteLimiter::new(
             namespace.api_writes.clone(),

@@ -16,6 +16,9 @@ use redis::aio::ConnectionLike;
 use redis::Script;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+/// How long the start-up check waits for Redis.
+pub const START_CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 const SCRIPT: &str = r#"
 -- KEYS[1] {ns}:partitions, KEYS[2] {ns}:events (the unpartitioned stream); ARGV[1] P
 local stored = redis.call('GET', KEYS[1])
@@ -70,6 +73,24 @@ impl Layout {
 
     pub fn checked(&self) -> bool {
         self.checked.load(Ordering::Relaxed)
+    }
+
+    /// The check at start-up: `Err` only for a refusal (the process should exit 64). When Redis
+    /// does not answer within [`START_CHECK_TIMEOUT`] the process starts anyway (it serves while
+    /// Redis is down) and checks again before its first append or read.
+    pub async fn check_at_start<C: ConnectionLike>(&self, con: &mut C) -> Result<(), LayoutError> {
+        match tokio::time::timeout(START_CHECK_TIMEOUT, self.ensure(con)).await {
+            Ok(Err(err)) if err.is_refusal() => Err(err),
+            Ok(Err(err)) => {
+                tracing::warn!(error = %err, "Redis unreachable at start; will check the partition layout later");
+                Ok(())
+            }
+            Err(_) => {
+                tracing::warn!("Redis did not answer at start; will check the partition layout later");
+                Ok(())
+            }
+            Ok(Ok(())) => Ok(()),
+        }
     }
 
     /// Records or compares the layout; cheap once it has passed.
