@@ -138,3 +138,45 @@ async fn repartition_changes_the_count_of_a_drained_namespace_only() {
     })
     .await;
 }
+
+/// Appends a `bot.completed` entry with dedup identity `id` to `stream`, as the ingress would.
+fn append(redis: &RedisServer, stream: &str, id: &str) {
+    let () = redis::cmd("XADD")
+        .arg(stream)
+        .arg("*")
+        .arg("event")
+        .arg("bot.completed")
+        .arg("dedup_id")
+        .arg(id)
+        .arg("payload")
+        .arg(r#"{"event":"bot.completed","data":{"bot_id":"b"}}"#)
+        .query(&mut redis.con())
+        .expect("XADD");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_in_one_partition_does_not_hold_up_another() {
+    let redis = RedisServer::start();
+    let api = FakeApi::start().await;
+    api.always("POST", "/downstream", Reply::status(200).delayed(std::time::Duration::from_millis(5)));
+    const BACKLOG: usize = 200;
+    for i in 0..BACKLOG {
+        append(&redis, "{hookstream:0}:events", &format!("backlog-{i}"));
+    }
+    // One handler at a time: the two partitions' readers compete for one slot.
+    let mut config = processor_config(&redis, &api, 2);
+    config.concurrency = 1;
+    config.common.shutdown_grace = std::time::Duration::from_millis(200);
+    let _processor = start_processor_with(HashMap::new(), |c| *c = config).await;
+    eventually("the backlog is being worked", || async {
+        (!api.calls_to("POST", "/downstream").is_empty()).then_some(())
+    })
+    .await;
+    append(&redis, "{hookstream:1}:events", "late");
+    let before = eventually("the other partition's entry is handled", || async {
+        let calls = api.calls_to("POST", "/downstream");
+        calls.iter().position(|c| c.header("x-hookstream-id") == Some("late"))
+    })
+    .await;
+    assert!(before < BACKLOG / 4, "{before} backlog entries ran before the other partition's one");
+}
