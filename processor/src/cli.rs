@@ -188,7 +188,8 @@ pub async fn dead(ops: &[Ops], action: Dead) -> Done {
             // Newest first across partitions (ids are times).
             entries.sort_by_key(|e| std::cmp::Reverse(crate::stream::parse_id(&e.id)));
             entries.truncate(count);
-            Done::ok(ops::format_list(&entries))
+            let partitioned = ops.len() > 1 || ops.iter().any(|part| part.keys.partition > 0);
+            Done::ok(ops::format_list(&entries, partitioned))
         }
         Dead::Show { id } => {
             if let Err(e) = ops::check_id(&id) {

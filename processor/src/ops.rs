@@ -52,6 +52,8 @@ fn now_ms() -> u64 {
 pub struct DeadEntry {
     pub id: String,
     pub fields: Vec<(String, Vec<u8>)>,
+    /// The partition whose dead stream holds it (0 without partitions).
+    pub partition: usize,
 }
 
 impl DeadEntry {
@@ -62,7 +64,7 @@ impl DeadEntry {
 
 impl From<StreamEntry> for DeadEntry {
     fn from(e: StreamEntry) -> Self {
-        Self { id: e.id, fields: e.fields.unwrap_or_default() }
+        Self { id: e.id, fields: e.fields.unwrap_or_default(), partition: 0 }
     }
 }
 
@@ -118,6 +120,10 @@ impl Ops {
         self.con.clone()
     }
 
+    fn dead_entry(&self, e: StreamEntry) -> DeadEntry {
+        DeadEntry { partition: self.keys.partition, ..DeadEntry::from(e) }
+    }
+
     /// Dead entries, newest first: at most `count`, only `event` when given.
     pub async fn dead_list(&self, count: usize, event: Option<&str>) -> RedisResult<Vec<DeadEntry>> {
         let mut out = Vec::new();
@@ -131,7 +137,7 @@ impl Ops {
                 .arg(500)
                 .query_async(&mut self.con())
                 .await?;
-            let page: Vec<DeadEntry> = page.0.into_iter().map(DeadEntry::from).collect();
+            let page: Vec<DeadEntry> = page.0.into_iter().map(|e| self.dead_entry(e)).collect();
             let Some(last) = page.last() else { break };
             end = format!("({}", last.id);
             let full = page.len() < 500;
@@ -153,7 +159,7 @@ impl Ops {
     pub async fn dead_show(&self, id: &str) -> RedisResult<Option<DeadEntry>> {
         let found: Entries =
             redis::cmd("XRANGE").arg(&self.keys.dead).arg(id).arg(id).query_async(&mut self.con()).await?;
-        Ok(found.0.into_iter().next().map(DeadEntry::from))
+        Ok(found.0.into_iter().next().map(|e| self.dead_entry(e)))
     }
 
     /// Every dead entry id, oldest first, only `event` when given.
@@ -387,14 +393,24 @@ pub fn human(d: Duration) -> String {
     }
 }
 
-/// The `dead list` table.
-pub fn format_list(entries: &[DeadEntry]) -> String {
-    let mut out = format!("{:<20} {:<26} {:>10} {:<24} {}\n", "id", "event", "deliveries", "failed_at", "error");
+/// The `dead list` table; `partitions`: with a partition column (the namespace has several).
+pub fn format_list(entries: &[DeadEntry], partitions: bool) -> String {
+    let column = |p: &str| if partitions { format!("{p:<10} ") } else { String::new() };
+    let mut out = format!(
+        "{}{:<20} {:<26} {:>10} {:<24} {}\n",
+        column("partition"),
+        "id",
+        "event",
+        "deliveries",
+        "failed_at",
+        "error"
+    );
     for e in entries {
         let error: String = e.get("error").unwrap_or_default().chars().take(120).collect();
         let _ = writeln!(
             out,
-            "{:<20} {:<26} {:>10} {:<24} {}",
+            "{}{:<20} {:<26} {:>10} {:<24} {}",
+            column(&e.partition.to_string()),
             e.id,
             e.get("event").unwrap_or_default(),
             e.get("deliveries").unwrap_or_default(),

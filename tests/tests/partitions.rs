@@ -180,3 +180,47 @@ async fn a_backlog_in_one_partition_does_not_hold_up_another() {
     .await;
     assert!(before < BACKLOG / 4, "{before} backlog entries ran before the other partition's one");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_entries_of_every_partition_are_listed_shown_and_replayed() {
+    let redis = RedisServer::start();
+    let api = FakeApi::start().await;
+    let config = processor_config(&redis, &api, 4);
+    let () = redis::cmd("SET").arg("{hookstream}:partitions").arg(4).query(&mut redis.con()).expect("SET");
+    for (partition, id) in [(1, "1700000000000-0"), (3, "1700000000001-0")] {
+        let () = redis::cmd("XADD")
+            .arg(format!("{{hookstream:{partition}}}:dead"))
+            .arg(id)
+            .arg("event")
+            .arg("bot.failed")
+            .arg("payload")
+            .arg("{}")
+            .arg("error")
+            .arg(format!("died in partition {partition}"))
+            .query(&mut redis.con())
+            .expect("XADD");
+    }
+    let dead = |action| cli::operate(&config, None, Command::Dead { action });
+    let list = dead(cli::Dead::List { count: 10, event: None }).await;
+    assert_eq!(list.code, 0, "{list:?}");
+    let rows: Vec<&str> = list.stdout.lines().collect();
+    assert!(rows[0].starts_with("partition"), "{}", list.stdout);
+    assert!(rows[1].starts_with("3 ") && rows[1].contains("1700000000001-0"), "newest first: {}", list.stdout);
+    assert!(rows[2].starts_with("1 ") && rows[2].contains("1700000000000-0"), "{}", list.stdout);
+
+    let show = dead(cli::Dead::Show { id: "1700000000000-0".into() }).await;
+    assert!(show.stdout.contains("died in partition 1"), "{show:?}");
+    let elsewhere =
+        cli::operate(&config, Some(2), Command::Dead { action: cli::Dead::Show { id: "1700000000000-0".into() } })
+            .await;
+    assert_eq!(elsewhere.code, 1, "not in partition 2: {elsewhere:?}");
+
+    // A replayed entry goes back to its own partition's stream.
+    let replay = dead(cli::Dead::Replay { ids: vec![], all: true, event: None }).await;
+    assert!(replay.stdout.contains("replayed 2"), "{replay:?}");
+    for partition in [1, 3] {
+        let len: u64 =
+            redis::cmd("XLEN").arg(format!("{{hookstream:{partition}}}:events")).query(&mut redis.con()).expect("XLEN");
+        assert_eq!(len, 1, "partition {partition}");
+    }
+}
