@@ -154,20 +154,17 @@ impl Ingress {
 /// (entries not yet delivered) of the consumer groups, summed over the partitions, or the
 /// streams' length while no group exists yet (nothing consumes them). A lag Redis cannot tell
 /// (null) counts as 0: the ingress pushes back only on a backlog it knows of. Errors keep the
-/// last value. A layout not yet checked (Redis was down at start) is checked here too.
+/// last value. The partition layout is checked again here on every tick (see [`Layout`]).
 async fn watch_backlog(state: Arc<State>) {
     let mut tick = tokio::time::interval(state.backlog_refresh);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         let mut con = state.redis.clone();
-        if !state.layout.checked() {
-            if let Err(err) = state.layout.ensure(&mut con).await {
-                if err.is_refusal() {
-                    tracing::error!("{err}; answering 503 to every webhook");
-                }
-                continue;
-            }
+        // Checked on every tick, not only at start: a repartition, or a process started with
+        // another count, stops the appends here instead of splitting the events.
+        if state.layout.recheck(&mut con).await.is_err() {
+            continue;
         }
         if let Some(backlog) = read_backlog(&state, &mut con).await {
             let before = state.backlog.swap(backlog, Ordering::Relaxed);

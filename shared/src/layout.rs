@@ -3,13 +3,15 @@
 //! An event's partition is its dedup identity's hash mod P. A process started with another P
 //! would append a retry where its first copy is not (a duplicate effect), and processors with
 //! another P would not read some partitions at all (events nobody handles). So the first process
-//! to touch a namespace records P in `{ns}:partitions`, and every process checks it before it
-//! appends or reads; a different P is refused with a message that says how to migrate.
+//! with P > 1 to touch a namespace records P in `{ns}:partitions`, and every process checks the
+//! record before it appends or reads; a different P is refused with a message that says how to
+//! migrate. The ingress checks again every few seconds while it runs (a repartition, or a
+//! process started with another P, stops its appends instead of splitting the events).
 //!
-//! A namespace from before partitions existed has no record: with P = 1 it is adopted as is
-//! (its keys are the unpartitioned ones); with P > 1 it is refused while the unpartitioned
-//! stream `{ns}:events` holds entries (they would never be read) — drain it and use the
-//! documented migration (`processor repartition`).
+//! No record means one partition — the default, and every namespace from before partitions
+//! existed: P = 1 writes nothing (a fresh start leaves Redis as empty as it was), and P > 1 is
+//! refused while the unpartitioned stream `{ns}:events` holds entries (they would never be
+//! read) — drain it and use the documented migration (`processor repartition`).
 
 use crate::keys::Keys;
 use redis::aio::ConnectionLike;
@@ -21,11 +23,15 @@ pub const START_CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_s
 
 const SCRIPT: &str = r#"
 -- KEYS[1] {ns}:partitions, KEYS[2] {ns}:events (the unpartitioned stream); ARGV[1] P
+-- The recorded count, recording P > 1 on a namespace without a record; no record is 1.
 local stored = redis.call('GET', KEYS[1])
 if stored then
   return stored
 end
-if ARGV[1] ~= '1' and redis.call('EXISTS', KEYS[2]) == 1 and redis.call('XLEN', KEYS[2]) > 0 then
+if ARGV[1] == '1' then
+  return '1'
+end
+if redis.call('EXISTS', KEYS[2]) == 1 and redis.call('XLEN', KEYS[2]) > 0 then
   return 'unpartitioned'
 end
 redis.call('SET', KEYS[1], ARGV[1])
@@ -42,8 +48,8 @@ pub enum LayoutError {
     )]
     Mismatch { configured: usize, stored: String, key: String },
     #[error(
-        "PARTITIONS={configured}, but the unpartitioned stream {stream} still holds entries that would never \
-         be read; start with PARTITIONS=1, let the processors drain it, then run `processor repartition {configured}`"
+        "PARTITIONS={configured}, but the unpartitioned stream {stream} holds entries that would never be read; \
+         start with PARTITIONS=1, let the processors drain it, then run `processor repartition {configured}`"
     )]
     Unpartitioned { configured: usize, stream: String },
     #[error("cannot check the partition layout: {0}")]
@@ -98,6 +104,26 @@ impl Layout {
         if self.checked() {
             return Ok(());
         }
+        self.check(con).await
+    }
+
+    /// Compares the layout again, even after it passed: a refusal un-checks it (so
+    /// [`Self::ensure`] refuses until the record matches again) and is logged once.
+    pub async fn recheck<C: ConnectionLike>(&self, con: &mut C) -> Result<(), LayoutError> {
+        let was = self.checked();
+        let result = self.check(con).await;
+        if let Err(err) = &result {
+            if err.is_refusal() {
+                self.checked.store(false, Ordering::Relaxed);
+                if was {
+                    tracing::error!("{err}");
+                }
+            }
+        }
+        result
+    }
+
+    async fn check<C: ConnectionLike>(&self, con: &mut C) -> Result<(), LayoutError> {
         let stored: String = self
             .script
             .key(&self.namespace.layout)

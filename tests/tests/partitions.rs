@@ -88,10 +88,10 @@ async fn partitions_are_refused_while_the_unpartitioned_stream_holds_events() {
     }
     let layout: Option<String> = redis::cmd("GET").arg("{hookstream}:partitions").query(&mut redis.con()).expect("GET");
     assert_eq!(layout, None, "nothing recorded by a refused start");
-    // PARTITIONS=1 adopts it as it is.
+    // PARTITIONS=1 (no record means one partition) uses it as it is, and records nothing.
     let _ingress = start_ingress(&redis.url()).await;
-    let layout: String = redis::cmd("GET").arg("{hookstream}:partitions").query(&mut redis.con()).expect("GET");
-    assert_eq!(layout, "1");
+    let layout: Option<String> = redis::cmd("GET").arg("{hookstream}:partitions").query(&mut redis.con()).expect("GET");
+    assert_eq!(layout, None);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -223,4 +223,31 @@ async fn dead_entries_of_every_partition_are_listed_shown_and_replayed() {
             redis::cmd("XLEN").arg(format!("{{hookstream:{partition}}}:events")).query(&mut redis.con()).expect("XLEN");
         assert_eq!(len, 1, "partition {partition}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_ingress_stops_appending_when_the_layout_changes_under_it() {
+    let redis = RedisServer::start();
+    let ingress =
+        start_with(default_vars(&redis.url()), |c| c.backlog_refresh = std::time::Duration::from_millis(20)).await;
+    let body = fixture("meeting-baas/v2/bot_completed.json");
+    assert_eq!(post_signed(&ingress, "svix", SECRET, "msg_before", now(), &body).await.status(), 200);
+    // Someone repartitioned the namespace (or started a process with another count).
+    let () = redis::cmd("SET").arg("{hookstream}:partitions").arg(8).query(&mut redis.con()).expect("SET");
+    let refused = eventually("appends refused", || async {
+        let r = post_signed(&ingress, "svix", SECRET, "msg_after", now(), &body).await;
+        (r.status() == 503).then_some(r)
+    })
+    .await;
+    let message = assert_error(refused, 503, "unavailable").await;
+    assert!(message["message"].as_str().is_some_and(|m| m.contains("PARTITIONS=1")), "{message}");
+    let len: u64 = redis::cmd("XLEN").arg(EVENTS).query(&mut redis.con()).expect("XLEN");
+    assert_eq!(len, 1, "nothing appended after the change");
+    // Put back, the ingress appends again.
+    let () = redis::cmd("DEL").arg("{hookstream}:partitions").query(&mut redis.con()).expect("DEL");
+    eventually("appends accepted again", || async {
+        let r = post_signed(&ingress, "svix", SECRET, "msg_after", now(), &body).await;
+        (r.status() == 200).then_some(())
+    })
+    .await;
 }

@@ -152,13 +152,8 @@ pub fn xlen(redis: &hookstream_tests::RedisServer) -> u64 {
 }
 
 /// Number of keys in the database.
-/// How many keys hold data: every key but the namespace's partition-layout record
-/// (`{ns}:partitions`, written when a service starts, not by any request).
 pub fn dbsize(redis: &hookstream_tests::RedisServer) -> u64 {
-    let all: u64 = redis::cmd("DBSIZE").query(&mut redis.con()).expect("DBSIZE");
-    let layout: u64 =
-        redis::cmd("EXISTS").arg(shared::keys::Keys::new(NS).layout).query(&mut redis.con()).expect("EXISTS");
-    all - layout
+    redis::cmd("DBSIZE").query(&mut redis.con()).expect("DBSIZE")
 }
 
 /// The stream's entries as (id, field map).
