@@ -157,11 +157,6 @@ impl Conn {
             }
         }
     }
-
-    /// Whether this connection talks to a Redis Cluster.
-    pub fn is_cluster(&self) -> bool {
-        matches!(self.inner, Inner::Cluster(_))
-    }
 }
 
 impl Shared {
