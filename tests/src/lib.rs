@@ -132,21 +132,17 @@ impl RedisServer {
         }
     }
 
-    /// A cluster node: its cluster bus listens on the port + 10000, so the port is picked below
-    /// 55536 with that one free too.
-    fn start_cluster_node(extra: &[&str]) -> Self {
-        let mut server = Self { port: 0, dir: tempfile::tempdir().unwrap(), child: None, extra: Vec::new() };
-        for _ in 0..50 {
-            let port = free_port();
-            if port > 55_000 || TcpListener::bind(("127.0.0.1", port + 10_000)).is_err() {
-                continue;
-            }
-            server.port = port;
+    /// A cluster node on `port` (from [`free_cluster_port`]); when the port was taken meanwhile,
+    /// another one.
+    fn start_cluster_node(port: u16, extra: &[&str]) -> Self {
+        let mut server = Self { port, dir: tempfile::tempdir().unwrap(), child: None, extra: Vec::new() };
+        for _ in 0..10 {
             if server.spawn(extra) {
                 return server;
             }
+            server.port = free_cluster_port();
         }
-        panic!("no free port pair for a cluster node in 50 tries");
+        panic!("no free port for a cluster node in 10 tries");
     }
 
     fn start_args(extra: &[&str]) -> Self {
@@ -274,6 +270,18 @@ pub const CLUSTER_NODE_TIMEOUT_MS: u64 = 1000;
 
 impl RedisCluster {
     pub fn start(primaries: usize, replicas: usize) -> Self {
+        let ports = (0..primaries * (1 + replicas)).map(|_| free_cluster_port()).collect();
+        Self::start_on(ports, replicas)
+    }
+
+    /// Ports for a cluster started later with [`Self::start_on`] (to point services at a cluster
+    /// that is not up yet).
+    pub fn reserve_ports(nodes: usize) -> Vec<u16> {
+        (0..nodes).map(|_| free_cluster_port()).collect()
+    }
+
+    /// [`Self::start`] on the given ports (`ports.len()` = primaries × (1 + replicas)).
+    pub fn start_on(ports: Vec<u16>, replicas: usize) -> Self {
         let timeout = CLUSTER_NODE_TIMEOUT_MS.to_string();
         let args = [
             "--appendonly",
@@ -286,7 +294,7 @@ impl RedisCluster {
             "0",
         ];
         let nodes: Vec<RedisServer> =
-            (0..primaries * (1 + replicas)).map(|_| RedisServer::start_cluster_node(&args)).collect();
+            ports.into_iter().map(|port| RedisServer::start_cluster_node(port, &args)).collect();
         let addrs: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
         let out = run_command(
             Command::new(redis_cli_binary())
@@ -358,6 +366,17 @@ impl RedisCluster {
     pub fn con(&self) -> redis::cluster::ClusterConnection {
         let urls: Vec<String> = self.live().map(RedisServer::url).collect();
         redis::cluster::ClusterClient::new(urls).unwrap().get_connection().unwrap()
+    }
+}
+
+/// A free port for a cluster node: its cluster bus listens on the port + 10000, so the port is
+/// below 55536 and that one is free too.
+pub fn free_cluster_port() -> u16 {
+    loop {
+        let port = free_port();
+        if port <= 55_000 && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+            return port;
+        }
     }
 }
 

@@ -212,3 +212,32 @@ async fn a_primary_killed_mid_load_loses_no_accepted_event() {
     assert!(seen.values().all(|&n| n <= 2), "an event ran at most twice: {seen:?}");
     drop(processors);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn both_binaries_start_while_the_cluster_is_down_and_work_once_it_is_up() {
+    let ports = RedisCluster::reserve_ports(3);
+    let urls = ports.iter().map(|p| format!("redis://127.0.0.1:{p}")).collect::<Vec<_>>().join(",");
+    let with_cluster = |mut vars: HashMap<String, String>| {
+        vars.insert("REDIS_URL".into(), urls.clone());
+        vars.insert("REDIS_MODE".into(), "cluster".into());
+        vars.insert("PARTITIONS".into(), PARTITIONS.to_string());
+        vars
+    };
+    let api = FakeApi::start().await;
+    api.always("POST", "/downstream", Reply::status(200));
+    let ingress = start_with(with_cluster(default_vars(&urls)), |_| {}).await;
+    let mut vars = with_cluster(processor_vars(&urls, &api.url()));
+    vars.insert("FORWARD_URL".into(), format!("{}/downstream", api.url()));
+    let _processor = start_processor(vars).await;
+    let body = fixture("meeting-baas/v2/bot_completed.json");
+    let r = post_signed(&ingress, "svix", SECRET, "msg_down_0", now(), &body).await;
+    assert_error(r, 503, "unavailable").await;
+
+    let _cluster = tokio::task::spawn_blocking(move || RedisCluster::start_on(ports, 0)).await.expect("cluster");
+    eventually("webhooks accepted once the cluster is up", || async {
+        let r = post_signed(&ingress, "svix", SECRET, "msg_down_0", now(), &body).await;
+        (r.status() == 200).then_some(())
+    })
+    .await;
+    eventually("the event processed", || async { forwarded(&api).contains_key("msg_down_0").then_some(()) }).await;
+}
