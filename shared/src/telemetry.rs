@@ -7,6 +7,22 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use tracing_subscriber::EnvFilter;
 
+/// The redis crate's cluster client logs each attempt to reach a node that is down — about 19
+/// lines a second per connection (3 per attempt) for as long as the outage lasts. hookstream
+/// reports outages itself (once when they start and end in the processor, per refused request
+/// in the ingress), so those lines are off unless `RUST_LOG` names the crate.
+const QUIET_CLUSTER_CLIENT: &str = "redis::cluster_handling=off";
+
+/// `RUST_LOG` (default `info`), with [`QUIET_CLUSTER_CLIENT`] unless it mentions `redis`.
+fn filter_spec(rust_log: Option<&str>) -> String {
+    let spec = rust_log.map(str::trim).filter(|s| !s.is_empty()).unwrap_or("info");
+    if spec.split(',').any(|directive| directive.trim_start().starts_with("redis")) {
+        spec.to_string()
+    } else {
+        format!("{spec},{QUIET_CLUSTER_CLIENT}")
+    }
+}
+
 /// Logs to stderr as text or JSON lines; the level comes from `RUST_LOG` (default `info`).
 ///
 /// Lines are appended to an in-memory buffer that goes to stderr every
@@ -19,7 +35,8 @@ use tracing_subscriber::EnvFilter;
 #[must_use = "dropping the guard stops flushing the logs"]
 pub fn init_logging(format: LogFormat) -> LogGuard {
     use std::io::IsTerminal;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_new(filter_spec(std::env::var("RUST_LOG").ok().as_deref()))
+        .unwrap_or_else(|_| EnvFilter::new(filter_spec(None)));
     let buffer = LogBuffer::default();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -115,4 +132,17 @@ pub fn metrics() -> &'static PrometheusHandle {
         }
         handle
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cluster_client_is_quiet_unless_asked_for() {
+        assert_eq!(filter_spec(None), "info,redis::cluster_handling=off");
+        assert_eq!(filter_spec(Some(" ")), "info,redis::cluster_handling=off");
+        assert_eq!(filter_spec(Some("debug")), "debug,redis::cluster_handling=off");
+        assert_eq!(filter_spec(Some("info,redis=debug")), "info,redis=debug");
+    }
 }
