@@ -8,7 +8,7 @@ use std::time::Duration;
 use tracing_subscriber::EnvFilter;
 
 /// The redis crate's cluster client logs each attempt to reach a node that is down — about 19
-/// lines a second per connection (3 per attempt) for as long as the outage lasts. hookstream
+/// attempts a second per connection, 3 lines each, for as long as the outage lasts. hookstream
 /// reports outages itself (once when they start and end in the processor, per refused request
 /// in the ingress), so those lines are off unless `RUST_LOG` names the crate.
 const QUIET_CLUSTER_CLIENT: &str = "redis::cluster_handling=off";
