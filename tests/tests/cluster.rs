@@ -15,15 +15,16 @@ use std::time::Duration;
 
 const PARTITIONS: usize = 8;
 
-fn cluster_vars(mut vars: HashMap<String, String>, cluster: &RedisCluster) -> HashMap<String, String> {
-    vars.insert("REDIS_URL".into(), cluster.urls());
+/// `vars` pointed at the cluster whose seed list is `urls`, with `PARTITIONS` partitions.
+fn cluster_vars(mut vars: HashMap<String, String>, urls: &str) -> HashMap<String, String> {
+    vars.insert("REDIS_URL".into(), urls.to_string());
     vars.insert("REDIS_MODE".into(), "cluster".into());
     vars.insert("PARTITIONS".into(), PARTITIONS.to_string());
     vars
 }
 
 fn forwarding_processor_vars(cluster: &RedisCluster, api: &FakeApi) -> HashMap<String, String> {
-    let mut vars = cluster_vars(processor_vars(&cluster.urls(), &api.url()), cluster);
+    let mut vars = cluster_vars(processor_vars(&cluster.urls(), &api.url()), &cluster.urls());
     vars.insert("FORWARD_URL".into(), format!("{}/downstream", api.url()));
     vars
 }
@@ -51,7 +52,7 @@ async fn webhooks_spread_over_partitions_on_a_cluster_and_every_one_is_processed
     let cluster = RedisCluster::start(3, 1);
     let api = FakeApi::start().await;
     api.always("POST", "/downstream", Reply::status(200));
-    let ingress = start_with(cluster_vars(default_vars(&cluster.urls()), &cluster), |_| {}).await;
+    let ingress = start_with(cluster_vars(default_vars(&cluster.urls()), &cluster.urls()), |_| {}).await;
     let body = fixture("meeting-baas/v2/bot_completed.json");
     const N: usize = 120;
     for i in 0..N {
@@ -77,7 +78,7 @@ async fn webhooks_spread_over_partitions_on_a_cluster_and_every_one_is_processed
     assert!(seen.values().all(|&n| n == 1), "no event forwarded twice: {seen:?}");
 
     // The operator commands see every partition, or the one asked for.
-    let vars = cluster_vars(processor_vars(&cluster.urls(), &api.url()), &cluster);
+    let vars = cluster_vars(processor_vars(&cluster.urls(), &api.url()), &cluster.urls());
     let config = processor::ProcessorConfig::read(&Reader::new(&vars)).expect("valid");
     let status = cli::operate(&config, None, Command::Status).await;
     assert_eq!(status.code, 0, "{status:?}");
@@ -127,7 +128,7 @@ async fn a_primary_killed_mid_load_loses_no_accepted_event() {
     let mut cluster = RedisCluster::start(3, 1);
     let api = FakeApi::start().await;
     api.always("POST", "/downstream", Reply::status(200));
-    let mut vars = cluster_vars(default_vars(&cluster.urls()), &cluster);
+    let mut vars = cluster_vars(default_vars(&cluster.urls()), &cluster.urls());
     vars.insert("MIN_REPLICAS_ACK".into(), "1".into());
     let ingress = start_with(vars, |_| {}).await;
     let processors = [
@@ -217,16 +218,10 @@ async fn a_primary_killed_mid_load_loses_no_accepted_event() {
 async fn both_binaries_start_while_the_cluster_is_down_and_work_once_it_is_up() {
     let ports = RedisCluster::reserve_ports(3);
     let urls = ports.iter().map(|p| format!("redis://127.0.0.1:{p}")).collect::<Vec<_>>().join(",");
-    let with_cluster = |mut vars: HashMap<String, String>| {
-        vars.insert("REDIS_URL".into(), urls.clone());
-        vars.insert("REDIS_MODE".into(), "cluster".into());
-        vars.insert("PARTITIONS".into(), PARTITIONS.to_string());
-        vars
-    };
     let api = FakeApi::start().await;
     api.always("POST", "/downstream", Reply::status(200));
-    let ingress = start_with(with_cluster(default_vars(&urls)), |_| {}).await;
-    let mut vars = with_cluster(processor_vars(&urls, &api.url()));
+    let ingress = start_with(cluster_vars(default_vars(&urls), &urls), |_| {}).await;
+    let mut vars = cluster_vars(processor_vars(&urls, &api.url()), &urls);
     vars.insert("FORWARD_URL".into(), format!("{}/downstream", api.url()));
     let _processor = start_processor(vars).await;
     let body = fixture("meeting-baas/v2/bot_completed.json");
