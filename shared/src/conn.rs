@@ -18,7 +18,7 @@
 //! cluster connection, which routes each command (and each pipeline, by its keys) to the node
 //! that owns the slot, follows MOVED/ASK, refreshes the slot map after a failover and
 //! reconnects to nodes by itself; it is made lazily too, with the same keepalive, connect and
-//! response timeouts.
+//! response timeouts — and, as for one Redis, a command that times out replaces it.
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::{ClusterClient, ClusterConfig};
@@ -120,48 +120,80 @@ fn manager_config(response_timeout: Option<Duration>) -> ConnectionManagerConfig
 /// out replaces the connection (see the module docs). Cheap to clone: clones share one socket.
 #[derive(Clone)]
 pub struct Conn {
-    inner: Inner,
+    shared: Arc<Shared>,
 }
 
+/// One made connection, of either kind.
 #[derive(Clone)]
-enum Inner {
-    Standalone(Arc<Shared>),
+enum Made {
+    Standalone(ConnectionManager),
     Cluster(ClusterConnection),
 }
 
+/// How much longer than the response timeout a cluster command may take, retries and
+/// redirections included, before it counts as timed out here. The cluster client has its own
+/// timeouts, but a request queued while it recovers from an outage can wait for ever (seen
+/// after a cluster came up under a client made while it was down): this bound turns that into
+/// a timeout, and the timeout into a fresh connection.
+const CLUSTER_TIMEOUT_MARGIN: Duration = Duration::from_secs(1);
+
+impl Made {
+    fn open(target: &Target, response_timeout: Duration) -> RedisResult<Self> {
+        match target {
+            Target::Standalone(client) => manager(client.clone(), Some(response_timeout)).map(Made::Standalone),
+            Target::Cluster(client) => {
+                let config =
+                    ClusterConfig::new().set_connection_timeout(CONNECT_TIMEOUT).set_response_timeout(response_timeout);
+                Ok(Made::Cluster(client.get_pending_async_connection_with_config(config)))
+            }
+        }
+    }
+}
+
 struct Shared {
-    client: Client,
+    target: Target,
     response_timeout: Duration,
     /// The connection in use, and how many times it was replaced (so that many commands timing
     /// out on one silent socket replace it once, not once each).
-    current: Mutex<(u64, ConnectionManager)>,
+    current: Mutex<(u64, Made)>,
 }
 
 impl Conn {
     /// A lazily made connection whose commands each time out after `response_timeout` (for a
     /// connection running blocking reads: the longest block plus a margin).
     pub fn new(client: Client, response_timeout: Duration) -> RedisResult<Self> {
-        let current = Mutex::new((0, manager(client.clone(), Some(response_timeout))?));
-        Ok(Self { inner: Inner::Standalone(Arc::new(Shared { client, response_timeout, current })) })
+        Self::open(&Target::Standalone(client), response_timeout)
     }
 
     /// A lazily made connection to `target` (one server or a cluster) whose commands each time
     /// out after `response_timeout`.
     pub fn open(target: &Target, response_timeout: Duration) -> RedisResult<Self> {
-        match target {
-            Target::Standalone(client) => Self::new(client.clone(), response_timeout),
-            Target::Cluster(client) => {
-                let config =
-                    ClusterConfig::new().set_connection_timeout(CONNECT_TIMEOUT).set_response_timeout(response_timeout);
-                Ok(Self { inner: Inner::Cluster(client.get_pending_async_connection_with_config(config)) })
-            }
-        }
+        let current = Mutex::new((0, Made::open(target, response_timeout)?));
+        Ok(Self { shared: Arc::new(Shared { target: target.clone(), response_timeout, current }) })
     }
 }
 
 impl Shared {
-    fn current(&self) -> (u64, ConnectionManager) {
+    fn current(&self) -> (u64, Made) {
         self.current.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Runs `request` on the current connection; a timeout replaces it.
+    async fn run<T>(&self, request: impl AsyncFnOnce(&mut Made) -> RedisResult<T>) -> RedisResult<T> {
+        let (generation, mut con) = self.current();
+        let result = match &con {
+            Made::Standalone(_) => request(&mut con).await,
+            Made::Cluster(_) => tokio::time::timeout(self.response_timeout + CLUSTER_TIMEOUT_MARGIN, request(&mut con))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "Redis Cluster did not answer in time")
+                        .into())
+                }),
+        };
+        if let Err(err) = &result {
+            self.heal(err, generation);
+        }
+        result
     }
 
     /// After an error on connection number `generation`: a timeout replaces it (unless another
@@ -174,7 +206,7 @@ impl Shared {
         if current.0 != generation {
             return;
         }
-        match manager(self.client.clone(), Some(self.response_timeout)) {
+        match Made::open(&self.target, self.response_timeout) {
             Ok(fresh) => {
                 tracing::warn!(
                     timeout_ms = self.response_timeout.as_millis() as u64,
@@ -189,17 +221,10 @@ impl Shared {
 
 impl ConnectionLike for Conn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        match &mut self.inner {
-            Inner::Cluster(con) => con.req_packed_command(cmd),
-            Inner::Standalone(shared) => Box::pin(async move {
-                let (generation, mut con) = shared.current();
-                let result = con.req_packed_command(cmd).await;
-                if let Err(err) = &result {
-                    shared.heal(err, generation);
-                }
-                result
-            }),
-        }
+        Box::pin(self.shared.run(async |con: &mut Made| match con {
+            Made::Standalone(c) => c.req_packed_command(cmd).await,
+            Made::Cluster(c) => c.req_packed_command(cmd).await,
+        }))
     }
 
     fn req_packed_commands<'a>(
@@ -208,23 +233,16 @@ impl ConnectionLike for Conn {
         offset: usize,
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
-        match &mut self.inner {
-            Inner::Cluster(con) => con.req_packed_commands(pipeline, offset, count),
-            Inner::Standalone(shared) => Box::pin(async move {
-                let (generation, mut con) = shared.current();
-                let result = con.req_packed_commands(pipeline, offset, count).await;
-                if let Err(err) = &result {
-                    shared.heal(err, generation);
-                }
-                result
-            }),
-        }
+        Box::pin(self.shared.run(async move |con: &mut Made| match con {
+            Made::Standalone(c) => c.req_packed_commands(pipeline, offset, count).await,
+            Made::Cluster(c) => c.req_packed_commands(pipeline, offset, count).await,
+        }))
     }
 
     fn get_db(&self) -> i64 {
-        match &self.inner {
-            Inner::Cluster(con) => con.get_db(),
-            Inner::Standalone(shared) => shared.current().1.get_db(),
+        match self.shared.current().1 {
+            Made::Standalone(c) => c.get_db(),
+            Made::Cluster(c) => c.get_db(),
         }
     }
 }
