@@ -85,10 +85,16 @@ impl WriteLimiter {
     /// Waits for a write slot. A Redis error is returned (the attempt fails transiently).
     pub async fn acquire(&self) -> RedisResult<()> {
         let Some(con) = &self.con else { return Ok(()) };
+        let mut waited = false;
         loop {
             let wait_us: u64 = self.script.key(&self.key).arg(self.interval_us).invoke_async(&mut con.clone()).await?;
             if wait_us == 0 {
                 return Ok(());
+            }
+            if !waited {
+                // Counted once per write that has to wait, however many tries it takes.
+                crate::metrics::api_write_wait();
+                waited = true;
             }
             tokio::time::sleep(Duration::from_micros(wait_us)).await;
         }

@@ -7,6 +7,12 @@
 //! A sync about hundreds of meetings then completes at the write limit's pace instead of timing
 //! out.
 //!
+//! **One clock.** The budget is the entry's own time: wall time since its first attempt minus
+//! the excluded waits, on tokio's clock, checked here before every wait. The `backoff` crate
+//! only supplies the jittered delays; its own `max_elapsed_time` is off, because it stops on
+//! `std::time::Instant`, which knows nothing of the excluded waits (12 meetings waiting for a
+//! write limit of 2/s were dead-lettered after one attempt that way).
+//!
 //! This is the only module that knows the `backoff` crate. The crate is marked unmaintained
 //! (RUSTSEC-2025-0012, accepted in `deny.toml`); swapping it for another policy is a change to
 //! this file alone. The loop itself is written here rather than with `backoff::future::retry`
@@ -56,7 +62,9 @@ impl RetryPolicy {
             .with_max_interval(self.max_interval)
             .with_multiplier(2.0)
             .with_randomization_factor(0.5)
-            .with_max_elapsed_time(Some(self.max_elapsed))
+            // The budget is kept here, on the clock that knows the excluded waits: the crate's own
+            // `max_elapsed_time` runs on `std::time::Instant` and would count them.
+            .with_max_elapsed_time(None)
             .build()
     }
 
@@ -102,10 +110,11 @@ impl RetryPolicy {
                     None => (format!("attempt timed out after {} ms", self.attempt_timeout.as_millis()), None),
                 };
             crate::metrics::attempt(Attempt::Transient);
+            let own_time = started.elapsed().saturating_sub(clock.excluded());
             let delay = backoff
                 .next_backoff()
                 .map(|delay| delay.max(retry_after.unwrap_or_default()))
-                .filter(|delay| started.elapsed().saturating_sub(clock.excluded()) + *delay <= self.max_elapsed);
+                .filter(|delay| own_time.checked_add(*delay).is_some_and(|end| end <= self.max_elapsed));
             failed("transient", &reason, delay);
             let Some(delay) = delay else {
                 return Outcome { verdict: Verdict::Exhausted(reason), attempts };
@@ -247,6 +256,36 @@ mod tests {
             })
             .await;
         assert_eq!(outcome.verdict, Verdict::Exhausted("attempt timed out after 100 ms".into()));
+    }
+
+    /// In real time, not paused: the budget must be kept on the clock that knows the excluded
+    /// waits. (The `backoff` crate's own `max_elapsed_time` runs on `std::time::Instant`, which
+    /// paused tokio time does not move, so a paused test cannot see it stop on its own clock.)
+    #[tokio::test]
+    async fn excluded_waits_do_not_spend_the_budget_in_real_time() {
+        let mut p = policy(300);
+        p.attempt_timeout = Duration::from_millis(200);
+        let calls = AtomicU32::new(0);
+        let outcome = p
+            .run(&event(), |_| async {
+                let n = calls.fetch_add(1, Ordering::SeqCst);
+                // Waits for the shared write limit longer than the whole budget.
+                excluded(tokio::time::sleep(Duration::from_millis(500))).await;
+                if n == 0 {
+                    Err(transient(None))
+                } else {
+                    Ok(())
+                }
+            })
+            .await;
+        assert_eq!(outcome, Outcome { verdict: Verdict::Done, attempts: 2 });
+    }
+
+    #[tokio::test]
+    async fn a_huge_retry_after_ends_the_retries_without_overflow() {
+        let huge = Duration::from_secs(u64::MAX);
+        let outcome = policy(100).run(&event(), |_| async { Err(transient(Some(huge))) }).await;
+        assert_eq!(outcome, Outcome { verdict: Verdict::Exhausted("boom".into()), attempts: 1 });
     }
 
     #[tokio::test(start_paused = true)]

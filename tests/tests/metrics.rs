@@ -114,3 +114,30 @@ async fn health_and_metrics() {
     }
     processor.stop().await;
 }
+
+#[tokio::test]
+async fn writes_that_wait_for_the_shared_limit_are_counted() {
+    let redis = RedisServer::start();
+    let api = FakeApi::start().await;
+    let upcoming = hookstream_tests::fixture("meeting-baas/api/v1_calendar_event_upcoming.json");
+    let scheduled = hookstream_tests::fixture("meeting-baas/api/v1_schedule_response.json");
+    let uuids = ["wait-a", "wait-b", "wait-c"];
+    for uuid in uuids {
+        api.always("GET", &format!("/calendar_events/{uuid}"), Reply::json(200, upcoming.clone()));
+        api.always("POST", &format!("/calendar_events/{uuid}/bot"), Reply::json(200, scheduled.clone()));
+    }
+    let mut vars = processor_vars(&redis.url(), &api.url());
+    vars.insert("API_WRITES_PER_SEC".into(), "2".into());
+    let processor = start_processor(vars).await;
+    let url = format!("http://{}/metrics", processor.metrics);
+    let waits = |text: &str| metric(text, "hookstream_processor_api_write_waits_total", "");
+    let before = waits(&scrape(&url).await);
+    let body = serde_json::json!({"event": "calendar.sync_events", "data": {"affected_event_uuids": uuids}});
+    add_event(&redis, "calendar.sync_events", &serde_json::to_vec(&body).unwrap(), "three-writes");
+    all_acked(&redis).await;
+    let after = waits(&scrape(&url).await);
+    processor.stop().await;
+    // Three writes at 2/s: the first goes at once, the later ones wait for their slot.
+    assert!(after - before >= 2.0, "write waits counted: {before} -> {after}");
+    assert_eq!(api.calls().iter().filter(|c| c.method == "POST").count(), 3);
+}

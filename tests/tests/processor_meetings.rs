@@ -126,6 +126,16 @@ struct V1Api {
 }
 
 async fn v1_api(uuids: &[String], limit: usize, fail: HashMap<String, Vec<u16>>) -> V1Api {
+    v1_api_failing_posts(uuids, limit, fail, HashMap::new()).await
+}
+
+/// [`v1_api`], where the first POSTs of some meetings answer the statuses in `post_fail`.
+async fn v1_api_failing_posts(
+    uuids: &[String],
+    limit: usize,
+    fail: HashMap<String, Vec<u16>>,
+    post_fail: HashMap<String, Vec<u16>>,
+) -> V1Api {
     let api = FakeApi::start().await;
     let bots: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
     let refused: Arc<Mutex<usize>> = Arc::default();
@@ -146,7 +156,11 @@ async fn v1_api(uuids: &[String], limit: usize, fail: HashMap<String, Vec<u16>>)
             Reply::json(200, serde_json::to_vec(&e).unwrap())
         });
         let (b, u, w, r) = (bots.clone(), uuid.clone(), writes.clone(), refused.clone());
-        api.route("POST", &format!("/calendar_events/{uuid}/bot"), move |_, _| {
+        let post_failures = post_fail.get(uuid).cloned().unwrap_or_default();
+        api.route("POST", &format!("/calendar_events/{uuid}/bot"), move |_, n| {
+            if let Some(status) = post_failures.get(n) {
+                return Reply::status(*status);
+            }
             let now = Instant::now();
             let mut w = w.lock().unwrap();
             while w.front().is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(1)) {
@@ -219,6 +233,29 @@ async fn a_large_sync_completes_at_the_limits_pace_without_timing_out() {
     processor.stop().await;
     assert!(fake.bots.lock().unwrap().values().all(|n| *n == 1), "no meeting handled twice");
     assert_eq!(xlen_dead(&redis), 0, "{:?}", dead_entries(&redis).first());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn waiting_for_the_write_limit_does_not_spend_the_retry_budget() {
+    // Measured: 12 meetings, 4 writes/s shared, a 1.5 s retry budget, and every meeting's first
+    // POST answers 502 once. The 24 writes take 6 s at the limit's pace, so most meetings wait
+    // far longer than their budget for a slot; that wait is not theirs (SPEC §4) and must not
+    // end their retries.
+    let redis = RedisServer::start();
+    let all = uuids("w", 12);
+    let post_fail = all.iter().map(|u| (u.clone(), vec![502])).collect();
+    let fake = v1_api_failing_posts(&all, 1000, HashMap::new(), post_fail).await;
+    let mut vars = processor_vars(&redis.url(), &fake.api.url());
+    vars.insert("API_WRITES_PER_SEC".into(), "4".into());
+    vars.insert("RETRY_MAX_ELAPSED_MS".into(), "1500".into());
+    let processor = start_processor(vars).await;
+    add_event(&redis, "calendar.sync_events", &sync_body(&all), "limited-sync");
+    all_acked(&redis).await;
+    processor.stop().await;
+    assert_eq!(xlen_dead(&redis), 0, "{:?}", dead_entries(&redis));
+    let bots = fake.bots.lock().unwrap().clone();
+    assert_eq!(bots.len(), 12, "every meeting has its bot: {bots:?}");
+    assert!(bots.values().all(|n| *n == 1));
 }
 
 #[tokio::test]
