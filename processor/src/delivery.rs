@@ -3,7 +3,7 @@
 //! An entry this process has read or reclaimed is *held* until it is let go. [`Held`] is the
 //! table of what is held — when its idle time was last reset (the lease keeper renews the old
 //! ones), whether the lease was lost, the meeting lock its handler holds (renewed with it), and
-//! the task handling it (aborted if the shutdown grace runs out). Each row is owned by a
+//! and the task handling it (aborted if the shutdown grace runs out). Each row is owned by a
 //! [`Lease`]: dropping the lease removes the row, so the table never keeps an entry nobody
 //! handles.
 //!
@@ -20,7 +20,6 @@
 //! relies on every replica using the same `CLAIM_IDLE_MS` (the README says so).
 
 use crate::acker::Acker;
-use crate::lock::LockHandle;
 use crate::replies::StreamEntry;
 use crate::retry::reconnect_backoff;
 use crate::stream::{is_nogroup, RedisState, Stream};
@@ -47,8 +46,6 @@ struct Row {
     reset: Instant,
     lost: CancellationToken,
     task: Option<AbortHandle>,
-    /// The meeting lock the entry's handler holds right now.
-    lock: Option<LockHandle>,
 }
 
 impl Held {
@@ -70,7 +67,7 @@ impl Held {
             return None;
         }
         let lost = CancellationToken::new();
-        rows.insert(id.to_string(), Row { reset: sent, lost: lost.clone(), task: None, lock: None });
+        rows.insert(id.to_string(), Row { reset: sent, lost: lost.clone(), task: None });
         Some(Lease { id: id.to_string(), lost, held: self.clone() })
     }
 
@@ -80,15 +77,6 @@ impl Held {
             .iter()
             .filter(|(_, row)| !row.lost.is_cancelled() && row.reset.elapsed() >= age)
             .map(|(id, _)| id.clone())
-            .collect()
-    }
-
-    /// The meeting locks held by handlers that were not renewed for `age`.
-    pub fn due_locks(&self, age: Duration) -> Vec<LockHandle> {
-        self.rows()
-            .values()
-            .filter_map(|row| row.lock.clone())
-            .filter(|lock| crate::lock::MeetingLocks::due(lock, age))
             .collect()
     }
 
@@ -105,13 +93,6 @@ impl Held {
     /// Whether `id` was reset so recently that no other replica can have reclaimed it.
     fn fresh(&self, id: &str) -> bool {
         self.rows().get(id).is_some_and(|row| row.reset.elapsed() < self.fresh_for)
-    }
-
-    /// The handler of `id` holds `lock` (`None`: released): it is renewed with the lease.
-    pub fn set_lock(&self, id: &str, lock: Option<LockHandle>) {
-        if let Some(row) = self.rows().get_mut(id) {
-            row.lock = lock;
-        }
     }
 
     /// Another consumer owns `id` now: its delivery stops and writes no verdict.
@@ -201,11 +182,6 @@ impl Delivery {
 
     pub fn is_lost(&self) -> bool {
         self.lease.lost.is_cancelled()
-    }
-
-    /// The handler holds `lock` now (`None`: released); the lease keeper renews it meanwhile.
-    pub fn holds_lock(&self, lock: Option<LockHandle>) {
-        self.lease.held.set_lock(&self.entry.id, lock);
     }
 
     /// Frees the `CONCURRENCY` slot (the handler is done; only the verdict is left to write).

@@ -2,26 +2,22 @@
 //! of `CLAIM_IDLE_MS`, in one script call per round (see [`crate::stream`]), so that a slow
 //! handler — or an entry waiting for a slot — never looks abandoned to the other replicas'
 //! reclaimers. An entry the script reports as owned by another consumer is marked lost in the
-//! [`Held`] table: its delivery stops and writes no verdict. The meeting locks that handlers
-//! hold are renewed on the same rounds (their TTL is `CLAIM_IDLE_MS` too).
+//! [`Held`] table: its delivery stops and writes no verdict. (Meeting locks are renewed by
+//! their own keeper, [`crate::lock::keep`].)
 //!
 //! It runs until aborted, through the shutdown grace period too: entries still being finished
 //! must stay leased.
 
 use crate::delivery::Held;
-use crate::lock::MeetingLocks;
 use crate::stream::Stream;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub async fn run(held: Arc<Held>, stream: Stream, locks: MeetingLocks, every: Duration) {
+pub async fn run(held: Arc<Held>, stream: Stream, every: Duration) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        if let Err(err) = locks.renew(&held.due_locks(every)).await {
-            tracing::debug!(error = %err, "meeting lock renewal failed; will try again");
-        }
         let due = held.due(every);
         if due.is_empty() {
             continue;

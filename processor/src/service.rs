@@ -166,7 +166,11 @@ impl Processor {
                     d.stopped().await
                 }))
             };
-        let mut lease_keepers = Vec::new();
+        // One lock keeper: the meeting locks are shared by every partition.
+        let mut lease_keepers = vec![tokio::spawn(crate::lock::keep(
+            parts[0].0.locks.clone(),
+            (config.claim_idle / 3).max(Duration::from_millis(10)),
+        ))];
         let mut reclaimers = Vec::new();
         let mut tidiers = Vec::new();
         let mut readers = Vec::new();
@@ -174,7 +178,6 @@ impl Processor {
             lease_keepers.push(tokio::spawn(crate::lease::run(
                 d.held.clone(),
                 worker.stream.clone(),
-                worker.locks.clone(),
                 (config.claim_idle / 3).max(Duration::from_millis(10)),
             )));
             reclaimers.push({

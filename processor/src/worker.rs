@@ -96,28 +96,20 @@ impl Worker {
         let meeting = meetings.into_iter().next().map(|m| m.key);
         let started = Instant::now();
         let attempt = |_| {
-            let (handler, event, meeting, delivery) = (&handler, &event, &meeting, &delivery);
+            let (handler, event, meeting) = (&handler, &event, &meeting);
             async move {
+                let Some(key) = meeting else { return handler.handle(event).await };
+                // Waiting for the lock is not this attempt's slowness (see `waits::excluded`).
                 // The lock's futures are boxed: entries about no meeting (the hot, forwarding
                 // path) should not carry their size in every task.
-                let lock = match meeting {
-                    // Waiting for the lock is not this attempt's slowness (see `waits::excluded`).
-                    Some(key) => {
-                        let lock = Box::pin(crate::waits::excluded(self.locks.lock(key))).await.map_err(|e| {
-                            HandlerError::transient(format!("cannot take the lock of meeting {key}: {e}"))
-                        })?;
-                        // Renewed with the entry's lease while held.
-                        delivery.holds_lock(Some(lock.handle()));
-                        Some(lock)
-                    }
-                    None => None,
-                };
-                let result = handler.handle(event).await;
-                if let Some(lock) = lock {
-                    delivery.holds_lock(None);
-                    Box::pin(lock.release()).await;
-                }
-                result
+                let lock = Box::pin(crate::waits::excluded(self.locks.lock(key)))
+                    .await
+                    .map_err(|e| HandlerError::transient(format!("cannot take the lock of meeting {key}: {e}")))?;
+                // The guard is the attempt's: renewed while it runs, stopped if lost, released
+                // (or, dropped by a timeout, unregistered at once) when it ends.
+                Box::pin(lock.run(handler.handle(event)))
+                    .await
+                    .unwrap_or_else(|lost| Err(HandlerError::transient(lost)))
             }
         };
         let outcome = tokio::select! {

@@ -319,3 +319,105 @@ async fn a_429_pauses_every_replicas_writes_for_its_retry_after() {
     assert_eq!(api.calls_to("POST", "/calendar_events/e-429/bot").len(), 2, "retried once, after the pause");
     assert_eq!(xlen_dead(&redis), 0);
 }
+
+/// The meeting lock keys in Redis and their values.
+fn meeting_locks(redis: &RedisServer) -> Vec<(String, String)> {
+    let keys: Vec<String> = redis::cmd("KEYS").arg("{hookstream}:lock:*").query(&mut redis.con()).unwrap();
+    keys.into_iter()
+        .filter_map(|k| {
+            let v: Option<String> = redis::cmd("GET").arg(&k).query(&mut redis.con()).unwrap();
+            v.map(|v| (k, v))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lock_whose_release_failed_after_an_attempt_timeout_is_not_renewed_for_ever() {
+    // The attempt times out while it holds the meeting's lock, and Redis is down at that moment,
+    // so the release fails and the lock stays in Redis (AOF). The dropped attempt's lock must not
+    // be renewed any more: its TTL frees the meeting and the entry's next attempt goes on.
+    let mut redis = RedisServer::start_persistent();
+    let api = FakeApi::start().await;
+    let upcoming = fixture("meeting-baas/api/v1_calendar_event_upcoming.json");
+    let slow = Reply::json(200, upcoming.clone()).delayed(Duration::from_secs(5));
+    api.sequence("GET", "/calendar_events/stale-1", vec![slow, Reply::json(200, upcoming)]);
+    api.always(
+        "POST",
+        "/calendar_events/stale-1/bot",
+        Reply::json(200, fixture("meeting-baas/api/v1_schedule_response.json")),
+    );
+    let mut vars = processor_vars(&redis.url(), &api.url());
+    vars.insert("HANDLER_TIMEOUT_MS".into(), "500".into());
+    vars.insert("CLAIM_IDLE_MS".into(), "3000".into());
+    vars.insert("RETRY_MAX_ELAPSED_MS".into(), "60000".into());
+    let processor = start_processor(vars).await;
+    add_event(&redis, "calendar.sync_events", &sync_body(&["stale-1".to_string()]), "stale");
+    eventually("the first attempt is reading the meeting", || async {
+        (api.calls_to("GET", "/calendar_events/stale-1").len() == 1 && !meeting_locks(&redis).is_empty()).then_some(())
+    })
+    .await;
+    redis.kill();
+    eventually("the attempt timed out and dropped its request", || async { (api.in_flight() == 0).then_some(()) })
+        .await;
+    redis.restart();
+    assert_eq!(meeting_locks(&redis).len(), 1, "the lock outlived the failed release");
+    all_acked(&redis).await;
+    processor.stop().await;
+    assert_eq!(api.calls_to("POST", "/calendar_events/stale-1/bot").len(), 1);
+    assert_eq!(xlen_dead(&redis), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_write_is_never_sent_after_the_meeting_lock_was_lost() {
+    let redis = RedisServer::start();
+    let api = FakeApi::start().await;
+    let gate = Gate::new();
+    let upcoming = fixture("meeting-baas/api/v1_calendar_event_upcoming.json");
+    api.sequence(
+        "GET",
+        "/calendar_events/lost-1",
+        vec![Reply::json(200, upcoming.clone()).held(&gate), Reply::json(200, upcoming)],
+    );
+    api.always(
+        "POST",
+        "/calendar_events/lost-1/bot",
+        Reply::json(200, fixture("meeting-baas/api/v1_schedule_response.json")),
+    );
+    let processor = start_processor(processor_vars(&redis.url(), &api.url())).await;
+    let metrics = format!("http://{}/metrics", processor.metrics);
+    let waits_before = lock_waits(&scrape(&metrics).await);
+    add_event(&redis, "calendar.sync_events", &sync_body(&["lost-1".to_string()]), "lost");
+    eventually("the attempt is reading the meeting", || async {
+        (api.calls_to("GET", "/calendar_events/lost-1").len() == 1).then_some(())
+    })
+    .await;
+    // The lock expired while the read stalled, and another replica holds it now.
+    let locks = meeting_locks(&redis);
+    assert_eq!(locks.len(), 1);
+    let _: () = redis::cmd("SET")
+        .arg(&locks[0].0)
+        .arg("another-replica")
+        .arg("PX")
+        .arg(60_000)
+        .query(&mut redis.con())
+        .unwrap();
+    gate.open();
+    // The stale read would schedule a bot; the attempt finds the lock lost and fails instead,
+    // and its retry waits for the meeting.
+    eventually("the retry waits for the meeting's lock, or a write went out", || async {
+        let waited = lock_waits(&scrape(&metrics).await) > waits_before;
+        (waited || !api.calls_to("POST", "/calendar_events/lost-1/bot").is_empty()).then_some(())
+    })
+    .await;
+    assert!(
+        api.calls_to("POST", "/calendar_events/lost-1/bot").is_empty(),
+        "written without the lock: {:?}",
+        api.log()
+    );
+    // The other holder is done: the entry's retry reads the meeting again and schedules.
+    let _: () = redis::cmd("DEL").arg(&locks[0].0).query(&mut redis.con()).unwrap();
+    all_acked(&redis).await;
+    processor.stop().await;
+    assert_eq!(api.calls_to("POST", "/calendar_events/lost-1/bot").len(), 1);
+    assert_eq!(xlen_dead(&redis), 0);
+}

@@ -66,6 +66,8 @@ impl Api {
             crate::waits::excluded(self.limiter.acquire())
                 .await
                 .map_err(|e| HandlerError::transient(format!("{what}: the API write limiter in Redis failed: {e}")))?;
+            // Never a write after the meeting's lock was lost (SPEC §4.2): confirmed last thing.
+            crate::lock::confirm_held().await.map_err(|why| HandlerError::transient(format!("{what}: {why}")))?;
         }
         let mut request = self.http.request(method, url);
         if let Some(key) = &self.api_key {
