@@ -13,9 +13,8 @@ use tokio::sync::{mpsc, oneshot};
 /// The most ids in one XACK.
 const MAX_BATCH: usize = 512;
 
-/// An id, whether Redis must check that this consumer owns it, and where to answer: `Ok(true)`
-/// acked, `Ok(false)` not this consumer's any more.
-type Request = (String, bool, oneshot::Sender<RedisResult<bool>>);
+/// An id, and where to answer: `Ok(true)` acked, `Ok(false)` not this consumer's any more.
+type Request = (String, oneshot::Sender<RedisResult<bool>>);
 
 /// A handle to the ack task; cheap to clone.
 #[derive(Clone)]
@@ -37,10 +36,9 @@ impl Acker {
                         Err(_) => break,
                     }
                 }
-                let checked: Vec<&str> = batch.iter().filter(|(_, c, _)| *c).map(|(id, _, _)| id.as_str()).collect();
-                let plain: Vec<&str> = batch.iter().filter(|(_, c, _)| !*c).map(|(id, _, _)| id.as_str()).collect();
-                let result = stream.ack_batch(&plain, &checked).await;
-                for (id, _, reply) in batch.drain(..) {
+                let ids: Vec<&str> = batch.iter().map(|(id, _)| id.as_str()).collect();
+                let result = stream.ack_owned(&ids).await;
+                for (id, reply) in batch.drain(..) {
                     let _ = reply.send(result.as_ref().map(|lost| !lost.contains(&id)).map_err(Clone::clone));
                 }
             }
@@ -48,12 +46,12 @@ impl Acker {
         Self { tx }
     }
 
-    /// Acks `id`, batched with whatever else is being acked — `checked`: only if this consumer
-    /// still owns it (a script); else a plain XACK. `Ok(true)` acked, `Ok(false)` not owned.
-    pub async fn ack(&self, id: &str, checked: bool) -> RedisResult<bool> {
+    /// Acks `id` if this consumer still owns it, batched with whatever else is being acked.
+    /// `Ok(true)` acked, `Ok(false)` not owned.
+    pub async fn ack(&self, id: &str) -> RedisResult<bool> {
         let (reply, answer) = oneshot::channel();
         let gone = || redis::RedisError::from((redis::ErrorKind::Io, "the ack task has stopped"));
-        self.tx.send((id.to_string(), checked, reply)).map_err(|_| gone())?;
+        self.tx.send((id.to_string(), reply)).map_err(|_| gone())?;
         answer.await.map_err(|_| gone())?
     }
 }

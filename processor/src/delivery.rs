@@ -12,12 +12,11 @@
 //! When the lease keeper finds that another consumer took the entry over, the lease is marked
 //! lost: the handler is stopped ([`Delivery::lost`]), and neither verdict writes anything: the
 //! new owner decides. Redis checks the same thing once more when the verdict is written, so a
-//! lease lost in the last moment cannot slip through either: the dead-letter script acts only
-//! on entries this consumer owns, and so does an ack — as a script, unless the entry's idle
-//! time was reset less than half of `CLAIM_IDLE_MS` ago (timed from before the command that
-//! reset it was sent). Then no replica can have reclaimed it (XAUTOCLAIM takes only entries
-//! idle for `CLAIM_IDLE_MS`), and a plain XACK — half the Redis work — is just as safe. This
-//! relies on every replica using the same `CLAIM_IDLE_MS` (the README says so).
+//! lease lost in the last moment cannot slip through either: every verdict — ack, dead letter,
+//! fan-out — is a script that acts only on entries this consumer owns. (An earlier version sent
+//! a plain XACK for entries leased less than `CLAIM_IDLE_MS / 2` ago; that rested on every
+//! replica's `CLAIM_IDLE_MS`, the acker's queue and the clocks agreeing, and measured no faster
+//! in a drain: docs/benchmarks.md.)
 
 use crate::acker::Acker;
 use crate::replies::StreamEntry;
@@ -33,11 +32,9 @@ use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
 /// The table of what this process holds.
+#[derive(Default)]
 pub struct Held {
     rows: Mutex<HashMap<String, Row>>,
-    /// Half of `CLAIM_IDLE_MS`: an entry reset more recently than this cannot have been
-    /// reclaimed by another replica.
-    fresh_for: Duration,
 }
 
 struct Row {
@@ -51,11 +48,6 @@ struct Row {
 impl Held {
     fn rows(&self) -> MutexGuard<'_, HashMap<String, Row>> {
         self.rows.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    /// An empty table for a consumer whose entries are reclaimed after `claim_idle`.
-    pub fn new(claim_idle: Duration) -> Self {
-        Self { rows: Mutex::default(), fresh_for: claim_idle / 2 }
     }
 
     /// Starts holding `id`, delivered by a command sent at `sent`: its lease, or `None` when
@@ -90,9 +82,9 @@ impl Held {
         }
     }
 
-    /// Whether `id` was reset so recently that no other replica can have reclaimed it.
-    fn fresh(&self, id: &str) -> bool {
-        self.rows().get(id).is_some_and(|row| row.reset.elapsed() < self.fresh_for)
+    /// The ids whose delivery is running (started, not yet let go).
+    pub fn running(&self) -> Vec<String> {
+        self.rows().iter().filter(|(_, row)| row.task.is_some()).map(|(id, _)| id.clone()).collect()
     }
 
     /// Another consumer owns `id` now: its delivery stops and writes no verdict.
@@ -127,12 +119,6 @@ pub struct Lease {
     id: String,
     lost: CancellationToken,
     held: Arc<Held>,
-}
-
-impl Lease {
-    fn fresh(&self) -> bool {
-        self.held.fresh(&self.id)
-    }
 }
 
 impl Drop for Lease {
@@ -191,13 +177,9 @@ impl Delivery {
 
     /// Acks the entry (batched), retrying Redis errors until it is written or the lease is lost.
     pub async fn ack(self, acker: &Acker, redis: &RedisState) -> Settled {
-        self.settle("ack", redis, || async {
-            // Checked by Redis unless no other replica can have taken the entry (module docs).
-            let checked = !self.lease.fresh();
-            acker.ack(&self.entry.id, checked).await.map(|acked| acked.then_some(()))
-        })
-        .await
-        .map_or_else(|settled| settled, |()| Settled::Acked)
+        self.settle("ack", redis, || async { acker.ack(&self.entry.id).await.map(|acked| acked.then_some(())) })
+            .await
+            .map_or_else(|settled| settled, |()| Settled::Acked)
     }
 
     /// Moves the entry to `{ns}:dead` with `reason` (one script: ack + dead copy, only if this

@@ -8,6 +8,7 @@
 //!
 //! [`hold`]: Dispatcher::hold
 //! [`dispatch_batch`]: Dispatcher::dispatch_batch
+//! [`hand_back`]: Dispatcher::hand_back
 
 use crate::delivery::{Delivery, Held, Lease};
 use crate::replies::StreamEntry;
@@ -35,13 +36,8 @@ pub struct Dispatcher {
 impl Dispatcher {
     /// A dispatcher for one partition's `worker`; `permits` are the `CONCURRENCY` slots, shared
     /// by every partition.
-    pub fn new(
-        worker: Arc<Worker>,
-        permits: Arc<Semaphore>,
-        claim_idle: Duration,
-        stop: watch::Receiver<bool>,
-    ) -> Self {
-        Self { worker, held: Arc::new(Held::new(claim_idle)), permits, tasks: TaskTracker::new(), stop }
+    pub fn new(worker: Arc<Worker>, permits: Arc<Semaphore>, stop: watch::Receiver<bool>) -> Self {
+        Self { worker, held: Arc::default(), permits, tasks: TaskTracker::new(), stop }
     }
 
     pub fn stopping(&self) -> bool {
@@ -129,6 +125,23 @@ impl Dispatcher {
                         return None;
                     }
                 }
+            }
+        }
+    }
+
+    /// Shutting down: hands back every entry pending under this consumer that is not running
+    /// now (see [`crate::stream`]); best effort — what is not handed back is reclaimed after
+    /// `CLAIM_IDLE_MS`, as before.
+    pub async fn hand_back(&self) {
+        let running = self.held.running();
+        let running: Vec<&str> = running.iter().map(String::as_str).collect();
+        match self.worker.stream.hand_back(&running).await {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::info!(entries = n, stream = %self.worker.stream.keys.events, "handed back entries not started, for another replica")
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "could not hand back the entries not started; they are reclaimed after CLAIM_IDLE_MS")
             }
         }
     }

@@ -10,7 +10,9 @@ use std::time::Duration;
 /// XAUTOCLAIM cursor to the end of the pending list on each pass, no more at once than there
 /// are free slots.
 pub async fn reclaim(dispatcher: &Dispatcher, claim_idle: Duration, batch: usize) {
-    let every = (claim_idle / 2).clamp(Duration::from_millis(20), Duration::from_secs(30));
+    // At least every 5 s whatever CLAIM_IDLE_MS is: entries handed back by a replica that shut
+    // down are taken over at the next scan.
+    let every = (claim_idle / 2).clamp(Duration::from_millis(20), Duration::from_secs(5));
     let stream = &dispatcher.worker.stream;
     let redis = &dispatcher.worker.redis;
     while dispatcher.pause(every).await {

@@ -17,9 +17,10 @@
 //! work take turns and a busy one cannot starve the others.
 //!
 //! Stopping (SIGTERM/SIGINT): the grace period `SHUTDOWN_GRACE_MS` starts counting at once and
-//! covers every part: the reader and the reclaimer stop taking entries, deliveries in flight
-//! finish and write their verdicts, and whatever is still running when the grace runs out is
-//! aborted — it stays pending in the group and another replica reclaims it.
+//! covers every part: the reader and the reclaimer stop taking entries, the entries read ahead
+//! and not started are handed back (reclaimable by another replica at once), deliveries in
+//! flight finish and write their verdicts, and whatever is still running when the grace runs
+//! out is aborted and handed back too.
 
 use crate::config::ProcessorConfig;
 use crate::dispatch::Dispatcher;
@@ -144,9 +145,7 @@ impl Processor {
         let permits = Arc::new(tokio::sync::Semaphore::new(config.concurrency));
         let dispatchers: Vec<Arc<Dispatcher>> = parts
             .iter()
-            .map(|(worker, _)| {
-                Arc::new(Dispatcher::new(worker.clone(), permits.clone(), config.claim_idle, stop.clone()))
-            })
+            .map(|(worker, _)| Arc::new(Dispatcher::new(worker.clone(), permits.clone(), stop.clone())))
             .collect();
 
         let mut health =
@@ -209,6 +208,10 @@ impl Processor {
             for task in readers.iter_mut().chain(reclaimers.iter_mut()) {
                 let _ = task.await;
             }
+            // Nothing new starts now: what was read ahead goes back at once, for another replica.
+            for d in &dispatchers {
+                d.hand_back().await;
+            }
             for d in &dispatchers {
                 d.tasks.close();
                 d.tasks.wait().await;
@@ -221,8 +224,15 @@ impl Processor {
             let unfinished: usize = dispatchers.iter().map(|d| d.held.abort_all()).sum();
             tracing::warn!(
                 entries = unfinished,
-                "grace period over; unfinished entries stay pending and will be reclaimed"
+                "grace period over; unfinished entries stay pending and are handed back for another replica"
             );
+            // Bounded: a silent Redis must not hold the exit up.
+            let _ = tokio::time::timeout(Duration::from_millis(500), async {
+                for d in &dispatchers {
+                    d.hand_back().await;
+                }
+            })
+            .await;
         }
         lease_keepers.iter().for_each(|t| t.abort());
         if tokio::time::timeout_at(deadline.max(Instant::now() + Duration::from_millis(100)), &mut health)

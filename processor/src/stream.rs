@@ -16,11 +16,13 @@
 //!   call leases every held entry older than that, and only those this consumer still owns, so
 //!   it never steals an entry another replica has reclaimed; the ones it no longer owns are
 //!   reported, and their deliveries end without a verdict (see [`crate::delivery`]).
-//! - **One owner's verdict.** XACK removes an id from the PEL whoever owns it, so an ack is a
-//!   script that acks only the ids this consumer still owns — or a plain XACK when the entry's
-//!   idle time was reset so recently that no replica can have reclaimed it (see
-//!   [`crate::delivery`]): a consumer that lost an entry can never pull it from under the new
-//!   owner.
+//! - **One owner's verdict.** XACK removes an id from the PEL whoever owns it, so an ack is
+//!   always a script that acks only the ids this consumer still owns: a consumer that lost an
+//!   entry can never pull it from under the new owner.
+//! - **Hand back.** Shutting down, the entries this consumer read ahead and never started (and,
+//!   after the grace, the ones it aborted) are made reclaimable at once — XCLAIM to itself with
+//!   `IDLE` far past `CLAIM_IDLE_MS` and `JUSTID` (no delivery counted) — so a rolling restart
+//!   delays none of them by `CLAIM_IDLE_MS`.
 //! - **Deliveries.** The PEL counts how often each entry was delivered; past `MAX_DELIVERIES`
 //!   an entry is a poison entry and goes to the dead stream without running the handler. The
 //!   count is read per entry (XPENDING id id), never guessed.
@@ -75,6 +77,31 @@ if #mine > 0 then
 end
 return lost
 "#;
+
+const HAND_BACK_SCRIPT: &str = r#"
+-- KEYS[1] stream; ARGV[1] group, ARGV[2] consumer, ARGV[3] idle ms, ARGV[4..] ids still running
+-- Makes every entry pending under this consumer that is not running reclaimable at once: its
+-- idle time is set to ARGV[3] (XCLAIM to itself with IDLE and JUSTID: no delivery counted).
+-- Returns how many were handed back.
+local running = {}
+for i = 4, #ARGV do running[ARGV[i]] = true end
+local n, start = 0, '-'
+while true do
+  local rows = redis.call('XPENDING', KEYS[1], ARGV[1], start, '+', 100, ARGV[2])
+  if #rows == 0 then break end
+  for _, row in ipairs(rows) do
+    if not running[row[1]] then
+      redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, row[1], 'IDLE', ARGV[3], 'JUSTID')
+      n = n + 1
+    end
+  end
+  start = '(' .. rows[#rows][1]
+end
+return n
+"#;
+
+/// How idle a handed-back entry looks: past any replica's `CLAIM_IDLE_MS` (30 days).
+const HANDED_BACK_IDLE_MS: u64 = 30 * 86_400_000;
 
 /// The start of the scripts that settle one entry (ARGV[1] group, ARGV[2] consumer, ARGV[3] id):
 /// ack it if this consumer owns it, and go on only if that ack removed it from the pending
@@ -139,6 +166,7 @@ pub struct Stream {
     ack_script: Script,
     dead_letter_script: Script,
     fan_out_script: Script,
+    hand_back_script: Script,
 }
 
 /// Whether an error is "the group (or the stream) does not exist".
@@ -202,6 +230,7 @@ impl Stream {
             ack_script: Script::new(ACK_SCRIPT),
             dead_letter_script: Script::new(DEAD_LETTER_SCRIPT),
             fan_out_script: Script::new(FAN_OUT_SCRIPT),
+            hand_back_script: Script::new(HAND_BACK_SCRIPT),
         }
     }
 
@@ -274,31 +303,6 @@ impl Stream {
         invocation.invoke_async(&mut self.con()).await
     }
 
-    /// One round trip for a batch of acks: `plain` ids with XACK, `checked` ones with
-    /// [`Self::ack_owned`]; returns the checked ids this consumer did not own.
-    pub async fn ack_batch(&self, plain: &[&str], checked: &[&str]) -> RedisResult<Vec<String>> {
-        if checked.is_empty() {
-            if !plain.is_empty() {
-                redis::cmd("XACK")
-                    .arg(&self.keys.events)
-                    .arg(&self.group)
-                    .arg(plain)
-                    .query_async::<i64>(&mut self.con())
-                    .await?;
-            }
-            return Ok(Vec::new());
-        }
-        if !plain.is_empty() {
-            // Both at once: the XACK is pipelined ahead of the script on the shared connection.
-            let mut con = self.con();
-            let xack = redis::cmd("XACK").arg(&self.keys.events).arg(&self.group).arg(plain).to_owned();
-            let (acked, lost) = tokio::join!(xack.query_async::<i64>(&mut con), self.ack_owned(checked));
-            acked?;
-            return lost;
-        }
-        self.ack_owned(checked).await
-    }
-
     /// The dead-letter script (see the module docs): `Some(dead id)` when this call moved the
     /// entry to `{ns}:dead`, `None` when it was not this consumer's to move (any more).
     pub async fn dead_letter(
@@ -358,6 +362,15 @@ impl Stream {
         for (payload, meeting) in meetings {
             invocation.arg(payload.as_slice()).arg(meeting);
         }
+        invocation.invoke_async(&mut self.con()).await
+    }
+
+    /// Hands back every entry pending under this consumer except `running`: their idle time is
+    /// set far past `CLAIM_IDLE_MS`, so another replica's reclaimer takes them at its next scan
+    /// instead of after `CLAIM_IDLE_MS` (shutting down, see [`crate::service`]). How many.
+    pub async fn hand_back(&self, running: &[&str]) -> RedisResult<u64> {
+        let mut invocation = self.hand_back_script.key(&self.keys.events);
+        invocation.arg(&self.group).arg(&self.consumer).arg(HANDED_BACK_IDLE_MS).arg(running);
         invocation.invoke_async(&mut self.con()).await
     }
 

@@ -291,6 +291,41 @@ async fn entries_read_ahead_stay_pending_at_shutdown_and_are_finished_once() {
     assert_eq!(ids, vec!["r0", "r1", "r2", "r3", "r4", "r5"], "each entry handled exactly once");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rolling_restart_hands_the_entries_read_ahead_back_at_once() {
+    // Measured: the old replica has read twelve entries ahead with CONCURRENCY=1 and a slow
+    // target, and is told to stop once its first call starts. Its consumer name never comes
+    // back. Without the hand-back the new replica would wait CLAIM_IDLE_MS (ten minutes here)
+    // for eleven of them.
+    let redis = RedisServer::start();
+    let (target, mut vars) = slow_target(&redis, Duration::from_secs(1)).await;
+    vars.insert("CLAIM_IDLE_MS".into(), "600000".into());
+    create_group(&redis);
+    for i in 0..12 {
+        add_event(&redis, "bot.completed", br#"{"event":"bot.completed"}"#, &format!("h{i:02}"));
+    }
+    let mut old_vars = vars.clone();
+    old_vars.insert("CONCURRENCY".into(), "1".into());
+    old_vars.insert("CONSUMER_NAME".into(), "old-replica".into());
+    let mut old = start_processor(old_vars).await;
+    eventually("the old replica's first call started", || async { (!target.calls().is_empty()).then_some(()) }).await;
+    old.begin_shutdown();
+    vars.insert("CONSUMER_NAME".into(), "new-replica".into());
+    let new = start_processor(vars).await;
+    assert!(old.join().await, "the running entry finished within the grace period");
+    eventually("every entry forwarded", || async {
+        let mut ids = forwarded_ids(&target);
+        ids.sort();
+        ids.dedup();
+        (ids.len() == 12).then_some(())
+    })
+    .await;
+    all_acked(&redis).await;
+    new.stop().await;
+    assert_eq!(forwarded_ids(&target).len(), 12, "each entry handled once: {:?}", forwarded_ids(&target));
+    assert_eq!(xlen_dead(&redis), 0);
+}
+
 #[tokio::test]
 async fn trimming_never_removes_unacked_entries() {
     let redis = RedisServer::start();
