@@ -209,6 +209,7 @@ impl Delivery {
         let mut backoff = reconnect_backoff();
         loop {
             if self.is_lost() {
+                crate::metrics::lease_lost();
                 tracing::warn!(stream_id = %self.entry.id, "{what} not written: the lease was lost; the new owner decides");
                 return Err(Settled::Lost);
             }
@@ -219,6 +220,7 @@ impl Delivery {
                 }
                 Ok(None) => {
                     redis.ok();
+                    crate::metrics::lease_lost();
                     tracing::warn!(
                         stream_id = %self.entry.id,
                         "{what} not written: the entry is no longer pending under this consumer (acked already, or taken over by another)"

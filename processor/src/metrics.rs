@@ -8,6 +8,7 @@ pub const ATTEMPTS_TOTAL: &str = "hookstream_processor_attempts_total";
 pub const HANDLER_DURATION: &str = "hookstream_processor_handler_duration_seconds";
 pub const LOCK_WAITS_TOTAL: &str = "hookstream_processor_lock_waits_total";
 pub const API_WRITE_WAITS_TOTAL: &str = "hookstream_processor_api_write_waits_total";
+pub const LEASES_LOST_TOTAL: &str = "hookstream_processor_leases_lost_total";
 
 /// What became of an entry: the `outcome` label of [`ENTRIES_TOTAL`].
 #[derive(Debug, Clone, Copy)]
@@ -64,6 +65,7 @@ struct Handles {
     durations: Vec<metrics::Histogram>,
     lock_waits: metrics::Counter,
     api_write_waits: metrics::Counter,
+    leases_lost: metrics::Counter,
 }
 
 fn handles() -> &'static Handles {
@@ -78,6 +80,7 @@ fn handles() -> &'static Handles {
             .collect(),
         lock_waits: metrics::counter!(LOCK_WAITS_TOTAL),
         api_write_waits: metrics::counter!(API_WRITE_WAITS_TOTAL),
+        leases_lost: metrics::counter!(LEASES_LOST_TOTAL),
     })
 }
 
@@ -89,6 +92,11 @@ pub fn lock_wait() {
 /// An API write waits for a slot of the shared write limit.
 pub fn api_write_wait() {
     handles().api_write_waits.increment(1);
+}
+
+/// A delivery ended without a verdict: another consumer owns its entry now.
+pub fn lease_lost() {
+    handles().leases_lost.increment(1);
 }
 
 pub fn entries(outcome: Entry, n: u64) {

@@ -115,6 +115,7 @@ impl Worker {
         let outcome = tokio::select! {
             outcome = self.retry.run(&event, attempt) => outcome,
             _ = delivery.lost() => {
+                crate::metrics::lease_lost();
                 tracing::warn!(
                     stream_id = %event.id,
                     event = %event.name,

@@ -102,6 +102,44 @@ async fn an_owner_that_lost_its_lease_does_not_dead_letter_the_new_owners_entry(
     assert_eq!(group_state(&redis), Some((0, 0)));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_owner_that_lost_its_lease_does_not_ack_the_new_owners_entry() {
+    // The first owner's handler succeeds only after another replica reclaimed the entry; the new
+    // owner's handler then fails for good. The first owner's ack must not take the entry from
+    // under the new owner: the new owner's verdict (the dead letter) is the one that counts.
+    let redis = RedisServer::start();
+    let (first_gate, second_gate) = (Gate::new(), Gate::new());
+    let target = FakeApi::start().await;
+    let (first_reply, second_reply) =
+        (Reply::status(200).held(&first_gate), Reply::json(422, br#"{"error":"no"}"#.to_vec()).held(&second_gate));
+    target.route("POST", "/hook", move |_, n| if n == 0 { first_reply.clone() } else { second_reply.clone() });
+    let mut vars = forward_vars(&redis.url(), &target);
+    vars.insert("CONSUMER_NAME".into(), "slow-owner".into());
+    let first = start_processor(vars.clone()).await;
+    let id = add_event(&redis, "bot.completed", br#"{"event":"bot.completed"}"#, "contested-ack");
+    eventually("the first owner's handler runs", || async { (target.calls().len() == 1).then_some(()) }).await;
+    vars.insert("CONSUMER_NAME".into(), "new-owner".into());
+    vars.insert("CLAIM_IDLE_MS".into(), "300".into());
+    let second = start_processor(vars).await;
+    eventually("the new owner reclaimed it", || async { (target.calls().len() == 2).then_some(()) }).await;
+    let lost = |text: &str| metric(text, "hookstream_processor_leases_lost_total", "");
+    let first_metrics = format!("http://{}/metrics", first.metrics);
+    let lost_before = lost(&scrape(&first_metrics).await);
+    first_gate.open();
+    eventually("the first owner's ack is refused", || async {
+        (lost(&scrape(&first_metrics).await) > lost_before).then_some(())
+    })
+    .await;
+    assert_eq!(owner(&redis, &id).map(|(c, _)| c).as_deref(), Some("new-owner"), "still the new owner's");
+    second_gate.open();
+    let dead = dead_after(&redis, 1).await;
+    first.stop().await;
+    second.stop().await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].1["consumer"], "new-owner");
+    assert_eq!(group_state(&redis), Some((0, 0)));
+}
+
 #[tokio::test]
 async fn a_lease_found_lost_stops_the_handler_without_a_verdict() {
     let redis = RedisServer::start();
