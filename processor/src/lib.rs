@@ -10,13 +10,15 @@
 //! retries) → `delivery` (the `Delivery` and the table of what is held), `retry`, `lock` (one
 //! meeting at a time), `handlers/` → `limiter` (the shared API write limit), `waits` (waits that
 //! do not count against an attempt), `acker` → `stream` (commands) → `replies` (typed Redis
-//! replies), used by `ops` (operator commands) too. No module imports one above it.
+//! replies), used by `ops` (operator commands) too; `events` (the table of known event names)
+//! and `metrics` below everything. No module imports one above it.
 
 pub mod acker;
 pub mod cli;
 pub mod config;
 pub mod delivery;
 pub mod dispatch;
+pub mod events;
 pub mod handlers;
 pub mod health;
 pub mod housekeeping;

@@ -26,37 +26,7 @@ pub enum Attempt {
     Permanent,
 }
 
-/// The event names Meeting BaaS sends (API v1 and v2): the only values the `event` label takes.
-/// Senders choose event names, so every other name is counted as [`OTHER_EVENT`]: a label set
-/// that senders could grow would grow the exporter's memory and `/metrics` for ever.
-pub const KNOWN_EVENTS: &[&str] = &[
-    // API v1
-    "calendar.sync_events",
-    "bot.status_change",
-    "complete",
-    "failed",
-    "transcription_complete",
-    // API v2
-    "calendar.event_created",
-    "calendar.event_updated",
-    "calendar.event_cancelled",
-    "calendar.events_synced",
-    "calendar.connection_created",
-    "calendar.connection_updated",
-    "calendar.connection_deleted",
-    "calendar.connection_error",
-    "bot.completed",
-    "bot.failed",
-    "bot.chat_message",
-];
-
-/// The `event` label of every event name outside [`KNOWN_EVENTS`].
-pub const OTHER_EVENT: &str = "other";
-
-/// The `event` label for `event`: itself when known, else [`OTHER_EVENT`].
-pub fn event_label(event: &str) -> &'static str {
-    KNOWN_EVENTS.iter().find(|known| **known == event).copied().unwrap_or(OTHER_EVENT)
-}
+use crate::events::OTHER_EVENT;
 
 struct Handles {
     entries: [metrics::Counter; 3],
@@ -73,10 +43,11 @@ fn handles() -> &'static Handles {
     HANDLES.get_or_init(|| Handles {
         entries: ["acked", "dead", "reclaimed"].map(|o| metrics::counter!(ENTRIES_TOTAL, "outcome" => o)),
         attempts: ["ok", "transient", "permanent"].map(|r| metrics::counter!(ATTEMPTS_TOTAL, "result" => r)),
-        durations: KNOWN_EVENTS
+        durations: crate::events::EVENTS
             .iter()
-            .chain(std::iter::once(&OTHER_EVENT))
-            .map(|e| metrics::histogram!(HANDLER_DURATION, "event" => *e))
+            .map(|e| e.name)
+            .chain(std::iter::once(OTHER_EVENT))
+            .map(|e| metrics::histogram!(HANDLER_DURATION, "event" => e))
             .collect(),
         lock_waits: metrics::counter!(LOCK_WAITS_TOTAL),
         api_write_waits: metrics::counter!(API_WRITE_WAITS_TOTAL),
@@ -108,22 +79,9 @@ pub fn attempt(result: Attempt) {
 }
 
 /// Records how long handling an entry of `event` took (all its attempts), under its bounded
-/// label ([`event_label`]).
+/// label ([`crate::events::label`]).
 pub fn handler_duration(event: &str, seconds: f64) {
     let durations = &handles().durations;
-    let index = KNOWN_EVENTS.iter().position(|known| *known == event).unwrap_or(durations.len() - 1);
+    let index = crate::events::position(event).unwrap_or(durations.len() - 1);
     durations[index].record(seconds);
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn event_labels_are_bounded() {
-        assert_eq!(event_label("bot.completed"), "bot.completed");
-        assert_eq!(event_label("calendar.sync_events"), "calendar.sync_events");
-        assert_eq!(event_label("made.up.by.a.sender"), OTHER_EVENT);
-        assert_eq!(event_label(""), OTHER_EVENT);
-    }
 }

@@ -140,6 +140,68 @@ fn operator_commands_exit_codes() {
 }
 
 #[tokio::test]
+async fn a_bot_is_logged_as_scheduled_only_when_the_api_scheduled_it() {
+    let redis = RedisServer::start();
+    let api = FakeApi::start().await;
+    let upcoming = hookstream_tests::fixture("meeting-baas/api/v1_calendar_event_upcoming.json");
+    let scheduled = hookstream_tests::fixture("meeting-baas/api/v1_schedule_response.json");
+    for uuid in ["gone-1", "kept-1"] {
+        api.always("GET", &format!("/calendar_events/{uuid}"), Reply::json(200, upcoming.clone()));
+    }
+    // The event vanished between the read and the write: the POST answers 404.
+    api.always("POST", "/calendar_events/gone-1/bot", Reply::status(404));
+    api.always("POST", "/calendar_events/kept-1/bot", Reply::json(200, scheduled));
+    let (url, api_url) = (redis.url(), api.url());
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("processor.log");
+    let vars = [
+        ("REDIS_URL", url.as_str()),
+        ("METRICS_ADDR", "127.0.0.1:0"),
+        ("MEETING_BAAS_API_URL", api_url.as_str()),
+        ("MEETING_BAAS_API_KEY", "k"),
+        ("BLOCK_MS", "100"),
+        ("LOG_FORMAT", "json"),
+    ];
+    let mut child = hookstream_tests::spawn_bin_with(BIN, &vars, std::fs::File::create(&log).unwrap());
+    let body = br#"{"event":"calendar.sync_events","data":{"affected_event_uuids":["gone-1","kept-1"]}}"#;
+    let _: String = redis::cmd("XADD")
+        .arg(EVENTS)
+        .arg("*")
+        .arg("event")
+        .arg("calendar.sync_events")
+        .arg("payload")
+        .arg(&body[..])
+        .query(&mut redis.con())
+        .unwrap();
+    eventually("both POSTs sent", || async {
+        (api.calls().iter().filter(|c| c.method == "POST").count() == 2).then_some(())
+    })
+    .await;
+    eventually("both meetings logged", || async {
+        let text = std::fs::read_to_string(&log).unwrap();
+        (text.matches("\"uuid\":\"gone-1\"").count() >= 1 && text.contains("bot scheduled")).then_some(())
+    })
+    .await;
+    child.signal("TERM");
+    assert_eq!(child.exited(Duration::from_secs(15)).await.code(), Some(0));
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .collect();
+    let about = |uuid: &str| -> Vec<String> {
+        lines
+            .iter()
+            .filter(|l| l["uuid"] == uuid)
+            .map(|l| l["message"].as_str().unwrap_or_default().to_string())
+            .collect()
+    };
+    assert!(!about("gone-1").iter().any(|m| m == "bot scheduled"), "{:?}", about("gone-1"));
+    assert!(about("gone-1").iter().any(|m| m.contains("gone")), "{:?}", about("gone-1"));
+    assert!(about("kept-1").iter().any(|m| m == "bot scheduled"), "{:?}", about("kept-1"));
+}
+
+#[tokio::test]
 async fn every_failed_attempt_logs_one_warn_line() {
     let redis = RedisServer::start();
     let target = FakeApi::start().await;

@@ -526,3 +526,59 @@ fn the_openapi_check_tells_valid_from_invalid_requests() {
         Ok(())
     );
 }
+
+#[tokio::test]
+async fn payloads_of_the_wrong_shape_are_dead_lettered_with_a_reason_and_no_call() {
+    let redis = RedisServer::start();
+    let api = FakeApi::start().await;
+    let processor = start_processor(processor_vars(&redis.url(), &api.url())).await;
+    let cases: Vec<(&str, Value)> = vec![
+        // `data` an array (measured: it panicked the v1 fan-out split).
+        ("calendar.sync_events", json!({"event": "calendar.sync_events", "data": [["u1", "u2"]]})),
+        ("calendar.sync_events", json!({"event": "calendar.sync_events", "data": {"affected_event_uuids": [1, 2]}})),
+        ("calendar.sync_events", json!({"event": "calendar.sync_events", "data": {"affected_event_uuids": "u1"}})),
+        ("calendar.event_created", json!({"event": "calendar.event_created", "data": [{"calendar_id": CAL}]})),
+        (
+            "calendar.event_created",
+            json!({"event": "calendar.event_created", "data": {"calendar_id": CAL, "instances": {"event_id": CREATED_EVENT}}}),
+        ),
+        (
+            "calendar.event_updated",
+            json!({"event": "calendar.event_updated", "data": {"calendar_id": CAL, "affected_instances": [{"event_id": 7}, {"event_id": CREATED_EVENT}]}}),
+        ),
+        (
+            "calendar.events_synced",
+            json!({"event": "calendar.events_synced", "data": {"calendar_id": CAL, "events": [{"series_id": 5, "instances": [{"event_id": CREATED_EVENT}, {"event_id": RECURRING_1}]}]}}),
+        ),
+        ("calendar.event_cancelled", json!({"event": "calendar.event_cancelled", "data": {"calendar_id": [CAL]}})),
+    ];
+    for (n, (event, body)) in cases.iter().enumerate() {
+        add_event(&redis, event, &serde_json::to_vec(body).unwrap(), &format!("shape-{n}"));
+    }
+    let dead = dead_after(&redis, cases.len() as u64).await;
+    all_acked(&redis).await;
+    processor.stop().await;
+    assert_eq!(dead.len(), cases.len(), "each dead once: {dead:?}");
+    for (_, fields) in &dead {
+        assert!(fields["error"].contains("malformed"), "a reason: {}", fields["error"]);
+        assert_eq!(fields["deliveries"], "1", "dead-lettered on its first delivery (no panic, no reclaim)");
+    }
+    assert!(api.calls().is_empty(), "no call for a malformed payload: {:?}", api.log());
+}
+
+#[tokio::test]
+async fn v2_ids_that_are_not_uuids_are_dead_lettered_whatever_the_policy() {
+    for policy in ["all", "none"] {
+        let redis = RedisServer::start();
+        let api = FakeApi::start().await;
+        let mut vars = processor_vars(&redis.url(), &api.url());
+        vars.insert("RECORD_POLICY".into(), policy.into());
+        let processor = start_processor(vars).await;
+        let body = json!({"event": "calendar.event_created", "data": {"calendar_id": CAL, "instances": [{"event_id": "evt-1"}]}});
+        add_event(&redis, "calendar.event_created", &serde_json::to_vec(&body).unwrap(), "not-uuids");
+        let dead = dead_after(&redis, 1).await;
+        processor.stop().await;
+        assert!(dead[0].1["error"].contains("not a UUID"), "{policy}: {}", dead[0].1["error"]);
+        assert!(api.calls().is_empty(), "{policy}: {:?}", api.log());
+    }
+}

@@ -9,26 +9,74 @@
 //! entry per meeting, each with the webhook's payload narrowed to its one uuid.
 
 use super::meeting_baas::Api;
-use super::{has_ended, parse_payload, payload_json, Event, Handler, HandlerError, HandlerFuture, Meeting};
+use super::{has_ended, parse_payload, Event, Handler, HandlerError, HandlerFuture, Meeting};
 use crate::config::RecordPolicy;
 use reqwest::Method;
-use serde::Deserialize;
-use serde_json::Value;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
 use std::sync::Arc;
 
 pub struct SyncEvents {
     api: Arc<Api>,
 }
 
-#[derive(Deserialize)]
-struct Payload {
-    data: Data,
+/// The payload of `calendar.sync_events`: the one model the fan-out split and the handler
+/// both read. Unknown fields are kept (`rest`), so a narrowed payload is the webhook's but for
+/// its list of events. A payload of another shape — `data` not an object, the list not a list
+/// of strings — does not parse: a permanent error with serde's reason, never a panic.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct SyncPayload {
+    pub data: SyncData,
+    #[serde(flatten)]
+    pub rest: Map<String, Value>,
 }
 
-#[derive(Deserialize)]
-struct Data {
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct SyncData {
     #[serde(default)]
-    affected_event_uuids: Vec<String>,
+    pub affected_event_uuids: Vec<String>,
+    #[serde(flatten)]
+    pub rest: Map<String, Value>,
+}
+
+impl SyncPayload {
+    /// Parses and checks the payload: every uuid non-empty (an empty one would name the list
+    /// endpoint, not an event).
+    pub fn parse(event: &Event) -> Result<Self, HandlerError> {
+        let payload: Self = parse_payload(event)?;
+        if payload.data.affected_event_uuids.iter().any(|u| u.trim().is_empty()) {
+            return Err(HandlerError::permanent(format!(
+                "malformed {} payload: an affected event uuid is empty",
+                event.name
+            )));
+        }
+        Ok(payload)
+    }
+
+    /// The affected events, each once, in payload order.
+    pub fn uuids(&self) -> Vec<&str> {
+        let mut seen = std::collections::HashSet::new();
+        self.data.affected_event_uuids.iter().map(String::as_str).filter(|u| seen.insert(*u)).collect()
+    }
+
+    /// One meeting per affected event (`v1:<uuid>`); with several, each carries the payload
+    /// narrowed to its one uuid.
+    pub fn meetings(&self) -> Result<Vec<Meeting>, HandlerError> {
+        let uuids = self.uuids();
+        if let [only] = uuids.as_slice() {
+            return Ok(vec![Meeting { key: format!("v1:{only}"), payload: Vec::new() }]);
+        }
+        uuids
+            .into_iter()
+            .map(|uuid| {
+                let mut narrowed = self.clone();
+                narrowed.data.affected_event_uuids = vec![uuid.to_string()];
+                let payload = serde_json::to_vec(&narrowed)
+                    .map_err(|e| HandlerError::permanent(format!("cannot narrow the payload to {uuid}: {e}")))?;
+                Ok(Meeting { key: format!("v1:{uuid}"), payload })
+            })
+            .collect()
+    }
 }
 
 /// The fields of the v1 `Event` this handler reads.
@@ -85,14 +133,16 @@ impl SyncEvents {
         match decide(&event, self.api.policy) {
             Action::Schedule => {
                 let body = self.api.bot_body(&[]);
-                // A 404 here means the event vanished between the two calls: nothing to record.
-                self.api.call(Method::POST, &["calendar_events", uuid, "bot"], Some(&body)).await?;
-                tracing::info!(uuid, "bot scheduled");
+                match self.api.call(Method::POST, &["calendar_events", uuid, "bot"], Some(&body)).await? {
+                    Some(_) => tracing::info!(uuid, "bot scheduled"),
+                    // The event vanished between the two calls: nothing to record.
+                    None => tracing::info!(uuid, "calendar event gone before its bot was scheduled; nothing to do"),
+                }
             }
-            Action::Unschedule => {
-                self.api.call(Method::DELETE, &["calendar_events", uuid, "bot"], None).await?;
-                tracing::info!(uuid, "bot unscheduled");
-            }
+            Action::Unschedule => match self.api.call(Method::DELETE, &["calendar_events", uuid, "bot"], None).await? {
+                Some(_) => tracing::info!(uuid, "bot unscheduled"),
+                None => tracing::info!(uuid, "no bot to unschedule (gone already)"),
+            },
             Action::Nothing => tracing::debug!(uuid, "nothing to do"),
         }
         Ok(())
@@ -102,8 +152,7 @@ impl SyncEvents {
 impl Handler for SyncEvents {
     fn handle<'a>(&'a self, event: &'a Event) -> HandlerFuture<'a> {
         Box::pin(async move {
-            let payload: Payload = parse_payload(event)?;
-            for uuid in &payload.data.affected_event_uuids {
+            for uuid in SyncPayload::parse(event)?.uuids() {
                 self.sync_one(uuid).await?;
             }
             Ok(())
@@ -111,27 +160,7 @@ impl Handler for SyncEvents {
     }
 
     fn meetings(&self, event: &Event) -> Result<Vec<Meeting>, HandlerError> {
-        let payload: Payload = parse_payload(event)?;
-        let mut uuids = payload.data.affected_event_uuids;
-        let mut seen = std::collections::HashSet::new();
-        uuids.retain(|uuid| seen.insert(uuid.clone()));
-        if uuids.len() == 1 {
-            return Ok(uuids
-                .into_iter()
-                .map(|uuid| Meeting { key: format!("v1:{uuid}"), payload: Vec::new() })
-                .collect());
-        }
-        let whole = payload_json(event)?;
-        uuids
-            .into_iter()
-            .map(|uuid| {
-                let mut narrowed = whole.clone();
-                narrowed["data"]["affected_event_uuids"] = Value::Array(vec![Value::String(uuid.clone())]);
-                let payload = serde_json::to_vec(&narrowed)
-                    .map_err(|e| HandlerError::permanent(format!("cannot narrow the payload to {uuid}: {e}")))?;
-                Ok(Meeting { key: format!("v1:{uuid}"), payload })
-            })
-            .collect()
+        SyncPayload::parse(event)?.meetings()
     }
 }
 

@@ -12,64 +12,146 @@
 //! out into one entry per instance.
 
 use super::meeting_baas::{require_uuid, Api};
-use super::{has_ended, parse_payload, payload_json, Event, Handler, HandlerError, HandlerFuture, Meeting};
+use super::{has_ended, parse_payload, Event, Handler, HandlerError, HandlerFuture, Meeting};
 use crate::config::RecordPolicy;
 use reqwest::Method;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
 use std::sync::Arc;
 
-#[derive(Debug, Deserialize)]
-struct Payload {
-    data: Data,
+/// The payload of the v2 calendar events: the one model the fan-out split and the handlers both
+/// read. Unknown fields are kept (`rest`), so a narrowed payload is the webhook's but for its
+/// instances. A payload of another shape — `data` not an object, a list where an object
+/// belongs, ids that are not strings — does not parse: a permanent error with serde's reason.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct Payload {
+    pub data: Data,
+    #[serde(flatten)]
+    pub rest: Map<String, Value>,
 }
 
-#[derive(Debug, Deserialize)]
-struct Data {
-    calendar_id: String,
-    #[serde(default)]
-    series_id: Option<String>,
-    #[serde(default)]
-    instances: Vec<Instance>,
-    #[serde(default)]
-    affected_instances: Vec<Instance>,
-    #[serde(default)]
-    cancelled_instances: Vec<Instance>,
-    #[serde(default)]
-    events: Vec<Series>,
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct Data {
+    pub calendar_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub series_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub instances: Vec<Instance>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub affected_instances: Vec<Instance>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cancelled_instances: Vec<Instance>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub events: Vec<Series>,
+    #[serde(flatten)]
+    pub rest: Map<String, Value>,
 }
 
-#[derive(Debug, Deserialize)]
-struct Series {
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct Series {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub series_id: Option<String>,
     #[serde(default)]
-    series_id: Option<String>,
-    #[serde(default)]
-    instances: Vec<Instance>,
+    pub instances: Vec<Instance>,
+    #[serde(flatten)]
+    pub rest: Map<String, Value>,
 }
 
 /// A candidate instance the webhook names. Only its ids are read: everything the decision
 /// needs comes from the API's current event.
-#[derive(Debug, Deserialize)]
-struct Instance {
-    event_id: String,
-    #[serde(default)]
-    series_id: Option<String>,
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct Instance {
+    pub event_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub series_id: Option<String>,
+    #[serde(flatten)]
+    pub rest: Map<String, Value>,
 }
 
-/// `(series_id, instance)` pairs of a payload, from `instances`, `affected_instances` or
-/// `events[].instances` (or, for `cancelled`, `cancelled_instances`).
-fn instances(data: &Data, cancelled: bool) -> Vec<(Option<&str>, &Instance)> {
-    let top = data.series_id.as_deref();
-    let mut all: Vec<(Option<&str>, &Instance)> = Vec::new();
-    if cancelled {
-        all.extend(data.cancelled_instances.iter().map(|i| (top, i)));
-    } else {
-        all.extend(data.instances.iter().chain(&data.affected_instances).map(|i| (top, i)));
-        for series in &data.events {
-            all.extend(series.instances.iter().map(|i| (series.series_id.as_deref().or(top), i)));
+/// One candidate: the instance and its series id (the instance's, else its series', else the
+/// payload's).
+pub struct Candidate<'a> {
+    pub series_id: Option<&'a str>,
+    pub instance: &'a Instance,
+}
+
+impl Payload {
+    /// Parses and checks the payload: the calendar, series and event ids are UUIDs, as the v2
+    /// OpenAPI document requires (no retry can make a request with another id valid).
+    pub fn parse(event: &Event) -> Result<Self, HandlerError> {
+        let payload: Self = parse_payload(event)?;
+        let data = &payload.data;
+        require_uuid("calendar_id", &data.calendar_id)?;
+        let series = data.series_id.iter().chain(data.events.iter().filter_map(|s| s.series_id.as_ref()));
+        for series_id in series {
+            require_uuid("series_id", series_id)?;
         }
+        let all = data.instances.iter().chain(&data.affected_instances).chain(&data.cancelled_instances);
+        for instance in all.chain(data.events.iter().flat_map(|s| &s.instances)) {
+            require_uuid("event_id", &instance.event_id)?;
+            if let Some(series_id) = &instance.series_id {
+                require_uuid("series_id", series_id)?;
+            }
+        }
+        Ok(payload)
     }
-    all.into_iter().map(|(series, instance)| (instance.series_id.as_deref().or(series), instance)).collect()
+
+    /// The candidates, each event once, in payload order: from `instances`,
+    /// `affected_instances` and `events[].instances` — or, for `cancelled`,
+    /// `cancelled_instances`.
+    pub fn candidates(&self, cancelled: bool) -> Vec<Candidate<'_>> {
+        let data = &self.data;
+        let top = data.series_id.as_deref();
+        let mut all: Vec<(Option<&str>, &Instance)> = Vec::new();
+        if cancelled {
+            all.extend(data.cancelled_instances.iter().map(|i| (top, i)));
+        } else {
+            all.extend(data.instances.iter().chain(&data.affected_instances).map(|i| (top, i)));
+            for series in &data.events {
+                all.extend(series.instances.iter().map(|i| (series.series_id.as_deref().or(top), i)));
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        all.into_iter()
+            .filter(|(_, instance)| seen.insert(instance.event_id.as_str()))
+            .map(|(series, instance)| Candidate { series_id: instance.series_id.as_deref().or(series), instance })
+            .collect()
+    }
+
+    /// One meeting per candidate (`v2:<calendar_id>:<event_id>`); with several, each carries the
+    /// payload narrowed to its one instance, its series id filled in.
+    pub fn meetings(&self, cancelled: bool) -> Result<Vec<Meeting>, HandlerError> {
+        let calendar_id = &self.data.calendar_id;
+        let candidates = self.candidates(cancelled);
+        if let [only] = candidates.as_slice() {
+            return Ok(vec![Meeting {
+                key: format!("v2:{calendar_id}:{}", only.instance.event_id),
+                payload: Vec::new(),
+            }]);
+        }
+        candidates
+            .iter()
+            .map(|candidate| {
+                let mut instance = candidate.instance.clone();
+                instance.series_id = candidate.series_id.map(str::to_string);
+                let mut narrowed = self.clone();
+                let data = &mut narrowed.data;
+                data.instances.clear();
+                data.affected_instances.clear();
+                data.cancelled_instances.clear();
+                data.events.clear();
+                let event_id = instance.event_id.clone();
+                if cancelled {
+                    data.cancelled_instances.push(instance);
+                } else {
+                    data.instances.push(instance);
+                }
+                let payload = serde_json::to_vec(&narrowed)
+                    .map_err(|e| HandlerError::permanent(format!("cannot narrow the payload to {event_id}: {e}")))?;
+                Ok(Meeting { key: format!("v2:{calendar_id}:{event_id}"), payload })
+            })
+            .collect()
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -173,7 +255,6 @@ impl Schedule {
         if self.api.policy == RecordPolicy::None {
             return Ok(());
         }
-        require_uuid("event_id", event_id)?;
         let Some(current) = current_event(&self.api, calendar_id, event_id).await? else {
             tracing::info!(calendar_id, event_id, "event no longer exists; nothing to do");
             return Ok(());
@@ -217,77 +298,20 @@ async fn current_event(api: &Api, calendar_id: &str, event_id: &str) -> Result<O
     Ok(api.get::<Details>(&["v2", "calendars", calendar_id, "events", event_id]).await?.map(|d| d.data))
 }
 
-/// The meetings of a v2 payload (see [`Handler::meetings`]): one per instance, keyed
-/// `v2:<calendar_id>:<event_id>`, each with the payload narrowed to that instance (its series
-/// id filled in).
-fn meetings(event: &Event, cancelled: bool) -> Result<Vec<Meeting>, HandlerError> {
-    let payload: Payload = parse_payload(event)?;
-    let calendar_id = payload.data.calendar_id.as_str();
-    let named = instances(&payload.data, cancelled);
-    if let [(_, only)] = named.as_slice() {
-        return Ok(vec![Meeting { key: format!("v2:{calendar_id}:{}", only.event_id), payload: Vec::new() }]);
-    }
-    let whole = payload_json(event)?;
-    let data = &whole["data"];
-    let top_series = data.get("series_id").cloned().unwrap_or(Value::Null);
-    let mut raw: Vec<(Value, &Value)> = Vec::new();
-    let list = |name: &str| data.get(name).and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
-    if cancelled {
-        raw.extend(list("cancelled_instances").iter().map(|i| (top_series.clone(), i)));
-    } else {
-        raw.extend(list("instances").iter().chain(list("affected_instances")).map(|i| (top_series.clone(), i)));
-        for series in list("events") {
-            let series_id = series.get("series_id").cloned().filter(|s| !s.is_null()).unwrap_or(top_series.clone());
-            let instances = series.get("instances").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
-            raw.extend(instances.iter().map(|i| (series_id.clone(), i)));
-        }
-    }
-    let mut seen = std::collections::HashSet::new();
-    let mut out = Vec::new();
-    for (series_id, instance) in raw {
-        let Some(event_id) = instance.get("event_id").and_then(Value::as_str) else {
-            return Err(HandlerError::permanent(format!(
-                "malformed {} payload: an instance has no event_id",
-                event.name
-            )));
-        };
-        if !seen.insert(event_id.to_string()) {
-            continue;
-        }
-        let mut instance = instance.clone();
-        if instance.get("series_id").is_none_or(Value::is_null) {
-            instance["series_id"] = series_id;
-        }
-        let mut narrowed = whole.clone();
-        if let Some(data) = narrowed.get_mut("data").and_then(Value::as_object_mut) {
-            for list in ["instances", "affected_instances", "events", "cancelled_instances"] {
-                data.remove(list);
-            }
-            let list = if cancelled { "cancelled_instances" } else { "instances" };
-            data.insert(list.into(), Value::Array(vec![instance]));
-        }
-        let payload = serde_json::to_vec(&narrowed)
-            .map_err(|e| HandlerError::permanent(format!("cannot narrow the payload to {event_id}: {e}")))?;
-        out.push(Meeting { key: format!("v2:{calendar_id}:{event_id}"), payload });
-    }
-    Ok(out)
-}
-
 impl Handler for Schedule {
     fn handle<'a>(&'a self, event: &'a Event) -> HandlerFuture<'a> {
         Box::pin(async move {
-            let payload: Payload = parse_payload(event)?;
+            let payload = Payload::parse(event)?;
             let calendar_id = payload.data.calendar_id.as_str();
-            for (series_id, instance) in instances(&payload.data, false) {
-                require_uuid("calendar_id", calendar_id)?;
-                self.schedule_one(calendar_id, series_id, &instance.event_id).await?;
+            for candidate in payload.candidates(false) {
+                self.schedule_one(calendar_id, candidate.series_id, &candidate.instance.event_id).await?;
             }
             Ok(())
         })
     }
 
     fn meetings(&self, event: &Event) -> Result<Vec<Meeting>, HandlerError> {
-        meetings(event, false)
+        Payload::parse(event)?.meetings(false)
     }
 }
 
@@ -305,12 +329,10 @@ impl Cancel {
 impl Handler for Cancel {
     fn handle<'a>(&'a self, event: &'a Event) -> HandlerFuture<'a> {
         Box::pin(async move {
-            let payload: Payload = parse_payload(event)?;
+            let payload = Payload::parse(event)?;
             let calendar_id = payload.data.calendar_id.as_str();
-            for (series_id, instance) in instances(&payload.data, true) {
+            for Candidate { series_id, instance } in payload.candidates(true) {
                 let event_id = instance.event_id.as_str();
-                require_uuid("calendar_id", calendar_id)?;
-                require_uuid("event_id", event_id)?;
                 // The webhook's `bot_scheduled` may be stale (a bot scheduled since, or removed):
                 // the API's current event decides.
                 let Some(current) = current_event(&self.api, calendar_id, event_id).await? else {
@@ -336,7 +358,7 @@ impl Handler for Cancel {
     }
 
     fn meetings(&self, event: &Event) -> Result<Vec<Meeting>, HandlerError> {
-        meetings(event, true)
+        Payload::parse(event)?.meetings(true)
     }
 }
 

@@ -1,8 +1,9 @@
 //! What the processor does with each event.
 //!
 //! A [`Handler`] does the work for one event name; the [`Registry`] maps names to handlers, with
-//! the forwarder as the fallback for every name without one. To add a handler: write a type that
-//! implements [`Handler`] in a file of this folder and register it in [`Registry::standard`].
+//! the forwarder as the fallback for every name without one. Which handler does which name is
+//! the table in [`crate::events`]: to add a handler, write a type that implements [`Handler`] in
+//! a file of this folder, name its family there, and add its rows.
 //!
 //! Handlers may run more than once for one entry (a crash, a reclaim, a retry after a partial
 //! success), so each one reads the current state before acting and treats "already done" as done.
@@ -18,6 +19,7 @@ pub mod forward;
 pub mod meeting_baas;
 
 use crate::config::ProcessorConfig;
+use crate::events::Family;
 use reqwest::StatusCode;
 use std::collections::HashMap;
 use std::future::Future;
@@ -151,13 +153,20 @@ impl Registry {
     pub fn standard(config: &ProcessorConfig, limiter: crate::limiter::WriteLimiter) -> Result<Self, reqwest::Error> {
         let http = http_client(config.handler_timeout)?;
         let api = Arc::new(meeting_baas::Api::new(http.clone(), config, limiter));
-        let mut registry = Self::new(Arc::new(forward::Forward::new(http, config.forward_url.clone())));
-        registry.register("calendar.sync_events", Arc::new(calendar_v1::SyncEvents::new(api.clone())));
-        let schedule = Arc::new(calendar_v2::Schedule::new(api.clone()));
-        for event in ["calendar.event_created", "calendar.event_updated", "calendar.events_synced"] {
-            registry.register(event, schedule.clone());
+        let forward: Arc<dyn Handler> = Arc::new(forward::Forward::new(http, config.forward_url.clone()));
+        let v1: Arc<dyn Handler> = Arc::new(calendar_v1::SyncEvents::new(api.clone()));
+        let v2: Arc<dyn Handler> = Arc::new(calendar_v2::Schedule::new(api.clone()));
+        let v2_cancelled: Arc<dyn Handler> = Arc::new(calendar_v2::Cancel::new(api));
+        let mut registry = Self::new(forward.clone());
+        for known in crate::events::EVENTS {
+            let handler = match known.family {
+                Family::CalendarV1 => &v1,
+                Family::CalendarV2 => &v2,
+                Family::CalendarV2Cancelled => &v2_cancelled,
+                Family::Forward => &forward,
+            };
+            registry.register(known.name, handler.clone());
         }
-        registry.register("calendar.event_cancelled", Arc::new(calendar_v2::Cancel::new(api)));
         Ok(registry)
     }
 }
@@ -181,12 +190,6 @@ pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
     }
     let when = chrono::DateTime::parse_from_rfc2822(value).ok()?;
     (when.with_timezone(&chrono::Utc) - chrono::Utc::now()).to_std().ok()
-}
-
-/// A payload as JSON, for narrowing it to one meeting; unreadable is a permanent error.
-pub fn payload_json(event: &Event) -> Result<serde_json::Value, HandlerError> {
-    serde_json::from_slice(&event.payload)
-        .map_err(|e| HandlerError::permanent(format!("malformed {} payload: {e}", event.name)))
 }
 
 /// Whether an RFC 3339 end time lies in the past. A missing or unreadable time counts as not
