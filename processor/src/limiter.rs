@@ -47,6 +47,9 @@ end
 return 0
 "#;
 
+/// The longest shared pause a 429's `Retry-After` can impose.
+const MAX_PAUSE: Duration = Duration::from_secs(3600);
+
 /// The shared write limiter; `None` rate means unlimited (`API_WRITES_PER_SEC=0`).
 #[derive(Clone)]
 pub struct WriteLimiter {
@@ -71,6 +74,8 @@ impl WriteLimiter {
     /// (the next slot moves to now + `wait`, on Redis's clock). Best effort: an error is logged.
     pub async fn pause(&self, wait: Duration) {
         let Some(con) = &self.con else { return };
+        // A Retry-After of years is a server's mistake: the shared pause is at most an hour.
+        let wait = wait.min(MAX_PAUSE);
         let paused: RedisResult<i64> =
             self.pause_script.key(&self.key).arg(wait.as_micros() as u64).invoke_async(&mut con.clone()).await;
         match paused {

@@ -200,7 +200,8 @@ impl Ops {
 
     /// Deletes dead entries that died more than `age` ago; how many.
     pub async fn purge_older_than(&self, age: Duration) -> RedisResult<u64> {
-        let cutoff = now_ms().saturating_sub(age.as_millis() as u64);
+        // Saturating: an age longer than since the epoch purges nothing (never a wrapped value).
+        let cutoff = now_ms().saturating_sub(u64::try_from(age.as_millis()).unwrap_or(u64::MAX));
         redis::cmd("XTRIM")
             .arg(&self.keys.dead)
             .arg("MINID")

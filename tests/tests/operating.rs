@@ -168,6 +168,26 @@ async fn purge_by_age_and_by_id() {
     assert_eq!(dead(&redis, &["purge", "x-y"]).await.code, 64);
 }
 
+#[tokio::test]
+async fn purge_older_than_a_duration_longer_than_the_epoch_purges_nothing() {
+    let redis = RedisServer::start();
+    // A dead entry from 1970 + 10 h (ids are times).
+    let _: String = redis::cmd("XADD")
+        .arg(DEAD)
+        .arg("36000000-0")
+        .arg("event")
+        .arg("bot.completed")
+        .arg("error")
+        .arg("old")
+        .query(&mut redis.con())
+        .unwrap();
+    // 213503982335 days is 2^64 ms and 9.6 h: truncated to 64 bits it would read "9.6 h" and
+    // purge the entry above. Longer ago than the epoch, nothing died.
+    let done = dead(&redis, &["purge", "--older-than", "213503982335d"]).await;
+    assert_eq!(done.code, 1, "{done:?}");
+    assert_eq!(xlen_dead(&redis), 1);
+}
+
 #[test]
 fn bad_arguments_are_refused_by_the_parser() {
     for args in [
