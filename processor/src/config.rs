@@ -42,6 +42,88 @@ pub const PROCESSOR_VARS: &[Var] = &[
     },
 ];
 
+/// The intervals that derive from `CLAIM_IDLE_MS`, `BLOCK_MS` and the command timeout, built
+/// once ([`Timing::new`]) and used everywhere; their invariants are written once, in
+/// [`Timing::check`], and checked at start-up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timing {
+    /// `CLAIM_IDLE_MS`: an entry idle this long in any consumer is reclaimed by another.
+    pub claim_idle: Duration,
+    /// How often the leases of held entries and the held meeting locks are renewed.
+    pub renew_every: Duration,
+    /// How often the reclaimer scans the pending list.
+    pub reclaim_every: Duration,
+    /// A meeting lock's TTL: a holder that dies frees its meetings no later than its entries.
+    pub lock_ttl: Duration,
+    /// How long a command on the shared connection may take before the connection is given up
+    /// as silent (and replaced).
+    pub command_timeout: Duration,
+    /// `BLOCK_MS`: how long one XREADGROUP waits for new entries.
+    pub block: Duration,
+    /// The blocking reader's response timeout: `BLOCK_MS` plus [`READER_MARGIN`].
+    pub reader_timeout: Duration,
+}
+
+/// How much longer than `BLOCK_MS` the reader waits for Redis's answer before it gives the
+/// connection up as silent.
+pub const READER_MARGIN: Duration = Duration::from_secs(2);
+/// The longest and the shortest command timeout of the shared connection.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
+const SHORTEST_COMMAND_TIMEOUT: Duration = Duration::from_millis(250);
+
+impl Timing {
+    /// The timing for `CLAIM_IDLE_MS` = `claim_idle` and `BLOCK_MS` = `block`; refused (naming
+    /// the variables) when its invariants cannot hold.
+    pub fn new(claim_idle: Duration, block: Duration) -> Result<Self, ConfigError> {
+        let renew_every = claim_idle / 3;
+        let timing = Self {
+            claim_idle,
+            renew_every,
+            reclaim_every: (claim_idle / 2).clamp(Duration::from_millis(20), Duration::from_secs(5)),
+            lock_ttl: claim_idle,
+            command_timeout: renew_every.clamp(SHORTEST_COMMAND_TIMEOUT, COMMAND_TIMEOUT),
+            block,
+            reader_timeout: block + READER_MARGIN,
+        };
+        timing.check().map_err(|why| ConfigError::new("CLAIM_IDLE_MS", why))?;
+        Ok(timing)
+    }
+
+    /// The invariants, in one place:
+    ///
+    /// 1. a lease (and a lock) renewal that hangs is given up, and the next one sent, before
+    ///    another replica may reclaim the entry (or the lock expire): `renew_every` +
+    ///    `command_timeout` < `claim_idle`;
+    /// 2. a dead holder's meetings are free no later than its entries: `lock_ttl` ≥
+    ///    `claim_idle`;
+    /// 3. an abandoned entry is looked for at least twice per `CLAIM_IDLE_MS`, or every 5 s:
+    ///    `reclaim_every` ≤ `claim_idle` / 2 (or 5 s);
+    /// 4. a blocking read is not mistaken for a silent Redis: `reader_timeout` > `BLOCK_MS`.
+    pub fn check(&self) -> Result<(), String> {
+        if self.renew_every + self.command_timeout >= self.claim_idle {
+            return Err(format!(
+                "{} ms is too short: leases and meeting locks are renewed every CLAIM_IDLE_MS/3 ({} ms), and a \
+                 Redis command may take {} ms before it is given up, so a renewal could land after another \
+                 replica reclaimed the entry; use at least {} ms",
+                self.claim_idle.as_millis(),
+                self.renew_every.as_millis(),
+                self.command_timeout.as_millis(),
+                (SHORTEST_COMMAND_TIMEOUT.as_millis() * 3 / 2) + 1
+            ));
+        }
+        if self.lock_ttl < self.claim_idle {
+            return Err("the meeting lock's TTL must not be shorter than CLAIM_IDLE_MS".into());
+        }
+        if self.reclaim_every > (self.claim_idle / 2).max(Duration::from_secs(5)) {
+            return Err("the reclaimer must scan at least every CLAIM_IDLE_MS/2".into());
+        }
+        if self.reader_timeout <= self.block {
+            return Err("the reader's response timeout must exceed BLOCK_MS".into());
+        }
+        Ok(())
+    }
+}
+
 /// Every variable the processor reads, in `--help` order.
 pub fn all_vars() -> Vec<Var> {
     COMMON_VARS.iter().chain(PROCESSOR_VARS).copied().collect()
@@ -78,8 +160,9 @@ pub struct ProcessorConfig {
     pub consumer: String,
     pub concurrency: usize,
     pub batch_size: usize,
-    pub block: Duration,
-    pub claim_idle: Duration,
+    /// `CLAIM_IDLE_MS`, `BLOCK_MS` and the intervals derived from them (tests may shorten its
+    /// `command_timeout`).
+    pub timing: Timing,
     pub max_deliveries: u64,
     pub handler_timeout: Duration,
     pub retry_initial: Duration,
@@ -99,9 +182,6 @@ pub struct ProcessorConfig {
     /// Not an environment variable: how often the trimmer (and the consumer reaper) runs (tests
     /// shorten it).
     pub trim_interval: Duration,
-    /// Not an environment variable: how long one command on the shared (non-blocking) Redis
-    /// connection may take before the connection is given up as silent (tests shorten it).
-    pub command_timeout: Duration,
 }
 
 /// `<hostname>-<pid>`: unique per container (compose gives each replica its own hostname) and
@@ -156,6 +236,8 @@ impl ProcessorConfig {
             return Err(ConfigError::new("BOT_NAME", "must be at most 255 characters"));
         }
         let max_ms = u64::from(u32::MAX);
+        let block = Duration::from_millis(r.number("BLOCK_MS", 5_000, 1, max_ms)?);
+        let claim_idle = Duration::from_millis(r.number("CLAIM_IDLE_MS", 60_000, 1, max_ms)?);
         let config = Self {
             common,
             metrics_addr: r.socket_addr("METRICS_ADDR", "0.0.0.0:9090")?,
@@ -163,8 +245,6 @@ impl ProcessorConfig {
             consumer: name(r, "CONSUMER_NAME", default_consumer_name())?,
             concurrency: r.number("CONCURRENCY", 16, 1, 100_000)? as usize,
             batch_size: r.number("BATCH_SIZE", 64, 1, 100_000)? as usize,
-            block: Duration::from_millis(r.number("BLOCK_MS", 5_000, 1, max_ms)?),
-            claim_idle: Duration::from_millis(r.number("CLAIM_IDLE_MS", 60_000, 30, max_ms)?),
             max_deliveries: r.number("MAX_DELIVERIES", 5, 1, 1_000_000)?,
             handler_timeout: r.millis("HANDLER_TIMEOUT_MS", 30_000)?,
             retry_initial: r.millis("RETRY_INITIAL_MS", 500)?,
@@ -185,7 +265,7 @@ impl ProcessorConfig {
             )?),
             api_writes_per_sec: r.number("API_WRITES_PER_SEC", 5, 0, 1_000_000)? as u32,
             trim_interval: Duration::from_secs(10),
-            command_timeout: Duration::from_secs(10),
+            timing: Timing::new(claim_idle, block)?,
         };
         if config.retry_max_interval < config.retry_initial {
             return Err(ConfigError::new("RETRY_MAX_INTERVAL_MS", "must not be smaller than RETRY_INITIAL_MS"));
@@ -211,8 +291,6 @@ mod tests {
         assert_eq!(c.group, "processors");
         assert!(c.consumer.ends_with(&format!("-{}", std::process::id())), "{}", c.consumer);
         assert_eq!((c.concurrency, c.batch_size), (16, 64));
-        assert_eq!(c.block, Duration::from_millis(5_000));
-        assert_eq!(c.claim_idle, Duration::from_millis(60_000));
         assert_eq!(c.max_deliveries, 5);
         assert_eq!(c.handler_timeout, Duration::from_millis(30_000));
         assert_eq!(
@@ -227,6 +305,37 @@ mod tests {
         assert!(c.bot_config.is_empty());
         assert_eq!(c.forward_url, None);
         assert_eq!(c.consumer_idle_reap, Duration::from_secs(3_600));
+        assert_eq!(
+            c.timing,
+            Timing {
+                claim_idle: Duration::from_secs(60),
+                renew_every: Duration::from_secs(20),
+                reclaim_every: Duration::from_secs(5),
+                lock_ttl: Duration::from_secs(60),
+                command_timeout: Duration::from_secs(10),
+                block: Duration::from_secs(5),
+                reader_timeout: Duration::from_secs(7),
+            }
+        );
+    }
+
+    #[test]
+    fn timing_invariants() {
+        // The shortest CLAIM_IDLE_MS whose renewals still land in time.
+        let t = Timing::new(Duration::from_millis(376), Duration::from_millis(100)).expect("valid");
+        assert_eq!(t.command_timeout, Duration::from_millis(250));
+        assert!(t.check().is_ok());
+        let refused = Timing::new(Duration::from_millis(375), Duration::from_millis(100)).expect_err("too short");
+        assert_eq!(refused.var, "CLAIM_IDLE_MS");
+        assert!(refused.to_string().contains("at least 376 ms"), "{refused}");
+        // Short CLAIM_IDLE_MS: a shorter command timeout, so a hung renewal is given up in time.
+        let t = Timing::new(Duration::from_secs(3), Duration::from_secs(1)).expect("valid");
+        assert_eq!((t.renew_every, t.command_timeout), (Duration::from_secs(1), Duration::from_secs(1)));
+        assert_eq!(t.reclaim_every, Duration::from_millis(1500));
+        assert_eq!(t.reader_timeout, Duration::from_secs(3));
+        // A test's own command timeout that breaks the first invariant is found by `check`.
+        let broken = Timing { command_timeout: Duration::from_secs(60), ..t };
+        assert!(broken.check().is_err());
     }
 
     #[test]
@@ -255,6 +364,7 @@ mod tests {
             ("BATCH_SIZE", "0"),
             ("BLOCK_MS", "0"),
             ("CLAIM_IDLE_MS", "5"),
+            ("CLAIM_IDLE_MS", "300"),
             ("MAX_DELIVERIES", "0"),
             ("HANDLER_TIMEOUT_MS", "1.5"),
             ("RETRY_INITIAL_MS", "-1"),

@@ -1,6 +1,7 @@
 //! Housekeeping loops: the reclaimer (takes over entries abandoned by dead consumers) and the
 //! tidier (trims processed entries, removes consumers long gone).
 
+use crate::config::Timing;
 use crate::dispatch::Dispatcher;
 use crate::ops::Ops;
 use crate::stream::is_nogroup;
@@ -9,10 +10,10 @@ use std::time::Duration;
 /// Takes over entries idle longer than `CLAIM_IDLE_MS` in any consumer, following the
 /// XAUTOCLAIM cursor to the end of the pending list on each pass, no more at once than there
 /// are free slots.
-pub async fn reclaim(dispatcher: &Dispatcher, claim_idle: Duration, batch: usize) {
-    // At least every 5 s whatever CLAIM_IDLE_MS is: entries handed back by a replica that shut
-    // down are taken over at the next scan.
-    let every = (claim_idle / 2).clamp(Duration::from_millis(20), Duration::from_secs(5));
+/// It scans every [`Timing::reclaim_every`] — at least every 5 s whatever `CLAIM_IDLE_MS` is,
+/// so entries handed back by a replica that shut down are taken over at the next scan.
+pub async fn reclaim(dispatcher: &Dispatcher, timing: Timing, batch: usize) {
+    let (every, claim_idle) = (timing.reclaim_every, timing.claim_idle);
     let stream = &dispatcher.worker.stream;
     let redis = &dispatcher.worker.redis;
     while dispatcher.pause(every).await {

@@ -5,7 +5,8 @@
 //! leased like every held entry.
 //!
 //! Blocking reads run on a connection of their own (a blocked socket would stall every command
-//! queued behind it), whose response timeout is `BLOCK_MS` plus a margin: a Redis that falls
+//! queued behind it), whose response timeout is `BLOCK_MS` plus a margin
+//! ([`crate::config::Timing::reader_timeout`]): a Redis that falls
 //! silent mid-read is noticed, and the next read opens a fresh connection.
 
 use crate::dispatch::{Dispatcher, HeldEntry};
@@ -15,10 +16,6 @@ use backoff::backoff::Backoff;
 use shared::conn::Conn;
 use std::time::Duration;
 use tokio::sync::mpsc;
-
-/// How much longer than `BLOCK_MS` the reader waits for Redis's answer before it gives the
-/// connection up as silent.
-pub const BLOCK_MARGIN: Duration = Duration::from_secs(2);
 
 pub async fn run(dispatcher: &Dispatcher, reader: Conn, batch: usize, block: Duration) {
     let (tx, mut rx) = mpsc::channel::<(Vec<HeldEntry>, bool)>(1);

@@ -76,7 +76,7 @@ impl Processor {
             .await
             .map_err(|source| BuildError::Bind { addr: config.metrics_addr, source })?;
         let target = config.common.redis_target()?;
-        let commands = Conn::open(&target, config.command_timeout)?;
+        let commands = Conn::open(&target, config.timing.command_timeout)?;
         let partitions = config.common.partitions();
         let layout = Arc::new(Layout::new(&config.common.namespace, partitions.count()));
         layout.check_at_start(&mut commands.clone()).await.map_err(BuildError::Layout)?;
@@ -91,7 +91,7 @@ impl Processor {
             None => Registry::standard(&config, limiter)?,
         };
         // A meeting's lock lives as long as a dead holder's entries stay unclaimed.
-        let locks = crate::lock::MeetingLocks::new(namespace, commands.clone(), config.claim_idle);
+        let locks = crate::lock::MeetingLocks::new(namespace, commands.clone(), config.timing.lock_ttl);
         if config.api_key.is_none() {
             tracing::warn!("MEETING_BAAS_API_KEY is not set: Meeting BaaS API calls will be refused");
         }
@@ -117,7 +117,7 @@ impl Processor {
             });
             // The blocking reads get a connection of their own: a XREADGROUP BLOCK would
             // otherwise stall every ack queued behind it on a shared socket.
-            let reader = Conn::open(&target, config.block + crate::reader::BLOCK_MARGIN)?;
+            let reader = Conn::open(&target, config.timing.reader_timeout)?;
             parts.push((worker, reader));
         }
         Ok(Self { config, parts, metrics_listener })
@@ -166,10 +166,8 @@ impl Processor {
                 }))
             };
         // One lock keeper: the meeting locks are shared by every partition.
-        let mut lease_keepers = vec![tokio::spawn(crate::lock::keep(
-            parts[0].0.locks.clone(),
-            (config.claim_idle / 3).max(Duration::from_millis(10)),
-        ))];
+        let mut lease_keepers =
+            vec![tokio::spawn(crate::lock::keep(parts[0].0.locks.clone(), config.timing.renew_every))];
         let mut reclaimers = Vec::new();
         let mut tidiers = Vec::new();
         let mut readers = Vec::new();
@@ -177,12 +175,12 @@ impl Processor {
             lease_keepers.push(tokio::spawn(crate::lease::run(
                 d.held.clone(),
                 worker.stream.clone(),
-                (config.claim_idle / 3).max(Duration::from_millis(10)),
+                config.timing.renew_every,
             )));
             reclaimers.push({
                 let d = d.clone();
-                let (idle, batch) = (config.claim_idle, config.batch_size);
-                tokio::spawn(async move { crate::housekeeping::reclaim(&d, idle, batch).await })
+                let (timing, batch) = (config.timing, config.batch_size);
+                tokio::spawn(async move { crate::housekeeping::reclaim(&d, timing, batch).await })
             });
             tidiers.push({
                 let d = d.clone();
@@ -194,7 +192,7 @@ impl Processor {
             });
             readers.push({
                 let d = d.clone();
-                let (batch, block) = (config.batch_size, config.block);
+                let (batch, block) = (config.batch_size, config.timing.block);
                 tokio::spawn(async move { crate::reader::run(&d, reader, batch, block).await })
             });
         }

@@ -102,7 +102,7 @@ async fn healthcheck_sigterm_and_sigkill() {
         ("METRICS_ADDR", "127.0.0.1:0"),
         ("FORWARD_URL", forward.as_str()),
         ("CONSUMER_NAME", "survivor"),
-        ("CLAIM_IDLE_MS", "200"),
+        ("CLAIM_IDLE_MS", "400"),
         ("BLOCK_MS", "100"),
     ];
     let mut survivor = spawn(&other);

@@ -77,14 +77,14 @@ async fn an_owner_that_lost_its_lease_does_not_dead_letter_the_new_owners_entry(
     let gate = Gate::new();
     let target = FakeApi::start().await;
     target.always("POST", "/hook", Reply::json(422, br#"{"error":"no"}"#.to_vec()).held(&gate));
-    // The first owner renews its lease only every 20 s; the second reclaims after 100 ms idle.
+    // The first owner renews its lease only every 20 s; the second reclaims after 400 ms idle.
     let mut vars = forward_vars(&redis.url(), &target);
     vars.insert("CONSUMER_NAME".into(), "slow-owner".into());
     let first = start_processor(vars.clone()).await;
     let id = add_event(&redis, "bot.completed", br#"{"event":"bot.completed"}"#, "contested");
     eventually("the first owner's handler runs", || async { (target.calls().len() == 1).then_some(()) }).await;
     vars.insert("CONSUMER_NAME".into(), "new-owner".into());
-    vars.insert("CLAIM_IDLE_MS".into(), "100".into());
+    vars.insert("CLAIM_IDLE_MS".into(), "400".into());
     let second = start_processor(vars).await;
     eventually("the new owner reclaimed it and runs its handler", || async {
         (target.calls().len() == 2).then_some(())
@@ -119,7 +119,7 @@ async fn an_owner_that_lost_its_lease_does_not_ack_the_new_owners_entry() {
     let id = add_event(&redis, "bot.completed", br#"{"event":"bot.completed"}"#, "contested-ack");
     eventually("the first owner's handler runs", || async { (target.calls().len() == 1).then_some(()) }).await;
     vars.insert("CONSUMER_NAME".into(), "new-owner".into());
-    vars.insert("CLAIM_IDLE_MS".into(), "300".into());
+    vars.insert("CLAIM_IDLE_MS".into(), "400".into());
     let second = start_processor(vars).await;
     eventually("the new owner reclaimed it", || async { (target.calls().len() == 2).then_some(()) }).await;
     let lost = |text: &str| metric(text, "hookstream_processor_leases_lost_total", "");
@@ -149,7 +149,7 @@ async fn a_lease_found_lost_stops_the_handler_without_a_verdict() {
     // stopped, it would retry and succeed.
     target.sequence("POST", "/hook", vec![Reply::status(503).held(&gate), Reply::status(200)]);
     let mut vars = forward_vars(&redis.url(), &target);
-    vars.insert("CLAIM_IDLE_MS".into(), "300".into()); // lease renewed every 100 ms
+    vars.insert("CLAIM_IDLE_MS".into(), "400".into()); // lease renewed every 133 ms
     let processor = start_processor(vars).await;
     let id = add_event(&redis, "bot.completed", br#"{"event":"bot.completed"}"#, "taken");
     eventually("the handler runs", || async { (target.calls().len() == 1).then_some(()) }).await;
@@ -245,7 +245,7 @@ async fn a_silent_redis_is_given_up_and_processing_resumes_on_a_new_connection()
     // An entry Redis delivered into the silence (its answer never arrived) is pending for this
     // consumer: it is reclaimed once idle this long.
     vars.insert("CLAIM_IDLE_MS".into(), "1000".into());
-    let processor = start_processor_with(vars, |c| c.command_timeout = Duration::from_millis(500)).await;
+    let processor = start_processor_with(vars, |c| c.timing.command_timeout = Duration::from_millis(500)).await;
     add_event(&redis, "bot.completed", br#"{"event":"bot.completed"}"#, "before");
     all_acked(&redis).await;
     let before = proxy.connections();
@@ -267,9 +267,9 @@ async fn shutdown_stays_inside_its_grace_period_when_redis_is_silent() {
     target.always("POST", "/hook", Reply::status(200));
     let mut vars = forward_vars(&proxy.redis_url(), &target);
     vars.insert("SHUTDOWN_GRACE_MS".into(), "300".into());
-    vars.insert("CLAIM_IDLE_MS".into(), "100".into()); // the reclaimer calls Redis every 50 ms
+    vars.insert("CLAIM_IDLE_MS".into(), "400".into()); // the reclaimer calls Redis every 200 ms
                                                        // Commands on a silent connection wait a minute before they are given up.
-    let processor = start_processor_with(vars, |c| c.command_timeout = Duration::from_secs(60)).await;
+    let processor = start_processor_with(vars, |c| c.timing.command_timeout = Duration::from_secs(60)).await;
     add_event(&redis, "bot.completed", br#"{"event":"bot.completed"}"#, "x");
     all_acked(&redis).await;
     proxy.freeze();

@@ -66,7 +66,7 @@ async fn entries_of_a_crashed_consumer_are_reclaimed_and_finished() {
     assert_eq!(ghost_read(&redis, "crashed-replica", 5), 5);
     assert_eq!(pending_of(&redis, "crashed-replica"), 5);
 
-    vars.insert("CLAIM_IDLE_MS".into(), "200".into());
+    vars.insert("CLAIM_IDLE_MS".into(), "400".into());
     let processor = start_processor(vars).await;
     all_acked(&redis).await;
     processor.stop().await;
@@ -104,7 +104,7 @@ async fn poison_entries_are_dead_lettered_without_running_the_handler() {
             redis::cmd("XCLAIM").arg(EVENTS).arg(GROUP).arg("ghost").arg(0).arg(&id).query(&mut redis.con()).unwrap();
     }
     vars.insert("MAX_DELIVERIES".into(), "3".into());
-    vars.insert("CLAIM_IDLE_MS".into(), "50".into());
+    vars.insert("CLAIM_IDLE_MS".into(), "400".into());
     let processor = start_processor(vars).await;
     let dead = dead_after(&redis, 1).await;
     all_acked(&redis).await;
@@ -391,7 +391,7 @@ async fn reclaimed_entries_that_were_deleted_from_the_stream_are_dropped() {
     assert_eq!(ghost_read(&redis, "crashed", 3), 3);
     // Someone deletes a pending entry by hand (XDEL): XAUTOCLAIM reports it as deleted.
     let _: i64 = redis::cmd("XDEL").arg(EVENTS).arg(&ids[1]).query(&mut redis.con()).unwrap();
-    vars.insert("CLAIM_IDLE_MS".into(), "50".into());
+    vars.insert("CLAIM_IDLE_MS".into(), "400".into());
     let processor = start_processor(vars).await;
     all_acked(&redis).await;
     processor.stop().await;
@@ -440,7 +440,7 @@ async fn more_pending_entries_than_batch_size_are_all_reclaimed_and_re_read() {
     assert_eq!(ghost_read(&redis, "crashed", 10), 10);
     assert_eq!(ghost_read(&redis, "replica-a", 10), 10);
     vars.insert("BATCH_SIZE".into(), "3".into());
-    vars.insert("CLAIM_IDLE_MS".into(), "50".into());
+    vars.insert("CLAIM_IDLE_MS".into(), "400".into());
     vars.insert("CONSUMER_NAME".into(), "replica-a".into());
     let processor = start_processor(vars).await;
     all_acked(&redis).await;
