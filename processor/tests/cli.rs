@@ -31,6 +31,7 @@ fn invalid_values_exit_64_naming_the_variable() {
         ("FORWARD_URL", "nowhere"),
         ("MEETING_BAAS_API_URL", "ftp://x"),
         ("METRICS_ADDR", "9090"),
+        ("CLAIM_IDLE_MS", "100"),
     ] {
         let out = run(&[], &[(var, value)]);
         assert_eq!(out.status.code(), Some(64), "{var}={value}");
