@@ -128,7 +128,7 @@ pub async fn operate(config: &crate::ProcessorConfig, partition: Option<usize>, 
     if let Command::Repartition { partitions } = command {
         return repartition(&mut con, ns, partitions).await;
     }
-    let count = try_redis!(ops::recorded_partitions(&mut con, ns).await).unwrap_or(config.common.partitions);
+    let count = try_redis!(shared::layout::recorded_partitions(&mut con, ns).await).unwrap_or(config.common.partitions);
     let mut parts: Vec<Ops> = shared::keys::Partitions::new(ns, count)
         .all()
         .iter()
@@ -154,10 +154,10 @@ pub async fn repartition(con: &mut shared::conn::Conn, ns: &str, partitions: usi
     if !(1..=1024).contains(&partitions) {
         return Done::bad(BadArgs(format!("{partitions} partitions: the count must be 1 to 1024")));
     }
-    match ops::repartition(con, ns, partitions).await {
+    match shared::layout::repartition(con, ns, partitions).await {
         Ok(text) => Done::ok(text),
-        Err(ops::RepartitionError::Redis(err)) => Done::redis(err),
-        Err(ops::RepartitionError::NotDrained(why)) => Done::nothing(format!("not repartitioned: {why}")),
+        Err(shared::layout::RepartitionError::Redis(err)) => Done::redis(err),
+        Err(shared::layout::RepartitionError::NotDrained(why)) => Done::nothing(format!("not repartitioned: {why}")),
     }
 }
 

@@ -3,9 +3,21 @@
 
 use crate::config::Timing;
 use crate::dispatch::Dispatcher;
-use crate::ops::Ops;
-use crate::stream::is_nogroup;
+use crate::stream::{is_nogroup, Stream};
+use redis::{RedisResult, Script};
 use std::time::Duration;
+
+const REAP_SCRIPT: &str = r#"
+-- KEYS[1] stream; ARGV[1] group, ARGV[2] consumer
+-- Deletes the consumer only while it has no pending entry: XGROUP DELCONSUMER would drop its
+-- pending entries from the group, and they would never be processed.
+local p = redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2])
+if #p > 0 then
+  return 0
+end
+redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
+return 1
+"#;
 
 /// Takes over entries idle longer than `CLAIM_IDLE_MS` in any consumer, following the
 /// XAUTOCLAIM cursor to the end of the pending list on each pass, no more at once than there
@@ -53,7 +65,7 @@ pub async fn reclaim(dispatcher: &Dispatcher, timing: Timing, batch: usize) {
 
 /// Trims processed entries, and removes consumers that are long gone (idle past
 /// `CONSUMER_IDLE_REAP_SECS` with nothing pending; one with pending entries is never removed).
-pub async fn tidy(dispatcher: &Dispatcher, ops: Ops, every: Duration, retention: Duration, reap_after: Duration) {
+pub async fn tidy(dispatcher: &Dispatcher, every: Duration, retention: Duration, reap_after: Duration) {
     let stream = &dispatcher.worker.stream;
     while dispatcher.pause(every).await {
         match stream.trim(retention).await {
@@ -61,7 +73,7 @@ pub async fn tidy(dispatcher: &Dispatcher, ops: Ops, every: Duration, retention:
             Ok(n) => tracing::debug!(entries = n, "trimmed the stream"),
             Err(err) => tracing::debug!(error = %err, "trim failed; will try again"),
         }
-        match ops.reap_consumers(reap_after, &stream.consumer).await {
+        match reap_consumers(stream, reap_after).await {
             Ok(reaped) => {
                 for name in reaped {
                     tracing::info!(consumer = %name, "removed an idle consumer with nothing pending");
@@ -70,4 +82,31 @@ pub async fn tidy(dispatcher: &Dispatcher, ops: Ops, every: Duration, retention:
             Err(err) => tracing::debug!(error = %err, "reaping consumers failed; will try again"),
         }
     }
+}
+
+/// Deletes consumers of the group that have no pending entry and have been idle longer than
+/// `idle` (never this process's own). Returns the names deleted.
+pub async fn reap_consumers(stream: &Stream, idle: Duration) -> RedisResult<Vec<String>> {
+    let consumers = match stream.consumers().await {
+        Ok(c) => c,
+        Err(err) if is_nogroup(&err) => return Ok(Vec::new()),
+        Err(err) => return Err(err),
+    };
+    let script = Script::new(REAP_SCRIPT);
+    let mut reaped = Vec::new();
+    for c in consumers {
+        if c.name == stream.consumer || c.pending > 0 || c.idle < idle {
+            continue;
+        }
+        let deleted: i64 = script
+            .key(&stream.keys.events)
+            .arg(&stream.group)
+            .arg(&c.name)
+            .invoke_async(&mut stream.connection())
+            .await?;
+        if deleted == 1 {
+            reaped.push(c.name);
+        }
+    }
+    Ok(reaped)
 }

@@ -184,11 +184,9 @@ impl Processor {
             });
             tidiers.push({
                 let d = d.clone();
-                let ops =
-                    crate::ops::Ops::new(worker.stream.keys.clone(), config.group.clone(), worker.stream.connection());
                 let (every, retention, reap) =
                     (config.trim_interval, config.stream_retention, config.consumer_idle_reap);
-                tokio::spawn(async move { crate::housekeeping::tidy(&d, ops, every, retention, reap).await })
+                tokio::spawn(async move { crate::housekeeping::tidy(&d, every, retention, reap).await })
             });
             readers.push({
                 let d = d.clone();

@@ -13,8 +13,11 @@
 //! refused while the unpartitioned stream `{ns}:events` holds entries (they would never be
 //! read) — drain it and use the documented migration (`processor repartition`).
 
+use crate::conn::Conn;
 use crate::keys::Keys;
 use redis::aio::ConnectionLike;
+use redis::streams::StreamInfoGroupsReply;
+use redis::RedisResult;
 use redis::Script;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -147,4 +150,66 @@ impl Layout {
         self.checked.store(true, Ordering::Relaxed);
         Ok(())
     }
+}
+/// The partition count recorded for namespace `ns` (`{ns}:partitions`), if any.
+pub async fn recorded_partitions(con: &mut Conn, ns: &str) -> RedisResult<Option<usize>> {
+    let stored: Option<String> = redis::cmd("GET").arg(&Keys::new(ns).layout).query_async(con).await?;
+    Ok(stored.and_then(|s| s.parse().ok()))
+}
+
+/// Why `processor repartition` refused.
+#[derive(Debug, thiserror::Error)]
+pub enum RepartitionError {
+    #[error("{0}")]
+    NotDrained(String),
+    #[error("Redis: {0}")]
+    Redis(#[from] redis::RedisError),
+}
+
+/// `processor repartition N`: records `new` partitions for namespace `ns`, only when every
+/// stream of the current layout is drained — nothing undelivered (lag 0) and nothing pending
+/// in any consumer group, and an empty dead stream — so no event is left where the new layout
+/// would never look. Every ingress must be stopped first (an append after the check would land
+/// in the old layout); processors are restarted with the new `PARTITIONS` afterwards.
+pub async fn repartition(con: &mut Conn, ns: &str, new: usize) -> Result<String, RepartitionError> {
+    let old = recorded_partitions(con, ns).await?.unwrap_or(1);
+    if old == new {
+        return Ok(format!("the namespace already has {new} partition(s); nothing to do\n"));
+    }
+    for keys in crate::keys::Partitions::new(ns, old).all() {
+        let groups: RedisResult<StreamInfoGroupsReply> =
+            redis::cmd("XINFO").arg("GROUPS").arg(&keys.events).query_async(con).await;
+        let groups = match groups {
+            Ok(groups) => groups.groups,
+            Err(err) if err.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError) => Vec::new(),
+            Err(err) => return Err(err.into()),
+        };
+        let length: u64 = redis::cmd("XLEN").arg(&keys.events).query_async(con).await?;
+        if groups.is_empty() && length > 0 {
+            return Err(RepartitionError::NotDrained(format!(
+                "{} holds {length} entries and no consumer group has read them; start the processors and let them drain it",
+                keys.events
+            )));
+        }
+        for group in &groups {
+            if group.pending > 0 || group.lag != Some(0) {
+                let lag = group.lag.map(|l| l.to_string()).unwrap_or_else(|| "unknown".into());
+                return Err(RepartitionError::NotDrained(format!(
+                    "{} group {}: lag {lag}, pending {}; stop every ingress and let the processors finish first",
+                    keys.events, group.name, group.pending
+                )));
+            }
+        }
+        let dead: u64 = redis::cmd("XLEN").arg(&keys.dead).query_async(con).await?;
+        if dead > 0 {
+            return Err(RepartitionError::NotDrained(format!(
+                "{} holds {dead} dead entries; replay or purge them first (processor dead …)",
+                keys.dead
+            )));
+        }
+    }
+    let () = redis::cmd("SET").arg(&Keys::new(ns).layout).arg(new).query_async(con).await?;
+    Ok(format!(
+        "partitions: {old} -> {new}; the old streams are drained. Start every ingress and processor with PARTITIONS={new}.\n"
+    ))
 }

@@ -33,16 +33,25 @@
 //! - **Trim.** XTRIM MINID ~ the oldest of every group's oldest pending id, every group's
 //!   last-delivered id, and now − retention: never an entry some group has not acked.
 
-use crate::replies::{AutoClaim, PendingRows, PendingSummary, ReadReply, StreamEntry};
-use redis::streams::StreamInfoGroupsReply;
+//!
+//! Files: this one (the stream as one consumer sees it: reads, delivery counts, leases,
+//! reclaims, hand-back), [`verdict`] (the scripts that settle an entry, around one
+//! ack-if-owned preamble), [`trim`] (what may be trimmed), [`gauges`] (the numbers behind the
+//! metrics).
+
+mod gauges;
+mod trim;
+mod verdict;
+
+pub use gauges::{lengths, Gauges};
+pub use verdict::DEAD_FIELDS;
+
+use crate::replies::{AutoClaim, ConsumerInfo, Consumers, PendingRows, ReadReply, StreamEntry};
 use redis::{RedisResult, Script};
 use shared::conn::Conn;
 use shared::keys::Keys;
 use std::collections::HashMap;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-/// The fields a dead-letter entry adds to the original ones.
-pub const DEAD_FIELDS: &[&str] = &["original_id", "error", "attempts", "deliveries", "failed_at", "consumer"];
+use std::time::Duration;
 
 const LEASE_SCRIPT: &str = r#"
 -- KEYS[1] stream; ARGV[1] group, ARGV[2] consumer, ARGV[3..] entry ids
@@ -55,25 +64,6 @@ for i = 3, #ARGV do
   else
     redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'JUSTID')
   end
-end
-return lost
-"#;
-
-const ACK_SCRIPT: &str = r#"
--- KEYS[1] stream; ARGV[1] group, ARGV[2] consumer, ARGV[3..] entry ids
--- XACKs the ids this consumer still owns; returns the ids it does not own (acked already, or
--- reclaimed by another consumer, whose verdict it is now).
-local mine, lost = {}, {}
-for i = 3, #ARGV do
-  local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
-  if #p == 1 and p[1][2] == ARGV[2] then
-    mine[#mine + 1] = ARGV[i]
-  else
-    lost[#lost + 1] = ARGV[i]
-  end
-end
-if #mine > 0 then
-  redis.call('XACK', KEYS[1], ARGV[1], unpack(mine))
 end
 return lost
 "#;
@@ -103,58 +93,6 @@ return n
 /// How idle a handed-back entry looks: past any replica's `CLAIM_IDLE_MS` (30 days).
 const HANDED_BACK_IDLE_MS: u64 = 30 * 86_400_000;
 
-/// The start of the scripts that settle one entry (ARGV[1] group, ARGV[2] consumer, ARGV[3] id):
-/// ack it if this consumer owns it, and go on only if that ack removed it from the pending
-/// list; otherwise answer nil. What follows runs at most once per entry.
-macro_rules! ack_if_owned {
-    () => {
-        r#"
-local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
-if #p == 0 or p[1][2] ~= ARGV[2] then
-  return false
-end
-if redis.call('XACK', KEYS[1], ARGV[1], ARGV[3]) == 0 then
-  return false
-end
-"#
-    };
-}
-
-const DEAD_LETTER_SCRIPT: &str = concat!(
-    ack_if_owned!(),
-    r#"
--- KEYS[1] stream, KEYS[2] dead stream; ARGV[1] group, ARGV[2] consumer, ARGV[3] entry id,
--- ARGV[4..] the dead entry's fields and values.
--- Acks the entry if this consumer owns it and, only if that ack removed it, adds the dead copy.
--- Returns the dead entry's id, or nil when nothing was done (not owned, or already settled).
-return redis.call('XADD', KEYS[2], '*', unpack(ARGV, 4))
-"#
-);
-
-const FAN_OUT_SCRIPT: &str = concat!(
-    ack_if_owned!(),
-    r#"
--- KEYS[1] stream; ARGV[1] group, ARGV[2] consumer, ARGV[3] entry id, ARGV[4] n, ARGV[5..4+n]
--- the fields and values every new entry shares, then (payload, meeting) for each new entry.
--- Acks the entry if this consumer owns it and, only if that ack removed it, appends one entry
--- per meeting: exactly once, even when sent again. Returns the new ids, or nil.
-local n = tonumber(ARGV[4])
-local ids = {}
-for i = 5 + n, #ARGV, 2 do
-  local fields = {}
-  for j = 5, 4 + n do
-    fields[#fields + 1] = ARGV[j]
-  end
-  fields[#fields + 1] = 'payload'
-  fields[#fields + 1] = ARGV[i]
-  fields[#fields + 1] = 'meeting'
-  fields[#fields + 1] = ARGV[i + 1]
-  ids[#ids + 1] = redis.call('XADD', KEYS[1], '*', unpack(fields))
-end
-return ids
-"#
-);
-
 /// The stream as one consumer of one group sees it.
 #[derive(Clone)]
 pub struct Stream {
@@ -169,6 +107,12 @@ pub struct Stream {
     hand_back_script: Script,
 }
 
+/// XINFO CONSUMERS of `group` on `keys`' stream.
+pub async fn consumers(con: &mut Conn, keys: &Keys, group: &str) -> RedisResult<Vec<ConsumerInfo>> {
+    let reply: Consumers = redis::cmd("XINFO").arg("CONSUMERS").arg(&keys.events).arg(group).query_async(con).await?;
+    Ok(reply.0)
+}
+
 /// Whether an error is "the group (or the stream) does not exist".
 pub fn is_nogroup(err: &redis::RedisError) -> bool {
     err.code() == Some("NOGROUP")
@@ -178,15 +122,6 @@ pub fn is_nogroup(err: &redis::RedisError) -> bool {
 pub fn parse_id(id: &str) -> Option<(u64, u64)> {
     let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
     Some((ms.parse().ok()?, seq.parse().ok()?))
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
-
-/// XLEN of the events and the dead stream, in one round trip.
-pub async fn lengths(con: &mut Conn, keys: &Keys) -> RedisResult<(u64, u64)> {
-    redis::pipe().cmd("XLEN").arg(&keys.events).cmd("XLEN").arg(&keys.dead).query_async(con).await
 }
 
 /// Remembers whether Redis answered last time, so an outage is logged once when it starts and
@@ -210,15 +145,6 @@ impl RedisState {
     }
 }
 
-/// The numbers behind the gauges.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Gauges {
-    pub stream_length: u64,
-    pub dead_length: u64,
-    pub group_pending: u64,
-    pub group_lag: u64,
-}
-
 impl Stream {
     pub fn new(keys: Keys, group: String, consumer: String, con: Conn) -> Self {
         Self {
@@ -227,9 +153,9 @@ impl Stream {
             consumer,
             con,
             lease_script: Script::new(LEASE_SCRIPT),
-            ack_script: Script::new(ACK_SCRIPT),
-            dead_letter_script: Script::new(DEAD_LETTER_SCRIPT),
-            fan_out_script: Script::new(FAN_OUT_SCRIPT),
+            ack_script: Script::new(verdict::ACK_SCRIPT),
+            dead_letter_script: Script::new(verdict::DEAD_LETTER_SCRIPT),
+            fan_out_script: Script::new(verdict::FAN_OUT_SCRIPT),
             hand_back_script: Script::new(HAND_BACK_SCRIPT),
         }
     }
@@ -241,6 +167,11 @@ impl Stream {
     /// The shared command connection (for the operator tools).
     pub fn connection(&self) -> Conn {
         self.con.clone()
+    }
+
+    /// This group's consumers (XINFO CONSUMERS).
+    pub async fn consumers(&self) -> RedisResult<Vec<ConsumerInfo>> {
+        consumers(&mut self.con(), &self.keys, &self.group).await
     }
 
     /// XGROUP CREATE … 0 MKSTREAM; an existing group is fine.
@@ -292,79 +223,6 @@ impl Stream {
         Ok(rows.into_iter().flat_map(|r| r.0).map(|row| (row.id, row.deliveries)).collect())
     }
 
-    /// Acks the ids this consumer still owns, in one script call; returns the ids it did not
-    /// own (see [`ACK_SCRIPT`]).
-    pub async fn ack_owned(&self, ids: &[&str]) -> RedisResult<Vec<String>> {
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut invocation = self.ack_script.key(&self.keys.events);
-        invocation.arg(&self.group).arg(&self.consumer).arg(ids);
-        invocation.invoke_async(&mut self.con()).await
-    }
-
-    /// The dead-letter script (see the module docs): `Some(dead id)` when this call moved the
-    /// entry to `{ns}:dead`, `None` when it was not this consumer's to move (any more).
-    pub async fn dead_letter(
-        &self,
-        entry: &StreamEntry,
-        error: &str,
-        attempts: u32,
-        deliveries: u64,
-    ) -> RedisResult<Option<String>> {
-        let failed_at = shared::entry::timestamp_now();
-        let mut invocation = self.dead_letter_script.key(&self.keys.events);
-        invocation.key(&self.keys.dead).arg(&self.group).arg(&self.consumer).arg(&entry.id);
-        for (field, value) in entry.fields.iter().flatten() {
-            if !DEAD_FIELDS.contains(&field.as_str()) {
-                invocation.arg(field).arg(value.as_slice());
-            }
-        }
-        invocation
-            .arg("original_id")
-            .arg(&entry.id)
-            .arg("error")
-            .arg(error)
-            .arg("attempts")
-            .arg(attempts)
-            .arg("deliveries")
-            .arg(deliveries)
-            .arg("failed_at")
-            .arg(&failed_at)
-            .arg("consumer")
-            .arg(&self.consumer);
-        invocation.invoke_async(&mut self.con()).await
-    }
-
-    /// Splits `entry` into one entry per meeting — `(payload, meeting key)` each, with the
-    /// original's other fields and `fanout_of` — and acks it, in one script (see
-    /// [`FAN_OUT_SCRIPT`]): `Some(new ids)` when done by this call, `None` when the entry was not
-    /// this consumer's to split (any more).
-    pub async fn fan_out(
-        &self,
-        entry: &StreamEntry,
-        meetings: &[(Vec<u8>, String)],
-    ) -> RedisResult<Option<Vec<String>>> {
-        use shared::entry::{FANOUT_OF, MEETING, PAYLOAD};
-        let shared: Vec<(&str, &[u8])> = entry
-            .fields
-            .iter()
-            .flatten()
-            .filter(|(k, _)| k != PAYLOAD && k != MEETING && k != FANOUT_OF)
-            .map(|(k, v)| (k.as_str(), v.as_slice()))
-            .chain(std::iter::once((FANOUT_OF, entry.id.as_bytes())))
-            .collect();
-        let mut invocation = self.fan_out_script.key(&self.keys.events);
-        invocation.arg(&self.group).arg(&self.consumer).arg(&entry.id).arg(shared.len() * 2);
-        for (field, value) in &shared {
-            invocation.arg(*field).arg(*value);
-        }
-        for (payload, meeting) in meetings {
-            invocation.arg(payload.as_slice()).arg(meeting);
-        }
-        invocation.invoke_async(&mut self.con()).await
-    }
-
     /// Hands back every entry pending under this consumer except `running`: their idle time is
     /// set far past `CLAIM_IDLE_MS`, so another replica's reclaimer takes them at its next scan
     /// instead of after `CLAIM_IDLE_MS` (shutting down, see [`crate::service`]). How many.
@@ -397,56 +255,6 @@ impl Stream {
             .arg(count)
             .query_async(&mut self.con())
             .await
-    }
-
-    /// The id below which every entry is processed by every group and older than `retention`;
-    /// `None` when the stream has no group (nothing is known to be processed).
-    pub async fn trim_point(&self, retention: Duration) -> RedisResult<Option<String>> {
-        let groups: StreamInfoGroupsReply =
-            match redis::cmd("XINFO").arg("GROUPS").arg(&self.keys.events).query_async(&mut self.con()).await {
-                Ok(groups) => groups,
-                Err(err) if err.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError) => {
-                    return Ok(None); // no such stream
-                }
-                Err(err) => return Err(err),
-            };
-        if groups.groups.is_empty() {
-            return Ok(None);
-        }
-        let cutoff_ms = now_ms().saturating_sub(retention.as_millis() as u64);
-        let mut oldest = (cutoff_ms, 0u64);
-        for group in &groups.groups {
-            if let Some(last) = parse_id(&group.last_delivered_id) {
-                oldest = oldest.min(last);
-            }
-            if group.pending > 0 {
-                let summary: PendingSummary =
-                    redis::cmd("XPENDING").arg(&self.keys.events).arg(&group.name).query_async(&mut self.con()).await?;
-                if let Some(min) = summary.oldest.as_deref().and_then(parse_id) {
-                    oldest = oldest.min(min);
-                }
-            }
-        }
-        Ok(Some(format!("{}-{}", oldest.0, oldest.1)))
-    }
-
-    /// XTRIM MINID ~ [`Self::trim_point`]; the number of entries removed.
-    pub async fn trim(&self, retention: Duration) -> RedisResult<u64> {
-        let Some(min_id) = self.trim_point(retention).await? else { return Ok(0) };
-        redis::cmd("XTRIM").arg(&self.keys.events).arg("MINID").arg("~").arg(min_id).query_async(&mut self.con()).await
-    }
-
-    /// Stream length, dead length, and this group's pending count and lag.
-    pub async fn gauges(&self) -> RedisResult<Gauges> {
-        let (stream_length, dead_length) = lengths(&mut self.con(), &self.keys).await?;
-        let mut gauges = Gauges { stream_length, dead_length, ..Gauges::default() };
-        let groups: RedisResult<StreamInfoGroupsReply> =
-            redis::cmd("XINFO").arg("GROUPS").arg(&self.keys.events).query_async(&mut self.con()).await;
-        if let Some(group) = groups.ok().and_then(|g| g.groups.into_iter().find(|g| g.name == self.group)) {
-            gauges.group_pending = group.pending as u64;
-            gauges.group_lag = group.lag.unwrap_or(0) as u64;
-        }
-        Ok(gauges)
     }
 }
 

@@ -1,0 +1,57 @@
+//! `processor status`: the stream, the dead stream, the group and its consumers, for a person.
+
+use super::{entries, human, now_ms, Ops};
+use crate::replies::PendingRows;
+use crate::stream::parse_id;
+use redis::streams::StreamInfoGroupsReply;
+use redis::RedisResult;
+use std::fmt::Write as _;
+use std::time::Duration;
+
+impl Ops {
+    /// The numbers behind `processor status`, as text for a person.
+    pub async fn status(&self, reap_after: Duration) -> RedisResult<String> {
+        let (stream_len, dead_len) = crate::stream::lengths(&mut self.con(), &self.keys).await?;
+        let mut out = String::new();
+        let _ = writeln!(out, "stream  {}  {}", self.keys.events, entries(stream_len));
+        let _ = writeln!(out, "dead    {}  {}", self.keys.dead, entries(dead_len));
+        let groups: Option<StreamInfoGroupsReply> =
+            redis::cmd("XINFO").arg("GROUPS").arg(&self.keys.events).query_async(&mut self.con()).await.ok();
+        let Some(group) = groups.and_then(|g| g.groups.into_iter().find(|g| g.name == self.group)) else {
+            let _ = writeln!(out, "group   {}  does not exist yet (no processor has started)", self.group);
+            return Ok(out);
+        };
+        let lag = group.lag.map(|l| l.to_string()).unwrap_or_else(|| "unknown".into());
+        let _ = writeln!(
+            out,
+            "group   {}  lag {lag} (not yet delivered)  pending {} (delivered, not acked)  last delivered {}",
+            self.group, group.pending, group.last_delivered_id
+        );
+        let consumers = self.consumers().await?;
+        let _ = writeln!(out, "\n{:<32} {:>8} {:>22} {:>12}", "consumer", "pending", "oldest pending age", "idle");
+        let now = now_ms();
+        for c in &consumers {
+            let oldest: PendingRows = redis::cmd("XPENDING")
+                .arg(&self.keys.events)
+                .arg(&self.group)
+                .arg("-")
+                .arg("+")
+                .arg(1)
+                .arg(&c.name)
+                .query_async(&mut self.con())
+                .await?;
+            let age = oldest
+                .0
+                .first()
+                .and_then(|row| parse_id(&row.id))
+                .map(|(ms, _)| human(Duration::from_millis(now.saturating_sub(ms))))
+                .unwrap_or_else(|| "-".into());
+            let mark = if c.pending == 0 && c.idle >= reap_after { "  (idle: will be reaped)" } else { "" };
+            let _ = writeln!(out, "{:<32} {:>8} {:>22} {:>12}{mark}", c.name, c.pending, age, human(c.idle));
+        }
+        if consumers.is_empty() {
+            let _ = writeln!(out, "(no consumers)");
+        }
+        Ok(out)
+    }
+}

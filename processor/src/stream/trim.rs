@@ -1,0 +1,52 @@
+//! Trimming: XTRIM MINID ~ the oldest of every group's oldest pending id, every group's
+//! last-delivered id, and now − `STREAM_RETENTION_SECS` — never an entry some group has not
+//! acked.
+
+use super::{parse_id, Stream};
+use crate::replies::PendingSummary;
+use redis::streams::StreamInfoGroupsReply;
+use redis::RedisResult;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+impl Stream {
+    /// The id below which every entry is processed by every group and older than `retention`;
+    /// `None` when the stream has no group (nothing is known to be processed).
+    pub async fn trim_point(&self, retention: Duration) -> RedisResult<Option<String>> {
+        let groups: StreamInfoGroupsReply =
+            match redis::cmd("XINFO").arg("GROUPS").arg(&self.keys.events).query_async(&mut self.con()).await {
+                Ok(groups) => groups,
+                Err(err) if err.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError) => {
+                    return Ok(None); // no such stream
+                }
+                Err(err) => return Err(err),
+            };
+        if groups.groups.is_empty() {
+            return Ok(None);
+        }
+        let cutoff_ms = now_ms().saturating_sub(retention.as_millis() as u64);
+        let mut oldest = (cutoff_ms, 0u64);
+        for group in &groups.groups {
+            if let Some(last) = parse_id(&group.last_delivered_id) {
+                oldest = oldest.min(last);
+            }
+            if group.pending > 0 {
+                let summary: PendingSummary =
+                    redis::cmd("XPENDING").arg(&self.keys.events).arg(&group.name).query_async(&mut self.con()).await?;
+                if let Some(min) = summary.oldest.as_deref().and_then(parse_id) {
+                    oldest = oldest.min(min);
+                }
+            }
+        }
+        Ok(Some(format!("{}-{}", oldest.0, oldest.1)))
+    }
+
+    /// XTRIM MINID ~ [`Self::trim_point`]; the number of entries removed.
+    pub async fn trim(&self, retention: Duration) -> RedisResult<u64> {
+        let Some(min_id) = self.trim_point(retention).await? else { return Ok(0) };
+        redis::cmd("XTRIM").arg(&self.keys.events).arg("MINID").arg("~").arg(min_id).query_async(&mut self.con()).await
+    }
+}
