@@ -283,3 +283,30 @@ async fn shutdown_stays_inside_its_grace_period_when_redis_is_silent() {
     let stopped = tokio::time::timeout(Duration::from_secs(20), processor.stop()).await;
     assert!(stopped.is_ok(), "shutdown waited on a silent Redis past SHUTDOWN_GRACE_MS");
 }
+
+#[tokio::test]
+async fn the_ack_script_acks_only_its_own_entries_across_pages_of_its_pending_list() {
+    let redis = RedisServer::start();
+    create_group(&redis);
+    let ids: Vec<String> = (0..2500).map(|i| add_event(&redis, "bot.completed", b"{}", &format!("a{i}"))).collect();
+    assert_eq!(ghost_read(&redis, "me", 2500), 2500);
+    // One of them was reclaimed by another consumer.
+    let _: redis::Value = redis::cmd("XCLAIM")
+        .arg(EVENTS)
+        .arg(GROUP)
+        .arg("other")
+        .arg(0)
+        .arg(&ids[1700])
+        .query(&mut redis.con())
+        .unwrap();
+    let stream = Stream::new(shared::keys::Keys::new(NS), GROUP.into(), "me".into(), conn(&redis));
+    let batch = [ids[2499].as_str(), ids[0].as_str(), ids[1700].as_str(), ids[1999].as_str()];
+    let lost = stream.ack_owned(&batch).await.unwrap();
+    assert_eq!(lost, vec![ids[1700].clone()], "only the one another consumer owns is refused");
+    for acked in [0, 1999, 2499] {
+        assert_eq!(owner(&redis, &ids[acked]), None, "{acked} acked");
+    }
+    assert_eq!(owner(&redis, &ids[1700]).map(|(c, _)| c).as_deref(), Some("other"));
+    assert_eq!(owner(&redis, &ids[1000]).map(|(c, _)| c).as_deref(), Some("me"), "the rest still pending");
+    assert_eq!(group_state(&redis).map(|(pending, _)| pending), Some(2497));
+}

@@ -11,20 +11,32 @@ use redis::RedisResult;
 pub const DEAD_FIELDS: &[&str] = &["original_id", "error", "attempts", "deliveries", "failed_at", "consumer"];
 
 pub(super) const ACK_SCRIPT: &str = r#"
--- KEYS[1] stream; ARGV[1] group, ARGV[2] consumer, ARGV[3..] entry ids
+-- KEYS[1] stream; ARGV[1] group, ARGV[2] consumer, ARGV[3] lowest id, ARGV[4] highest id,
+-- ARGV[5..] entry ids (distinct).
 -- XACKs the ids this consumer still owns; returns the ids it does not own (acked already, or
--- reclaimed by another consumer, whose verdict it is now).
-local mine, lost = {}, {}
-for i = 3, #ARGV do
-  local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
-  if #p == 1 and p[1][2] == ARGV[2] then
-    mine[#mine + 1] = ARGV[i]
-  else
-    lost[#lost + 1] = ARGV[i]
+-- reclaimed by another consumer, whose verdict it is now). Ownership is read from this
+-- consumer's own pending list between the lowest and the highest id, paged: one XPENDING per
+-- thousand of its entries in that range, not one per id.
+local want = {}
+for i = 5, #ARGV do want[ARGV[i]] = true end
+local mine, start = {}, ARGV[3]
+while true do
+  local rows = redis.call('XPENDING', KEYS[1], ARGV[1], start, ARGV[4], 1000, ARGV[2])
+  for _, row in ipairs(rows) do
+    if want[row[1]] then
+      mine[#mine + 1] = row[1]
+      want[row[1]] = nil
+    end
   end
+  if #rows < 1000 then break end
+  start = '(' .. rows[#rows][1]
 end
 if #mine > 0 then
   redis.call('XACK', KEYS[1], ARGV[1], unpack(mine))
+end
+local lost = {}
+for i = 5, #ARGV do
+  if want[ARGV[i]] then lost[#lost + 1] = ARGV[i] end
 end
 return lost
 "#;
@@ -88,8 +100,11 @@ impl Stream {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
+        let by_time = |id: &&str| super::parse_id(id).unwrap_or((u64::MAX, u64::MAX));
+        let lowest = ids.iter().copied().min_by_key(by_time).unwrap_or("-");
+        let highest = ids.iter().copied().max_by_key(by_time).unwrap_or("+");
         let mut invocation = self.ack_script.key(&self.keys.events);
-        invocation.arg(&self.group).arg(&self.consumer).arg(ids);
+        invocation.arg(&self.group).arg(&self.consumer).arg(lowest).arg(highest).arg(ids);
         invocation.invoke_async(&mut self.con()).await
     }
 
