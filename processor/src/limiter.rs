@@ -19,8 +19,16 @@ use shared::conn::Conn;
 use std::time::Duration;
 
 const GCRA_SCRIPT: &str = r#"
--- KEYS[1] limiter; ARGV[1] interval between two writes, microseconds.
--- Returns 0 when a write may go now (and takes its slot), else the microseconds to wait.
+-- KEYS[1] limiter, KEYS[2] (when the write is about a meeting) its lock; ARGV[1] interval
+-- between two writes, microseconds; ARGV[2] the lock's token, ARGV[3] its TTL, ms.
+-- Returns -1 when the lock is not ours any more (no slot taken: the write must not go), 0 when
+-- a write may go now (and takes its slot; the lock is extended), else the microseconds to wait.
+if KEYS[2] then
+  if redis.call('GET', KEYS[2]) ~= ARGV[2] then
+    return -1
+  end
+  redis.call('PEXPIRE', KEYS[2], ARGV[3])
+end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local interval = tonumber(ARGV[1])
@@ -46,6 +54,23 @@ if until_us > tat then
 end
 return 0
 "#;
+
+/// What the limiter needs to confirm a meeting's lock along with the slot.
+pub struct LockProof {
+    pub key: String,
+    pub token: String,
+    pub ttl: Duration,
+}
+
+/// The answer to [`WriteLimiter::acquire`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Slot {
+    /// The write may go; `lock_confirmed_at`: when the script that confirmed (and extended) the
+    /// lock was sent (`None`: no lock was confirmed — no limit, or no lock given).
+    Taken { lock_confirmed_at: Option<tokio::time::Instant> },
+    /// The lock is not ours any more: no slot was taken, the write must not go.
+    LockLost,
+}
 
 /// The longest shared pause a 429's `Retry-After` can impose.
 const MAX_PAUSE: Duration = Duration::from_secs(3600);
@@ -87,21 +112,32 @@ impl WriteLimiter {
         }
     }
 
-    /// Waits for a write slot. A Redis error is returned (the attempt fails transiently).
-    pub async fn acquire(&self) -> RedisResult<()> {
-        let Some(con) = &self.con else { return Ok(()) };
+    /// Waits for a write slot; with `lock`, confirms in the same script that the meeting's lock
+    /// is still ours (one round trip for both; its keys share the namespace's hash tag). A Redis
+    /// error is returned (the attempt fails transiently).
+    pub async fn acquire(&self, lock: Option<&LockProof>) -> RedisResult<Slot> {
+        let Some(con) = &self.con else { return Ok(Slot::Taken { lock_confirmed_at: None }) };
         let mut waited = false;
         loop {
-            let wait_us: u64 = self.script.key(&self.key).arg(self.interval_us).invoke_async(&mut con.clone()).await?;
+            let mut invocation = self.script.key(&self.key);
+            invocation.arg(self.interval_us);
+            if let Some(lock) = lock {
+                invocation.key(&lock.key).arg(&lock.token).arg(u64::try_from(lock.ttl.as_millis()).unwrap_or(u64::MAX));
+            }
+            let sent = tokio::time::Instant::now();
+            let wait_us: i64 = invocation.invoke_async(&mut con.clone()).await?;
+            if wait_us < 0 {
+                return Ok(Slot::LockLost);
+            }
             if wait_us == 0 {
-                return Ok(());
+                return Ok(Slot::Taken { lock_confirmed_at: lock.map(|_| sent) });
             }
             if !waited {
                 // Counted once per write that has to wait, however many tries it takes.
                 crate::metrics::api_write_wait();
                 waited = true;
             }
-            tokio::time::sleep(Duration::from_micros(wait_us)).await;
+            tokio::time::sleep(Duration::from_micros(wait_us.unsigned_abs())).await;
         }
     }
 }

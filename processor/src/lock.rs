@@ -17,15 +17,19 @@
 //!   attempt's lock is never renewed again, even when its release failed (then its TTL frees it);
 //! - a lock found no longer ours (a renewal answers 0, or no renewal succeeded for a whole TTL)
 //!   is *lost*: the guard's [`MeetingLock::lost`] resolves, and the attempt is stopped. And
-//!   before every write the attempt confirms the lock in Redis ([`confirm_held`], the renewal
-//!   script once more): a write is never sent after the lock was lost, even when the loss
-//!   happened a moment ago and no renewal has seen it yet;
-//! - it is released by its token only (the token-checking script), so a holder whose lock
-//!   expired can never release the next holder's;
+//!   before every write the attempt confirms the lock in Redis — inside the write limiter's
+//!   script when there is a limit ([`proof`]; its keys share the namespace's hash tag, so one
+//!   call does both), else with the renewal script ([`confirm_held`]): a write is never sent
+//!   after the lock was lost, even when the loss happened a moment ago and no renewal has seen
+//!   it yet;
+//! - it is released by its token only, so a holder whose lock expired can never release the
+//!   next holder's: a plain DEL while the lock cannot have expired (renewed less than half its
+//!   TTL ago on this process's clock, and not found lost), the token-checking script otherwise;
 //! - a meeting that is locked is waited for — never skipped — with a jittered backoff from
 //!   10 ms up to 250 ms between tries (no busy loop). The entry keeps its lease meanwhile, and
 //!   the wait does not count against its handler timeout ([`crate::waits::excluded`]).
 
+use crate::limiter::LockProof;
 use redis::{RedisResult, Script};
 use shared::conn::Conn;
 use shared::keys::Keys;
@@ -233,11 +237,22 @@ impl MeetingLock {
         result
     }
 
-    /// Releases the lock now (only if it is still ours).
+    /// Releases the lock now (only if it is still ours): a plain DEL while it cannot have
+    /// expired or been lost (renewed less than half its TTL ago, timed from before the renewing
+    /// command was sent, on this process's own clock), the token-checking script otherwise.
     pub async fn release(mut self) {
         self.released = true;
         self.locks.held.locks().remove(&self.id);
-        release(&self.locks, &self.hold.key, &self.hold.token).await;
+        let surely_ours = !self.hold.lost.is_cancelled() && self.hold.valid_from().elapsed() < self.locks.ttl / 2;
+        if surely_ours {
+            let deleted: RedisResult<i64> =
+                redis::cmd("DEL").arg(&self.hold.key).query_async(&mut self.locks.con.clone()).await;
+            if let Err(err) = deleted {
+                tracing::debug!(error = %err, lock = %self.hold.key, "releasing a meeting lock failed; its TTL will free it");
+            }
+        } else {
+            release(&self.locks, &self.hold.key, &self.hold.token).await;
+        }
     }
 }
 
@@ -261,6 +276,34 @@ impl Drop for MeetingLock {
 struct Scope {
     hold: Arc<Hold>,
     locks: MeetingLocks,
+}
+
+/// The current attempt's lock, for the write limiter to confirm in its own script
+/// ([`crate::limiter::WriteLimiter::acquire`]); `Ok(None)` outside a locked attempt, `Err` when
+/// the lock is known lost already.
+pub fn proof() -> Result<Option<(LockProof, Confirm)>, String> {
+    let Ok((hold, ttl)) = HELD.try_with(|s| (s.hold.clone(), s.locks.ttl)) else { return Ok(None) };
+    if hold.lost.is_cancelled() {
+        return Err(format!("the meeting's lock {} was lost; the write was not sent", hold.key));
+    }
+    let proof = LockProof { key: hold.key.clone(), token: hold.token.clone(), ttl };
+    Ok(Some((proof, Confirm(hold))))
+}
+
+/// Reports back what the limiter found of the lock.
+pub struct Confirm(Arc<Hold>);
+
+impl Confirm {
+    /// Confirmed (and extended) by a script sent at `sent`.
+    pub fn confirmed(&self, sent: Instant) {
+        self.0.renewed(sent);
+    }
+
+    /// Found taken by another holder: the lock is lost; the reason.
+    pub fn refused(&self) -> String {
+        lose(&self.0, "a meeting lock was found taken by another holder before a write");
+        format!("the meeting's lock {} is held by another entry now; the write was not sent", self.0.key)
+    }
 }
 
 /// Confirms, right before a write, that the current attempt still holds its meeting's lock (the

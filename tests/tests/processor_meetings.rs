@@ -369,6 +369,14 @@ async fn a_lock_whose_release_failed_after_an_attempt_timeout_is_not_renewed_for
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_write_is_never_sent_after_the_meeting_lock_was_lost() {
+    // With a write limit the lock is confirmed inside the limiter's script; without one, by the
+    // renewal script on its own.
+    for limit in ["5", "0"] {
+        write_after_a_lost_lock(limit).await;
+    }
+}
+
+async fn write_after_a_lost_lock(limit: &str) {
     let redis = RedisServer::start();
     let api = FakeApi::start().await;
     let gate = Gate::new();
@@ -383,7 +391,9 @@ async fn a_write_is_never_sent_after_the_meeting_lock_was_lost() {
         "/calendar_events/lost-1/bot",
         Reply::json(200, fixture("meeting-baas/api/v1_schedule_response.json")),
     );
-    let processor = start_processor(processor_vars(&redis.url(), &api.url())).await;
+    let mut vars = processor_vars(&redis.url(), &api.url());
+    vars.insert("API_WRITES_PER_SEC".into(), limit.into());
+    let processor = start_processor(vars).await;
     let metrics = format!("http://{}/metrics", processor.metrics);
     let waits_before = lock_waits(&scrape(&metrics).await);
     add_event(&redis, "calendar.sync_events", &sync_body(&["lost-1".to_string()]), "lost");

@@ -4,7 +4,7 @@
 
 use super::HandlerError;
 use crate::config::{ProcessorConfig, RecordPolicy};
-use crate::limiter::WriteLimiter;
+use crate::limiter::{Slot, WriteLimiter};
 use reqwest::{Method, StatusCode, Url};
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
@@ -62,12 +62,20 @@ impl Api {
         let what = format!("{method} {}", url.path());
         let is_write = method != Method::GET;
         if is_write {
+            // Never a write after the meeting's lock was lost (SPEC §4.2): the lock is confirmed
+            // last thing before the request, in the limiter's script when there is a limit.
+            let lost = |why: String| HandlerError::transient(format!("{what}: {why}"));
+            let lock = crate::lock::proof().map_err(lost)?;
             // The wait is not this attempt's slowness: it does not count against its timeout.
-            crate::waits::excluded(self.limiter.acquire())
+            let slot = crate::waits::excluded(self.limiter.acquire(lock.as_ref().map(|(proof, _)| proof)))
                 .await
                 .map_err(|e| HandlerError::transient(format!("{what}: the API write limiter in Redis failed: {e}")))?;
-            // Never a write after the meeting's lock was lost (SPEC §4.2): confirmed last thing.
-            crate::lock::confirm_held().await.map_err(|why| HandlerError::transient(format!("{what}: {why}")))?;
+            match (slot, &lock) {
+                (Slot::LockLost, Some((_, confirm))) => return Err(lost(confirm.refused())),
+                (Slot::Taken { lock_confirmed_at: Some(sent) }, Some((_, confirm))) => confirm.confirmed(sent),
+                // No limit (or no lock): confirmed on its own.
+                _ => crate::lock::confirm_held().await.map_err(lost)?,
+            }
         }
         let mut request = self.http.request(method, url);
         if let Some(key) = &self.api_key {
