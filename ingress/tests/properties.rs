@@ -4,7 +4,7 @@
 //! (SPEC §3.2) — never otherwise, so nothing that is not genuine is ever written.
 //!
 //! `PROPTEST_CASES` sets the number of inputs (256 by default); a long campaign:
-//! `PROPTEST_CASES=1000000 cargo test --release -p ingress --test properties` (docs/design.md).
+//! `PROPTEST_CASES=1000000 cargo test --release -p ingress --test properties` (docs/testing.md).
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 use ingress::auth::{sign, Verifier};

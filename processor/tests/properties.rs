@@ -3,7 +3,7 @@
 //! `Retry-After` header value panics its parser.
 //!
 //! `PROPTEST_CASES` sets the number of inputs (256 by default); a long campaign:
-//! `PROPTEST_CASES=1000000 cargo test --release -p processor --test properties` (docs/design.md).
+//! `PROPTEST_CASES=1000000 cargo test --release -p processor --test properties` (docs/testing.md).
 
 use processor::handlers::calendar_v1::SyncPayload;
 use processor::handlers::calendar_v2::Payload;
