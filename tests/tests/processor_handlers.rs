@@ -133,13 +133,13 @@ async fn v1_sync_event_gone_is_nothing_to_do() {
 async fn v1_policies() {
     // organizer: the upcoming event is organised by the owner → scheduled.
     // organizer, not the organiser: not scheduled; if a bot exists, it is removed.
-    // none: nothing scheduled; existing bots are removed.
+    // none: hookstream leaves every bot as it is (SPEC §4.2): nothing scheduled, nothing removed.
     for (policy, is_organizer, scheduled, expect) in [
         ("organizer", true, false, Some("POST")),
         ("organizer", false, false, None),
         ("organizer", false, true, Some("DELETE")),
         ("none", true, false, None),
-        ("none", true, true, Some("DELETE")),
+        ("none", true, true, None),
         ("all", false, false, Some("POST")),
     ] {
         let redis = RedisServer::start();
@@ -581,4 +581,95 @@ async fn v2_ids_that_are_not_uuids_are_dead_lettered_whatever_the_policy() {
         assert!(dead[0].1["error"].contains("not a UUID"), "{policy}: {}", dead[0].1["error"]);
         assert!(api.calls().is_empty(), "{policy}: {:?}", api.log());
     }
+}
+
+/// A v2 `calendar.event_updated` naming `events`, all of one series.
+fn updated_body(events: &[&str]) -> Vec<u8> {
+    let instances: Vec<Value> = events.iter().map(|e| json!({"event_id": e})).collect();
+    serde_json::to_vec(&json!({
+        "event": "calendar.event_updated",
+        "data": {"calendar_id": CAL, "series_id": CREATED_SERIES, "affected_instances": instances},
+    }))
+    .unwrap()
+}
+
+#[tokio::test]
+async fn v2_an_update_unschedules_the_bots_the_calendar_no_longer_wants() {
+    // Measured: four meetings that each have a bot; the API's current events show one cancelled,
+    // one without a meeting URL, one still wanted and one already over. The bots of the first
+    // two go; the other two are left as they are.
+    let (cancelled, no_url, wanted, over) = (RECURRING_1, RECURRING_2, CREATED_EVENT, CREATED_NO_URL);
+    let redis = RedisServer::start();
+    let api = FakeApi::start().await;
+    let in_a_day = (chrono::Utc::now() + chrono::Duration::days(1)).to_rfc3339();
+    let in_a_day_and_an_hour = (chrono::Utc::now() + chrono::Duration::hours(25)).to_rfc3339();
+    let upcoming = |d: &mut Value| {
+        d["start_time"] = json!(in_a_day);
+        d["end_time"] = json!(in_a_day_and_an_hour);
+    };
+    let body = |id: &str, change: &dyn Fn(&mut Value)| {
+        details_with(id, true, true, |d| {
+            upcoming(d);
+            change(d)
+        })
+    };
+    api.always(
+        "GET",
+        &details_path(cancelled),
+        Reply::json(200, body(cancelled, &|d| d["status"] = json!("cancelled"))),
+    );
+    api.always("GET", &details_path(no_url), Reply::json(200, body(no_url, &|d| d["meeting_url"] = Value::Null)));
+    api.always("GET", &details_path(wanted), Reply::json(200, body(wanted, &|_| {})));
+    api.always(
+        "GET",
+        &details_path(over),
+        Reply::json(
+            200,
+            body(over, &|d| {
+                d["start_time"] = json!("2020-06-11T15:00:00Z");
+                d["end_time"] = json!("2020-06-11T15:45:00Z");
+                d["meeting_url"] = Value::Null;
+            }),
+        ),
+    );
+    api.always("DELETE", &bots_path(), Reply::json(200, br#"{"success":true}"#.to_vec()));
+    let processor = start_processor(processor_vars(&redis.url(), &api.url())).await;
+    add_event(&redis, "calendar.event_updated", &updated_body(&[cancelled, no_url, wanted, over]), "updated-4");
+    all_acked(&redis).await;
+    processor.stop().await;
+    assert_eq!(xlen_dead(&redis), 0, "{:?}", dead_entries(&redis));
+    let mut deleted: Vec<String> = api
+        .calls_to("DELETE", &bots_path())
+        .iter()
+        .map(|c| c.json()["event_id"].as_str().unwrap().to_string())
+        .collect();
+    deleted.sort();
+    let mut expected = vec![cancelled.to_string(), no_url.to_string()];
+    expected.sort();
+    assert_eq!(deleted, expected, "{:?}", api.log());
+    assert!(api.calls_to("POST", &bots_path()).is_empty());
+    for call in api.calls_to("DELETE", &bots_path()) {
+        assert_eq!(call.json()["series_id"], CREATED_SERIES);
+        assert_eq!(call.json()["all_occurrences"], false);
+    }
+    assert_valid(&api.calls());
+}
+
+#[tokio::test]
+async fn v2_a_delete_refused_as_too_close_to_the_start_is_done() {
+    let redis = RedisServer::start();
+    let api = FakeApi::start().await;
+    let in_a_minute = (chrono::Utc::now() + chrono::Duration::minutes(1)).to_rfc3339();
+    let details = details_with(CREATED_EVENT, true, true, |d| {
+        d["status"] = json!("cancelled");
+        d["start_time"] = json!(in_a_minute);
+    });
+    api.always("GET", &details_path(CREATED_EVENT), Reply::json(200, details));
+    api.always("DELETE", &bots_path(), Reply::json(409, br#"{"error":"too close to the start"}"#.to_vec()));
+    let processor = start_processor(processor_vars(&redis.url(), &api.url())).await;
+    add_event(&redis, "calendar.event_updated", &updated_body(&[CREATED_EVENT]), "too-late");
+    all_acked(&redis).await;
+    processor.stop().await;
+    assert_eq!(xlen_dead(&redis), 0, "a 409 is done, not dead: {:?}", dead_entries(&redis));
+    assert_eq!(api.calls_to("DELETE", &bots_path()).len(), 1, "not retried");
 }

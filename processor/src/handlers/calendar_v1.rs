@@ -8,8 +8,9 @@
 //! Each affected event is a meeting (`v1:<uuid>`): a sync about several is fanned out into one
 //! entry per meeting, each with the webhook's payload narrowed to its one uuid.
 
+use super::decision::{decide, is_past, Decision, Facts, Status};
 use super::meeting_baas::Api;
-use super::{has_ended, parse_payload, Event, Handler, HandlerError, HandlerFuture, Meeting};
+use super::{parse_payload, Event, Handler, HandlerError, HandlerFuture, Meeting};
 use crate::config::RecordPolicy;
 use reqwest::Method;
 use serde::{Deserialize, Serialize};
@@ -79,11 +80,13 @@ impl SyncPayload {
     }
 }
 
-/// The fields of the v1 `Event` this handler reads.
+/// The fields of the v1 `Event` the decision reads.
 #[derive(Debug, Deserialize)]
 pub struct CalendarEvent {
     #[serde(default)]
     pub meeting_url: Option<String>,
+    #[serde(default)]
+    pub start_time: Option<String>,
     #[serde(default)]
     pub end_time: Option<String>,
     #[serde(default)]
@@ -94,30 +97,18 @@ pub struct CalendarEvent {
     pub bot_param: Option<Value>,
 }
 
-/// What to do with one calendar event.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Action {
-    Schedule,
-    Unschedule,
-    Nothing,
-}
-
-/// The decision of SPEC §4.1 for `calendar.sync_events`.
-pub fn decide(event: &CalendarEvent, policy: RecordPolicy) -> Action {
-    let wanted = match policy {
-        RecordPolicy::All => true,
-        RecordPolicy::Organizer => event.is_organizer,
-        RecordPolicy::None => false,
-    };
-    let scheduled = event.bot_param.as_ref().is_some_and(|p| !p.is_null());
-    if (event.deleted || !wanted) && scheduled {
-        return Action::Unschedule;
+impl CalendarEvent {
+    /// The event in the terms of the decision (SPEC §4.2).
+    pub fn facts(&self) -> Facts {
+        Facts {
+            status: if self.deleted { Status::Cancelled } else { Status::Confirmed },
+            has_url: self.meeting_url.as_deref().is_some_and(|u| !u.trim().is_empty()),
+            started: is_past(self.start_time.as_deref()),
+            ended: is_past(self.end_time.as_deref()),
+            owner_organises: self.is_organizer,
+            has_bot: self.bot_param.as_ref().is_some_and(|p| !p.is_null()),
+        }
     }
-    let has_url = event.meeting_url.as_deref().is_some_and(|u| !u.trim().is_empty());
-    if wanted && !event.deleted && !scheduled && has_url && !has_ended(event.end_time.as_deref()) {
-        return Action::Schedule;
-    }
-    Action::Nothing
 }
 
 impl SyncEvents {
@@ -126,12 +117,15 @@ impl SyncEvents {
     }
 
     async fn sync_one(&self, uuid: &str) -> Result<(), HandlerError> {
+        if self.api.policy == RecordPolicy::None {
+            return Ok(()); // hookstream leaves every bot as it is: nothing to read
+        }
         let Some(event) = self.api.get::<CalendarEvent>(&["calendar_events", uuid]).await? else {
             tracing::info!(uuid, "calendar event no longer exists; nothing to do");
             return Ok(());
         };
-        match decide(&event, self.api.policy) {
-            Action::Schedule => {
+        match decide(&event.facts(), self.api.policy) {
+            Decision::Schedule => {
                 let body = self.api.bot_body(&[]);
                 match self.api.call(Method::POST, &["calendar_events", uuid, "bot"], Some(&body)).await? {
                     Some(_) => tracing::info!(uuid, "bot scheduled"),
@@ -139,11 +133,12 @@ impl SyncEvents {
                     None => tracing::info!(uuid, "calendar event gone before its bot was scheduled; nothing to do"),
                 }
             }
-            Action::Unschedule => match self.api.call(Method::DELETE, &["calendar_events", uuid, "bot"], None).await? {
+            Decision::Unschedule => match self.api.call(Method::DELETE, &["calendar_events", uuid, "bot"], None).await?
+            {
                 Some(_) => tracing::info!(uuid, "bot unscheduled"),
                 None => tracing::info!(uuid, "no bot to unschedule (gone already)"),
             },
-            Action::Nothing => tracing::debug!(uuid, "nothing to do"),
+            Decision::Nothing => tracing::debug!(uuid, "nothing to do"),
         }
         Ok(())
     }
@@ -168,35 +163,43 @@ impl Handler for SyncEvents {
 mod tests {
     use super::*;
 
-    fn event(deleted: bool, organizer: bool, scheduled: bool, url: &str, end: &str) -> CalendarEvent {
-        CalendarEvent {
-            meeting_url: Some(url.into()),
-            end_time: Some(end.into()),
-            is_organizer: organizer,
-            deleted,
-            bot_param: scheduled.then(|| serde_json::json!({"bot_name": "x"})),
-        }
+    fn event(json: serde_json::Value) -> CalendarEvent {
+        serde_json::from_value(json).expect("a v1 event")
     }
 
-    const PAST: &str = "2020-06-11T15:45:00Z";
-
     #[test]
-    fn decisions() {
-        use Action::*;
-        use RecordPolicy as P;
-        let future = (chrono::Utc::now() + chrono::Duration::days(30)).to_rfc3339();
-        let future = future.as_str();
-        let url = "https://meet.example.com/x";
-        assert_eq!(decide(&event(false, false, false, url, future), P::All), Schedule);
-        assert_eq!(decide(&event(false, false, true, url, future), P::All), Nothing, "already scheduled");
-        assert_eq!(decide(&event(true, false, true, url, future), P::All), Unschedule, "deleted");
-        assert_eq!(decide(&event(true, false, false, url, future), P::All), Nothing, "deleted, no bot");
-        assert_eq!(decide(&event(false, false, false, "", future), P::All), Nothing, "no url");
-        assert_eq!(decide(&event(false, false, false, url, PAST), P::All), Nothing, "ended");
-        assert_eq!(decide(&event(false, false, false, url, future), P::Organizer), Nothing);
-        assert_eq!(decide(&event(false, true, false, url, future), P::Organizer), Schedule);
-        assert_eq!(decide(&event(false, false, true, url, future), P::Organizer), Unschedule, "no longer wanted");
-        assert_eq!(decide(&event(false, true, false, url, future), P::None), Nothing);
-        assert_eq!(decide(&event(false, true, true, url, future), P::None), Unschedule);
+    fn the_v1_fields_map_to_the_decision() {
+        let soon = (chrono::Utc::now() + chrono::Duration::days(1)).to_rfc3339();
+        let later = (chrono::Utc::now() + chrono::Duration::days(1) + chrono::Duration::hours(1)).to_rfc3339();
+        let e = event(serde_json::json!({
+            "meeting_url": "https://meet.example.com/x", "start_time": soon, "end_time": later,
+            "is_organizer": true, "deleted": false, "bot_param": null
+        }));
+        assert_eq!(
+            e.facts(),
+            Facts {
+                status: Status::Confirmed,
+                has_url: true,
+                started: false,
+                ended: false,
+                owner_organises: true,
+                has_bot: false
+            }
+        );
+        let e = event(serde_json::json!({
+            "meeting_url": " ", "start_time": "2020-06-11T15:00:00Z", "end_time": "2020-06-11T15:45:00Z",
+            "deleted": true, "bot_param": {"bot_name": "x"}
+        }));
+        assert_eq!(
+            e.facts(),
+            Facts {
+                status: Status::Cancelled,
+                has_url: false,
+                started: true,
+                ended: true,
+                owner_organises: false,
+                has_bot: true
+            }
+        );
     }
 }

@@ -11,10 +11,11 @@
 //! Each instance is a meeting (`v2:<calendar_id>:<event_id>`): an entry about several is fanned
 //! out into one entry per instance.
 
+use super::decision::{decide, is_past, Decision, Facts, Status};
 use super::meeting_baas::{require_uuid, Api};
-use super::{has_ended, parse_payload, Event, Handler, HandlerError, HandlerFuture, Meeting};
+use super::{parse_payload, Event, Handler, HandlerError, HandlerFuture, Meeting};
 use crate::config::RecordPolicy;
-use reqwest::Method;
+use reqwest::{Method, StatusCode};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use std::sync::Arc;
@@ -168,6 +169,8 @@ pub struct Current {
     #[serde(default)]
     pub status: Option<String>,
     #[serde(default)]
+    pub start_time: Option<String>,
+    #[serde(default)]
     pub end_time: Option<String>,
     #[serde(default)]
     pub meeting_url: Option<String>,
@@ -185,38 +188,21 @@ pub struct Attendee {
     pub organizer: bool,
 }
 
-/// What to do with one instance.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Action {
-    Schedule,
-    Unschedule,
-    Nothing,
-}
-
-/// Whether a `created`/`updated`/`synced` instance gets a bot, from the API's current event
-/// (never from the webhook's copy, which may be stale by the time the entry runs): confirmed,
-/// with a meeting URL, not ended, wanted by `RECORD_POLICY`, and no bot yet.
-pub fn decide_schedule(current: &Current, policy: RecordPolicy) -> Action {
-    let wanted = match policy {
-        RecordPolicy::All => true,
-        RecordPolicy::Organizer => current.attendees.iter().any(|a| a.is_self && a.organizer),
-        RecordPolicy::None => false,
-    };
-    let confirmed = current.status.as_deref() == Some("confirmed");
-    let has_url = current.meeting_url.as_deref().is_some_and(|u| !u.trim().is_empty());
-    if wanted && confirmed && has_url && !current.bot_scheduled && !has_ended(current.end_time.as_deref()) {
-        Action::Schedule
-    } else {
-        Action::Nothing
-    }
-}
-
-/// Whether a cancelled instance's bot is removed: when the API's current event shows one.
-pub fn decide_cancel(current: &Current) -> Action {
-    if current.bot_scheduled {
-        Action::Unschedule
-    } else {
-        Action::Nothing
+impl Current {
+    /// The event in the terms of the decision (SPEC §4.2).
+    pub fn facts(&self) -> Facts {
+        Facts {
+            status: match self.status.as_deref() {
+                Some("confirmed") => Status::Confirmed,
+                Some("cancelled") => Status::Cancelled,
+                _ => Status::Undecided,
+            },
+            has_url: self.meeting_url.as_deref().is_some_and(|u| !u.trim().is_empty()),
+            started: is_past(self.start_time.as_deref()),
+            ended: is_past(self.end_time.as_deref()),
+            owner_organises: self.attendees.iter().any(|a| a.is_self && a.organizer),
+            has_bot: self.bot_scheduled,
+        }
     }
 }
 
@@ -234,39 +220,53 @@ struct CreateError {
     message: Option<String>,
 }
 
-/// `calendar.event_created`, `calendar.event_updated`, `calendar.events_synced`.
-pub struct Schedule {
+/// The v2 calendar events — `calendar.event_created`, `calendar.event_updated`,
+/// `calendar.events_synced` and (`cancelled`) `calendar.event_cancelled`: the webhook names the
+/// candidates; for each, the API's current event decides, both ways (SPEC §4.2).
+pub struct Calendar {
     api: Arc<Api>,
+    /// `calendar.event_cancelled`: the candidates are its `cancelled_instances`.
+    cancelled: bool,
 }
 
-impl Schedule {
-    pub fn new(api: Arc<Api>) -> Self {
-        Self { api }
+impl Calendar {
+    pub fn new(api: Arc<Api>, cancelled: bool) -> Self {
+        Self { api, cancelled }
     }
 
-    /// `series_id` is the webhook's (the instance's, else its series'); the current event's is
-    /// used when the webhook names none.
-    async fn schedule_one(
+    /// Reads one instance's current event and acts on the decision. `series_id` is the
+    /// webhook's (the instance's, else its series'); the current event's is used when the
+    /// webhook names none.
+    pub async fn decide_one(
         &self,
         calendar_id: &str,
         series_id: Option<&str>,
         event_id: &str,
     ) -> Result<(), HandlerError> {
         if self.api.policy == RecordPolicy::None {
-            return Ok(());
+            return Ok(()); // hookstream leaves every bot as it is: nothing to read
         }
         let Some(current) = current_event(&self.api, calendar_id, event_id).await? else {
             tracing::info!(calendar_id, event_id, "event no longer exists; nothing to do");
             return Ok(());
         };
-        if decide_schedule(&current, self.api.policy) != Action::Schedule {
-            tracing::debug!(calendar_id, event_id, "no bot wanted, or one is scheduled already");
+        let decision = decide(&current.facts(), self.api.policy);
+        if decision == Decision::Nothing {
+            tracing::debug!(calendar_id, event_id, "the bots match the event; nothing to do");
             return Ok(());
         }
         let Some(series_id) = series_id.or(current.series_id.as_deref()) else {
             return Err(HandlerError::permanent(format!("instance {event_id} has no series_id")));
         };
         require_uuid("series_id", series_id)?;
+        match decision {
+            Decision::Schedule => self.schedule(calendar_id, series_id, event_id).await,
+            Decision::Unschedule => self.unschedule(calendar_id, series_id, event_id).await,
+            Decision::Nothing => Ok(()),
+        }
+    }
+
+    async fn schedule(&self, calendar_id: &str, series_id: &str, event_id: &str) -> Result<(), HandlerError> {
         let body = self.api.bot_body(&[
             ("series_id", json!(series_id)),
             ("event_id", json!(event_id)),
@@ -291,6 +291,24 @@ impl Schedule {
         tracing::info!(calendar_id, event_id, "bot scheduled");
         Ok(())
     }
+
+    /// DELETE the instance's bot: 404 (gone already) is done; 409 (too close to the start to
+    /// change) is done too, with a log line — retrying cannot help, and the meeting is about to
+    /// begin.
+    async fn unschedule(&self, calendar_id: &str, series_id: &str, event_id: &str) -> Result<(), HandlerError> {
+        let body: Value = json!({"series_id": series_id, "event_id": event_id, "all_occurrences": false});
+        let segments = ["v2", "calendars", calendar_id, "bots"];
+        match self.api.call_accepting(Method::DELETE, &segments, Some(&body), &[StatusCode::CONFLICT]).await? {
+            Some(answer) if answer.status == StatusCode::CONFLICT => tracing::warn!(
+                calendar_id,
+                event_id,
+                "the API refused to unschedule the bot (409: too close to the start to change); left as it is"
+            ),
+            Some(_) => tracing::info!(calendar_id, event_id, "bot unscheduled"),
+            None => tracing::info!(calendar_id, event_id, "no bot to unschedule (gone already)"),
+        }
+        Ok(())
+    }
 }
 
 /// The API's current event; `None` when it no longer exists (404).
@@ -298,67 +316,20 @@ async fn current_event(api: &Api, calendar_id: &str, event_id: &str) -> Result<O
     Ok(api.get::<Details>(&["v2", "calendars", calendar_id, "events", event_id]).await?.map(|d| d.data))
 }
 
-impl Handler for Schedule {
+impl Handler for Calendar {
     fn handle<'a>(&'a self, event: &'a Event) -> HandlerFuture<'a> {
         Box::pin(async move {
             let payload = Payload::parse(event)?;
             let calendar_id = payload.data.calendar_id.as_str();
-            for candidate in payload.candidates(false) {
-                self.schedule_one(calendar_id, candidate.series_id, &candidate.instance.event_id).await?;
+            for candidate in payload.candidates(self.cancelled) {
+                self.decide_one(calendar_id, candidate.series_id, &candidate.instance.event_id).await?;
             }
             Ok(())
         })
     }
 
     fn meetings(&self, event: &Event) -> Result<Vec<Meeting>, HandlerError> {
-        Payload::parse(event)?.meetings(false)
-    }
-}
-
-/// `calendar.event_cancelled`.
-pub struct Cancel {
-    api: Arc<Api>,
-}
-
-impl Cancel {
-    pub fn new(api: Arc<Api>) -> Self {
-        Self { api }
-    }
-}
-
-impl Handler for Cancel {
-    fn handle<'a>(&'a self, event: &'a Event) -> HandlerFuture<'a> {
-        Box::pin(async move {
-            let payload = Payload::parse(event)?;
-            let calendar_id = payload.data.calendar_id.as_str();
-            for Candidate { series_id, instance } in payload.candidates(true) {
-                let event_id = instance.event_id.as_str();
-                // The webhook's `bot_scheduled` may be stale (a bot scheduled since, or removed):
-                // the API's current event decides.
-                let Some(current) = current_event(&self.api, calendar_id, event_id).await? else {
-                    tracing::info!(calendar_id, event_id, "event no longer exists; nothing to do");
-                    continue;
-                };
-                if decide_cancel(&current) != Action::Unschedule {
-                    tracing::debug!(calendar_id, event_id, "no bot to unschedule");
-                    continue;
-                }
-                let Some(series_id) = series_id.or(current.series_id.as_deref()) else {
-                    return Err(HandlerError::permanent(format!("instance {event_id} has no series_id")));
-                };
-                require_uuid("series_id", series_id)?;
-                let body: Value = json!({"series_id": series_id, "event_id": event_id, "all_occurrences": false});
-                match self.api.call(Method::DELETE, &["v2", "calendars", calendar_id, "bots"], Some(&body)).await? {
-                    Some(_) => tracing::info!(calendar_id, event_id, "bot unscheduled"),
-                    None => tracing::info!(calendar_id, event_id, "no bot to unschedule"),
-                }
-            }
-            Ok(())
-        })
-    }
-
-    fn meetings(&self, event: &Event) -> Result<Vec<Meeting>, HandlerError> {
-        Payload::parse(event)?.meetings(true)
+        Payload::parse(event)?.meetings(self.cancelled)
     }
 }
 
@@ -366,39 +337,36 @@ impl Handler for Cancel {
 mod tests {
     use super::*;
 
-    fn current(status: &str, url: &str, end: chrono::Duration, bot: bool) -> Current {
-        Current {
+    #[test]
+    fn the_v2_fields_map_to_the_decision() {
+        let at = |offset: chrono::Duration| (chrono::Utc::now() + offset).to_rfc3339();
+        let current = |status: &str, url: &str, start: chrono::Duration, bot: bool, organizer: bool| Current {
             series_id: None,
             status: Some(status.into()),
-            end_time: Some((chrono::Utc::now() + end).to_rfc3339()),
+            start_time: Some(at(start)),
+            end_time: Some(at(start + chrono::Duration::hours(1))),
             meeting_url: Some(url.into()),
             bot_scheduled: bot,
-            attendees: vec![Attendee { is_self: true, organizer: false }],
-        }
-    }
-
-    #[test]
-    fn schedule_decisions_come_from_the_current_event() {
-        use RecordPolicy as P;
-        let (url, later, earlier) =
-            ("https://meet.example.com/x", chrono::Duration::days(1), chrono::Duration::hours(-1));
-        assert_eq!(decide_schedule(&current("confirmed", url, later, false), P::All), Action::Schedule);
-        assert_eq!(decide_schedule(&current("cancelled", url, later, false), P::All), Action::Nothing, "cancelled");
-        assert_eq!(decide_schedule(&current("tentative", url, later, false), P::All), Action::Nothing, "not confirmed");
-        assert_eq!(decide_schedule(&current("confirmed", " ", later, false), P::All), Action::Nothing, "no URL");
-        assert_eq!(decide_schedule(&current("confirmed", url, earlier, false), P::All), Action::Nothing, "ended");
-        assert_eq!(decide_schedule(&current("confirmed", url, later, true), P::All), Action::Nothing, "has a bot");
-        assert_eq!(decide_schedule(&current("confirmed", url, later, false), P::None), Action::Nothing);
-        assert_eq!(decide_schedule(&current("confirmed", url, later, false), P::Organizer), Action::Nothing);
-        let mut organised = current("confirmed", url, later, false);
-        organised.attendees[0].organizer = true;
-        assert_eq!(decide_schedule(&organised, P::Organizer), Action::Schedule);
-    }
-
-    #[test]
-    fn cancel_decisions_come_from_the_current_event() {
-        let later = chrono::Duration::days(1);
-        assert_eq!(decide_cancel(&current("cancelled", "u", later, true)), Action::Unschedule);
-        assert_eq!(decide_cancel(&current("cancelled", "u", later, false)), Action::Nothing, "no bot (any more)");
+            attendees: vec![Attendee { is_self: true, organizer }],
+        };
+        let day = chrono::Duration::days(1);
+        assert_eq!(
+            current("confirmed", "https://meet.example.com/x", day, false, true).facts(),
+            Facts {
+                status: Status::Confirmed,
+                has_url: true,
+                started: false,
+                ended: false,
+                owner_organises: true,
+                has_bot: false
+            }
+        );
+        let f = current("cancelled", " ", -day, true, false).facts();
+        assert_eq!(
+            (f.status, f.has_url, f.started, f.ended, f.owner_organises, f.has_bot),
+            (Status::Cancelled, false, true, true, false, true)
+        );
+        assert_eq!(current("tentative", "u", day, false, true).facts().status, Status::Undecided);
+        assert_eq!(current("made-up", "u", day, false, true).facts().status, Status::Undecided);
     }
 }

@@ -58,6 +58,17 @@ impl Api {
         segments: &[&str],
         body: Option<&Value>,
     ) -> Result<Option<Answer>, HandlerError> {
+        self.call_accepting(method, segments, body, &[]).await
+    }
+
+    /// [`Self::call`], where the statuses in `accept` are answers too (`Ok(Some)`), not errors.
+    pub async fn call_accepting(
+        &self,
+        method: Method,
+        segments: &[&str],
+        body: Option<&Value>,
+        accept: &[StatusCode],
+    ) -> Result<Option<Answer>, HandlerError> {
         let url = self.url(segments)?;
         let what = format!("{method} {}", url.path());
         let is_write = method != Method::GET;
@@ -91,7 +102,7 @@ impl Api {
         if status == StatusCode::NOT_FOUND {
             return Ok(None);
         }
-        if !status.is_success() {
+        if !status.is_success() && !accept.contains(&status) {
             let error = HandlerError::from_answer(&what, status, &headers, &body);
             if let (true, HandlerError::Transient { retry_after: Some(wait), .. }) =
                 (status == StatusCode::TOO_MANY_REQUESTS && is_write, &error)

@@ -15,6 +15,7 @@
 
 pub mod calendar_v1;
 pub mod calendar_v2;
+pub mod decision;
 pub mod forward;
 pub mod meeting_baas;
 
@@ -155,8 +156,8 @@ impl Registry {
         let api = Arc::new(meeting_baas::Api::new(http.clone(), config, limiter));
         let forward: Arc<dyn Handler> = Arc::new(forward::Forward::new(http, config.forward_url.clone()));
         let v1: Arc<dyn Handler> = Arc::new(calendar_v1::SyncEvents::new(api.clone()));
-        let v2: Arc<dyn Handler> = Arc::new(calendar_v2::Schedule::new(api.clone()));
-        let v2_cancelled: Arc<dyn Handler> = Arc::new(calendar_v2::Cancel::new(api));
+        let v2: Arc<dyn Handler> = Arc::new(calendar_v2::Calendar::new(api.clone(), false));
+        let v2_cancelled: Arc<dyn Handler> = Arc::new(calendar_v2::Calendar::new(api, true));
         let mut registry = Self::new(forward.clone());
         for known in crate::events::EVENTS {
             let handler = match known.family {
@@ -190,13 +191,6 @@ pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
     }
     let when = chrono::DateTime::parse_from_rfc2822(value).ok()?;
     (when.with_timezone(&chrono::Utc) - chrono::Utc::now()).to_std().ok()
-}
-
-/// Whether an RFC 3339 end time lies in the past. A missing or unreadable time counts as not
-/// ended: a meeting is never skipped for want of a parsable end.
-pub fn has_ended(end: Option<&str>) -> bool {
-    end.and_then(|e| chrono::DateTime::parse_from_rfc3339(e).ok())
-        .is_some_and(|end| end.with_timezone(&chrono::Utc) < chrono::Utc::now())
 }
 
 /// Parses a payload leniently (unknown fields ignored); an unreadable one is permanent.
@@ -251,16 +245,5 @@ mod tests {
         // A date in the past: no wait beyond the backoff's own.
         h.insert(reqwest::header::RETRY_AFTER, "Sun, 06 Nov 1994 08:49:37 GMT".parse().expect("value"));
         assert_eq!(retry_after(&h), None);
-    }
-
-    #[test]
-    fn ended() {
-        let rfc3339 = |offset: chrono::Duration| (chrono::Utc::now() + offset).to_rfc3339();
-        assert!(has_ended(Some("2001-01-01T00:00:00Z")));
-        assert!(has_ended(Some(&rfc3339(chrono::Duration::minutes(-1)))));
-        assert!(!has_ended(Some(&rfc3339(chrono::Duration::days(1)))));
-        assert!(!has_ended(Some(&rfc3339(chrono::Duration::days(3650)))));
-        assert!(!has_ended(None));
-        assert!(!has_ended(Some("soon")));
     }
 }
