@@ -53,6 +53,8 @@ pub struct Ingress {
 }
 
 struct State {
+    /// `REDIS_URL` without its passwords, to say which Redis failed.
+    redis_url: String,
     partitions: Partitions,
     layout: Layout,
     redis: Conn,
@@ -104,6 +106,7 @@ impl Ingress {
         Ok(Self {
             listener,
             state: Arc::new(State {
+                redis_url: config.common.redis_url_for_logs(),
                 partitions: config.common.partitions(),
                 layout,
                 redis,
@@ -291,7 +294,7 @@ async fn webhook(state: &State, req: Request<Incoming>, request_id: &HeaderValue
         Err(rejection) => {
             let outcome = rejection.outcome();
             if outcome == Outcome::Unavailable {
-                tracing::warn!(request_id = rid, outcome = outcome.as_str(), "{rejection}");
+                tracing::warn!(request_id = rid, outcome = outcome.as_str(), redis_url = %state.redis_url, "{rejection}");
             } else {
                 tracing::info!(
                     request_id = rid,

@@ -121,3 +121,51 @@ fn log_format_json_writes_one_json_object_per_line() {
         "{text}"
     );
 }
+
+/// A password that must never be printed.
+const PASSWORD: &str = "pa55-w0rd-in-the-url";
+
+#[test]
+fn no_output_ever_prints_the_redis_password() {
+    // A URL the ingress refuses at start-up (exit 64): the line names REDIS_URL and the host, not
+    // the password.
+    let url = format!("rediss://default:{PASSWORD}@127.0.0.1:6380");
+    let out = run(&[], &[("REDIS_URL", &url), ("ALLOW_UNSIGNED", "true")]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if out.status.code() == Some(64) {
+        assert!(stderr.contains("REDIS_URL") && stderr.contains("default:***@127.0.0.1:6380"), "{stderr}");
+    }
+    assert!(!stderr.contains(PASSWORD) && !String::from_utf8_lossy(&out.stdout).contains(PASSWORD), "{stderr}");
+
+    // A wrong password for an ACL user: the ingress runs and answers 503, and its log says which
+    // Redis refused — without the password.
+    let redis = RedisServer::start_args(&["--user", "hookstream", "on", ">the-right-one", "~*", "&*", "+@all"]);
+    let url = format!("redis://hookstream:{PASSWORD}@127.0.0.1:{}", redis.port());
+    let listen = format!("127.0.0.1:{}", free_port());
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("ingress.log");
+    let vars = [
+        ("ALLOW_UNSIGNED", "true"),
+        ("LISTEN_ADDR", listen.as_str()),
+        ("REDIS_URL", url.as_str()),
+        ("LOG_FORMAT", "json"),
+    ];
+    let mut child = hookstream_tests::spawn_bin_with(BIN, &vars, std::fs::File::create(&log).unwrap());
+    wait_for("healthcheck passes", || run(&["healthcheck"], &vars).status.success().then_some(()));
+    let webhook = format!("http://{listen}/webhooks/meeting-baas");
+    let status = std::process::Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-H", "content-type: application/json"])
+        .args(["-d", r#"{"event":"bot.completed"}"#, &webhook])
+        .output()
+        .expect("curl runs");
+    assert_eq!(String::from_utf8_lossy(&status.stdout), "503", "a Redis that refuses the password is unavailable");
+    let help = run(&["--help"], &vars);
+    child.signal("TERM");
+    assert_eq!(child.wait_for_exit(Duration::from_secs(15)).code(), Some(0));
+    let text = std::fs::read_to_string(&log).unwrap();
+    for output in [text.as_str(), &String::from_utf8_lossy(&help.stdout), &String::from_utf8_lossy(&help.stderr)] {
+        assert!(!output.contains(PASSWORD), "the password was printed:\n{output}");
+    }
+    let shown = format!("hookstream:***@127.0.0.1:{}", redis.port());
+    assert!(text.contains(&shown), "the log names the Redis that refused:\n{text}");
+}

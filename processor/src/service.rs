@@ -96,7 +96,7 @@ impl Processor {
             tracing::warn!("MEETING_BAAS_API_KEY is not set: Meeting BaaS API calls will be refused");
         }
         let _ = shared::telemetry::metrics();
-        let redis = Arc::new(RedisState::default());
+        let redis = Arc::new(RedisState::new(config.common.redis_url_for_logs()));
         let mut parts = Vec::with_capacity(partitions.count());
         for keys in partitions.all() {
             let stream = Stream::new(keys.clone(), config.group.clone(), config.consumer.clone(), commands.clone());

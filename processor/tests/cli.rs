@@ -262,3 +262,39 @@ fn a_partition_count_other_than_the_namespace_s_exits_64() {
     assert_eq!(out.status.code(), Some(64), "{stderr}");
     assert!(stderr.contains("PARTITIONS=2") && stderr.contains("created with 8"), "{stderr}");
 }
+
+/// A password that must never be printed.
+const PASSWORD: &str = "pa55-w0rd-in-the-url";
+
+#[tokio::test]
+async fn no_output_ever_prints_the_redis_password() {
+    let url = format!("rediss://default:{PASSWORD}@127.0.0.1:6380");
+    let out = run(&["status"], &[("REDIS_URL", &url)]);
+    let printed = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(!printed.contains(PASSWORD), "{printed}");
+
+    // A wrong password for an ACL user: the processor runs, and its log says which Redis
+    // refused, without the password; so do `status` and `--help`.
+    let redis = RedisServer::start_args(&["--user", "hookstream", "on", ">the-right-one", "~*", "&*", "+@all"]);
+    let url = format!("redis://hookstream:{PASSWORD}@127.0.0.1:{}", redis.port());
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("processor.log");
+    let vars = [("REDIS_URL", url.as_str()), ("METRICS_ADDR", "127.0.0.1:0"), ("LOG_FORMAT", "json")];
+    let mut child = hookstream_tests::spawn_bin_with(BIN, &vars, std::fs::File::create(&log).unwrap());
+    let shown = format!("hookstream:***@127.0.0.1:{}", redis.port());
+    eventually("the processor reports the Redis that refused", || async {
+        std::fs::read_to_string(&log).unwrap().contains(&shown).then_some(())
+    })
+    .await;
+    let status = run(&["status"], &vars);
+    assert_eq!(status.status.code(), Some(69), "{status:?}");
+    let help = run(&["--help"], &vars);
+    child.signal("TERM");
+    assert_eq!(child.exited(Duration::from_secs(15)).await.code(), Some(0));
+    let text = std::fs::read_to_string(&log).unwrap();
+    for out in [&status, &help] {
+        let printed = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(!printed.contains(PASSWORD), "{printed}");
+    }
+    assert!(!text.contains(PASSWORD), "the password was logged:\n{text}");
+}

@@ -176,7 +176,33 @@ pub const COMMON_VARS: &[Var] = &[
     Var { name: "SHUTDOWN_GRACE_MS", default: "25000", help: "time to finish in-flight work after SIGTERM/SIGINT" },
 ];
 
+/// `REDIS_URL` (one URL or a comma-separated list) as it may be printed: every password
+/// replaced by `***` (`redis://user:***@host:6379`). Nothing hookstream prints — a log line, an
+/// exit message, `processor status` — shows a password.
+pub fn redact_urls(urls: &str) -> String {
+    urls.split(',').map(redact_url).collect::<Vec<_>>().join(",")
+}
+
+fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_string() };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    let Some((userinfo, host)) = authority.rsplit_once('@') else { return url.to_string() };
+    let user = match userinfo.split_once(':') {
+        Some((user, _password)) => format!("{user}:***"),
+        // `redis://password@host` is a password alone.
+        None if !userinfo.is_empty() => "***".to_string(),
+        None => String::new(),
+    };
+    format!("{scheme}://{user}@{host}{path}")
+}
+
 impl Common {
+    /// `REDIS_URL` with its passwords hidden, for log lines ([`redact_urls`]).
+    pub fn redis_url_for_logs(&self) -> String {
+        redact_urls(&self.redis_url)
+    }
+
     pub fn read(r: &Reader<'_>) -> Result<Self, ConfigError> {
         let redis_mode = match r.string("REDIS_MODE", "standalone").to_ascii_lowercase().as_str() {
             "standalone" => crate::conn::Mode::Standalone,
@@ -185,7 +211,7 @@ impl Common {
         };
         let redis_url = r.string("REDIS_URL", "redis://127.0.0.1:6379");
         crate::conn::Target::open(redis_mode, &redis_url)
-            .map_err(|e| ConfigError::new("REDIS_URL", format!("{redis_url:?}: {e}")))?;
+            .map_err(|e| ConfigError::new("REDIS_URL", format!("{:?}: {e}", redact_urls(&redis_url))))?;
         let partitions = r.number("PARTITIONS", 1, 1, 1024)? as usize;
         let namespace = r.string("HOOKSTREAM_NAMESPACE", "hookstream");
         if let Some(bad) = namespace.chars().find(|c| matches!(c, '{' | '}') || c.is_whitespace() || c.is_control()) {
@@ -223,6 +249,20 @@ impl Common {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn passwords_are_never_printed() {
+        assert_eq!(redact_urls("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+        assert_eq!(redact_urls("rediss://default:s3cret@db.example:6380/0"), "rediss://default:***@db.example:6380/0");
+        assert_eq!(redact_urls("redis://:s3cret@h:1"), "redis://:***@h:1");
+        assert_eq!(redact_urls("redis://s3cret@h:1"), "redis://***@h:1");
+        assert_eq!(redact_urls("redis://u:p@ss:w@rd@h:1?x=1"), "redis://u:***@h:1?x=1");
+        assert_eq!(
+            redact_urls("redis://a:one@n1:7000, redis://a:two@n2:7001"),
+            "redis://a:***@n1:7000, redis://a:***@n2:7001"
+        );
+        assert_eq!(redact_urls("not a url"), "not a url");
+    }
 
     fn read(pairs: &[(&'static str, &'static str)]) -> Result<Common, ConfigError> {
         let map: HashMap<&str, &str> = pairs.iter().copied().collect();

@@ -145,7 +145,8 @@ impl RedisServer {
         panic!("no free port for a cluster node in 10 tries");
     }
 
-    fn start_args(extra: &[&str]) -> Self {
+    /// Starts Redis with extra `redis-server` arguments (e.g. `--requirepass`).
+    pub fn start_args(extra: &[&str]) -> Self {
         let mut server = Self { port: 0, dir: tempfile::tempdir().unwrap(), child: None, extra: Vec::new() };
         // A port taken by someone else between `free_port` and Redis binding it makes Redis exit
         // at once: try another one.

@@ -129,12 +129,19 @@ pub fn parse_id(id: &str) -> Option<(u64, u64)> {
 #[derive(Default)]
 pub struct RedisState {
     down: std::sync::atomic::AtomicBool,
+    /// `REDIS_URL` without its passwords, to say which Redis failed.
+    url: String,
 }
 
 impl RedisState {
+    /// The state of the Redis at `url` (already without passwords).
+    pub fn new(url: String) -> Self {
+        Self { down: Default::default(), url }
+    }
+
     pub fn failed(&self, what: &str, err: &redis::RedisError) {
         if !self.down.swap(true, std::sync::atomic::Ordering::SeqCst) {
-            tracing::warn!(error = %err, "Redis unreachable ({what}); retrying with backoff");
+            tracing::warn!(error = %err, redis_url = %self.url, "Redis unreachable ({what}); retrying with backoff");
         }
     }
 
