@@ -16,6 +16,8 @@ pub enum Family {
     CalendarV2,
     /// `calendar.event_cancelled` (API v2): [`crate::handlers::calendar_v2`].
     CalendarV2Cancelled,
+    /// `hookstream.reconcile`, one drifted meeting: [`crate::handlers::reconcile`].
+    Reconcile,
     /// Forwarded to `FORWARD_URL`: [`crate::handlers::forward`] (also every unknown name).
     Forward,
 }
@@ -31,7 +33,7 @@ const fn known(name: &'static str, family: Family) -> Known {
     Known { name, family }
 }
 
-/// The event names Meeting BaaS sends (API v1 and v2).
+/// The event names Meeting BaaS sends (API v1 and v2), and hookstream's own.
 pub const EVENTS: &[Known] = &[
     // API v1
     known("calendar.sync_events", Family::CalendarV1),
@@ -51,6 +53,8 @@ pub const EVENTS: &[Known] = &[
     known("bot.completed", Family::Forward),
     known("bot.failed", Family::Forward),
     known("bot.chat_message", Family::Forward),
+    // hookstream's own
+    known("hookstream.reconcile", Family::Reconcile),
 ];
 
 /// The `event` label of every event name outside [`EVENTS`].

@@ -673,3 +673,45 @@ async fn v2_a_delete_refused_as_too_close_to_the_start_is_done() {
     assert_eq!(xlen_dead(&redis), 0, "a 409 is done, not dead: {:?}", dead_entries(&redis));
     assert_eq!(api.calls_to("DELETE", &bots_path()).len(), 1, "not retried");
 }
+
+#[tokio::test]
+async fn reconcile_entries_are_decided_like_the_webhooks_about_their_meetings() {
+    let redis = RedisServer::start();
+    let api = FakeApi::start().await;
+    script_v1(&api);
+    // v2: a cancelled meeting that still has a bot.
+    let cancelled = details_with(RECURRING_1, true, true, |d| {
+        d["status"] = json!("cancelled");
+        d["start_time"] = json!((chrono::Utc::now() + chrono::Duration::days(1)).to_rfc3339());
+    });
+    api.always("GET", &details_path(RECURRING_1), Reply::json(200, cancelled));
+    api.always("DELETE", &bots_path(), Reply::json(200, br#"{"success":true}"#.to_vec()));
+    let processor = start_processor(processor_vars(&redis.url(), &api.url())).await;
+    let entries = [
+        json!({"api": "v1", "calendar_id": "cal-v1", "event_id": UPCOMING}),
+        json!({"api": "v1", "calendar_id": "cal-v1", "event_id": DELETED}),
+        json!({"api": "v1", "calendar_id": "cal-v1", "event_id": NO_URL}),
+        json!({"api": "v2", "calendar_id": CAL, "event_id": RECURRING_1}),
+        json!({"api": "v2", "calendar_id": "not-a-uuid", "event_id": RECURRING_1}),
+    ];
+    for (n, payload) in entries.iter().enumerate() {
+        add_event(&redis, "hookstream.reconcile", &serde_json::to_vec(payload).unwrap(), &format!("reconcile-{n}"));
+    }
+    let dead = dead_after(&redis, 1).await;
+    all_acked(&redis).await;
+    processor.stop().await;
+    assert_eq!(dead.len(), 1, "only the malformed one: {dead:?}");
+    assert!(dead[0].1["error"].contains("not a UUID"), "{}", dead[0].1["error"]);
+    let writes: Vec<String> =
+        api.calls().iter().filter(|c| c.method != "GET").map(|c| format!("{} {}", c.method, c.path)).collect();
+    let mut writes = writes;
+    writes.sort();
+    let mut expected = vec![
+        format!("POST /calendar_events/{UPCOMING}/bot"),
+        format!("DELETE /calendar_events/{DELETED}/bot"),
+        format!("DELETE {}", bots_path()),
+    ];
+    expected.sort();
+    assert_eq!(writes, expected, "{:?}", api.log());
+    assert_valid(&api.calls());
+}

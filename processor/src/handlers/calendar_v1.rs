@@ -116,7 +116,8 @@ impl SyncEvents {
         Self { api }
     }
 
-    async fn sync_one(&self, uuid: &str) -> Result<(), HandlerError> {
+    /// Reads one event's current state and acts on the decision.
+    pub async fn sync_one(&self, uuid: &str) -> Result<(), HandlerError> {
         if self.api.policy == RecordPolicy::None {
             return Ok(()); // hookstream leaves every bot as it is: nothing to read
         }

@@ -18,6 +18,7 @@ pub mod calendar_v2;
 pub mod decision;
 pub mod forward;
 pub mod meeting_baas;
+pub mod reconcile;
 
 use crate::config::ProcessorConfig;
 use crate::events::Family;
@@ -155,8 +156,10 @@ impl Registry {
         let http = http_client(config.handler_timeout)?;
         let api = Arc::new(meeting_baas::Api::new(http.clone(), config, limiter));
         let forward: Arc<dyn Handler> = Arc::new(forward::Forward::new(http, config.forward_url.clone()));
-        let v1: Arc<dyn Handler> = Arc::new(calendar_v1::SyncEvents::new(api.clone()));
-        let v2: Arc<dyn Handler> = Arc::new(calendar_v2::Calendar::new(api.clone(), false));
+        let sync = Arc::new(calendar_v1::SyncEvents::new(api.clone()));
+        let calendar = Arc::new(calendar_v2::Calendar::new(api.clone(), false));
+        let reconcile: Arc<dyn Handler> = Arc::new(reconcile::Reconcile::new(sync.clone(), calendar.clone()));
+        let (v1, v2): (Arc<dyn Handler>, Arc<dyn Handler>) = (sync, calendar);
         let v2_cancelled: Arc<dyn Handler> = Arc::new(calendar_v2::Calendar::new(api, true));
         let mut registry = Self::new(forward.clone());
         for known in crate::events::EVENTS {
@@ -164,6 +167,7 @@ impl Registry {
                 Family::CalendarV1 => &v1,
                 Family::CalendarV2 => &v2,
                 Family::CalendarV2Cancelled => &v2_cancelled,
+                Family::Reconcile => &reconcile,
                 Family::Forward => &forward,
             };
             registry.register(known.name, handler.clone());
