@@ -209,7 +209,15 @@ impl RedisServer {
                         .find_map(|l| l.strip_prefix("process_id:"))
                         .and_then(|p| p.trim().parse::<u32>().ok());
                     assert_eq!(answering, Some(pid), "port {} answers for another redis-server", self.port);
-                    return true;
+                    // Ready once its data (an AOF, after a restart) is loaded: commands before
+                    // that answer LOADING.
+                    let loaded = redis::cmd("INFO")
+                        .arg("persistence")
+                        .query::<String>(&mut con)
+                        .is_ok_and(|p| p.lines().any(|l| l.trim() == "loading:0"));
+                    if loaded {
+                        return true;
+                    }
                 }
             }
             assert!(Instant::now() < deadline, "redis-server on port {} did not answer PING in time", self.port);
