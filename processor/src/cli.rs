@@ -32,6 +32,13 @@ pub enum Command {
         #[command(subcommand)]
         action: Dead,
     },
+    /// Compare the calendars with their bots now (one reconcile pass): prints one line per
+    /// drifted meeting and queues it to be decided; exit 69 when the API cannot be listed.
+    Reconcile {
+        /// Print the drift only; append nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Record a new partition count for a drained namespace (stop every ingress first, then run
     /// this, then restart everything with PARTITIONS set to the new count).
     Repartition {
@@ -128,6 +135,9 @@ pub async fn operate(config: &crate::ProcessorConfig, partition: Option<usize>, 
     if let Command::Repartition { partitions } = command {
         return repartition(&mut con, ns, partitions).await;
     }
+    if let Command::Reconcile { dry_run } = command {
+        return reconcile(config, con, dry_run).await;
+    }
     let count = try_redis!(shared::layout::recorded_partitions(&mut con, ns).await).unwrap_or(config.common.partitions);
     let mut parts: Vec<Ops> = shared::keys::Partitions::new(ns, count)
         .all()
@@ -145,7 +155,36 @@ pub async fn operate(config: &crate::ProcessorConfig, partition: Option<usize>, 
     }
     match command {
         Command::Dead { action } => dead(&parts, action).await,
-        _ => status(&parts, config.consumer_idle_reap).await,
+        _ => {
+            let mut done = status(&parts, config.consumer_idle_reap).await;
+            if done.code == 0 {
+                done.stdout.push_str(&try_redis!(crate::ops::reconcile_status(&mut con, ns).await));
+            }
+            done
+        }
+    }
+}
+
+/// Runs `processor reconcile [--dry-run]`: one pass now, whoever holds the lease.
+pub async fn reconcile(config: &crate::ProcessorConfig, con: shared::conn::Conn, dry_run: bool) -> Done {
+    let reconciler = match crate::reconcile::Reconciler::build(config, con) {
+        Ok(r) => r,
+        Err(err) => return Done { code: EXIT_UNAVAILABLE, stdout: String::new(), stderr: err.to_string() },
+    };
+    match reconciler.pass(dry_run).await {
+        Ok(report) => {
+            let mut out: String = report.drift.iter().map(|d| format!("{d}\n")).collect();
+            let verb = if dry_run { "found (dry run: nothing appended)" } else { "queued" };
+            out.push_str(&format!(
+                "{} calendars, {} events, {} drifted {verb}\n",
+                report.calendars,
+                report.events,
+                report.drift.len()
+            ));
+            let stderr = report.errors.join("\n");
+            Done { code: 0, stdout: out, stderr }
+        }
+        Err(why) => Done { code: EXIT_UNAVAILABLE, stdout: String::new(), stderr: format!("cannot reconcile: {why}") },
     }
 }
 

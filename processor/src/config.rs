@@ -40,6 +40,18 @@ pub const PROCESSOR_VARS: &[Var] = &[
         default: "5",
         help: "Meeting BaaS API writes per second, all replicas together (your plan's limit; 0 = no limit)",
     },
+    Var {
+        name: "RECONCILE_INTERVAL_SECS",
+        default: "900",
+        help: "how often one replica compares the calendars with their bots (±10 %; 0 = off)",
+    },
+    Var { name: "RECONCILE_HORIZON_HOURS", default: "168", help: "how far ahead the reconciler looks" },
+    Var {
+        name: "RECONCILE_APIS",
+        default: "auto",
+        help: "API versions to reconcile: auto (those with calendar webhooks in 30 days), v1, v2, v1,v2, none",
+    },
+    Var { name: "RECONCILE_READS_PER_SEC", default: "20", help: "the reconciler's API reads per second, all replicas" },
 ];
 
 /// The intervals that derive from `CLAIM_IDLE_MS`, `BLOCK_MS` and the command timeout, built
@@ -179,6 +191,8 @@ pub struct ProcessorConfig {
     /// POST/PATCH/DELETE requests per second to the Meeting BaaS API, all replicas together
     /// (0: no limit).
     pub api_writes_per_sec: u32,
+    /// `RECONCILE_*` (SPEC §4.4).
+    pub reconcile: crate::reconcile::Settings,
     /// Not an environment variable: how often the trimmer (and the consumer reaper) runs (tests
     /// shorten it).
     pub trim_interval: Duration,
@@ -264,6 +278,12 @@ impl ProcessorConfig {
                 10 * 366 * 86_400,
             )?),
             api_writes_per_sec: r.number("API_WRITES_PER_SEC", 5, 0, 1_000_000)? as u32,
+            reconcile: crate::reconcile::Settings {
+                interval: Duration::from_secs(r.number("RECONCILE_INTERVAL_SECS", 900, 0, 366 * 86_400)?),
+                horizon: Duration::from_secs(r.number("RECONCILE_HORIZON_HOURS", 168, 1, 24 * 366)? * 3_600),
+                apis: r.parse("RECONCILE_APIS", crate::reconcile::Apis::Auto)?,
+                reads_per_sec: r.number("RECONCILE_READS_PER_SEC", 20, 1, 1_000_000)? as u32,
+            },
             trim_interval: Duration::from_secs(10),
             timing: Timing::new(claim_idle, block)?,
         };
@@ -379,6 +399,10 @@ mod tests {
             ("FORWARD_URL", "example.com/hook"),
             ("REDIS_URL", "nope"),
             ("CONSUMER_IDLE_REAP_SECS", "0"),
+            ("RECONCILE_INTERVAL_SECS", "soon"),
+            ("RECONCILE_HORIZON_HOURS", "0"),
+            ("RECONCILE_APIS", "v3"),
+            ("RECONCILE_READS_PER_SEC", "0"),
         ] {
             let err = read(&[(var, value)]).expect_err(value);
             assert_eq!(err.var, var, "{var}={value}: {err}");

@@ -28,6 +28,7 @@ pub mod lock;
 pub mod metrics;
 pub mod ops;
 pub mod reader;
+pub mod reconcile;
 pub mod replies;
 pub mod retry;
 pub mod service;

@@ -9,6 +9,9 @@ pub const HANDLER_DURATION: &str = "hookstream_processor_handler_duration_second
 pub const LOCK_WAITS_TOTAL: &str = "hookstream_processor_lock_waits_total";
 pub const API_WRITE_WAITS_TOTAL: &str = "hookstream_processor_api_write_waits_total";
 pub const LEASES_LOST_TOTAL: &str = "hookstream_processor_leases_lost_total";
+pub const RECONCILE_RUNS_TOTAL: &str = "hookstream_reconcile_runs_total";
+pub const RECONCILE_DRIFT_TOTAL: &str = "hookstream_reconcile_drift_total";
+pub const RECONCILE_LAST_SUCCESS: &str = "hookstream_reconcile_last_success_timestamp_seconds";
 
 /// What became of an entry: the `outcome` label of [`ENTRIES_TOTAL`].
 #[derive(Debug, Clone, Copy)]
@@ -84,4 +87,31 @@ pub fn handler_duration(event: &str, seconds: f64) {
     let durations = &handles().durations;
     let index = crate::events::position(event).unwrap_or(durations.len() - 1);
     durations[index].record(seconds);
+}
+
+/// A reconcile pass ended: `ok`, or `error` (a listing could not be read, or ended early).
+pub fn reconcile_run(ok: bool) {
+    metrics::counter!(RECONCILE_RUNS_TOTAL, "result" => if ok { "ok" } else { "error" }).increment(1);
+    if ok {
+        let now =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
+        metrics::gauge!(RECONCILE_LAST_SUCCESS).set(now);
+    }
+}
+
+/// A reconcile pass found a drifted meeting (`api`: v1/v2; `kind`: missing_bot/extra_bot).
+pub fn reconcile_drift(api: &'static str, kind: &'static str) {
+    metrics::counter!(RECONCILE_DRIFT_TOTAL, "api" => api, "kind" => kind).increment(1);
+}
+
+/// Registers the reconcile series at zero, so they are scraped before the first pass.
+pub fn reconcile_init() {
+    for result in ["ok", "error"] {
+        metrics::counter!(RECONCILE_RUNS_TOTAL, "result" => result).increment(0);
+    }
+    for api in ["v1", "v2"] {
+        for kind in ["missing_bot", "extra_bot"] {
+            metrics::counter!(RECONCILE_DRIFT_TOTAL, "api" => api, "kind" => kind).increment(0);
+        }
+    }
 }

@@ -43,6 +43,7 @@ use tokio::time::Instant;
 
 pub struct Processor {
     config: ProcessorConfig,
+    reconciler: crate::reconcile::Reconciler,
     /// One per partition: what handles its entries, and its blocking-read connection.
     parts: Vec<(Arc<Worker>, Conn)>,
     metrics_listener: TcpListener,
@@ -86,10 +87,12 @@ impl Processor {
             commands.clone(),
             config.api_writes_per_sec,
         );
+        let seen = crate::handlers::reconcile::Seen::new(commands.clone(), &config.common.namespace);
         let registry = match registry {
             Some(registry) => registry,
-            None => Registry::standard(&config, limiter)?,
+            None => Registry::standard(&config, limiter, Some(seen))?,
         };
+        let reconciler = crate::reconcile::Reconciler::build(&config, commands.clone())?;
         // A meeting's lock lives as long as a dead holder's entries stay unclaimed.
         let locks = crate::lock::MeetingLocks::new(namespace, commands.clone(), config.timing.lock_ttl);
         if config.api_key.is_none() {
@@ -120,7 +123,7 @@ impl Processor {
             let reader = Conn::open(&target, config.timing.reader_timeout)?;
             parts.push((worker, reader));
         }
-        Ok(Self { config, parts, metrics_listener })
+        Ok(Self { config, reconciler, parts, metrics_listener })
     }
 
     pub fn metrics_addr(&self) -> std::io::Result<SocketAddr> {
@@ -131,7 +134,7 @@ impl Processor {
     /// what is left of `SHUTDOWN_GRACE_MS` to finish, aborts the rest (they stay pending and are
     /// reclaimed by another replica), and returns `true` when nothing had to be aborted.
     pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> bool {
-        let Processor { config, parts, metrics_listener } = self;
+        let Processor { config, reconciler, parts, metrics_listener } = self;
         let streams: Vec<Stream> = parts.iter().map(|(w, _)| w.stream.clone()).collect();
         tracing::info!(
             consumer = %config.consumer,
@@ -168,6 +171,10 @@ impl Processor {
         // One lock keeper: the meeting locks are shared by every partition.
         let mut lease_keepers =
             vec![tokio::spawn(crate::lock::keep(parts[0].0.locks.clone(), config.timing.renew_every))];
+        // The reconciler: one pass per interval across replicas (its lease); stopped with the
+        // lease keepers (a pass cut short is done again by the next holder).
+        crate::metrics::reconcile_init();
+        let reconciling = tokio::spawn(reconciler.run(config.consumer.clone()));
         let mut reclaimers = Vec::new();
         let mut tidiers = Vec::new();
         let mut readers = Vec::new();
@@ -231,6 +238,7 @@ impl Processor {
             .await;
         }
         lease_keepers.iter().for_each(|t| t.abort());
+        reconciling.abort();
         if tokio::time::timeout_at(deadline.max(Instant::now() + Duration::from_millis(100)), &mut health)
             .await
             .is_err()

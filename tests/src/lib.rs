@@ -604,6 +604,10 @@ pub const SPEC_VARS: &[(&str, &str, &str)] = &[
     ("REQUEST_TIMEOUT_MS", "10000", "ingress"),
     ("MAX_CONNECTIONS", "4096", "ingress"),
     ("API_WRITES_PER_SEC", "5", "processor"),
+    ("RECONCILE_INTERVAL_SECS", "900", "processor"),
+    ("RECONCILE_HORIZON_HOURS", "168", "processor"),
+    ("RECONCILE_APIS", "auto", "processor"),
+    ("RECONCILE_READS_PER_SEC", "20", "processor"),
 ];
 
 /// Asserts that `bin --help` (`bin_name` is `ingress` or `processor`) lists every variable of

@@ -131,12 +131,22 @@ fn check_operation(
             validate(doc, schema, &Value::String(value.clone())).map_err(|e| format!("path parameter {name}: {e}"))?;
         }
     }
-    if let Some(query) = &call.query {
-        for pair in query.split('&').filter(|p| !p.is_empty()) {
-            let name = pair.split('=').next().unwrap_or_default();
-            if !declared.iter().any(|p| p["in"] == "query" && p["name"] == name) {
-                return Err(format!("query parameter {name} is not declared"));
-            }
+    let sent: Vec<&str> = call
+        .query
+        .iter()
+        .flat_map(|q| q.split('&'))
+        .filter(|p| !p.is_empty())
+        .map(|pair| pair.split('=').next().unwrap_or_default())
+        .collect();
+    for name in &sent {
+        if !declared.iter().any(|p| p["in"] == "query" && p["name"] == *name) {
+            return Err(format!("query parameter {name} is not declared"));
+        }
+    }
+    for required in declared.iter().filter(|p| p["in"] == "query" && p["required"] == true) {
+        let name = required["name"].as_str().unwrap_or_default();
+        if !sent.contains(&name) {
+            return Err(format!("required query parameter {name} is missing"));
         }
     }
     match op.get("requestBody") {

@@ -148,7 +148,9 @@ impl SyncEvents {
 impl Handler for SyncEvents {
     fn handle<'a>(&'a self, event: &'a Event) -> HandlerFuture<'a> {
         Box::pin(async move {
-            for uuid in SyncPayload::parse(event)?.uuids() {
+            let payload = SyncPayload::parse(event)?;
+            self.api.saw(super::reconcile::ApiVersion::V1).await;
+            for uuid in payload.uuids() {
                 self.sync_one(uuid).await?;
             }
             Ok(())

@@ -320,6 +320,7 @@ impl Handler for Calendar {
     fn handle<'a>(&'a self, event: &'a Event) -> HandlerFuture<'a> {
         Box::pin(async move {
             let payload = Payload::parse(event)?;
+            self.api.saw(super::reconcile::ApiVersion::V2).await;
             let calendar_id = payload.data.calendar_id.as_str();
             for candidate in payload.candidates(self.cancelled) {
                 self.decide_one(calendar_id, candidate.series_id, &candidate.instance.event_id).await?;

@@ -2,6 +2,7 @@
 //! classified into [`HandlerError`]s. Every request is built to be valid for the published
 //! OpenAPI documents (existing operations, no undeclared query parameters, schema-valid bodies).
 
+use super::reconcile::{ApiVersion, Seen};
 use super::HandlerError;
 use crate::config::{ProcessorConfig, RecordPolicy};
 use crate::limiter::{Slot, WriteLimiter};
@@ -20,6 +21,8 @@ pub struct Api {
     bot_config: Map<String, Value>,
     /// Every write (POST, PATCH, DELETE) waits for a slot of the shared write limit.
     limiter: WriteLimiter,
+    /// Records which API versions' calendar webhooks are handled (for `RECONCILE_APIS=auto`).
+    seen: Option<Seen>,
 }
 
 /// A successful answer.
@@ -29,7 +32,7 @@ pub struct Answer {
 }
 
 impl Api {
-    pub fn new(http: reqwest::Client, config: &ProcessorConfig, limiter: WriteLimiter) -> Self {
+    pub fn new(http: reqwest::Client, config: &ProcessorConfig, limiter: WriteLimiter, seen: Option<Seen>) -> Self {
         Self {
             http,
             base: config.api_url.clone(),
@@ -38,6 +41,14 @@ impl Api {
             bot_name: config.bot_name.clone(),
             bot_config: config.bot_config.clone(),
             limiter,
+            seen,
+        }
+    }
+
+    /// A calendar webhook of `api` is being handled (see [`Seen`]).
+    pub async fn saw(&self, api: ApiVersion) {
+        if let Some(seen) = &self.seen {
+            seen.record(api).await;
         }
     }
 
@@ -69,7 +80,36 @@ impl Api {
         body: Option<&Value>,
         accept: &[StatusCode],
     ) -> Result<Option<Answer>, HandlerError> {
-        let url = self.url(segments)?;
+        self.send(method, self.url(segments)?, body, accept).await
+    }
+
+    /// GET a JSON document with `query` parameters (the list calls); `None` when it does not
+    /// exist (404).
+    pub async fn get_query<T: DeserializeOwned>(
+        &self,
+        segments: &[&str],
+        query: &[(&str, &str)],
+    ) -> Result<Option<T>, HandlerError> {
+        let mut url = self.url(segments)?;
+        url.query_pairs_mut().extend_pairs(query);
+        match self.send(Method::GET, url, None, &[]).await? {
+            None => Ok(None),
+            Some(answer) => serde_json::from_str(&answer.body).map(Some).map_err(|e| {
+                HandlerError::permanent(format!(
+                    "GET /{} answered a page hookstream cannot read: {e}",
+                    segments.join("/")
+                ))
+            }),
+        }
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        url: Url,
+        body: Option<&Value>,
+        accept: &[StatusCode],
+    ) -> Result<Option<Answer>, HandlerError> {
         let what = format!("{method} {}", url.path());
         let is_write = method != Method::GET;
         if is_write {

@@ -152,9 +152,14 @@ impl Registry {
     }
 
     /// The built-in handlers of SPEC §4.1; their API writes go through `limiter`.
-    pub fn standard(config: &ProcessorConfig, limiter: crate::limiter::WriteLimiter) -> Result<Self, reqwest::Error> {
+    /// `seen` records the API versions handled, for `RECONCILE_APIS=auto`.
+    pub fn standard(
+        config: &ProcessorConfig,
+        limiter: crate::limiter::WriteLimiter,
+        seen: Option<reconcile::Seen>,
+    ) -> Result<Self, reqwest::Error> {
         let http = http_client(config.handler_timeout)?;
-        let api = Arc::new(meeting_baas::Api::new(http.clone(), config, limiter));
+        let api = Arc::new(meeting_baas::Api::new(http.clone(), config, limiter, seen));
         let forward: Arc<dyn Handler> = Arc::new(forward::Forward::new(http, config.forward_url.clone()));
         let sync = Arc::new(calendar_v1::SyncEvents::new(api.clone()));
         let calendar = Arc::new(calendar_v2::Calendar::new(api.clone(), false));

@@ -11,6 +11,7 @@ mod status;
 
 pub use crate::replies::ConsumerInfo;
 pub use dead::{format_entry, format_list, DeadEntry, ReplayError};
+pub use status::reconcile_status;
 
 use crate::stream::parse_id;
 use redis::RedisResult;

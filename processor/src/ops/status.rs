@@ -55,3 +55,27 @@ impl Ops {
         Ok(out)
     }
 }
+
+/// The `processor status` line about the last reconcile pass (`{ns}:reconcile:last`).
+pub async fn reconcile_status(con: &mut shared::conn::Conn, ns: &str) -> RedisResult<String> {
+    let last: std::collections::HashMap<String, String> =
+        redis::cmd("HGETALL").arg(crate::reconcile::last_key(ns)).query_async(con).await?;
+    if last.is_empty() {
+        return Ok("\nreconcile  no pass yet\n".into());
+    }
+    let get = |k: &str| last.get(k).map(String::as_str).unwrap_or("-");
+    let mut out = format!(
+        "\nreconcile  last pass {} ({}): {} ms, {} calendars, {} events, {} drifted",
+        get("at"),
+        get("result"),
+        get("duration_ms"),
+        get("calendars"),
+        get("events"),
+        get("drift")
+    );
+    if let Some(error) = last.get("error").filter(|e| !e.is_empty()) {
+        let _ = write!(out, "; {error}");
+    }
+    out.push('\n');
+    Ok(out)
+}

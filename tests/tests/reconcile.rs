@@ -1,0 +1,346 @@
+//! The reconciler (SPEC §4.4): missed webhooks repaired within an interval, both ways, for v1
+//! and v2, with small pages; converged calendars cost nothing; `--dry-run`; off means off; an
+//! API that misbehaves cannot trap the pass.
+
+mod common;
+
+use common::*;
+use hookstream_tests::fake_api::{Call, FakeApi, Reply};
+use hookstream_tests::openapi::assert_valid;
+use hookstream_tests::{eventually, fixture_json, RedisServer};
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+const CAL_A: &str = "647da78e-783d-4a7a-be5c-117ad3b10d5c";
+const CAL_B: &str = "9d1c1f1e-5b7a-4c2e-8f0a-2b1e3c4d5e6f";
+const SERIES: &str = "a6ae6a86-6831-4422-a646-d9442a1b0ec8";
+/// Wanted, no bot: a webhook about it was lost.
+const WANTED: &str = "ad307589-17b9-4f8a-9489-6b4c48f0c40d";
+/// Cancelled, still a bot: the cancel webhook was lost.
+const CANCELLED: &str = "487471b7-0149-44ed-840b-97d920e06829";
+/// Wanted and has its bot: already right.
+const MATCHING: &str = "d4e39f93-a128-45f4-9b27-140042a5efa5";
+
+fn later(hours: i64) -> String {
+    (chrono::Utc::now() + chrono::Duration::hours(hours)).to_rfc3339()
+}
+
+fn cursor(call: &Call) -> Option<String> {
+    call.query.as_deref()?.split('&').find_map(|p| p.strip_prefix("cursor=")).map(str::to_string)
+}
+
+/// The v2 state: event id → (status, bot).
+type V2State = Arc<Mutex<HashMap<&'static str, (&'static str, bool)>>>;
+
+fn v2_event(id: &str, status: &str, bot: bool) -> Value {
+    json!({"event_id": id, "series_id": SERIES, "status": status, "start_time": later(24), "end_time": later(25),
+           "meeting_url": "https://meet.example.com/x", "calendar_id": CAL_A, "bot_scheduled": bot})
+}
+
+/// A stateful v2 API: two pages of calendars, CAL_A's events in pages of two.
+fn v2_api(api: &FakeApi) -> V2State {
+    let state: V2State = Arc::new(Mutex::new(HashMap::from([
+        (WANTED, ("confirmed", false)),
+        (CANCELLED, ("cancelled", true)),
+        (MATCHING, ("confirmed", true)),
+    ])));
+    api.route("GET", "/v2/calendars", |call, _| {
+        let body = match cursor(call).as_deref() {
+            None => json!({"success": true, "data": [{"calendar_id": CAL_A}], "cursor": "c2"}),
+            Some(_) => json!({"success": true, "data": [{"calendar_id": CAL_B}], "cursor": null}),
+        };
+        Reply::json(200, serde_json::to_vec(&body).unwrap())
+    });
+    let s = state.clone();
+    api.route("GET", &format!("/v2/calendars/{CAL_A}/events"), move |call, _| {
+        let st = s.lock().unwrap();
+        let e = |id: &'static str| v2_event(id, st[id].0, st[id].1);
+        let body = match cursor(call).as_deref() {
+            None => json!({"success": true, "data": [e(WANTED), e(MATCHING)], "cursor": "p2"}),
+            Some(_) => json!({"success": true, "data": [e(CANCELLED)], "cursor": null}),
+        };
+        Reply::json(200, serde_json::to_vec(&body).unwrap())
+    });
+    api.always(
+        "GET",
+        &format!("/v2/calendars/{CAL_B}/events"),
+        Reply::json(200, br#"{"success":true,"data":[],"cursor":null}"#.to_vec()),
+    );
+    for id in [WANTED, CANCELLED, MATCHING] {
+        let s = state.clone();
+        api.route("GET", &format!("/v2/calendars/{CAL_A}/events/{id}"), move |_, _| {
+            let (status, bot) = s.lock().unwrap()[id];
+            let mut d = fixture_json("meeting-baas/api/v2_event_details.json");
+            d["data"] = v2_event(id, status, bot);
+            d["data"]["attendees"] = json!([{"self": true, "organizer": true}]);
+            Reply::json(200, serde_json::to_vec(&d).unwrap())
+        });
+    }
+    let s = state.clone();
+    api.route("POST", &format!("/v2/calendars/{CAL_A}/bots"), move |call, _| {
+        let id = call.json()["event_id"].as_str().unwrap().to_string();
+        let mut st = s.lock().unwrap();
+        if let Some(entry) = st.iter_mut().find(|(k, _)| **k == id) {
+            entry.1 .1 = true;
+        }
+        Reply::json(201, hookstream_tests::fixture("meeting-baas/api/v2_create_bots_response.json"))
+    });
+    let s = state.clone();
+    api.route("DELETE", &format!("/v2/calendars/{CAL_A}/bots"), move |call, _| {
+        let id = call.json()["event_id"].as_str().unwrap().to_string();
+        let mut st = s.lock().unwrap();
+        if let Some(entry) = st.iter_mut().find(|(k, _)| **k == id) {
+            entry.1 .1 = false;
+        }
+        Reply::json(200, br#"{"success":true}"#.to_vec())
+    });
+    state
+}
+
+fn reconcile_vars(redis: &RedisServer, api: &FakeApi, apis: &str, interval: &str) -> HashMap<String, String> {
+    let mut vars = processor_vars(&redis.url(), &api.url());
+    vars.insert("RECONCILE_INTERVAL_SECS".into(), interval.into());
+    vars.insert("RECONCILE_APIS".into(), apis.into());
+    vars.insert("RECONCILE_READS_PER_SEC".into(), "1000".into());
+    vars
+}
+
+fn writes(api: &FakeApi) -> Vec<String> {
+    let mut w: Vec<String> = api
+        .calls()
+        .iter()
+        .filter(|c| c.method != "GET")
+        .map(|c| format!("{} {}", c.method, c.json()["event_id"].as_str().unwrap_or(&c.path)))
+        .collect();
+    w.sort();
+    w
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn missed_v2_webhooks_are_repaired_both_ways_and_a_converged_calendar_costs_nothing() {
+    let redis = RedisServer::start();
+    let api = FakeApi::start().await;
+    let state = v2_api(&api);
+    let a = start_processor(reconcile_vars(&redis, &api, "v2", "1")).await;
+    let b = start_processor(reconcile_vars(&redis, &api, "v2", "1")).await;
+    eventually("the drift is repaired", || async {
+        let st = state.lock().unwrap();
+        (st[WANTED].1 && !st[CANCELLED].1).then_some(())
+    })
+    .await;
+    all_acked(&redis).await;
+    let expected = vec![format!("DELETE {CANCELLED}"), format!("POST {WANTED}")];
+    assert_eq!(writes(&api), expected, "each drifted meeting fixed once, the matching one left alone");
+    // Converged: two more passes list everything and write nothing, append nothing.
+    let entries = xlen(&redis);
+    let lists = api.calls_to("GET", "/v2/calendars").len();
+    eventually("two more passes", || async { (api.calls_to("GET", "/v2/calendars").len() >= lists + 4).then_some(()) })
+        .await;
+    a.stop().await;
+    b.stop().await;
+    assert_eq!(writes(&api), expected, "a converged calendar costs no writes");
+    assert_eq!(xlen(&redis), entries, "and no entries");
+    assert_eq!(xlen_dead(&redis), 0);
+    // Two replicas, one pass per interval: each pass lists the calendars in two pages.
+    let passes = api.calls_to("GET", "/v2/calendars").iter().filter(|c| cursor(c).is_none()).count();
+    let details = api.calls().iter().filter(|c| c.path.ends_with(WANTED) || c.path.ends_with(CANCELLED)).count();
+    assert!(details >= 2, "the entries read the current events");
+    assert!(passes >= 2);
+    for call in api.calls_to("GET", &format!("/v2/calendars/{CAL_A}/events")) {
+        let q = call.query.clone().unwrap_or_default();
+        assert!(q.contains("show_cancelled=true") && q.contains("start_date=") && q.contains("end_date="), "{q}");
+    }
+    assert_valid(&api.calls());
+}
+
+#[tokio::test]
+async fn processor_reconcile_dry_run_prints_the_drift_and_appends_nothing_and_a_pass_appends_it() {
+    let redis = RedisServer::start();
+    let api = FakeApi::start().await;
+    let _state = v2_api(&api);
+    let vars = reconcile_vars(&redis, &api, "v2", "0");
+    let config = processor::ProcessorConfig::read(&shared::config::Reader::new(&vars)).unwrap();
+    let dry = processor::cli::operate(&config, None, processor::cli::Command::Reconcile { dry_run: true }).await;
+    assert_eq!(dry.code, 0, "{dry:?}");
+    assert!(dry.stdout.contains(&format!("v2 calendar {CAL_A} event {WANTED}: missing bot")), "{}", dry.stdout);
+    assert!(dry.stdout.contains(&format!("v2 calendar {CAL_A} event {CANCELLED}: extra bot")), "{}", dry.stdout);
+    assert!(!dry.stdout.contains(MATCHING), "{}", dry.stdout);
+    let keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut redis.con()).unwrap();
+    assert_eq!(
+        keys,
+        vec!["{hookstream}:ratelimit:reconcile-reads".to_string()],
+        "a dry run appends nothing (only its reads are paced)"
+    );
+    assert!(writes(&api).is_empty(), "the reconciler never writes to the API");
+    let done = processor::cli::operate(&config, None, processor::cli::Command::Reconcile { dry_run: false }).await;
+    assert_eq!(done.code, 0, "{done:?}");
+    let entries = entries(&redis);
+    assert_eq!(entries.len(), 2, "one entry per drifted meeting");
+    for (_, fields) in &entries {
+        assert_eq!(fields["event"], b"hookstream.reconcile");
+        assert_eq!(fields["source"], b"reconciler");
+    }
+    assert!(writes(&api).is_empty());
+    assert_valid(&api.calls());
+}
+
+#[tokio::test]
+async fn reconcile_exits_69_when_it_cannot_list() {
+    let redis = RedisServer::start();
+    let api = FakeApi::start().await;
+    api.always("GET", "/v2/calendars", Reply::status(401));
+    let vars = reconcile_vars(&redis, &api, "v2", "0");
+    let config = processor::ProcessorConfig::read(&shared::config::Reader::new(&vars)).unwrap();
+    let done = processor::cli::operate(&config, None, processor::cli::Command::Reconcile { dry_run: false }).await;
+    assert_eq!(done.code, 69, "{done:?}");
+    assert!(done.stderr.contains("401"), "{}", done.stderr);
+}
+
+#[tokio::test]
+async fn a_repeating_cursor_ends_that_listing_and_the_other_calendars_are_still_reconciled() {
+    let redis = RedisServer::start();
+    let api = FakeApi::start().await;
+    let _state = v2_api(&api);
+    // CAL_B's events never end: the same cursor again and again.
+    api.always(
+        "GET",
+        &format!("/v2/calendars/{CAL_B}/events"),
+        Reply::json(200, br#"{"success":true,"data":[],"cursor":"again"}"#.to_vec()),
+    );
+    let vars = reconcile_vars(&redis, &api, "v2", "0");
+    let config = processor::ProcessorConfig::read(&shared::config::Reader::new(&vars)).unwrap();
+    let done = processor::cli::operate(&config, None, processor::cli::Command::Reconcile { dry_run: true }).await;
+    assert_eq!(done.code, 0, "{done:?}");
+    assert!(done.stderr.contains("repeated the cursor"), "{}", done.stderr);
+    assert!(done.stdout.contains(WANTED) && done.stdout.contains(CANCELLED), "{}", done.stdout);
+    assert!(api.calls_to("GET", &format!("/v2/calendars/{CAL_B}/events")).len() <= 3, "bounded");
+}
+
+#[tokio::test]
+async fn missed_v1_webhooks_are_repaired() {
+    let redis = RedisServer::start();
+    let api = FakeApi::start().await;
+    api.always(
+        "GET",
+        "/calendars/",
+        Reply::json(200, br#"[{"uuid":"cal-v1","name":"c","email":"e","google_id":"g","resource_id":"r"}]"#.to_vec()),
+    );
+    let upcoming = fixture_json("meeting-baas/api/v1_calendar_event_upcoming.json");
+    let mut wanted = upcoming.clone();
+    wanted["uuid"] = json!("v1-wanted");
+    let mut deleted = fixture_json("meeting-baas/api/v1_calendar_event_scheduled.json");
+    deleted["uuid"] = json!("v1-deleted");
+    deleted["deleted"] = json!(true);
+    let (w, d) = (wanted.clone(), deleted.clone());
+    api.route("GET", "/calendar_events/", move |call, _| {
+        let body = match cursor(call).as_deref() {
+            None => json!({"data": [w.clone()], "next": "n2"}),
+            Some(_) => json!({"data": [d.clone()], "next": null}),
+        };
+        Reply::json(200, serde_json::to_vec(&body).unwrap())
+    });
+    api.always("GET", "/calendar_events/v1-wanted", Reply::json(200, serde_json::to_vec(&wanted).unwrap()));
+    api.always("GET", "/calendar_events/v1-deleted", Reply::json(200, serde_json::to_vec(&deleted).unwrap()));
+    api.always(
+        "POST",
+        "/calendar_events/v1-wanted/bot",
+        Reply::json(200, hookstream_tests::fixture("meeting-baas/api/v1_schedule_response.json")),
+    );
+    api.always("DELETE", "/calendar_events/v1-deleted/bot", Reply::json(200, b"{}".to_vec()));
+    let processor = start_processor(reconcile_vars(&redis, &api, "v1", "1")).await;
+    eventually("both repaired", || async {
+        (api.calls_to("POST", "/calendar_events/v1-wanted/bot").len() == 1
+            && api.calls_to("DELETE", "/calendar_events/v1-deleted/bot").len() == 1)
+            .then_some(())
+    })
+    .await;
+    all_acked(&redis).await;
+    processor.stop().await;
+    for call in api.calls_to("GET", "/calendar_events/") {
+        let q = call.query.clone().unwrap_or_default();
+        assert!(
+            q.contains("calendar_id=cal-v1") && q.contains("start_date_gte=") && q.contains("start_date_lte="),
+            "{q}"
+        );
+    }
+    assert_valid(&api.calls());
+}
+
+#[tokio::test]
+async fn reconcile_interval_zero_never_lists() {
+    let redis = RedisServer::start();
+    let api = FakeApi::start().await;
+    let _state = v2_api(&api);
+    let processor = start_processor(reconcile_vars(&redis, &api, "v2", "0")).await;
+    // A webhook goes through (so the processor is running) and nothing is listed.
+    add_event(&redis, "bot.completed", b"{}", "x");
+    all_acked(&redis).await;
+    processor.stop().await;
+    assert!(api.calls_to("GET", "/v2/calendars").is_empty(), "{:?}", api.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn auto_reconciles_the_versions_whose_calendar_webhooks_were_processed_and_status_shows_the_pass() {
+    let redis = RedisServer::start();
+    let api = FakeApi::start().await;
+    let state = v2_api(&api);
+    api.always("GET", "/calendars/", Reply::json(200, b"[]".to_vec()));
+    let processor = start_processor(reconcile_vars(&redis, &api, "auto", "1")).await;
+    // No calendar webhook yet: nothing is listed. Then a v2 webhook is processed.
+    add_event(&redis, "bot.completed", b"{}", "not-a-calendar-event");
+    all_acked(&redis).await;
+    let body = json!({"event": "calendar.event_updated", "data": {"calendar_id": CAL_A, "affected_instances": [{"event_id": MATCHING, "series_id": SERIES}]}});
+    add_event(&redis, "calendar.event_updated", &serde_json::to_vec(&body).unwrap(), "v2-webhook");
+    eventually("v2 is reconciled", || async { (state.lock().unwrap()[WANTED].1).then_some(()) }).await;
+    all_acked(&redis).await;
+    let metrics = scrape(&format!("http://{}/metrics", processor.metrics)).await;
+    processor.stop().await;
+    assert!(api.calls_to("GET", "/calendars/").is_empty(), "v1 was never seen: not listed");
+    assert!(metric(&metrics, "hookstream_reconcile_runs_total", r#"{result="ok"}"#) >= 1.0, "{metrics}");
+    assert!(
+        metric(&metrics, "hookstream_reconcile_drift_total", r#"{api="v2",kind="missing_bot"}"#) >= 1.0,
+        "{metrics}"
+    );
+    assert!(metric(&metrics, "hookstream_reconcile_last_success_timestamp_seconds", "") > 0.0, "{metrics}");
+    let vars = reconcile_vars(&redis, &api, "auto", "0");
+    let config = processor::ProcessorConfig::read(&shared::config::Reader::new(&vars)).unwrap();
+    let status = processor::cli::operate(&config, None, processor::cli::Command::Status).await;
+    assert!(status.stdout.contains("reconcile  last pass") && status.stdout.contains("(ok)"), "{}", status.stdout);
+}
+
+#[tokio::test]
+async fn organizer_policy_on_v2_reads_the_candidates_details_and_decides() {
+    let redis = RedisServer::start();
+    let api = FakeApi::start().await;
+    let state = v2_api(&api);
+    // The owner organises none of CAL_A's meetings: the list cannot tell (no attendees), the
+    // details can.
+    for id in [WANTED, CANCELLED, MATCHING] {
+        let s = state.clone();
+        api.route("GET", &format!("/v2/calendars/{CAL_A}/events/{id}"), move |_, _| {
+            let (status, bot) = s.lock().unwrap()[id];
+            let mut d = fixture_json("meeting-baas/api/v2_event_details.json");
+            d["data"] = v2_event(id, status, bot);
+            d["data"]["attendees"] = json!([{"self": true, "organizer": false}]);
+            Reply::json(200, serde_json::to_vec(&d).unwrap())
+        });
+    }
+    let mut vars = reconcile_vars(&redis, &api, "v2", "0");
+    vars.insert("RECORD_POLICY".into(), "organizer".into());
+    let config = processor::ProcessorConfig::read(&shared::config::Reader::new(&vars)).unwrap();
+    let done = processor::cli::operate(&config, None, processor::cli::Command::Reconcile { dry_run: false }).await;
+    assert_eq!(done.code, 0, "{done:?}");
+    let processor = start_processor(vars).await;
+    all_acked(&redis).await;
+    processor.stop().await;
+    // Not the owner's: no bot for the wanted one, and the matching one's bot goes (not wanted by
+    // this policy); the cancelled one's too.
+    let expected = vec![format!("DELETE {CANCELLED}"), format!("DELETE {MATCHING}")];
+    assert_eq!(writes(&api), expected, "{:?}", api.log());
+    assert!(
+        api.calls().iter().any(|c| c.path.ends_with(WANTED) && c.method == "GET" && c.path.contains("/events/")),
+        "details read"
+    );
+    assert_valid(&api.calls());
+}
