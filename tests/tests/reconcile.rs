@@ -344,3 +344,33 @@ async fn organizer_policy_on_v2_reads_the_candidates_details_and_decides() {
     );
     assert_valid(&api.calls());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dead_lease_holder_blocks_the_pass_until_its_lease_lapses_then_another_replica_reconciles() {
+    let redis = RedisServer::start();
+    let api = FakeApi::start().await;
+    let state = v2_api(&api);
+    // A replica took this interval's lease and died (SIGKILL): nobody renews or runs it.
+    let _: () = redis::cmd("SET")
+        .arg("{hookstream}:reconcile")
+        .arg("killed-replica")
+        .arg("PX")
+        .arg(2500)
+        .query(&mut redis.con())
+        .unwrap();
+    let processor = start_processor(reconcile_vars(&redis, &api, "v2", "1")).await;
+    eventually("the dead holder's lease lapses", || async {
+        let ttl: i64 = redis::cmd("PTTL").arg("{hookstream}:reconcile").query(&mut redis.con()).unwrap();
+        if ttl > 200 {
+            assert!(api.calls_to("GET", "/v2/calendars").is_empty(), "listed while another replica held the lease");
+        }
+        (ttl < 0).then_some(())
+    })
+    .await;
+    eventually("another replica reconciled", || async {
+        let st = state.lock().unwrap();
+        (st[WANTED].1 && !st[CANCELLED].1).then_some(())
+    })
+    .await;
+    processor.stop().await;
+}
