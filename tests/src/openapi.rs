@@ -143,6 +143,23 @@ fn check_operation(
             return Err(format!("query parameter {name} is not declared"));
         }
     }
+    // Each value, decoded, must fit its declared schema (numbers and booleans as such).
+    let url = reqwest::Url::parse(&format!("http://x/?{}", call.query.as_deref().unwrap_or_default()))
+        .map_err(|e| format!("the query does not parse: {e}"))?;
+    for (name, value) in url.query_pairs() {
+        let Some(schema) =
+            declared.iter().find(|p| p["in"] == "query" && p["name"] == name.as_ref()).and_then(|p| p.get("schema"))
+        else {
+            continue;
+        };
+        let as_string = Value::String(value.to_string());
+        let typed = serde_json::from_str::<Value>(&value).ok().filter(|v| v.is_number() || v.is_boolean());
+        let fits =
+            validate(doc, schema, &as_string).is_ok() || typed.is_some_and(|v| validate(doc, schema, &v).is_ok());
+        if !fits {
+            return Err(format!("query parameter {name}={value:?} does not fit its schema"));
+        }
+    }
     for required in declared.iter().filter(|p| p["in"] == "query" && p["required"] == true) {
         let name = required["name"].as_str().unwrap_or_default();
         if !sent.contains(&name) {

@@ -149,7 +149,13 @@ async fn missed_v2_webhooks_are_repaired_both_ways_and_a_converged_calendar_cost
     assert!(passes >= 2);
     for call in api.calls_to("GET", &format!("/v2/calendars/{CAL_A}/events")) {
         let q = call.query.clone().unwrap_or_default();
-        assert!(q.contains("show_cancelled=true") && q.contains("start_date=") && q.contains("end_date="), "{q}");
+        assert!(q.contains("show_cancelled=true") && q.contains("start_date="), "{q}");
+        // The window ends RECONCILE_HORIZON_HOURS (168) from now: nothing past it is read.
+        let url = reqwest::Url::parse(&format!("http://x/?{q}")).unwrap();
+        let end = url.query_pairs().find(|(k, _)| k == "end_date").map(|(_, v)| v.to_string()).expect("end_date");
+        let end = chrono::DateTime::parse_from_rfc3339(&end).unwrap().with_timezone(&chrono::Utc);
+        let hours = (end - chrono::Utc::now()).num_minutes() as f64 / 60.0;
+        assert!((167.0..=168.0).contains(&hours), "the window ends {hours} h from now: {q}");
     }
     assert_valid(&api.calls());
 }
