@@ -5,7 +5,7 @@
 
 //!
 //! Modules, from the top down (a module uses only those below it):
-//! `service` (the supervisor) → `reader`, `lease`, `housekeeping`, `health` (the loops) →
+//! `service` (the supervisor) → `reader`, `lease`, `housekeeping`, `reconcile`, `health` (the loops) →
 //! `dispatch` (slots, tasks) → `worker` (one delivery's handling: fan-out, meeting lock,
 //! retries) → `delivery` (the `Delivery` and the table of what is held), `retry`, `lock` (one
 //! meeting at a time), `handlers/` → `limiter` (the shared API write limit), `waits` (waits that
