@@ -26,7 +26,8 @@
 
 use crate::config::RecordPolicy;
 use crate::handlers::calendar_v1::CalendarEvent;
-use crate::handlers::decision::{decide, is_past, Decision, Facts, Status};
+use crate::handlers::calendar_v2::Current;
+use crate::handlers::decision::{decide, Decision, Facts};
 use crate::handlers::meeting_baas::{is_uuid, Api};
 use crate::handlers::reconcile::{apis_key, name, ApiVersion, EVENT};
 use crate::limiter::WriteLimiter;
@@ -152,22 +153,13 @@ struct V2Calendar {
     calendar_id: String,
 }
 
-/// A v2 listed event: no attendees (so `RECORD_POLICY=organizer` cannot be decided from it).
+/// A v2 listed event: the fields of the current event the decision reads, but no attendees
+/// (so `RECORD_POLICY=organizer` cannot be decided from it).
 #[derive(Deserialize)]
 struct V2Event {
     event_id: String,
-    #[serde(default)]
-    series_id: Option<String>,
-    #[serde(default)]
-    status: Option<String>,
-    #[serde(default)]
-    start_time: Option<String>,
-    #[serde(default)]
-    end_time: Option<String>,
-    #[serde(default)]
-    meeting_url: Option<String>,
-    #[serde(default)]
-    bot_scheduled: bool,
+    #[serde(flatten)]
+    event: Current,
 }
 
 #[derive(Deserialize)]
@@ -386,20 +378,9 @@ impl Reconciler {
             .await;
             report.events += events.len();
             for e in events.into_iter().filter(|e| is_uuid(&e.event_id)) {
-                let facts = Facts {
-                    status: match e.status.as_deref() {
-                        Some("confirmed") => Status::Confirmed,
-                        Some("cancelled") => Status::Cancelled,
-                        _ => Status::Undecided,
-                    },
-                    has_url: e.meeting_url.as_deref().is_some_and(|u| !u.trim().is_empty()),
-                    started: is_past(e.start_time.as_deref()),
-                    ended: is_past(e.end_time.as_deref()),
-                    owner_organises: true,
-                    has_bot: e.bot_scheduled,
-                };
+                let facts = Facts { owner_organises: true, ..e.event.facts() };
                 if let Some(kind) = drift_of(facts, self.policy, true) {
-                    let series_id = e.series_id.filter(|s| is_uuid(s));
+                    let series_id = e.event.series_id.filter(|s| is_uuid(s));
                     report.drift.push(Drift {
                         api: ApiVersion::V2,
                         calendar_id: id.to_string(),
@@ -564,6 +545,7 @@ fn jitter(d: Duration) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::handlers::decision::Status;
 
     #[test]
     fn apis_setting() {

@@ -38,8 +38,14 @@ fn v2_event(id: &str, status: &str, bot: bool) -> Value {
            "meeting_url": "https://meet.example.com/x", "calendar_id": CAL_A, "bot_scheduled": bot})
 }
 
-/// A stateful v2 API: two pages of calendars, CAL_A's events in pages of two.
+/// A stateful v2 API: two pages of calendars, CAL_A's events in pages of two; the calendar's
+/// owner organises every meeting.
 fn v2_api(api: &FakeApi) -> V2State {
+    v2_api_organised(api, true)
+}
+
+/// [`v2_api`], where the owner organises the meetings or not (only the details say).
+fn v2_api_organised(api: &FakeApi, organizer: bool) -> V2State {
     let state: V2State = Arc::new(Mutex::new(HashMap::from([
         (WANTED, ("confirmed", false)),
         (CANCELLED, ("cancelled", true)),
@@ -73,7 +79,7 @@ fn v2_api(api: &FakeApi) -> V2State {
             let (status, bot) = s.lock().unwrap()[id];
             let mut d = fixture_json("meeting-baas/api/v2_event_details.json");
             d["data"] = v2_event(id, status, bot);
-            d["data"]["attendees"] = json!([{"self": true, "organizer": true}]);
+            d["data"]["attendees"] = json!([{"self": true, "organizer": organizer}]);
             Reply::json(200, serde_json::to_vec(&d).unwrap())
         });
     }
@@ -319,19 +325,9 @@ async fn auto_reconciles_the_versions_whose_calendar_webhooks_were_processed_and
 async fn organizer_policy_on_v2_reads_the_candidates_details_and_decides() {
     let redis = RedisServer::start();
     let api = FakeApi::start().await;
-    let state = v2_api(&api);
     // The owner organises none of CAL_A's meetings: the list cannot tell (no attendees), the
     // details can.
-    for id in [WANTED, CANCELLED, MATCHING] {
-        let s = state.clone();
-        api.route("GET", &format!("/v2/calendars/{CAL_A}/events/{id}"), move |_, _| {
-            let (status, bot) = s.lock().unwrap()[id];
-            let mut d = fixture_json("meeting-baas/api/v2_event_details.json");
-            d["data"] = v2_event(id, status, bot);
-            d["data"]["attendees"] = json!([{"self": true, "organizer": false}]);
-            Reply::json(200, serde_json::to_vec(&d).unwrap())
-        });
-    }
+    let _state = v2_api_organised(&api, false);
     let mut vars = reconcile_vars(&redis, &api, "v2", "0");
     vars.insert("RECORD_POLICY".into(), "organizer".into());
     let config = processor::ProcessorConfig::read(&shared::config::Reader::new(&vars)).unwrap();
