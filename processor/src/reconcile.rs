@@ -31,13 +31,14 @@ use crate::handlers::decision::{decide, Decision, Facts};
 use crate::handlers::meeting_baas::{is_uuid, Api};
 use crate::handlers::reconcile::{apis_key, name, ApiVersion, EVENT};
 use crate::limiter::WriteLimiter;
+use crate::stream::now_ms;
 use redis::RedisResult;
 use serde::Deserialize;
 use serde_json::json;
 use shared::conn::Conn;
 use shared::keys::Partitions;
 use std::collections::HashSet;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use tokio::time::Instant;
 
 /// The most pages one listing may take before it is given up as endless.
@@ -86,10 +87,6 @@ pub struct Settings {
     pub horizon: Duration,
     pub apis: Apis,
     pub reads_per_sec: u32,
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 /// Missing or extra: which way a meeting drifted from what the calendar wants.

@@ -8,12 +8,12 @@ use super::calendar_v1::SyncEvents;
 use super::calendar_v2::Calendar;
 use super::meeting_baas::require_uuid;
 use super::{parse_payload, Event, Handler, HandlerError, HandlerFuture, Meeting};
+use crate::stream::now_ms;
 use redis::RedisResult;
 use serde::Deserialize;
 use shared::conn::Conn;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 /// How often one process records an API version it has seen.
 const RECORD_EVERY_MS: u64 = 3_600_000;
@@ -40,10 +40,6 @@ pub fn name(api: ApiVersion) -> &'static str {
 /// `{ns}:reconcile:apis`: API version → when its calendar webhooks were last handled (Unix ms).
 pub fn apis_key(ns: &str) -> String {
     format!("{{{ns}}}:reconcile:apis")
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 /// Records the API versions whose calendar webhooks this process handles, for `auto`.

@@ -1,7 +1,8 @@
 //! The dead stream: list, show, replay (atomically, one entry at a time), purge.
 
-use super::{now_ms, Ops};
+use super::Ops;
 use crate::replies::{Entries, StreamEntry};
+use crate::stream::now_ms;
 use crate::stream::DEAD_FIELDS;
 use redis::{RedisResult, Script};
 use std::fmt::Write as _;

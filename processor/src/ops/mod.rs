@@ -17,7 +17,7 @@ use crate::stream::parse_id;
 use redis::RedisResult;
 use shared::conn::Conn;
 use shared::keys::Keys;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 /// A bad command-line argument (exit 64).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -47,10 +47,6 @@ pub fn check_id(id: &str) -> Result<(), BadArgs> {
         Some(_) => Ok(()),
         None => Err(BadArgs(format!("{id:?} is not a stream entry id like 1716200000000-0"))),
     }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 /// The dead stream and the tools on it.

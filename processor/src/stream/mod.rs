@@ -118,6 +118,11 @@ pub fn is_nogroup(err: &redis::RedisError) -> bool {
     err.code() == Some("NOGROUP")
 }
 
+/// Now, as Unix milliseconds (the time part of a stream id).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
 /// `ms-seq` as a pair, for ordering stream ids.
 pub fn parse_id(id: &str) -> Option<(u64, u64)> {
     let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));

@@ -2,15 +2,11 @@
 //! last-delivered id, and now − `STREAM_RETENTION_SECS` — never an entry some group has not
 //! acked.
 
-use super::{parse_id, Stream};
+use super::{now_ms, parse_id, Stream};
 use crate::replies::PendingSummary;
 use redis::streams::StreamInfoGroupsReply;
 use redis::RedisResult;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
+use std::time::Duration;
 
 impl Stream {
     /// The id below which every entry is processed by every group and older than `retention`;
