@@ -30,7 +30,11 @@ pub const INGRESS_VARS: &[Var] = &[
     },
     Var { name: "DEDUP_TTL_SECS", default: "86400", help: "how long a delivered event's dedup key is kept" },
     Var { name: "MAX_BODY_BYTES", default: "8388608", help: "largest accepted request body; larger ones get 413" },
-    Var { name: "MAX_BACKLOG", default: "1000000", help: "group lag above which webhooks get 503 backlog_full" },
+    Var {
+        name: "MAX_BACKLOG",
+        default: "1000000",
+        help: "group lag plus parked entries above which webhooks get 503 backlog_full",
+    },
     Var {
         name: "REQUEST_TIMEOUT_MS",
         default: "10000",

@@ -155,7 +155,8 @@ impl Ingress {
 
 /// Reads the backlog about once per `backlog_refresh`, never per request: the largest lag
 /// (entries not yet delivered) of the consumer groups, summed over the partitions, or the
-/// streams' length while no group exists yet (nothing consumes them). A lag Redis cannot tell
+/// streams' length while no group exists yet (nothing consumes them), plus the entries parked
+/// for a later retry (`{ns}:retry`, SPEC §4.3: not in the stream, still to be processed). A lag Redis cannot tell
 /// (null) counts as 0: the ingress pushes back only on a backlog it knows of. Errors keep the
 /// last value. The partition layout is checked again here on every tick (see [`Layout`]).
 async fn watch_backlog(state: Arc<State>) {
@@ -189,7 +190,9 @@ async fn watch_backlog(state: Arc<State>) {
 async fn read_backlog(state: &State, con: &mut Conn) -> Option<u64> {
     let mut lag_by_group: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
     let mut unconsumed = 0u64; // entries of partitions without any group
+    let mut parked = 0u64;
     for keys in state.partitions.all() {
+        parked += redis::cmd("ZCARD").arg(&keys.retry).query_async::<u64>(con).await.ok()?;
         let groups: redis::RedisResult<redis::streams::StreamInfoGroupsReply> =
             redis::cmd("XINFO").arg("GROUPS").arg(&keys.events).query_async(con).await;
         match groups {
@@ -206,7 +209,7 @@ async fn read_backlog(state: &State, con: &mut Conn) -> Option<u64> {
             Err(_) => return None,
         }
     }
-    Some(lag_by_group.values().map(|lag| lag + unconsumed).max().unwrap_or(unconsumed))
+    Some(lag_by_group.values().map(|lag| lag + unconsumed).max().unwrap_or(unconsumed) + parked)
 }
 
 /// The caller's `x-request-id` when it is a sane token, else a new one.

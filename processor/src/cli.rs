@@ -1,5 +1,5 @@
 //! The command line: `processor` (run), `processor healthcheck`, `processor status`,
-//! `processor dead list|show|replay|purge`. Operator commands return their exit code and text;
+//! `processor dead list|show|replay|purge`, `processor retry list|now`. Operator commands return their exit code and text;
 //! `main` prints them.
 
 use crate::ops::{self, BadArgs, Ops};
@@ -31,6 +31,11 @@ pub enum Command {
     Dead {
         #[command(subcommand)]
         action: Dead,
+    },
+    /// Look at the entries parked for a later retry (`{ns}:retry`), or make them due now.
+    Retry {
+        #[command(subcommand)]
+        action: Retry,
     },
     /// Compare the calendars with their bots now (one reconcile pass): prints one line per
     /// drifted meeting and queues it to be decided; exit 69 when the API cannot be listed.
@@ -77,6 +82,25 @@ pub enum Dead {
         ids: Vec<String>,
         #[arg(long, value_name = "DURATION", conflicts_with = "ids")]
         older_than: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Retry {
+    /// A table of parked entries, soonest due first: id, event, attempts, due, last error.
+    List {
+        /// How many to show.
+        #[arg(long, default_value_t = 20)]
+        count: usize,
+    },
+    /// Make a parked entry (by the id it had when parked) or every one due now; a running
+    /// processor re-appends them within a second.
+    Now {
+        /// The entry's id when it was parked (as `retry list` shows it).
+        id: Option<String>,
+        /// Every parked entry.
+        #[arg(long, conflicts_with = "id")]
+        all: bool,
     },
 }
 
@@ -155,9 +179,12 @@ pub async fn operate(config: &crate::ProcessorConfig, partition: Option<usize>, 
     }
     match command {
         Command::Dead { action } => dead(&parts, action).await,
+        Command::Retry { action } => retry(&parts, action).await,
         _ => {
             let mut done = status(&parts, config.consumer_idle_reap).await;
             if done.code == 0 {
+                let namespace = shared::keys::Keys::new(ns);
+                done.stdout.push_str(&try_redis!(crate::ops::breaker_status(&mut con, &namespace).await));
                 done.stdout.push_str(&try_redis!(crate::ops::reconcile_status(&mut con, ns).await));
             }
             done
@@ -210,6 +237,46 @@ pub async fn status(ops: &[Ops], reap_after: std::time::Duration) -> Done {
         out.push_str(&try_redis!(part.status(reap_after).await));
     }
     Done::ok(out)
+}
+
+/// Runs a `processor retry …` command over `ops` (one per partition looked at).
+pub async fn retry(ops: &[Ops], action: Retry) -> Done {
+    match action {
+        Retry::List { count } => {
+            let mut entries = Vec::new();
+            for part in ops {
+                entries.extend(try_redis!(part.retry_list(count).await));
+            }
+            if entries.is_empty() {
+                return Done::nothing("no parked entries");
+            }
+            entries.sort_by_key(|e| e.due_ms);
+            entries.truncate(count);
+            let partitioned = ops.len() > 1 || ops.iter().any(|part| part.keys.partition > 0);
+            Done::ok(ops::format_retry_list(&entries, partitioned))
+        }
+        Retry::Now { id, all } => {
+            if id.is_none() && !all {
+                return Done::bad(BadArgs("name the parked entry (its id, as `retry list` shows it), or --all".into()));
+            }
+            if let Some(id) = &id {
+                if let Err(e) = ops::check_id(id) {
+                    return Done::bad(e);
+                }
+            }
+            let mut made = 0;
+            for part in ops {
+                made += try_redis!(part.retry_now(id.as_deref()).await);
+            }
+            if made == 0 {
+                return Done::nothing(match &id {
+                    Some(id) => format!("no parked entry {id}"),
+                    None => "no parked entries waiting".into(),
+                });
+            }
+            Done::ok(format!("made due now: {made}\n"))
+        }
+    }
 }
 
 /// Runs a `processor dead …` command over `ops` (one per partition looked at). With several

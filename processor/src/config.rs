@@ -22,7 +22,24 @@ pub const PROCESSOR_VARS: &[Var] = &[
     Var { name: "HANDLER_TIMEOUT_MS", default: "30000", help: "time limit of one handler attempt" },
     Var { name: "RETRY_INITIAL_MS", default: "500", help: "first retry delay (exponential, with jitter)" },
     Var { name: "RETRY_MAX_INTERVAL_MS", default: "30000", help: "longest delay between two attempts" },
-    Var { name: "RETRY_MAX_ELAPSED_MS", default: "120000", help: "give up (dead-letter) after retrying this long" },
+    Var {
+        name: "RETRY_MAX_ELAPSED_MS",
+        default: "120000",
+        help: "retry in place this long, then park the entry (or dead-letter it, RETRY_HORIZON_SECS=0)",
+    },
+    Var { name: "RETRY_PARK_INITIAL_MS", default: "60000", help: "first delay of a parked entry (doubling)" },
+    Var { name: "RETRY_PARK_MAX_MS", default: "3600000", help: "longest delay of a parked entry" },
+    Var {
+        name: "RETRY_HORIZON_SECS",
+        default: "86400",
+        help: "dead-letter at the next failure this long after the first attempt (0 = no parking)",
+    },
+    Var {
+        name: "BREAKER_FAILURES",
+        default: "5",
+        help: "transient failures in a row that open a downstream's breaker (0 = no breakers)",
+    },
+    Var { name: "BREAKER_COOLDOWN_MS", default: "30000", help: "how long an open breaker stays open before a probe" },
     Var { name: "STREAM_RETENTION_SECS", default: "3600", help: "processed entries older than this are trimmed" },
     Var { name: "MEETING_BAAS_API_URL", default: "https://api.meetingbaas.com", help: "the Meeting BaaS API" },
     Var { name: "MEETING_BAAS_API_KEY", default: "unset", help: "sent as x-meeting-baas-api-key on every API call" },
@@ -180,6 +197,10 @@ pub struct ProcessorConfig {
     pub retry_initial: Duration,
     pub retry_max_interval: Duration,
     pub retry_max_elapsed: Duration,
+    /// `RETRY_PARK_*` and `RETRY_HORIZON_SECS` (SPEC §4.3).
+    pub park: crate::retry::ParkPolicy,
+    /// `BREAKER_*` (SPEC §4.3).
+    pub breakers: crate::breaker::Settings,
     pub stream_retention: Duration,
     pub api_url: Url,
     pub api_key: Option<String>,
@@ -264,6 +285,16 @@ impl ProcessorConfig {
             retry_initial: r.millis("RETRY_INITIAL_MS", 500)?,
             retry_max_interval: r.millis("RETRY_MAX_INTERVAL_MS", 30_000)?,
             retry_max_elapsed: Duration::from_millis(r.number("RETRY_MAX_ELAPSED_MS", 120_000, 0, max_ms)?),
+            park: crate::retry::ParkPolicy {
+                initial: Duration::from_millis(r.number("RETRY_PARK_INITIAL_MS", 60_000, 1, max_ms)?),
+                max: Duration::from_millis(r.number("RETRY_PARK_MAX_MS", 3_600_000, 1, max_ms)?),
+                horizon: Duration::from_secs(r.number("RETRY_HORIZON_SECS", 86_400, 0, 10 * 366 * 86_400)?),
+            },
+            breakers: crate::breaker::Settings {
+                failures: r.number("BREAKER_FAILURES", 5, 0, 1_000_000)? as u32,
+                cooldown: Duration::from_millis(r.number("BREAKER_COOLDOWN_MS", 30_000, 1, max_ms)?),
+                probe_timeout: Duration::ZERO,
+            },
             stream_retention: Duration::from_secs(r.number("STREAM_RETENTION_SECS", 3_600, 0, 10 * 366 * 86_400)?),
             api_url,
             api_key: r.raw("MEETING_BAAS_API_KEY"),
@@ -290,6 +321,12 @@ impl ProcessorConfig {
         if config.retry_max_interval < config.retry_initial {
             return Err(ConfigError::new("RETRY_MAX_INTERVAL_MS", "must not be smaller than RETRY_INITIAL_MS"));
         }
+        if config.park.max < config.park.initial {
+            return Err(ConfigError::new("RETRY_PARK_MAX_MS", "must not be smaller than RETRY_PARK_INITIAL_MS"));
+        }
+        let mut config = config;
+        // A probe whose answer never came is given up after one attempt's time limit.
+        config.breakers.probe_timeout = config.handler_timeout + Duration::from_secs(1);
         Ok(config)
     }
 }
@@ -325,6 +362,15 @@ mod tests {
         assert!(c.bot_config.is_empty());
         assert_eq!(c.forward_url, None);
         assert_eq!(c.consumer_idle_reap, Duration::from_secs(3_600));
+        assert_eq!(
+            c.park,
+            crate::retry::ParkPolicy {
+                initial: Duration::from_secs(60),
+                max: Duration::from_secs(3_600),
+                horizon: Duration::from_secs(86_400)
+            }
+        );
+        assert_eq!((c.breakers.failures, c.breakers.cooldown), (5, Duration::from_secs(30)));
         assert_eq!(
             c.timing,
             Timing {
@@ -403,6 +449,11 @@ mod tests {
             ("RECONCILE_HORIZON_HOURS", "0"),
             ("RECONCILE_APIS", "v3"),
             ("RECONCILE_READS_PER_SEC", "0"),
+            ("RETRY_PARK_INITIAL_MS", "0"),
+            ("RETRY_PARK_MAX_MS", "1000"),
+            ("RETRY_HORIZON_SECS", "-1"),
+            ("BREAKER_FAILURES", "few"),
+            ("BREAKER_COOLDOWN_MS", "0"),
         ] {
             let err = read(&[(var, value)]).expect_err(value);
             assert_eq!(err.var, var, "{var}={value}: {err}");

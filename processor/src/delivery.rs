@@ -8,7 +8,8 @@
 //! handles.
 //!
 //! A [`Delivery`] is an entry with its lease, its delivery count and its `CONCURRENCY` slot. It
-//! is consumed by its verdict — [`Delivery::ack`] or [`Delivery::dead_letter`] — or dropped.
+//! is consumed by its verdict — [`Delivery::ack`], [`Delivery::dead_letter`], [`Delivery::park`] or
+//! [`Delivery::fan_out`] — or dropped.
 //! When the lease keeper finds that another consumer took the entry over, the lease is marked
 //! lost: the handler is stopped ([`Delivery::lost`]), and neither verdict writes anything: the
 //! new owner decides. Redis checks the same thing once more when the verdict is written, so a
@@ -136,6 +137,8 @@ pub enum Settled {
     Dead(String),
     /// Split into one entry per meeting (these ids), and acked.
     FannedOut(Vec<String>),
+    /// Acked and parked in the retry set, due at this time (Unix ms).
+    Parked(u64),
     /// Not this consumer's any more (the lease was lost, or Redis found another owner): nothing
     /// written; the new owner decides.
     Lost,
@@ -188,6 +191,14 @@ impl Delivery {
         self.settle("dead letter", redis, || stream.dead_letter(&self.entry, reason, attempts, self.deliveries))
             .await
             .map_or_else(|settled| settled, Settled::Dead)
+    }
+
+    /// Acks the entry and parks `record` (its member of the retry set) due after `delay`, in one
+    /// script, only while this consumer owns it ([`crate::parked`]).
+    pub async fn park(self, stream: &Stream, redis: &RedisState, record: &str, delay: Duration) -> Settled {
+        self.settle("park", redis, || stream.park(&self.entry.id, record, delay))
+            .await
+            .map_or_else(|settled| settled, Settled::Parked)
     }
 
     /// Splits the entry into one entry per meeting (`(payload, meeting key)` each) and acks it,

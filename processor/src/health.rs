@@ -15,6 +15,18 @@ fn set_gauges(g: &Gauges) {
     metrics::gauge!("hookstream_dead_length").set(g.dead_length as f64);
     metrics::gauge!("hookstream_group_pending").set(g.group_pending as f64);
     metrics::gauge!("hookstream_group_lag").set(g.group_lag as f64);
+    metrics::gauge!(crate::metrics::RETRY_PARKED).set(g.parked as f64);
+}
+
+/// `hookstream_breaker_open{downstream}`: 1 while open or half open, as Redis has it.
+async fn set_breaker_gauges(stream: &Stream) {
+    for downstream in crate::breaker::Downstream::ALL {
+        let key = stream.keys.breaker(downstream.label());
+        if let Ok(state) = crate::breaker::state(&mut stream.connection(), &key).await {
+            let open = if state.is_open() { 1.0 } else { 0.0 };
+            metrics::gauge!(crate::metrics::BREAKER_OPEN, "downstream" => downstream.label()).set(open);
+        }
+    }
 }
 
 /// The gauges summed over every partition's stream.
@@ -26,6 +38,7 @@ async fn gauges(streams: &[Stream]) -> redis::RedisResult<Gauges> {
         total.dead_length += g.dead_length;
         total.group_pending += g.group_pending;
         total.group_lag += g.group_lag;
+        total.parked += g.parked;
     }
     Ok(total)
 }
@@ -46,6 +59,9 @@ pub async fn answer(streams: &[Stream], req: Request<Incoming>) -> Response<Body
             // The gauges are read when scraped, so they are never stale.
             if let Ok(gauges) = gauges(streams).await {
                 set_gauges(&gauges);
+            }
+            if let Some(stream) = streams.first() {
+                set_breaker_gauges(stream).await;
             }
             metrics_response()
         }

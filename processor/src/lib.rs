@@ -14,6 +14,7 @@
 //! and `metrics` below everything. No module imports one above it.
 
 pub mod acker;
+pub mod breaker;
 pub mod cli;
 pub mod config;
 pub mod delivery;
@@ -27,6 +28,7 @@ pub mod limiter;
 pub mod lock;
 pub mod metrics;
 pub mod ops;
+pub mod parked;
 pub mod reader;
 pub mod reconcile;
 pub mod replies;

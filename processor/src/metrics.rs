@@ -9,6 +9,8 @@ pub const HANDLER_DURATION: &str = "hookstream_processor_handler_duration_second
 pub const LOCK_WAITS_TOTAL: &str = "hookstream_processor_lock_waits_total";
 pub const API_WRITE_WAITS_TOTAL: &str = "hookstream_processor_api_write_waits_total";
 pub const LEASES_LOST_TOTAL: &str = "hookstream_processor_leases_lost_total";
+pub const RETRY_PARKED: &str = "hookstream_retry_parked";
+pub const BREAKER_OPEN: &str = "hookstream_breaker_open";
 pub const RECONCILE_RUNS_TOTAL: &str = "hookstream_reconcile_runs_total";
 pub const RECONCILE_DRIFT_TOTAL: &str = "hookstream_reconcile_drift_total";
 pub const RECONCILE_LAST_SUCCESS: &str = "hookstream_reconcile_last_success_timestamp_seconds";
@@ -19,6 +21,10 @@ pub enum Entry {
     Acked,
     Dead,
     Reclaimed,
+    /// Acked and parked in the retry set (SPEC §4.3).
+    Parked,
+    /// Re-appended from the retry set, due.
+    Retried,
 }
 
 /// How one handler attempt ended: the `result` label of [`ATTEMPTS_TOTAL`].
@@ -32,7 +38,7 @@ pub enum Attempt {
 use crate::events::OTHER_EVENT;
 
 struct Handles {
-    entries: [metrics::Counter; 3],
+    entries: [metrics::Counter; 5],
     attempts: [metrics::Counter; 3],
     /// One histogram per known event name, and the last one for `other`.
     durations: Vec<metrics::Histogram>,
@@ -44,7 +50,8 @@ struct Handles {
 fn handles() -> &'static Handles {
     static HANDLES: OnceLock<Handles> = OnceLock::new();
     HANDLES.get_or_init(|| Handles {
-        entries: ["acked", "dead", "reclaimed"].map(|o| metrics::counter!(ENTRIES_TOTAL, "outcome" => o)),
+        entries: ["acked", "dead", "reclaimed", "parked", "retried"]
+            .map(|o| metrics::counter!(ENTRIES_TOTAL, "outcome" => o)),
         attempts: ["ok", "transient", "permanent"].map(|r| metrics::counter!(ATTEMPTS_TOTAL, "result" => r)),
         durations: crate::events::EVENTS
             .iter()

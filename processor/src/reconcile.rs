@@ -258,8 +258,11 @@ impl Reconciler {
             con.clone(),
             config.reconcile.reads_per_sec,
         );
-        // Its Api never writes: the write limiter it carries is never asked.
-        let api = Api::new(http, config, WriteLimiter::new(String::new(), con.clone(), 0), None);
+        // Its Api never writes: the write limiter it carries is never asked. Its reads go through
+        // the API's breaker: while it is open, nobody calls the API, the reconciler included.
+        let breaker =
+            crate::breaker::Breakers::new(&shared::keys::Keys::new(&namespace), &con, config.breakers).meeting_baas;
+        let api = Api::new(http, config, WriteLimiter::new(String::new(), con.clone(), 0), None, breaker);
         Ok(Self {
             api,
             reads,

@@ -36,6 +36,50 @@ pub struct RetryPolicy {
     pub max_interval: Duration,
     pub max_elapsed: Duration,
     pub attempt_timeout: Duration,
+    /// The later retries, parked in Redis, once the in-place ones are over (SPEC §4.3).
+    pub park: ParkPolicy,
+}
+
+/// The schedule of parked retries (`RETRY_PARK_INITIAL_MS`, `RETRY_PARK_MAX_MS`,
+/// `RETRY_HORIZON_SECS`): where an entry goes once its in-place budget is spent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ParkPolicy {
+    pub initial: Duration,
+    pub max: Duration,
+    /// Wall time from an entry's first attempt after which it is dead-lettered at its next
+    /// transient failure; zero: no parking at all.
+    pub horizon: Duration,
+}
+
+impl ParkPolicy {
+    /// No parking: an entry whose in-place budget is spent is dead-lettered.
+    pub fn off() -> Self {
+        Self { initial: Duration::ZERO, max: Duration::ZERO, horizon: Duration::ZERO }
+    }
+
+    pub fn enabled(&self) -> bool {
+        !self.horizon.is_zero()
+    }
+
+    /// How long an entry parked `parked_before` times already waits this time:
+    /// `RETRY_PARK_INITIAL_MS` doubling up to `RETRY_PARK_MAX_MS`, jittered (±25 %), and at least
+    /// what the downstream asked for (`asked`: a `Retry-After`, an open breaker's cooldown),
+    /// itself capped at `RETRY_PARK_MAX_MS`.
+    pub fn delay(&self, parked_before: u32, asked: Option<Duration>) -> Duration {
+        let mut schedule = ExponentialBackoffBuilder::new()
+            .with_initial_interval(self.initial)
+            .with_max_interval(self.max)
+            .with_multiplier(2.0)
+            .with_randomization_factor(0.25)
+            .with_max_elapsed_time(None)
+            .build();
+        let mut delay = self.initial;
+        // Past 64 doublings every delay is the maximum anyway.
+        for _ in 0..=parked_before.min(64) {
+            delay = schedule.next_backoff().unwrap_or(self.max);
+        }
+        delay.min(self.max).max(asked.unwrap_or_default().min(self.max))
+    }
 }
 
 /// How the retries ended.
@@ -46,6 +90,13 @@ pub enum Verdict {
     Permanent(String),
     /// Transient errors until the time budget ran out; the last one.
     Exhausted(String),
+    /// With parking on: a retry is due later than this delivery should wait in place — the
+    /// downstream asked for a `Retry-After` longer than `RETRY_MAX_INTERVAL_MS`, or its breaker
+    /// is open — so the entry is parked at once, for at least `wait`.
+    Deferred {
+        reason: String,
+        wait: Duration,
+    },
 }
 
 /// The verdict and how many attempts it took.
@@ -84,7 +135,7 @@ impl RetryPolicy {
         loop {
             attempts += 1;
             let failed = |class: &str, reason: &str, next: Option<Duration>| {
-                let next_wait = next.map_or_else(|| "none: giving up".to_string(), |d| format!("{} ms", d.as_millis()));
+                let next_wait = next.map_or_else(|| "none in place".to_string(), |d| format!("{} ms", d.as_millis()));
                 tracing::warn!(
                     stream_id = %event.id,
                     event = %event.name,
@@ -106,10 +157,25 @@ impl RetryPolicy {
                         failed("permanent", &reason, None);
                         return Outcome { verdict: Verdict::Permanent(reason), attempts };
                     }
+                    Some(Err(HandlerError::Unavailable { reason, wait })) => {
+                        // The downstream was not called: not an attempt, and not the entry's time.
+                        attempts -= 1;
+                        tracing::debug!(stream_id = %event.id, event = %event.name, error = %reason, "breaker open");
+                        if self.park.enabled() {
+                            return Outcome { verdict: Verdict::Deferred { reason, wait }, attempts };
+                        }
+                        crate::waits::counted(clock.clone(), crate::waits::excluded(tokio::time::sleep(wait))).await;
+                        continue;
+                    }
                     Some(Err(HandlerError::Transient { reason, retry_after })) => (reason, retry_after),
                     None => (format!("attempt timed out after {} ms", self.attempt_timeout.as_millis()), None),
                 };
             crate::metrics::attempt(Attempt::Transient);
+            if let Some(wait) = retry_after.filter(|wait| self.park.enabled() && *wait > self.max_interval) {
+                // Longer than an in-place wait may be: parked, not holding a slot that long.
+                failed("transient", &reason, None);
+                return Outcome { verdict: Verdict::Deferred { reason, wait }, attempts };
+            }
             let own_time = started.elapsed().saturating_sub(clock.excluded());
             let delay = backoff
                 .next_backoff()
@@ -168,6 +234,7 @@ mod tests {
             max_interval: Duration::from_millis(5),
             max_elapsed: Duration::from_millis(max_elapsed_ms),
             attempt_timeout: Duration::from_millis(200),
+            park: ParkPolicy::off(),
         }
     }
 

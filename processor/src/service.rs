@@ -6,6 +6,7 @@
 //!     ├─ reclaimer      XAUTOCLAIM abandoned entries ──────────────┤→ dispatch → worker → delivery verdict
 //!     ├─ lease keeper   renews what is held, marks lost leases     │   (CONCURRENCY slots)   (ack / dead letter)
 //!     ├─ tidier         trim, reap idle consumers                  │
+//!     ├─ forwarder      re-appends parked entries when due ────────┘ (via the stream)
 //!     └─ health         /healthz /readyz /metrics                  │
 //! ```
 //!
@@ -88,9 +89,10 @@ impl Processor {
             config.api_writes_per_sec,
         );
         let seen = crate::handlers::reconcile::Seen::new(commands.clone(), &config.common.namespace);
+        let breakers = crate::breaker::Breakers::new(&namespace, &commands, config.breakers);
         let registry = match registry {
             Some(registry) => registry,
-            None => Registry::standard(&config, limiter, Some(seen))?,
+            None => Registry::standard(&config, limiter, Some(seen), breakers)?,
         };
         let reconciler = crate::reconcile::Reconciler::build(&config, commands.clone())?;
         // A meeting's lock lives as long as a dead holder's entries stay unclaimed.
@@ -112,6 +114,7 @@ impl Processor {
                     max_interval: config.retry_max_interval,
                     max_elapsed: config.retry_max_elapsed,
                     attempt_timeout: config.handler_timeout,
+                    park: config.park,
                 },
                 max_deliveries: config.max_deliveries,
                 redis: redis.clone(),
@@ -188,6 +191,12 @@ impl Processor {
                 let d = d.clone();
                 let (timing, batch) = (config.timing, config.batch_size);
                 tokio::spawn(async move { crate::housekeeping::reclaim(&d, timing, batch).await })
+            });
+            // Always, even with parking off: entries parked before it was turned off still come
+            // back. Stopped with the tidiers (a due entry is re-appended by whoever looks next).
+            tidiers.push({
+                let (d, every) = (d.clone(), crate::parked::poll_every(config.park.initial));
+                tokio::spawn(async move { crate::parked::forward_due(&d, every).await })
             });
             tidiers.push({
                 let d = d.clone();

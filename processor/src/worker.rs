@@ -95,6 +95,7 @@ impl Worker {
         }
         let meeting = meetings.into_iter().next().map(|m| m.key);
         let started = Instant::now();
+        let began = chrono::Utc::now();
         let attempt = |_| {
             let (handler, event, meeting) = (&handler, &event, &meeting);
             async move {
@@ -141,9 +142,64 @@ impl Worker {
             }
             Verdict::Permanent(reason) => self.dead_letter(delivery, &reason, outcome.attempts).await,
             Verdict::Exhausted(reason) => {
-                let reason = format!("retries exhausted after {} attempts: {reason}", outcome.attempts);
-                self.dead_letter(delivery, &reason, outcome.attempts).await
+                self.retry_later(delivery, &event, began, &reason, None, outcome.attempts).await
             }
+            Verdict::Deferred { reason, wait } => {
+                self.retry_later(delivery, &event, began, &reason, Some(wait), outcome.attempts).await
+            }
+        }
+    }
+
+    /// The in-place retries are over (or cannot help yet) after a transient failure: the entry
+    /// is parked for a later retry ([`crate::parked`]), or dead-lettered when parking is off or
+    /// `RETRY_HORIZON_SECS` have passed since its first attempt. `asked`: how long the
+    /// downstream wants the entry to wait (a `Retry-After`, an open breaker).
+    async fn retry_later(
+        &self,
+        delivery: Delivery,
+        event: &Event,
+        began: chrono::DateTime<chrono::Utc>,
+        reason: &str,
+        asked: Option<std::time::Duration>,
+        attempts: u32,
+    ) {
+        let park = self.retry.park;
+        if !park.enabled() {
+            let reason = format!("retries exhausted after {attempts} attempts: {reason}");
+            return self.dead_letter(delivery, &reason, attempts).await;
+        }
+        let history = crate::parked::History::of(&delivery.entry);
+        let first = history.first_attempt_at.unwrap_or(began);
+        let total = history.attempts + attempts;
+        let elapsed = (chrono::Utc::now() - first).to_std().unwrap_or_default();
+        let Some(left) = park.horizon.checked_sub(elapsed).filter(|left| !left.is_zero()) else {
+            let reason = format!(
+                "gave up at the retry horizon: RETRY_HORIZON_SECS={} have passed since the first attempt at {} \
+                 ({total} attempts, parked {} times); last error: {reason}",
+                park.horizon.as_secs(),
+                first.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                history.parked
+            );
+            return self.dead_letter(delivery, &reason, attempts).await;
+        };
+        // Never parked past the horizon: the retry at the horizon is the last one.
+        let delay = park.delay(history.parked, asked).min(left);
+        let record = crate::parked::Record::new(&delivery.entry, &event.name, total, first, history.parked + 1, reason);
+        if let Settled::Parked(due) =
+            Box::pin(delivery.park(&self.stream, &self.redis, &record.to_member(), delay)).await
+        {
+            crate::metrics::entries(crate::metrics::Entry::Parked, 1);
+            tracing::info!(
+                stream_id = %event.id,
+                event = %event.name,
+                attempts = total,
+                parked = history.parked + 1,
+                delay_ms = delay.as_millis() as u64,
+                due_ms = due,
+                error = %reason,
+                outcome = "parked",
+                "parked for a later retry"
+            );
         }
     }
 

@@ -20,6 +20,14 @@ pub const FANOUT_OF: &str = "fanout_of";
 /// Field of a fan-out entry: the meeting it is about (`v1:<uuid>`, `v2:<calendar>:<event>`).
 pub const MEETING: &str = "meeting";
 
+/// Field of an entry re-appended from the retry set `{ns}:retry` (SPEC §4.3): handler attempts
+/// so far, over every delivery.
+pub const ATTEMPTS: &str = "attempts";
+/// Field of a re-appended entry: when its first attempt began (RFC 3339 UTC).
+pub const FIRST_ATTEMPT_AT: &str = "first_attempt_at";
+/// Field of a re-appended entry: how many times it was parked (its next park waits longer).
+pub const PARKED: &str = "parked";
+
 /// The value of [`SOURCE`] for Meeting BaaS webhooks.
 pub const SOURCE_MEETING_BAAS: &str = "meeting-baas";
 

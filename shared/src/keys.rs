@@ -25,6 +25,9 @@ pub struct Keys {
     pub events: String,
     /// `{ns}:dead` or `{ns:i}:dead` — the stream of dead-lettered entries, each with the reason.
     pub dead: String,
+    /// `{ns}:retry` or `{ns:i}:retry` — the entries parked for a later retry (a sorted set, score
+    /// = due time in Unix ms; each member a JSON record of the entry).
+    pub retry: String,
     /// `{ns}:ratelimit:api-writes` — the Meeting BaaS API write limiter every processor shares.
     pub api_writes: String,
     /// `{ns}:partitions` — the partition count the namespace was created with.
@@ -33,6 +36,8 @@ pub struct Keys {
     dedup_prefix: String,
     /// `{ns}:lock:` — prefix of the per-meeting locks; the rest is a hex SHA-256.
     lock_prefix: String,
+    /// `{ns}:breaker:` — prefix of the breakers; the rest names the downstream.
+    breaker_prefix: String,
 }
 
 impl Keys {
@@ -49,10 +54,12 @@ impl Keys {
             partition: index,
             events: format!("{{{tag}}}:events"),
             dead: format!("{{{tag}}}:dead"),
+            retry: format!("{{{tag}}}:retry"),
             dedup_prefix: format!("{{{tag}}}:dedup:"),
             api_writes: format!("{{{ns}}}:ratelimit:api-writes"),
             layout: format!("{{{ns}}}:partitions"),
             lock_prefix: format!("{{{ns}}}:lock:"),
+            breaker_prefix: format!("{{{ns}}}:breaker:"),
         }
     }
 
@@ -60,6 +67,11 @@ impl Keys {
     /// on that meeting (v1: `v1:<event uuid>`; v2: `v2:<calendar_id>:<event_id>`).
     pub fn lock(&self, meeting_key: &str) -> String {
         format!("{}{}", self.lock_prefix, hex::encode(Sha256::digest(meeting_key.as_bytes())))
+    }
+
+    /// `{ns}:breaker:<downstream>`: a downstream's breaker, shared by every replica.
+    pub fn breaker(&self, downstream: &str) -> String {
+        format!("{}{downstream}", self.breaker_prefix)
     }
 
     /// `{ns}:dedup:<hex sha256 of the dedup identity>` (in this partition). Hashing bounds the key
@@ -135,6 +147,8 @@ mod tests {
         );
         assert_eq!(keys.api_writes, "{hookstream}:ratelimit:api-writes");
         assert_eq!(keys.layout, "{hookstream}:partitions");
+        assert_eq!(keys.retry, "{hookstream}:retry");
+        assert_eq!(keys.breaker("forward"), "{hookstream}:breaker:forward");
     }
 
     #[test]
@@ -155,6 +169,8 @@ mod tests {
         assert_eq!(third.lock("m"), Keys::new("ns").lock("m"));
         assert_eq!(third.api_writes, "{ns}:ratelimit:api-writes");
         assert_eq!(third.layout, "{ns}:partitions");
+        assert_eq!(third.retry, "{ns:3}:retry");
+        assert_eq!(third.breaker("meeting_baas"), "{ns}:breaker:meeting_baas");
     }
 
     #[test]

@@ -608,6 +608,11 @@ pub const SPEC_VARS: &[(&str, &str, &str)] = &[
     ("RECONCILE_HORIZON_HOURS", "168", "processor"),
     ("RECONCILE_APIS", "auto", "processor"),
     ("RECONCILE_READS_PER_SEC", "20", "processor"),
+    ("RETRY_PARK_INITIAL_MS", "60000", "processor"),
+    ("RETRY_PARK_MAX_MS", "3600000", "processor"),
+    ("RETRY_HORIZON_SECS", "86400", "processor"),
+    ("BREAKER_FAILURES", "5", "processor"),
+    ("BREAKER_COOLDOWN_MS", "30000", "processor"),
 ];
 
 /// Asserts that `bin --help` (`bin_name` is `ingress` or `processor`) lists every variable of

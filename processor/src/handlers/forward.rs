@@ -5,6 +5,7 @@
 //! on every retry and redelivery, so the receiver can drop repeats.
 
 use super::{Event, Handler, HandlerError, HandlerFuture};
+use crate::breaker::Breaker;
 use reqwest::header::{HeaderValue, CONTENT_TYPE};
 use reqwest::Url;
 
@@ -14,11 +15,40 @@ pub const ID_HEADER: &str = "x-hookstream-id";
 pub struct Forward {
     http: reqwest::Client,
     url: Option<Url>,
+    /// `FORWARD_URL`'s breaker: no call while it is open ([`crate::breaker`]).
+    breaker: Breaker,
 }
 
 impl Forward {
-    pub fn new(http: reqwest::Client, url: Option<Url>) -> Self {
-        Self { http, url }
+    pub fn new(http: reqwest::Client, url: Option<Url>, breaker: Breaker) -> Self {
+        Self { http, url, breaker }
+    }
+
+    async fn post(
+        &self,
+        url: &Url,
+        event: &Event,
+        event_name: HeaderValue,
+        id: HeaderValue,
+    ) -> Result<(), HandlerError> {
+        let what = format!("POST {url}");
+        let response = self
+            .http
+            .post(url.clone())
+            .header(CONTENT_TYPE, "application/json")
+            .header(EVENT_HEADER, event_name)
+            .header(ID_HEADER, id)
+            .body(event.payload.clone())
+            .send()
+            .await
+            .map_err(|e| HandlerError::from_request(&what, &e))?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        let headers = response.headers().clone();
+        let body = response.text().await.unwrap_or_default();
+        Err(HandlerError::from_answer(&what, status, &headers, &body))
     }
 }
 
@@ -29,29 +59,15 @@ impl Handler for Forward {
                 tracing::debug!(stream_id = %event.id, event = %event.name, "no handler and no FORWARD_URL: nothing to do");
                 return Ok(());
             };
-            let what = format!("POST {url}");
             let header = |name: &str, value: &str| {
                 HeaderValue::from_str(value)
                     .map_err(|_| HandlerError::permanent(format!("{name} {value:?} cannot be sent as an HTTP header")))
             };
             let (event_name, id) = (header(EVENT_HEADER, &event.name)?, header(ID_HEADER, &event.dedup_id)?);
-            let response = self
-                .http
-                .post(url.clone())
-                .header(CONTENT_TYPE, "application/json")
-                .header(EVENT_HEADER, event_name)
-                .header(ID_HEADER, id)
-                .body(event.payload.clone())
-                .send()
-                .await
-                .map_err(|e| HandlerError::from_request(&what, &e))?;
-            let status = response.status();
-            if status.is_success() {
-                return Ok(());
-            }
-            let headers = response.headers().clone();
-            let body = response.text().await.unwrap_or_default();
-            Err(HandlerError::from_answer(&what, status, &headers, &body))
+            let pass = self.breaker.admit().await?;
+            let result = self.post(url, event, event_name, id).await;
+            self.breaker.record(pass, &result).await;
+            result
         })
     }
 }

@@ -4,6 +4,7 @@
 
 use super::reconcile::{ApiVersion, Seen};
 use super::HandlerError;
+use crate::breaker::Breaker;
 use crate::config::{ProcessorConfig, RecordPolicy};
 use crate::limiter::{Slot, WriteLimiter};
 use reqwest::{Method, StatusCode, Url};
@@ -23,6 +24,8 @@ pub struct Api {
     limiter: WriteLimiter,
     /// Records which API versions' calendar webhooks are handled (for `RECONCILE_APIS=auto`).
     seen: Option<Seen>,
+    /// The API's breaker: no call while it is open ([`crate::breaker`]).
+    breaker: Breaker,
 }
 
 /// A successful answer.
@@ -32,7 +35,13 @@ pub struct Answer {
 }
 
 impl Api {
-    pub fn new(http: reqwest::Client, config: &ProcessorConfig, limiter: WriteLimiter, seen: Option<Seen>) -> Self {
+    pub fn new(
+        http: reqwest::Client,
+        config: &ProcessorConfig,
+        limiter: WriteLimiter,
+        seen: Option<Seen>,
+        breaker: Breaker,
+    ) -> Self {
         Self {
             http,
             base: config.api_url.clone(),
@@ -42,6 +51,7 @@ impl Api {
             bot_config: config.bot_config.clone(),
             limiter,
             seen,
+            breaker,
         }
     }
 
@@ -112,6 +122,8 @@ impl Api {
     ) -> Result<Option<Answer>, HandlerError> {
         let what = format!("{method} {}", url.path());
         let is_write = method != Method::GET;
+        // Asked first: a write refused by an open breaker takes no slot of the write limit.
+        let pass = self.breaker.admit().await?;
         if is_write {
             // Never a write after the meeting's lock was lost (SPEC §4.2): the lock is confirmed
             // last thing before the request, in the limiter's script when there is a limit.
@@ -128,6 +140,21 @@ impl Api {
                 _ => crate::lock::confirm_held().await.map_err(lost)?,
             }
         }
+        let answer = self.request(&what, method, url, body, accept, is_write).await;
+        self.breaker.record(pass, &answer).await;
+        answer
+    }
+
+    /// The HTTP exchange itself: what the breaker judges the API by.
+    async fn request(
+        &self,
+        what: &str,
+        method: Method,
+        url: Url,
+        body: Option<&Value>,
+        accept: &[StatusCode],
+        is_write: bool,
+    ) -> Result<Option<Answer>, HandlerError> {
         let mut request = self.http.request(method, url);
         if let Some(key) = &self.api_key {
             request = request.header(API_KEY_HEADER, key);
@@ -135,15 +162,15 @@ impl Api {
         if let Some(body) = body {
             request = request.json(body);
         }
-        let response = request.send().await.map_err(|e| HandlerError::from_request(&what, &e))?;
+        let response = request.send().await.map_err(|e| HandlerError::from_request(what, &e))?;
         let status = response.status();
         let headers = response.headers().clone();
-        let body = response.text().await.map_err(|e| HandlerError::from_request(&what, &e))?;
+        let body = response.text().await.map_err(|e| HandlerError::from_request(what, &e))?;
         if status == StatusCode::NOT_FOUND {
             return Ok(None);
         }
         if !status.is_success() && !accept.contains(&status) {
-            let error = HandlerError::from_answer(&what, status, &headers, &body);
+            let error = HandlerError::from_answer(what, status, &headers, &body);
             if let (true, HandlerError::Transient { retry_after: Some(wait), .. }) =
                 (status == StatusCode::TOO_MANY_REQUESTS && is_write, &error)
             {

@@ -60,6 +60,10 @@ pub enum HandlerError {
     Transient { reason: String, retry_after: Option<Duration> },
     #[error("{0}")]
     Permanent(String),
+    /// The downstream was not called: its breaker is open ([`crate::breaker`]) for `wait` more.
+    /// Not an attempt: the entry is parked (or, without parking, waits in place).
+    #[error("{reason}")]
+    Unavailable { reason: String, wait: Duration },
 }
 
 impl HandlerError {
@@ -151,16 +155,19 @@ impl Registry {
         self.handlers.get(event).unwrap_or(&self.fallback)
     }
 
-    /// The built-in handlers of SPEC §4.1; their API writes go through `limiter`.
-    /// `seen` records the API versions handled, for `RECONCILE_APIS=auto`.
+    /// The built-in handlers of SPEC §4.1; their API writes go through `limiter`, every call
+    /// to a downstream through its breaker. `seen` records the API versions handled, for
+    /// `RECONCILE_APIS=auto`.
     pub fn standard(
         config: &ProcessorConfig,
         limiter: crate::limiter::WriteLimiter,
         seen: Option<reconcile::Seen>,
+        breakers: crate::breaker::Breakers,
     ) -> Result<Self, reqwest::Error> {
         let http = http_client(config.handler_timeout)?;
-        let api = Arc::new(meeting_baas::Api::new(http.clone(), config, limiter, seen));
-        let forward: Arc<dyn Handler> = Arc::new(forward::Forward::new(http, config.forward_url.clone()));
+        let api = Arc::new(meeting_baas::Api::new(http.clone(), config, limiter, seen, breakers.meeting_baas));
+        let forward: Arc<dyn Handler> =
+            Arc::new(forward::Forward::new(http, config.forward_url.clone(), breakers.forward));
         let sync = Arc::new(calendar_v1::SyncEvents::new(api.clone()));
         let calendar = Arc::new(calendar_v2::Calendar::new(api.clone(), false));
         let reconcile: Arc<dyn Handler> = Arc::new(reconcile::Reconcile::new(sync.clone(), calendar.clone()));

@@ -105,11 +105,14 @@ impl Ops {
 
     /// Moves one dead entry back to `{ns}:events` with its original fields, atomically (one
     /// script): afterwards it is in exactly one of the two streams. `None` when no such entry.
+    /// A replayed entry starts its retries afresh: its `first_attempt_at` and `parked` from
+    /// earlier parks are left out with the dead-letter fields (or the horizon that killed it
+    /// would kill it again at its first failure).
     pub async fn replay_one(&self, id: &str) -> RedisResult<Option<String>> {
         let script = Script::new(REPLAY_SCRIPT);
         let mut invocation = script.key(&self.keys.dead);
         invocation.key(&self.keys.events).arg(id);
-        for field in DEAD_FIELDS {
+        for field in DEAD_FIELDS.iter().chain(&[shared::entry::FIRST_ATTEMPT_AT, shared::entry::PARKED]) {
             invocation.arg(*field);
         }
         invocation.invoke_async(&mut self.con()).await

@@ -1,5 +1,6 @@
-//! Operator tools behind `processor dead …` and `processor status`: [`dead`] (look at,
-//! replay, purge dead entries) and [`status`] (the numbers for a person). (Consumer reaping
+//! Operator tools behind `processor dead …`, `processor retry …` and `processor status`:
+//! [`dead`] (look at, replay, purge dead entries), [`retry`] (the parked entries) and
+//! [`status`] (the numbers for a person). (Consumer reaping
 //! lives with the housekeeping loops, repartitioning with the layout in `shared::layout`.)
 //!
 //! Every function returns what it did (and the text to print) instead of printing, so tests can
@@ -7,11 +8,13 @@
 //! 64 bad arguments.
 
 mod dead;
+mod retry;
 mod status;
 
 pub use crate::replies::ConsumerInfo;
 pub use dead::{format_entry, format_list, DeadEntry, ReplayError};
-pub use status::reconcile_status;
+pub use retry::{format_list as format_retry_list, format_summary as format_retry_summary, ParkedEntry, ParkedSummary};
+pub use status::{breaker_status, reconcile_status};
 
 use crate::stream::parse_id;
 use redis::RedisResult;

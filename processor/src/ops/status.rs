@@ -16,6 +16,7 @@ impl Ops {
         let mut out = String::new();
         let _ = writeln!(out, "stream  {}  {}", self.keys.events, entries(stream_len));
         let _ = writeln!(out, "dead    {}  {}", self.keys.dead, entries(dead_len));
+        out.push_str(&super::format_retry_summary(&self.keys.retry, &self.parked_summary().await?));
         let groups: Option<StreamInfoGroupsReply> =
             redis::cmd("XINFO").arg("GROUPS").arg(&self.keys.events).query_async(&mut self.con()).await.ok();
         let Some(group) = groups.and_then(|g| g.groups.into_iter().find(|g| g.name == self.group)) else {
@@ -78,5 +79,16 @@ pub async fn reconcile_status(con: &mut shared::conn::Conn, ns: &str) -> RedisRe
         let _ = write!(out, "; {error}");
     }
     out.push('\n');
+    Ok(out)
+}
+
+/// The `processor status` lines about the breakers (`{ns}:breaker:<downstream>`).
+pub async fn breaker_status(con: &mut shared::conn::Conn, keys: &shared::keys::Keys) -> RedisResult<String> {
+    let mut out = String::from("\n");
+    for downstream in crate::breaker::Downstream::ALL {
+        let key = keys.breaker(downstream.label());
+        let state = crate::breaker::state(con, &key).await?;
+        let _ = writeln!(out, "breaker  {:<13} {state}", downstream.label());
+    }
     Ok(out)
 }

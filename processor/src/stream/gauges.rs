@@ -1,5 +1,5 @@
 //! The numbers behind the stream gauges (`hookstream_stream_length`, `hookstream_dead_length`,
-//! `hookstream_group_pending`, `hookstream_group_lag`).
+//! `hookstream_group_pending`, `hookstream_group_lag`, `hookstream_retry_parked`).
 
 use super::Stream;
 use redis::streams::StreamInfoGroupsReply;
@@ -14,6 +14,8 @@ pub struct Gauges {
     pub dead_length: u64,
     pub group_pending: u64,
     pub group_lag: u64,
+    /// Entries parked in the retry set.
+    pub parked: u64,
 }
 
 /// XLEN of the events and the dead stream, in one round trip.
@@ -25,7 +27,8 @@ impl Stream {
     /// Stream length, dead length, and this group's pending count and lag.
     pub async fn gauges(&self) -> RedisResult<Gauges> {
         let (stream_length, dead_length) = lengths(&mut self.con(), &self.keys).await?;
-        let mut gauges = Gauges { stream_length, dead_length, ..Gauges::default() };
+        let parked: u64 = redis::cmd("ZCARD").arg(&self.keys.retry).query_async(&mut self.con()).await?;
+        let mut gauges = Gauges { stream_length, dead_length, parked, ..Gauges::default() };
         let groups: RedisResult<StreamInfoGroupsReply> =
             redis::cmd("XINFO").arg("GROUPS").arg(&self.keys.events).query_async(&mut self.con()).await;
         if let Some(group) = groups.ok().and_then(|g| g.groups.into_iter().find(|g| g.name == self.group)) {

@@ -104,6 +104,8 @@ pub struct Stream {
     ack_script: Script,
     dead_letter_script: Script,
     fan_out_script: Script,
+    park_script: Script,
+    reappend_script: Script,
     hand_back_script: Script,
 }
 
@@ -168,6 +170,8 @@ impl Stream {
             ack_script: Script::new(verdict::ACK_SCRIPT),
             dead_letter_script: Script::new(verdict::DEAD_LETTER_SCRIPT),
             fan_out_script: Script::new(verdict::FAN_OUT_SCRIPT),
+            park_script: Script::new(verdict::PARK_SCRIPT),
+            reappend_script: Script::new(verdict::REAPPEND_SCRIPT),
             hand_back_script: Script::new(HAND_BACK_SCRIPT),
         }
     }

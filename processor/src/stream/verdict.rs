@@ -1,7 +1,8 @@
-//! The scripts that settle one entry — ack, dead letter, fan-out — each acting only on entries
-//! this consumer still owns (see the module docs of [`crate::stream`]): the dead letter and the
-//! fan-out open with one shared preamble, [`ack_if_owned`], so what follows runs at most once
-//! per entry.
+//! The scripts that settle one entry — ack, dead letter, fan-out, park — each acting only on
+//! entries this consumer still owns (see the module docs of [`crate::stream`]): the dead letter,
+//! the fan-out and the park open with one shared preamble, [`ack_if_owned`], so what follows
+//! runs at most once per entry. Beside them, the re-append of parked entries that are due
+//! ([`crate::parked`]).
 
 use super::Stream;
 use crate::replies::StreamEntry;
@@ -93,6 +94,66 @@ return ids
 "#
 );
 
+pub(super) const PARK_SCRIPT: &str = concat!(
+    ack_if_owned!(),
+    r#"
+-- KEYS[1] stream, KEYS[2] retry set; ARGV[1] group, ARGV[2] consumer, ARGV[3] entry id,
+-- ARGV[4] delay, ms; ARGV[5] the record (JSON).
+-- Acks the entry if this consumer owns it and, only if that ack removed it, parks the record,
+-- due ARGV[4] ms from now on Redis's clock. Returns the due time (Unix ms), or nil.
+local t = redis.call('TIME')
+local due = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[4])
+redis.call('ZADD', KEYS[2], due, ARGV[5])
+return due
+"#
+);
+
+pub(super) const REAPPEND_SCRIPT: &str = r#"
+-- KEYS[1] retry set, KEYS[2] stream, KEYS[3] dead stream; ARGV[1] most members at once.
+-- Moves the members due now (Redis's clock) back to the stream, each as one new entry with its
+-- fields plus attempts, first_attempt_at and parked; a member that is not a readable record
+-- goes to the dead stream as it is. Each is appended before it is removed, and both happen in
+-- this one script: exactly once. Returns {appended, unreadable}.
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
+local function readable(r)
+  if type(r) ~= 'table' or type(r.fields) ~= 'table' or #r.fields == 0 then return false end
+  for _, name in ipairs({'attempts', 'first_attempt_at', 'parked'}) do
+    if type(r[name]) ~= 'string' then return false end
+  end
+  for _, kv in ipairs(r.fields) do
+    if type(kv) ~= 'table' or type(kv[1]) ~= 'string' or type(kv[2]) ~= 'string' then return false end
+  end
+  return true
+end
+local appended, unreadable = 0, 0
+for _, member in ipairs(due) do
+  local ok, r = pcall(cjson.decode, member)
+  if ok and readable(r) then
+    local f = {}
+    for _, kv in ipairs(r.fields) do
+      f[#f + 1] = kv[1]
+      f[#f + 1] = kv[2]
+    end
+    f[#f + 1] = 'attempts'
+    f[#f + 1] = r.attempts
+    f[#f + 1] = 'first_attempt_at'
+    f[#f + 1] = r.first_attempt_at
+    f[#f + 1] = 'parked'
+    f[#f + 1] = r.parked
+    redis.call('XADD', KEYS[2], '*', unpack(f))
+    appended = appended + 1
+  else
+    redis.call('XADD', KEYS[3], '*', 'error', 'an unreadable member of the retry set (kept as record)',
+      'record', member, 'failed_at', tostring(now))
+    unreadable = unreadable + 1
+  end
+  redis.call('ZREM', KEYS[1], member)
+end
+return {appended, unreadable}
+"#;
+
 impl Stream {
     /// Acks the ids this consumer still owns, in one script call; returns the ids it did not
     /// own (see [`ACK_SCRIPT`]).
@@ -167,6 +228,29 @@ impl Stream {
         for (payload, meeting) in meetings {
             invocation.arg(payload.as_slice()).arg(meeting);
         }
+        invocation.invoke_async(&mut self.con()).await
+    }
+
+    /// Parks `record` (the entry `id`, acked in the same script if this consumer owns it) in the
+    /// retry set, due after `delay` (see [`PARK_SCRIPT`]): `Some(due, Unix ms)` when done by
+    /// this call, `None` when the entry was not this consumer's to park (any more).
+    pub async fn park(&self, id: &str, record: &str, delay: std::time::Duration) -> RedisResult<Option<u64>> {
+        let mut invocation = self.park_script.key(&self.keys.events);
+        invocation
+            .key(&self.keys.retry)
+            .arg(&self.group)
+            .arg(&self.consumer)
+            .arg(id)
+            .arg(delay.as_millis() as u64)
+            .arg(record);
+        invocation.invoke_async(&mut self.con()).await
+    }
+
+    /// Re-appends at most `most` due members of the retry set (see [`REAPPEND_SCRIPT`]):
+    /// `(appended, unreadable)`.
+    pub async fn reappend_due(&self, most: usize) -> RedisResult<(u64, u64)> {
+        let mut invocation = self.reappend_script.key(&self.keys.retry);
+        invocation.key(&self.keys.events).key(&self.keys.dead).arg(most);
         invocation.invoke_async(&mut self.con()).await
     }
 }

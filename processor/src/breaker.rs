@@ -1,0 +1,387 @@
+//! Breakers (SPEC §4.3): one per downstream — the Meeting BaaS API, `FORWARD_URL` — shared by
+//! every replica through Redis (`{ns}:breaker:<downstream>`, a hash).
+//!
+//! - **Closed** (no key, or a key counting `failures`): calls go. Each transient failure of a
+//!   call adds one; a success deletes the key. After `BREAKER_FAILURES` in a row it opens.
+//! - **Open** (`open_until` in the future): no replica calls the downstream. A call that meets
+//!   it fails at once with [`HandlerError::Unavailable`], without reaching the network; the
+//!   retry loop parks the entry without counting an attempt ([`crate::retry`]).
+//! - **Half open** (`open_until` past): the first replica to ask gets the one probe
+//!   (`probe_until` marks it taken, for one handler timeout, so a probe whose process died is
+//!   replaced); the others are refused as if open. The probe's success deletes the key (closed,
+//!   `info` line); its failure opens the breaker for another cooldown.
+//!
+//! Every decision is one script on Redis's own clock (`TIME`), so replicas' clocks do not
+//! matter. To keep the healthy path free of Redis round trips, each replica remembers what it
+//! last learned: a breaker found closed with nothing counted is not asked again for
+//! [`CLOSED_FRESH`] (so a breaker opened by another replica is seen here within that time), and
+//! one found open is not asked again before its `open_until`. A success is written only when
+//! Redis may hold failures to forget (this replica saw some, or made the probe).
+
+use crate::handlers::HandlerError;
+use redis::Script;
+use shared::conn::Conn;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// How long a replica trusts a "closed, nothing counted" answer before it asks Redis again.
+pub const CLOSED_FRESH: Duration = Duration::from_millis(500);
+
+const ADMIT_SCRIPT: &str = r#"
+-- KEYS[1] breaker; ARGV[1] how long a probe may take, ms.
+-- Returns {0, failures} closed; {1, ms until it half-opens} open; {2, 0} the probe is yours;
+-- {3, ms until the probe under way is given up} half open, another replica probes.
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local h = redis.call('HMGET', KEYS[1], 'open_until', 'probe_until', 'failures')
+local open_until = tonumber(h[1] or '0')
+if open_until == 0 then
+  return {0, tonumber(h[3] or '0')}
+end
+if now < open_until then
+  return {1, open_until - now}
+end
+local probe_until = tonumber(h[2] or '0')
+if probe_until > now then
+  return {3, probe_until - now}
+end
+redis.call('HSET', KEYS[1], 'probe_until', now + tonumber(ARGV[1]))
+return {2, 0}
+"#;
+
+const FAILED_SCRIPT: &str = r#"
+-- KEYS[1] breaker; ARGV[1] BREAKER_FAILURES, ARGV[2] BREAKER_COOLDOWN_MS, ARGV[3] how long
+-- failures are remembered while closed, ms; ARGV[4] 1 when the failed call was the probe.
+-- Returns {0, failures} still closed; {1, 0} already open; {2, cooldown} opened now;
+-- {3, cooldown} the probe failed: open again.
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local cooldown = tonumber(ARGV[2])
+local open_until = tonumber(redis.call('HGET', KEYS[1], 'open_until') or '0')
+if open_until > 0 then
+  if ARGV[4] == '1' then
+    redis.call('HSET', KEYS[1], 'open_until', now + cooldown)
+    redis.call('HDEL', KEYS[1], 'probe_until')
+    return {3, cooldown}
+  end
+  return {1, 0}
+end
+local n = redis.call('HINCRBY', KEYS[1], 'failures', 1)
+if n >= tonumber(ARGV[1]) then
+  redis.call('HSET', KEYS[1], 'open_until', now + cooldown, 'opened_at', now)
+  redis.call('PERSIST', KEYS[1])
+  return {2, cooldown}
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return {0, n}
+"#;
+
+const SUCCEEDED_SCRIPT: &str = r#"
+-- KEYS[1] breaker; ARGV[1] 1 when the call was the probe.
+-- Forgets the failures; closes a half-open breaker. An open one stays open unless the call was
+-- its probe (a call sent before it opened proves little). Returns 1 when it closed a breaker.
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local open_until = tonumber(redis.call('HGET', KEYS[1], 'open_until') or '0')
+if open_until > now and ARGV[1] ~= '1' then
+  return 0
+end
+redis.call('DEL', KEYS[1])
+if open_until > 0 then return 1 end
+return 0
+"#;
+
+/// A downstream with a breaker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Downstream {
+    MeetingBaas,
+    Forward,
+}
+
+impl Downstream {
+    pub const ALL: [Downstream; 2] = [Downstream::MeetingBaas, Downstream::Forward];
+
+    /// The `downstream` label, and the last part of the breaker's key.
+    pub fn label(self) -> &'static str {
+        match self {
+            Downstream::MeetingBaas => "meeting_baas",
+            Downstream::Forward => "forward",
+        }
+    }
+
+    /// How log lines name it.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Downstream::MeetingBaas => "the Meeting BaaS API",
+            Downstream::Forward => "FORWARD_URL",
+        }
+    }
+}
+
+/// `BREAKER_FAILURES`, `BREAKER_COOLDOWN_MS`, and how long a probe may take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Settings {
+    /// Transient failures in a row that open a breaker (0: no breakers).
+    pub failures: u32,
+    pub cooldown: Duration,
+    /// After this, a probe whose answer never came is given up and another may go.
+    pub probe_timeout: Duration,
+}
+
+/// What a call was let through as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pass {
+    /// No breaker (or Redis could not tell): nothing to record.
+    Free,
+    /// Closed.
+    Closed,
+    /// The one probe of a half-open breaker.
+    Probe,
+}
+
+/// One downstream's breaker; cheap to clone. [`Breaker::off`] lets every call through.
+#[derive(Clone, Default)]
+pub struct Breaker(Option<Arc<Inner>>);
+
+struct Inner {
+    downstream: Downstream,
+    key: String,
+    con: Conn,
+    settings: Settings,
+    local: Mutex<Local>,
+    admit: Script,
+    failed: Script,
+    succeeded: Script,
+}
+
+/// What this replica last learned from Redis.
+#[derive(Default)]
+struct Local {
+    /// Open (or probed by another replica) until then: refused without asking Redis.
+    open_until: Option<Instant>,
+    /// Closed with no failure counted, until then: let through without asking Redis.
+    closed_until: Option<Instant>,
+    /// Redis may hold failures that a success must forget.
+    dirty: bool,
+}
+
+impl Breaker {
+    /// No breaker: every call goes.
+    pub fn off() -> Self {
+        Self(None)
+    }
+
+    /// The breaker of `downstream` at `key`; off when `settings.failures` is 0.
+    pub fn new(downstream: Downstream, key: String, con: Conn, settings: Settings) -> Self {
+        if settings.failures == 0 {
+            return Self::off();
+        }
+        Self(Some(Arc::new(Inner {
+            downstream,
+            key,
+            con,
+            settings,
+            local: Mutex::new(Local::default()),
+            admit: Script::new(ADMIT_SCRIPT),
+            failed: Script::new(FAILED_SCRIPT),
+            succeeded: Script::new(SUCCEEDED_SCRIPT),
+        })))
+    }
+
+    /// Asks whether a call may go: `Err(HandlerError::Unavailable)` while the breaker is open
+    /// (or another replica probes it). Redis failing to answer lets the call go.
+    pub async fn admit(&self) -> Result<Pass, HandlerError> {
+        let Some(inner) = &self.0 else { return Ok(Pass::Free) };
+        let now = Instant::now();
+        {
+            let local = inner.local();
+            if let Some(until) = local.open_until.filter(|until| *until > now) {
+                return Err(inner.refusal(until - now));
+            }
+            if local.closed_until.is_some_and(|until| until > now) {
+                return Ok(Pass::Closed);
+            }
+        }
+        let answer: redis::RedisResult<(i64, i64)> = inner
+            .admit
+            .key(&inner.key)
+            .arg(inner.settings.probe_timeout.as_millis() as u64)
+            .invoke_async(&mut inner.con.clone())
+            .await;
+        let (state, value) = match answer {
+            Ok(answer) => answer,
+            Err(err) => {
+                tracing::debug!(downstream = inner.downstream.label(), error = %err, "breaker not readable; calling");
+                return Ok(Pass::Free);
+            }
+        };
+        let mut local = inner.local();
+        match state {
+            0 => {
+                local.open_until = None;
+                local.dirty = value > 0;
+                local.closed_until = (value == 0).then(|| now + CLOSED_FRESH.min(inner.settings.cooldown));
+                Ok(Pass::Closed)
+            }
+            2 => {
+                local.open_until = None;
+                local.closed_until = None;
+                Ok(Pass::Probe)
+            }
+            _ => {
+                let wait = Duration::from_millis(value.max(1) as u64);
+                local.open_until = Some(now + wait);
+                local.closed_until = None;
+                Err(inner.refusal(wait))
+            }
+        }
+    }
+
+    /// Records how a call let through by [`Self::admit`] ended: a transient error counts
+    /// against the downstream; anything else (an answer, even a 4xx) shows it up.
+    pub async fn record<T>(&self, pass: Pass, result: &Result<T, HandlerError>) {
+        let Some(inner) = &self.0 else { return };
+        if pass == Pass::Free {
+            return;
+        }
+        let probe = u8::from(pass == Pass::Probe);
+        if let Err(HandlerError::Transient { reason, .. }) = result {
+            {
+                let mut local = inner.local();
+                local.closed_until = None;
+                local.dirty = true;
+            }
+            // Failures are forgotten after a quiet while: "in a row" means in one episode.
+            let remember = (inner.settings.cooldown * 10).max(Duration::from_secs(60));
+            let answer: redis::RedisResult<(i64, i64)> = inner
+                .failed
+                .key(&inner.key)
+                .arg(inner.settings.failures)
+                .arg(inner.settings.cooldown.as_millis() as u64)
+                .arg(remember.as_millis() as u64)
+                .arg(probe)
+                .invoke_async(&mut inner.con.clone())
+                .await;
+            match answer {
+                Ok((2, _)) => {
+                    inner.local().open_until = Some(Instant::now() + inner.settings.cooldown);
+                    tracing::warn!(
+                        downstream = inner.downstream.label(),
+                        failures = inner.settings.failures,
+                        cooldown_ms = inner.settings.cooldown.as_millis() as u64,
+                        error = %reason,
+                        "breaker opened: {} failed {} times in a row; no replica calls it for BREAKER_COOLDOWN_MS, \
+                         entries that need it are parked",
+                        inner.downstream.describe(),
+                        inner.settings.failures,
+                    );
+                }
+                Ok((3, _)) => {
+                    inner.local().open_until = Some(Instant::now() + inner.settings.cooldown);
+                    tracing::debug!(downstream = inner.downstream.label(), error = %reason, "breaker probe failed; open again");
+                }
+                Ok(_) => {}
+                Err(err) => tracing::debug!(downstream = inner.downstream.label(), error = %err, "breaker not written"),
+            }
+            return;
+        }
+        if pass != Pass::Probe && !inner.local().dirty {
+            return;
+        }
+        let closed: redis::RedisResult<i64> =
+            inner.succeeded.key(&inner.key).arg(probe).invoke_async(&mut inner.con.clone()).await;
+        match closed {
+            Ok(closed) => {
+                inner.local().dirty = false;
+                if closed == 1 {
+                    inner.local().open_until = None;
+                    tracing::info!(
+                        downstream = inner.downstream.label(),
+                        "breaker closed: {} answered again",
+                        inner.downstream.describe()
+                    );
+                }
+            }
+            Err(err) => tracing::debug!(downstream = inner.downstream.label(), error = %err, "breaker not written"),
+        }
+    }
+}
+
+impl Inner {
+    fn local(&self) -> std::sync::MutexGuard<'_, Local> {
+        self.local.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn refusal(&self, wait: Duration) -> HandlerError {
+        HandlerError::Unavailable {
+            reason: format!(
+                "{} was not called: its breaker is open after {} transient failures in a row",
+                self.downstream.describe(),
+                self.settings.failures
+            ),
+            wait,
+        }
+    }
+}
+
+/// The breakers of both downstreams.
+#[derive(Clone, Default)]
+pub struct Breakers {
+    pub meeting_baas: Breaker,
+    pub forward: Breaker,
+}
+
+impl Breakers {
+    /// Both breakers of the namespace of `keys` (off when `settings.failures` is 0).
+    pub fn new(keys: &shared::keys::Keys, con: &Conn, settings: Settings) -> Self {
+        let make = |d: Downstream| Breaker::new(d, keys.breaker(d.label()), con.clone(), settings);
+        Self { meeting_baas: make(Downstream::MeetingBaas), forward: make(Downstream::Forward) }
+    }
+}
+
+/// A breaker's state as `processor status` and the gauges read it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum State {
+    Closed { failures: u64 },
+    Open { for_ms: u64 },
+    HalfOpen,
+}
+
+impl State {
+    pub fn is_open(&self) -> bool {
+        !matches!(self, State::Closed { .. })
+    }
+}
+
+impl std::fmt::Display for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            State::Closed { failures: 0 } => write!(f, "closed"),
+            State::Closed { failures } => write!(f, "closed ({failures} failures in a row)"),
+            State::Open { for_ms } => write!(f, "open (probe in {:.1} s)", *for_ms as f64 / 1000.0),
+            State::HalfOpen => write!(f, "half open (one probe goes)"),
+        }
+    }
+}
+
+const STATE_SCRIPT: &str = r#"
+-- KEYS[1] breaker. Returns {0, failures} closed, {1, ms until half open} open, {2, 0} half open.
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local h = redis.call('HMGET', KEYS[1], 'open_until', 'failures')
+local open_until = tonumber(h[1] or '0')
+if open_until == 0 then return {0, tonumber(h[2] or '0')} end
+if open_until > now then return {1, open_until - now} end
+return {2, 0}
+"#;
+
+/// Reads the state of the breaker at `key` (no probe taken).
+pub async fn state(con: &mut Conn, key: &str) -> redis::RedisResult<State> {
+    let (state, value): (i64, u64) = Script::new(STATE_SCRIPT).key(key).invoke_async(con).await?;
+    Ok(match state {
+        0 => State::Closed { failures: value },
+        1 => State::Open { for_ms: value },
+        _ => State::HalfOpen,
+    })
+}
