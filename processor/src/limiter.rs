@@ -72,8 +72,9 @@ pub enum Slot {
     LockLost,
 }
 
-/// The longest shared pause a 429's `Retry-After` can impose.
-const MAX_PAUSE: Duration = Duration::from_secs(3600);
+/// The longest shared pause a 429's `Retry-After` can impose (without parking; with it, see
+/// [`WriteLimiter::with_max_pause`]).
+pub const MAX_PAUSE: Duration = Duration::from_secs(3600);
 
 /// The shared write limiter; `None` rate means unlimited (`API_WRITES_PER_SEC=0`).
 #[derive(Clone)]
@@ -81,6 +82,7 @@ pub struct WriteLimiter {
     key: String,
     con: Option<Conn>,
     interval_us: u64,
+    max_pause: Duration,
     script: Script,
     pause_script: Script,
 }
@@ -92,15 +94,31 @@ impl WriteLimiter {
             0 => (None, 0),
             n => (Some(con), 1_000_000 / u64::from(n)),
         };
-        Self { key, con, interval_us, script: Script::new(GCRA_SCRIPT), pause_script: Script::new(PAUSE_SCRIPT) }
+        Self {
+            key,
+            con,
+            interval_us,
+            max_pause: MAX_PAUSE,
+            script: Script::new(GCRA_SCRIPT),
+            pause_script: Script::new(PAUSE_SCRIPT),
+        }
+    }
+
+    /// Caps the shared pause a 429 imposes. With parking on, the cap is
+    /// `RETRY_MAX_INTERVAL_MS`: a longer `Retry-After` parks the entry that got it (SPEC §4.3)
+    /// and must not freeze every other write for as long.
+    pub fn with_max_pause(mut self, max: Duration) -> Self {
+        self.max_pause = max;
+        self
     }
 
     /// The API refused a write with 429 and `Retry-After: wait`: no replica writes before then
     /// (the next slot moves to now + `wait`, on Redis's clock). Best effort: an error is logged.
     pub async fn pause(&self, wait: Duration) {
         let Some(con) = &self.con else { return };
-        // A Retry-After of years is a server's mistake: the shared pause is at most an hour.
-        let wait = wait.min(MAX_PAUSE);
+        // A Retry-After of years is a server's mistake: the shared pause is at most an hour (or,
+        // with parking, the longest in-place wait).
+        let wait = wait.min(self.max_pause);
         let paused: RedisResult<i64> =
             self.pause_script.key(&self.key).arg(wait.as_micros() as u64).invoke_async(&mut con.clone()).await;
         match paused {

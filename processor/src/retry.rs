@@ -377,4 +377,70 @@ mod tests {
         let outcome = policy(100).run(&event(), |_| async { Err(transient(Some(Duration::from_secs(60)))) }).await;
         assert_eq!(outcome, Outcome { verdict: Verdict::Exhausted("boom".into()), attempts: 1 });
     }
+
+    fn parking() -> ParkPolicy {
+        ParkPolicy {
+            initial: Duration::from_secs(60),
+            max: Duration::from_secs(3_600),
+            horizon: Duration::from_secs(86_400),
+        }
+    }
+
+    #[test]
+    fn park_delays_double_from_the_initial_to_the_maximum_with_jitter() {
+        let p = parking();
+        for _ in 0..50 {
+            let first = p.delay(0, None);
+            assert!(first >= Duration::from_secs(45) && first <= Duration::from_secs(75), "{first:?}");
+            let third = p.delay(2, None);
+            assert!(third >= Duration::from_secs(180) && third <= Duration::from_secs(300), "{third:?}");
+            assert!(p.delay(40, None) <= p.max && p.delay(40, None) >= Duration::from_secs(2_700));
+            assert!(p.delay(u32::MAX, None) <= p.max);
+        }
+        // What the downstream asked for, capped at the maximum.
+        assert_eq!(p.delay(0, Some(Duration::from_secs(600))), Duration::from_secs(600));
+        assert_eq!(p.delay(0, Some(Duration::from_secs(86_400))), p.max);
+        assert!(!ParkPolicy::off().enabled() && p.enabled());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn with_parking_a_long_retry_after_or_an_open_breaker_defers_at_once() {
+        let mut p = policy(10_000);
+        p.park = parking();
+        // Longer than RETRY_MAX_INTERVAL_MS (5 ms here): not waited for in place.
+        let outcome = p.run(&event(), |_| async { Err(transient(Some(Duration::from_secs(3_600)))) }).await;
+        assert_eq!(
+            outcome,
+            Outcome {
+                verdict: Verdict::Deferred { reason: "boom".into(), wait: Duration::from_secs(3_600) },
+                attempts: 1
+            }
+        );
+        // An open breaker: not an attempt at all.
+        let open = || HandlerError::Unavailable { reason: "open".into(), wait: Duration::from_secs(30) };
+        let outcome = p.run(&event(), |_| async { Err(open()) }).await;
+        assert_eq!(
+            outcome,
+            Outcome {
+                verdict: Verdict::Deferred { reason: "open".into(), wait: Duration::from_secs(30) },
+                attempts: 0
+            }
+        );
+        // Without parking, the breaker's wait is waited for in place, outside the budget.
+        let mut p = policy(100);
+        p.attempt_timeout = Duration::from_millis(50);
+        let calls = AtomicU32::new(0);
+        let started = Instant::now();
+        let outcome = p
+            .run(&event(), |_| async {
+                if calls.fetch_add(1, Ordering::SeqCst) < 2 {
+                    Err(open())
+                } else {
+                    Ok(())
+                }
+            })
+            .await;
+        assert_eq!(outcome, Outcome { verdict: Verdict::Done, attempts: 1 });
+        assert!(started.elapsed() >= Duration::from_secs(60));
+    }
 }

@@ -87,7 +87,12 @@ impl Processor {
             namespace.api_writes.clone(),
             commands.clone(),
             config.api_writes_per_sec,
-        );
+        )
+        .with_max_pause(if config.park.enabled() {
+            config.retry_max_interval
+        } else {
+            crate::limiter::MAX_PAUSE
+        });
         let seen = crate::handlers::reconcile::Seen::new(commands.clone(), &config.common.namespace);
         let breakers = crate::breaker::Breakers::new(&namespace, &commands, config.breakers);
         let registry = match registry {

@@ -236,3 +236,65 @@ async fn both_binaries_start_while_the_cluster_is_down_and_work_once_it_is_up() 
     .await;
     eventually("the event processed", || async { forwarded(&api).contains_key("msg_down_0").then_some(()) }).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn entries_parked_during_an_outage_on_a_cluster_come_back_in_their_partitions() {
+    let cluster = RedisCluster::start(3, 0);
+    let api = FakeApi::start().await;
+    let healthy = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let delivered: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
+    let (h, d) = (healthy.clone(), delivered.clone());
+    api.route("POST", "/downstream", move |call, _| {
+        if !h.load(std::sync::atomic::Ordering::SeqCst) {
+            return Reply::status(503);
+        }
+        *d.lock().unwrap().entry(call.header("x-hookstream-id").unwrap_or("").to_string()).or_default() += 1;
+        Reply::status(200)
+    });
+    let mut vars = forwarding_processor_vars(&cluster, &api);
+    for (k, v) in [
+        ("RETRY_MAX_ELAPSED_MS", "100"),
+        ("RETRY_PARK_INITIAL_MS", "300"),
+        ("RETRY_PARK_MAX_MS", "600"),
+        ("BREAKER_FAILURES", "3"),
+        ("BREAKER_COOLDOWN_MS", "300"),
+    ] {
+        vars.insert(k.into(), v.into());
+    }
+    let ingress = start_with(cluster_vars(default_vars(&cluster.urls()), &cluster.urls()), |_| {}).await;
+    let body = fixture("meeting-baas/v2/bot_completed.json");
+    const N: usize = 40;
+    for i in 0..N {
+        let r = post_signed(&ingress, "svix", SECRET, &format!("msg_parked_{i}"), now(), &body).await;
+        assert_eq!(answer(r).await.1["status"], "accepted", "webhook {i}");
+    }
+    let _one = start_processor(vars.clone()).await;
+    let _two = start_processor(vars).await;
+    let parked = || {
+        let mut con = cluster.con();
+        (0..PARTITIONS)
+            .map(|i| redis::cmd("ZCARD").arg(format!("{{{NS}:{i}}}:retry")).query::<u64>(&mut con).expect("ZCARD"))
+            .collect::<Vec<u64>>()
+    };
+    let spread = eventually("every event parked, in its own partition's retry set", || {
+        let p = parked();
+        async move { (p.iter().sum::<u64>() == N as u64).then_some(p) }
+    })
+    .await;
+    assert!(spread.iter().filter(|&&n| n > 0).count() >= 4, "{spread:?}");
+    healthy.store(true, std::sync::atomic::Ordering::SeqCst);
+    let seen = eventually("every event forwarded", || {
+        let seen = delivered.lock().unwrap().clone();
+        async move { (seen.len() == N).then_some(seen) }
+    })
+    .await;
+    eventually("nothing parked", || async { (parked().iter().sum::<u64>() == 0).then_some(()) }).await;
+    let mut con = cluster.con();
+    let dead: u64 = (0..PARTITIONS)
+        .map(|i| redis::cmd("XLEN").arg(format!("{{{NS}:{i}}}:dead")).query::<u64>(&mut con).unwrap())
+        .sum();
+    assert_eq!(dead, 0);
+    assert!(seen.keys().all(|id| id.starts_with("msg_parked_")), "{seen:?}");
+    assert_eq!(delivered.lock().unwrap().values().sum::<usize>(), N, "each forwarded once: {seen:?}");
+    ingress.stop().await;
+}

@@ -296,7 +296,11 @@ async fn a_429_pauses_every_replicas_writes_for_its_retry_after() {
     let limited = Reply::json(429, fixture("meeting-baas/api/v2_rate_limited.json")).header("retry-after", "2");
     let scheduled = Reply::json(200, fixture("meeting-baas/api/v1_schedule_response.json"));
     api.sequence("POST", "/calendar_events/e-429/bot", vec![limited, scheduled]);
-    let processor = start_processor(processor_vars(&redis.url(), &api.url())).await;
+    let mut vars = processor_vars(&redis.url(), &api.url());
+    // Waited for in place, and shared, only within RETRY_MAX_INTERVAL_MS (a longer one parks
+    // the entry and pauses the others no longer than that: outages.rs).
+    vars.insert("RETRY_MAX_INTERVAL_MS".into(), "3000".into());
+    let processor = start_processor(vars).await;
     add_event(&redis, "calendar.sync_events", &sync_body(&["e-429".to_string()]), "limited");
     eventually("the API answered 429", || async {
         (api.calls_to("POST", "/calendar_events/e-429/bot").len() == 1).then_some(())

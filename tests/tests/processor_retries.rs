@@ -106,6 +106,9 @@ async fn retries_exhausted_dead_letter() {
     target.always("POST", "/hook", Reply::status(500));
     let mut vars = forward_vars(&redis, &target);
     vars.insert("RETRY_MAX_ELAPSED_MS".into(), "1000".into());
+    // No parking and no breaker: the in-place budget is the whole story (outages.rs has the rest).
+    vars.insert("RETRY_HORIZON_SECS".into(), "0".into());
+    vars.insert("BREAKER_FAILURES".into(), "0".into());
     let processor = start_processor(vars).await;
     add_fixture(&redis, "meeting-baas/v2/bot_completed.json");
     let dead = dead_after(&redis, 1).await;
@@ -124,7 +127,10 @@ async fn retry_after_is_honoured() {
     let target = FakeApi::start().await;
     let limited = Reply::json(429, fixture("meeting-baas/api/v2_rate_limited.json")).header("retry-after", "1");
     target.sequence("POST", "/hook", vec![limited, Reply::status(200)]);
-    let processor = start_processor(forward_vars(&redis, &target)).await;
+    let mut vars = forward_vars(&redis, &target);
+    // A Retry-After within RETRY_MAX_INTERVAL_MS is waited for in place (a longer one parks).
+    vars.insert("RETRY_MAX_INTERVAL_MS".into(), "2000".into());
+    let processor = start_processor(vars).await;
     add_fixture(&redis, "meeting-baas/v2/bot_completed.json");
     all_acked(&redis).await;
     processor.stop().await;
