@@ -229,8 +229,17 @@ impl Breaker {
                 local.closed_until = None;
                 Ok(Pass::Probe)
             }
-            _ => {
+            1 => {
+                // Open until it half-opens: nothing to ask Redis before then.
                 let wait = Duration::from_millis(value.max(1) as u64);
+                local.open_until = Some(now + wait);
+                local.closed_until = None;
+                Err(inner.refusal(wait))
+            }
+            _ => {
+                // Another replica probes: its answer may come any moment, so this is remembered
+                // briefly, not for the probe's whole time limit.
+                let wait = Duration::from_millis(value.max(1) as u64).min(CLOSED_FRESH);
                 local.open_until = Some(now + wait);
                 local.closed_until = None;
                 Err(inner.refusal(wait))
