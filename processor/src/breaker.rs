@@ -150,6 +150,8 @@ struct Inner {
     con: Conn,
     settings: Settings,
     local: Mutex<Local>,
+    /// Every partition's retry set: where the entries it refused wait.
+    retry_sets: Vec<String>,
     admit: Script,
     failed: Script,
     succeeded: Script,
@@ -172,8 +174,9 @@ impl Breaker {
         Self(None)
     }
 
-    /// The breaker of `downstream` at `key`; off when `settings.failures` is 0.
-    pub fn new(downstream: Downstream, key: String, con: Conn, settings: Settings) -> Self {
+    /// The breaker of `downstream` at `key`; off when `settings.failures` is 0. When it closes,
+    /// the entries it made wait in `retry_sets` are made due.
+    pub fn new(downstream: Downstream, key: String, con: Conn, settings: Settings, retry_sets: Vec<String>) -> Self {
         if settings.failures == 0 {
             return Self::off();
         }
@@ -183,6 +186,7 @@ impl Breaker {
             con,
             settings,
             local: Mutex::new(Local::default()),
+            retry_sets,
             admit: Script::new(ADMIT_SCRIPT),
             failed: Script::new(FAILED_SCRIPT),
             succeeded: Script::new(SUCCEEDED_SCRIPT),
@@ -305,6 +309,7 @@ impl Breaker {
                 inner.local().dirty = false;
                 if closed == 1 {
                     inner.local().open_until = None;
+                    inner.wake_parked();
                     tracing::info!(
                         downstream = inner.downstream.label(),
                         "breaker closed: {} answered again",
@@ -330,7 +335,30 @@ impl Inner {
                 self.settings.failures
             ),
             wait,
+            downstream: self.downstream.label(),
         }
+    }
+
+    /// The breaker closed: the entries parked because it was open come back now, not at their
+    /// due time (which may be a park delay away). In the background: the probe's entry goes on.
+    fn wake_parked(self: &Arc<Self>) {
+        let inner = self.clone();
+        tokio::spawn(async move {
+            let mut made = 0;
+            for key in &inner.retry_sets {
+                match crate::stream::wake_parked(&mut inner.con.clone(), key, inner.downstream.label()).await {
+                    Ok(n) => made += n,
+                    Err(err) => tracing::debug!(error = %err, retry = %key, "waking parked entries failed"),
+                }
+            }
+            if made > 0 {
+                tracing::info!(
+                    downstream = inner.downstream.label(),
+                    entries = made,
+                    "entries parked while the breaker was open are due now"
+                );
+            }
+        });
     }
 }
 
@@ -342,9 +370,11 @@ pub struct Breakers {
 }
 
 impl Breakers {
-    /// Both breakers of the namespace of `keys` (off when `settings.failures` is 0).
-    pub fn new(keys: &shared::keys::Keys, con: &Conn, settings: Settings) -> Self {
-        let make = |d: Downstream| Breaker::new(d, keys.breaker(d.label()), con.clone(), settings);
+    /// Both breakers of the namespace of `partitions` (off when `settings.failures` is 0).
+    pub fn new(partitions: &shared::keys::Partitions, con: &Conn, settings: Settings) -> Self {
+        let keys = partitions.namespace();
+        let retry_sets: Vec<String> = partitions.all().iter().map(|k| k.retry.clone()).collect();
+        let make = |d: Downstream| Breaker::new(d, keys.breaker(d.label()), con.clone(), settings, retry_sets.clone());
         Self { meeting_baas: make(Downstream::MeetingBaas), forward: make(Downstream::Forward) }
     }
 }

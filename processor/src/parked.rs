@@ -37,6 +37,10 @@ pub struct Record {
     pub error: String,
     /// When it was parked (RFC 3339 UTC).
     pub parked_at: String,
+    /// The downstream (`meeting_baas`, `forward`) whose open breaker refused it: it is made due
+    /// as soon as that breaker closes, whatever its due time ([`crate::breaker`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waits_for: Option<String>,
 }
 
 /// What an entry carries from its earlier deliveries (its re-appended fields), if anything.
@@ -96,6 +100,7 @@ impl Record {
             parked: parked.to_string(),
             error: error.chars().take(2_000).collect(),
             parked_at: shared::entry::timestamp_now(),
+            waits_for: None,
         }
     }
 

@@ -260,8 +260,7 @@ impl Reconciler {
         );
         // Its Api never writes: the write limiter it carries is never asked. Its reads go through
         // the API's breaker: while it is open, nobody calls the API, the reconciler included.
-        let breaker =
-            crate::breaker::Breakers::new(&shared::keys::Keys::new(&namespace), &con, config.breakers).meeting_baas;
+        let breaker = crate::breaker::Breakers::new(&config.common.partitions(), &con, config.breakers).meeting_baas;
         let api = Api::new(http, config, WriteLimiter::new(String::new(), con.clone(), 0), None, breaker);
         Ok(Self {
             api,

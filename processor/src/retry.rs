@@ -93,9 +93,11 @@ pub enum Verdict {
     /// With parking on: a retry is due later than this delivery should wait in place — the
     /// downstream asked for a `Retry-After` longer than `RETRY_MAX_INTERVAL_MS`, or its breaker
     /// is open — so the entry is parked at once, for at least `wait`.
+    /// `breaker`: the downstream whose open breaker refused the call, when that is why.
     Deferred {
         reason: String,
         wait: Duration,
+        breaker: Option<&'static str>,
     },
 }
 
@@ -157,12 +159,13 @@ impl RetryPolicy {
                         failed("permanent", &reason, None);
                         return Outcome { verdict: Verdict::Permanent(reason), attempts };
                     }
-                    Some(Err(HandlerError::Unavailable { reason, wait })) => {
+                    Some(Err(HandlerError::Unavailable { reason, wait, downstream })) => {
                         // The downstream was not called: not an attempt, and not the entry's time.
                         attempts -= 1;
                         tracing::debug!(stream_id = %event.id, event = %event.name, error = %reason, "breaker open");
                         if self.park.enabled() {
-                            return Outcome { verdict: Verdict::Deferred { reason, wait }, attempts };
+                            let breaker = Some(downstream);
+                            return Outcome { verdict: Verdict::Deferred { reason, wait, breaker }, attempts };
                         }
                         crate::waits::counted(clock.clone(), crate::waits::excluded(tokio::time::sleep(wait))).await;
                         continue;
@@ -174,7 +177,7 @@ impl RetryPolicy {
             if let Some(wait) = retry_after.filter(|wait| self.park.enabled() && *wait > self.max_interval) {
                 // Longer than an in-place wait may be: parked, not holding a slot that long.
                 failed("transient", &reason, None);
-                return Outcome { verdict: Verdict::Deferred { reason, wait }, attempts };
+                return Outcome { verdict: Verdict::Deferred { reason, wait, breaker: None }, attempts };
             }
             let own_time = started.elapsed().saturating_sub(clock.excluded());
             let delay = backoff
@@ -412,17 +415,25 @@ mod tests {
         assert_eq!(
             outcome,
             Outcome {
-                verdict: Verdict::Deferred { reason: "boom".into(), wait: Duration::from_secs(3_600) },
+                verdict: Verdict::Deferred { reason: "boom".into(), wait: Duration::from_secs(3_600), breaker: None },
                 attempts: 1
             }
         );
         // An open breaker: not an attempt at all.
-        let open = || HandlerError::Unavailable { reason: "open".into(), wait: Duration::from_secs(30) };
+        let open = || HandlerError::Unavailable {
+            reason: "open".into(),
+            wait: Duration::from_secs(30),
+            downstream: "forward",
+        };
         let outcome = p.run(&event(), |_| async { Err(open()) }).await;
         assert_eq!(
             outcome,
             Outcome {
-                verdict: Verdict::Deferred { reason: "open".into(), wait: Duration::from_secs(30) },
+                verdict: Verdict::Deferred {
+                    reason: "open".into(),
+                    wait: Duration::from_secs(30),
+                    breaker: Some("forward")
+                },
                 attempts: 0
             }
         );

@@ -94,7 +94,7 @@ impl Processor {
             crate::limiter::MAX_PAUSE
         });
         let seen = crate::handlers::reconcile::Seen::new(commands.clone(), &config.common.namespace);
-        let breakers = crate::breaker::Breakers::new(&namespace, &commands, config.breakers);
+        let breakers = crate::breaker::Breakers::new(&partitions, &commands, config.breakers);
         let registry = match registry {
             Some(registry) => registry,
             None => Registry::standard(&config, limiter, Some(seen), breakers)?,

@@ -24,6 +24,18 @@ use crate::stream::{RedisState, Stream};
 use shared::entry;
 use std::time::Instant;
 
+/// Why an entry is retried later, and what the downstream asked for.
+struct Later<'a> {
+    /// The last error.
+    reason: &'a str,
+    /// How long the downstream wants the entry to wait (a `Retry-After`, an open breaker).
+    asked: Option<std::time::Duration>,
+    /// The downstream whose open breaker refused the call, if that is why.
+    breaker: Option<&'static str>,
+    /// Attempts in this delivery.
+    attempts: u32,
+}
+
 /// What handling needs, shared by every delivery.
 pub struct Worker {
     pub stream: Stream,
@@ -142,27 +154,27 @@ impl Worker {
             }
             Verdict::Permanent(reason) => self.dead_letter(delivery, &reason, outcome.attempts).await,
             Verdict::Exhausted(reason) => {
-                self.retry_later(delivery, &event, began, &reason, None, outcome.attempts).await
+                let later = Later { reason: &reason, asked: None, breaker: None, attempts: outcome.attempts };
+                self.retry_later(delivery, &event, began, later).await
             }
-            Verdict::Deferred { reason, wait } => {
-                self.retry_later(delivery, &event, began, &reason, Some(wait), outcome.attempts).await
+            Verdict::Deferred { reason, wait, breaker } => {
+                let later = Later { reason: &reason, asked: Some(wait), breaker, attempts: outcome.attempts };
+                self.retry_later(delivery, &event, began, later).await
             }
         }
     }
 
     /// The in-place retries are over (or cannot help yet) after a transient failure: the entry
     /// is parked for a later retry ([`crate::parked`]), or dead-lettered when parking is off or
-    /// `RETRY_HORIZON_SECS` have passed since its first attempt. `asked`: how long the
-    /// downstream wants the entry to wait (a `Retry-After`, an open breaker).
+    /// `RETRY_HORIZON_SECS` have passed since its first attempt.
     async fn retry_later(
         &self,
         delivery: Delivery,
         event: &Event,
         began: chrono::DateTime<chrono::Utc>,
-        reason: &str,
-        asked: Option<std::time::Duration>,
-        attempts: u32,
+        later: Later<'_>,
     ) {
+        let Later { reason, asked, breaker, attempts } = later;
         let park = self.retry.park;
         if !park.enabled() {
             let reason = format!("retries exhausted after {attempts} attempts: {reason}");
@@ -184,7 +196,10 @@ impl Worker {
         };
         // Never parked past the horizon: the retry at the horizon is the last one.
         let delay = park.delay(history.parked, asked).min(left);
-        let record = crate::parked::Record::new(&delivery.entry, &event.name, total, first, history.parked + 1, reason);
+        let mut record =
+            crate::parked::Record::new(&delivery.entry, &event.name, total, first, history.parked + 1, reason);
+        // Woken at once when that breaker closes (see `crate::breaker`), not at its due time.
+        record.waits_for = breaker.map(str::to_string);
         if let Settled::Parked(due) =
             Box::pin(delivery.park(&self.stream, &self.redis, &record.to_member(), delay)).await
         {

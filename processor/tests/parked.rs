@@ -178,8 +178,8 @@ async fn a_breaker_is_shared_by_replicas_and_lets_one_probe_through() {
     let redis = RedisServer::start();
     let key = Keys::new("hookstream").breaker("forward");
     // Two replicas' breakers on one key.
-    let a = Breaker::new(Downstream::Forward, key.clone(), conn(&redis), settings());
-    let b = Breaker::new(Downstream::Forward, key.clone(), conn(&redis), settings());
+    let a = Breaker::new(Downstream::Forward, key.clone(), conn(&redis), settings(), Vec::new());
+    let b = Breaker::new(Downstream::Forward, key.clone(), conn(&redis), settings(), Vec::new());
     for breaker in [&a, &b, &a] {
         let pass = breaker.admit().await.unwrap();
         breaker.record(pass, &transient()).await;
@@ -215,6 +215,6 @@ async fn a_breaker_is_shared_by_replicas_and_lets_one_probe_through() {
     }
     assert!(a.admit().await.is_ok(), "never three failures in a row");
     // BREAKER_FAILURES=0: no breaker.
-    let off = Breaker::new(Downstream::Forward, key, conn(&redis), Settings { failures: 0, ..settings() });
+    let off = Breaker::new(Downstream::Forward, key, conn(&redis), Settings { failures: 0, ..settings() }, Vec::new());
     assert_eq!(off.admit().await.unwrap(), Pass::Free);
 }

@@ -350,3 +350,40 @@ async fn the_ingress_counts_parked_entries_in_its_backlog() {
     assert_eq!(xlen(&redis), 0);
     ingress.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn entries_parked_by_an_open_breaker_come_back_as_soon_as_it_closes() {
+    let redis = RedisServer::start();
+    let all = uuids("wake", 20);
+    let fake = flaky_v1(&all).await;
+    let mut vars = outage_vars(&redis, &fake.api);
+    // Only the breaker parks here (the in-place budget is long), and a park would last ten
+    // minutes: without the wake-up, nothing would come back in this test's time.
+    vars.insert("RETRY_MAX_ELAPSED_MS".into(), "600000".into());
+    vars.insert("RETRY_PARK_INITIAL_MS".into(), "600000".into());
+    vars.insert("RETRY_PARK_MAX_MS".into(), "600000".into());
+    let processor = start_processor(vars.clone()).await;
+    add_event(&redis, "calendar.sync_events", &sync_body(&all), "sync-parked-by-the-breaker");
+    eventually("every meeting parked", || async { (parked(&redis) == 20).then_some(()) }).await;
+    let members: Vec<String> = redis::cmd("ZRANGE").arg(RETRY).arg(0).arg(-1).query(&mut redis.con()).unwrap();
+    let records: Vec<processor::parked::Record> =
+        members.iter().map(|m| processor::parked::Record::from_member(m).expect("a record")).collect();
+    assert!(records.iter().all(|r| r.waits_for.as_deref() == Some("meeting_baas")), "{records:?}");
+    fake.down.store(false, Ordering::SeqCst);
+    // One entry brought back by hand probes the API; its success closes the breaker, and that
+    // brings every other entry it had refused back at once.
+    let config = processor::ProcessorConfig::read(&Reader::new(&vars)).expect("config");
+    let one = cli::operate(
+        &config,
+        None,
+        Command::Retry { action: cli::Retry::Now { id: Some(records[0].id.clone()), all: false } },
+    )
+    .await;
+    assert_eq!(one.code, 0, "{one:?}");
+    eventually("every meeting has a bot", || async { (fake.bots.lock().unwrap().len() == 20).then_some(()) }).await;
+    eventually("nothing parked", || async { (parked(&redis) == 0).then_some(()) }).await;
+    all_acked(&redis).await;
+    processor.stop().await;
+    assert!(fake.bots.lock().unwrap().values().all(|n| *n == 1));
+    assert_eq!(xlen_dead(&redis), 0);
+}

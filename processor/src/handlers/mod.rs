@@ -63,7 +63,7 @@ pub enum HandlerError {
     /// The downstream was not called: its breaker is open ([`crate::breaker`]) for `wait` more.
     /// Not an attempt: the entry is parked (or, without parking, waits in place).
     #[error("{reason}")]
-    Unavailable { reason: String, wait: Duration },
+    Unavailable { reason: String, wait: Duration, downstream: &'static str },
 }
 
 impl HandlerError {

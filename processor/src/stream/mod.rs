@@ -125,6 +125,39 @@ pub fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
+/// Makes due at once (score 1, long past) the members of the retry set `key` parked because
+/// `downstream`'s breaker was open (their record says `"waits_for":"<downstream>"`; a payload
+/// quoting that text has its quotes escaped, so it never matches). Returns how many.
+pub async fn wake_parked(con: &mut Conn, key: &str, downstream: &str) -> RedisResult<u64> {
+    let pattern = format!("*\"waits_for\":\"{downstream}\"*");
+    let (mut cursor, mut made) = (0u64, 0u64);
+    loop {
+        let (next, rows): (u64, Vec<String>) = redis::cmd("ZSCAN")
+            .arg(key)
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(&pattern)
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(con)
+            .await?;
+        // ZSCAN answers member, score, member, score, …
+        let members: Vec<&String> = rows.iter().step_by(2).collect();
+        if !members.is_empty() {
+            let mut zadd = redis::cmd("ZADD");
+            zadd.arg(key).arg("XX").arg("CH");
+            for member in members {
+                zadd.arg(1).arg(member);
+            }
+            made += zadd.query_async::<u64>(con).await?;
+        }
+        if next == 0 {
+            return Ok(made);
+        }
+        cursor = next;
+    }
+}
+
 /// `ms-seq` as a pair, for ordering stream ids.
 pub fn parse_id(id: &str) -> Option<(u64, u64)> {
     let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
