@@ -151,6 +151,8 @@ pub enum LogFormat {
 pub struct Common {
     pub redis_url: String,
     pub redis_mode: crate::conn::Mode,
+    /// `REDIS_TLS_CA_FILE`, `REDIS_TLS_CERT_FILE`, `REDIS_TLS_KEY_FILE`, read and checked.
+    pub tls: crate::conn::TlsFiles,
     /// `PARTITIONS`: how many streams the events are split into (1 = the unpartitioned keys).
     pub partitions: usize,
     pub namespace: String,
@@ -163,8 +165,16 @@ pub const COMMON_VARS: &[Var] = &[
     Var {
         name: "REDIS_URL",
         default: "redis://127.0.0.1:6379",
-        help: "Redis to use (redis:// or unix://); in cluster mode a comma-separated list of seed nodes",
+        help: "Redis to use (redis://, rediss:// for TLS, user:password@ for an ACL user); in cluster mode a \
+               comma-separated list of seed nodes",
     },
+    Var {
+        name: "REDIS_TLS_CA_FILE",
+        default: "unset",
+        help: "PEM file of the CA that signed the Redis server's certificate (rediss://; default: the system roots)",
+    },
+    Var { name: "REDIS_TLS_CERT_FILE", default: "unset", help: "PEM client certificate for mutual TLS (with the key)" },
+    Var { name: "REDIS_TLS_KEY_FILE", default: "unset", help: "PEM private key of REDIS_TLS_CERT_FILE" },
     Var { name: "REDIS_MODE", default: "standalone", help: "standalone (one Redis) or cluster (Redis Cluster)" },
     Var {
         name: "PARTITIONS",
@@ -197,6 +207,51 @@ fn redact_url(url: &str) -> String {
     format!("{scheme}://{user}@{host}{path}")
 }
 
+/// Reads and checks the `REDIS_TLS_*` files: each must be readable and hold what it names (a
+/// certificate, a private key); the certificate and the key come together; and they are set
+/// only for a `rediss://` `REDIS_URL` (on a plain one they would silently do nothing).
+fn read_tls(r: &Reader<'_>, redis_url: &str) -> Result<crate::conn::TlsFiles, ConfigError> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let read = |var: &'static str| -> Result<Option<Vec<u8>>, ConfigError> {
+        let Some(path) = r.raw(var) else { return Ok(None) };
+        std::fs::read(&path).map(Some).map_err(|e| ConfigError::new(var, format!("cannot read {path:?}: {e}")))
+    };
+    let certificates = |var: &'static str, pem: &[u8]| -> Result<(), ConfigError> {
+        let certs = CertificateDer::pem_slice_iter(pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| ConfigError::new(var, format!("is not a PEM certificate file: {e}")))?;
+        if certs.is_empty() {
+            return Err(ConfigError::new(var, "holds no PEM certificate (-----BEGIN CERTIFICATE-----)"));
+        }
+        Ok(())
+    };
+    let ca = read("REDIS_TLS_CA_FILE")?;
+    if let Some(pem) = &ca {
+        certificates("REDIS_TLS_CA_FILE", pem)?;
+    }
+    let client = match (read("REDIS_TLS_CERT_FILE")?, read("REDIS_TLS_KEY_FILE")?) {
+        (None, None) => None,
+        (Some(_), None) => return Err(ConfigError::new("REDIS_TLS_KEY_FILE", "must be set with REDIS_TLS_CERT_FILE")),
+        (None, Some(_)) => return Err(ConfigError::new("REDIS_TLS_CERT_FILE", "must be set with REDIS_TLS_KEY_FILE")),
+        (Some(cert), Some(key)) => {
+            certificates("REDIS_TLS_CERT_FILE", &cert)?;
+            PrivateKeyDer::from_pem_slice(&key)
+                .map_err(|e| ConfigError::new("REDIS_TLS_KEY_FILE", format!("is not a PEM private key: {e}")))?;
+            Some((cert, key))
+        }
+    };
+    let tls = crate::conn::TlsFiles { ca, client };
+    if !tls.is_empty() && !redis_url.split(',').any(crate::conn::is_tls) {
+        let var = if tls.ca.is_some() { "REDIS_TLS_CA_FILE" } else { "REDIS_TLS_CERT_FILE" };
+        return Err(ConfigError::new(
+            var,
+            format!("is set, but REDIS_URL {:?} is not a rediss:// (TLS) URL", redact_urls(redis_url)),
+        ));
+    }
+    Ok(tls)
+}
+
 impl Common {
     /// `REDIS_URL` with its passwords hidden, for log lines ([`redact_urls`]).
     pub fn redis_url_for_logs(&self) -> String {
@@ -210,7 +265,8 @@ impl Common {
             other => return Err(ConfigError::new("REDIS_MODE", format!("{other:?} is not standalone or cluster"))),
         };
         let redis_url = r.string("REDIS_URL", "redis://127.0.0.1:6379");
-        crate::conn::Target::open(redis_mode, &redis_url)
+        let tls = read_tls(r, &redis_url)?;
+        crate::conn::Target::open(redis_mode, &redis_url, &tls)
             .map_err(|e| ConfigError::new("REDIS_URL", format!("{:?}: {e}", redact_urls(&redis_url))))?;
         let partitions = r.number("PARTITIONS", 1, 1, 1024)? as usize;
         let namespace = r.string("HOOKSTREAM_NAMESPACE", "hookstream");
@@ -228,6 +284,7 @@ impl Common {
         Ok(Self {
             redis_url,
             redis_mode,
+            tls,
             partitions,
             namespace,
             log_format,
@@ -237,7 +294,7 @@ impl Common {
 
     /// The Redis client these settings name (checked when they were read).
     pub fn redis_target(&self) -> redis::RedisResult<crate::conn::Target> {
-        crate::conn::Target::open(self.redis_mode, &self.redis_url)
+        crate::conn::Target::open(self.redis_mode, &self.redis_url, &self.tls)
     }
 
     /// Every partition's keys.

@@ -46,6 +46,44 @@ pub enum Mode {
     Cluster,
 }
 
+/// The PEM files of `REDIS_TLS_*` (read and checked with the configuration): the CA to trust
+/// for `rediss://` URLs instead of the system roots, and a client certificate and key for
+/// mutual TLS. Empty: `rediss://` URLs trust the system roots, and no client certificate.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub ca: Option<Vec<u8>>,
+    /// Certificate chain and private key, both PEM.
+    pub client: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl std::fmt::Debug for TlsFiles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // A private key is never printed.
+        f.debug_struct("TlsFiles").field("ca", &self.ca.is_some()).field("client", &self.client.is_some()).finish()
+    }
+}
+
+impl TlsFiles {
+    pub fn is_empty(&self) -> bool {
+        self.ca.is_none() && self.client.is_none()
+    }
+
+    fn certificates(&self) -> redis::TlsCertificates {
+        redis::TlsCertificates {
+            client_tls: self
+                .client
+                .as_ref()
+                .map(|(cert, key)| redis::ClientTlsConfig { client_cert: cert.clone(), client_key: key.clone() }),
+            root_cert: self.ca.clone(),
+        }
+    }
+}
+
+/// Whether a Redis URL asks for TLS.
+pub fn is_tls(url: &str) -> bool {
+    url.trim().to_ascii_lowercase().starts_with("rediss://")
+}
+
 /// Where Redis is: one server, or a cluster's seed nodes.
 #[derive(Clone)]
 pub enum Target {
@@ -54,8 +92,9 @@ pub enum Target {
 }
 
 impl Target {
-    /// Checks `url` for `mode` (so a bad URL stops start-up) and prepares the client.
-    pub fn open(mode: Mode, url: &str) -> RedisResult<Self> {
+    /// Checks `url` for `mode` (so a bad URL stops start-up) and prepares the client; `rediss://`
+    /// URLs use TLS, with `tls`'s CA and client certificate when given.
+    pub fn open(mode: Mode, url: &str, tls: &TlsFiles) -> RedisResult<Self> {
         match mode {
             Mode::Standalone => {
                 if url.contains(',') {
@@ -64,7 +103,7 @@ impl Target {
                         "a list of URLs needs REDIS_MODE=cluster",
                     )));
                 }
-                client(url).map(Target::Standalone)
+                client_with(url, tls).map(Target::Standalone)
             }
             Mode::Cluster => {
                 let nodes = url
@@ -73,11 +112,12 @@ impl Target {
                     .filter(|u| !u.is_empty())
                     .map(|u| u.into_connection_info())
                     .collect::<RedisResult<Vec<_>>>()?;
-                ClusterClient::builder(nodes)
-                    .tcp_settings(tcp_settings())
-                    .connection_timeout(CONNECT_TIMEOUT)
-                    .build()
-                    .map(|client| Target::Cluster(Box::new(client)))
+                let mut builder =
+                    ClusterClient::builder(nodes).tcp_settings(tcp_settings()).connection_timeout(CONNECT_TIMEOUT);
+                if !tls.is_empty() && url.split(',').any(is_tls) {
+                    builder = builder.certs(tls.certificates());
+                }
+                builder.build().map(|client| Target::Cluster(Box::new(client)))
             }
         }
     }
@@ -96,7 +136,16 @@ fn tcp_settings() -> TcpSettings {
 /// Opens a client for `url` (checked here, so a bad URL stops start-up), with TCP keepalive on
 /// every socket it opens.
 pub fn client(url: &str) -> RedisResult<Client> {
-    Client::open(url.into_connection_info()?.set_tcp_settings(tcp_settings()))
+    client_with(url, &TlsFiles::default())
+}
+
+/// [`client`], with `tls`'s CA and client certificate for a `rediss://` URL.
+pub fn client_with(url: &str, tls: &TlsFiles) -> RedisResult<Client> {
+    let info = url.into_connection_info()?.set_tcp_settings(tcp_settings());
+    if tls.is_empty() || !is_tls(url) {
+        return Client::open(info);
+    }
+    Client::build_with_tls(info, tls.certificates())
 }
 
 /// A shared, lazily connecting, self-healing connection.
