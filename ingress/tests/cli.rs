@@ -127,15 +127,25 @@ const PASSWORD: &str = "pa55-w0rd-in-the-url";
 
 #[test]
 fn no_output_ever_prints_the_redis_password() {
-    // A URL the ingress refuses at start-up (exit 64): the line names REDIS_URL and the host, not
-    // the password.
-    let url = format!("rediss://default:{PASSWORD}@127.0.0.1:6380");
-    let out = run(&[], &[("REDIS_URL", &url), ("ALLOW_UNSIGNED", "true")]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    if out.status.code() == Some(64) {
-        assert!(stderr.contains("REDIS_URL") && stderr.contains("default:***@127.0.0.1:6380"), "{stderr}");
+    // Settings the ingress refuses at start-up (exit 64, one line naming the variable): none
+    // prints the password, and a line about REDIS_URL names it without.
+    let tls_url = format!("rediss://default:{PASSWORD}@127.0.0.1:6380");
+    let plain_url = format!("redis://default:{PASSWORD}@127.0.0.1:6380");
+    let bad_url = format!("redis://default:{PASSWORD}@[::1");
+    for (url, var, value, names) in [
+        (tls_url.as_str(), "REDIS_TLS_CA_FILE", "/no/such/ca.pem", "REDIS_TLS_CA_FILE"),
+        (tls_url.as_str(), "REDIS_TLS_CA_FILE", "/etc/hostname", "REDIS_TLS_CA_FILE"),
+        (tls_url.as_str(), "REDIS_TLS_CERT_FILE", "/etc/hostname", "REDIS_TLS_KEY_FILE"),
+        (plain_url.as_str(), "REDIS_TLS_CA_FILE", "/etc/hostname", "default:***@127.0.0.1:6380"),
+        (bad_url.as_str(), "LOG_FORMAT", "text", "REDIS_URL"),
+    ] {
+        let out = run(&[], &[("REDIS_URL", url), ("ALLOW_UNSIGNED", "true"), (var, value)]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{var}={value}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(stderr.contains(names), "{var}={value}: {stderr}");
+        assert!(!stderr.contains(PASSWORD) && !String::from_utf8_lossy(&out.stdout).contains(PASSWORD), "{stderr}");
     }
-    assert!(!stderr.contains(PASSWORD) && !String::from_utf8_lossy(&out.stdout).contains(PASSWORD), "{stderr}");
 
     // A wrong password for an ACL user: the ingress runs and answers 503, and its log says which
     // Redis refused — without the password.

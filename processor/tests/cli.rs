@@ -270,8 +270,24 @@ const PASSWORD: &str = "pa55-w0rd-in-the-url";
 async fn no_output_ever_prints_the_redis_password() {
     let url = format!("rediss://default:{PASSWORD}@127.0.0.1:6380");
     let out = run(&["status"], &[("REDIS_URL", &url)]);
+    assert_eq!(out.status.code(), Some(69), "nothing listens there: {out:?}");
     let printed = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(!printed.contains(PASSWORD), "{printed}");
+    // TLS settings that cannot work: exit 64, one line naming the variable, no password.
+    let plain = url.replace("rediss://", "redis://");
+    for (url, var, value, names) in [
+        (url.as_str(), "REDIS_TLS_CA_FILE", "/no/such/ca.pem", "REDIS_TLS_CA_FILE"),
+        (url.as_str(), "REDIS_TLS_KEY_FILE", "/etc/hostname", "REDIS_TLS_CERT_FILE"),
+        (plain.as_str(), "REDIS_TLS_CA_FILE", "/etc/hostname", "default:***@127.0.0.1:6380"),
+    ] {
+        for args in [&[][..], &["status"][..]] {
+            let out = run(args, &[("REDIS_URL", url), (var, value)]);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(64), "{args:?} {var}={value}: {stderr}");
+            assert_eq!(stderr.lines().count(), 1, "{stderr}");
+            assert!(stderr.contains(names) && !stderr.contains(PASSWORD), "{stderr}");
+        }
+    }
 
     // A wrong password for an ACL user: the processor runs, and its log says which Redis
     // refused, without the password; so do `status` and `--help`.

@@ -207,9 +207,9 @@ fn redact_url(url: &str) -> String {
     format!("{scheme}://{user}@{host}{path}")
 }
 
-/// Reads and checks the `REDIS_TLS_*` files: each must be readable and hold what it names (a
-/// certificate, a private key); the certificate and the key come together; and they are set
-/// only for a `rediss://` `REDIS_URL` (on a plain one they would silently do nothing).
+/// Reads and checks the `REDIS_TLS_*` files: they are set only for a `rediss://` `REDIS_URL` (on
+/// a plain one they would silently do nothing); each must be readable and hold what it names (a
+/// certificate, a private key); the certificate and the key come together.
 fn read_tls(r: &Reader<'_>, redis_url: &str) -> Result<crate::conn::TlsFiles, ConfigError> {
     use rustls_pki_types::pem::PemObject;
     use rustls_pki_types::{CertificateDer, PrivateKeyDer};
@@ -226,6 +226,14 @@ fn read_tls(r: &Reader<'_>, redis_url: &str) -> Result<crate::conn::TlsFiles, Co
         }
         Ok(())
     };
+    let set =
+        ["REDIS_TLS_CA_FILE", "REDIS_TLS_CERT_FILE", "REDIS_TLS_KEY_FILE"].into_iter().find(|v| r.raw(v).is_some());
+    if let Some(var) = set.filter(|_| !redis_url.split(',').any(crate::conn::is_tls)) {
+        return Err(ConfigError::new(
+            var,
+            format!("is set, but REDIS_URL {:?} is not a rediss:// (TLS) URL", redact_urls(redis_url)),
+        ));
+    }
     let ca = read("REDIS_TLS_CA_FILE")?;
     if let Some(pem) = &ca {
         certificates("REDIS_TLS_CA_FILE", pem)?;
@@ -241,15 +249,7 @@ fn read_tls(r: &Reader<'_>, redis_url: &str) -> Result<crate::conn::TlsFiles, Co
             Some((cert, key))
         }
     };
-    let tls = crate::conn::TlsFiles { ca, client };
-    if !tls.is_empty() && !redis_url.split(',').any(crate::conn::is_tls) {
-        let var = if tls.ca.is_some() { "REDIS_TLS_CA_FILE" } else { "REDIS_TLS_CERT_FILE" };
-        return Err(ConfigError::new(
-            var,
-            format!("is set, but REDIS_URL {:?} is not a rediss:// (TLS) URL", redact_urls(redis_url)),
-        ));
-    }
-    Ok(tls)
+    Ok(crate::conn::TlsFiles { ca, client })
 }
 
 impl Common {
@@ -306,6 +306,30 @@ impl Common {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tls_files_are_read_and_checked_at_start() {
+        let dir = std::env::temp_dir().join(format!("hookstream-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let junk = dir.join("junk.pem");
+        std::fs::write(&junk, "not a certificate").unwrap();
+        // The test reader takes 'static strings.
+        let junk: &'static str = Box::leak(junk.to_str().unwrap().to_string().into_boxed_str());
+        let tls = "rediss://127.0.0.1:6380";
+        for (url, var, value, expect) in [
+            (tls, "REDIS_TLS_CA_FILE", "/no/such/file", "REDIS_TLS_CA_FILE"),
+            (tls, "REDIS_TLS_CA_FILE", junk, "REDIS_TLS_CA_FILE"),
+            (tls, "REDIS_TLS_CERT_FILE", junk, "REDIS_TLS_KEY_FILE"),
+            (tls, "REDIS_TLS_KEY_FILE", junk, "REDIS_TLS_CERT_FILE"),
+            ("redis://127.0.0.1:6379", "REDIS_TLS_CA_FILE", junk, "REDIS_TLS_CA_FILE"),
+        ] {
+            let err = read(&[("REDIS_URL", url), (var, value)]).expect_err(var);
+            assert_eq!(err.var, expect, "{var}={value}: {err}");
+        }
+        let c = read(&[("REDIS_URL", tls)]).expect("rediss:// with the system roots");
+        assert!(c.tls.is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn passwords_are_never_printed() {

@@ -29,6 +29,66 @@ pub struct RedisServer {
     dir: tempfile::TempDir,
     child: Option<Child>,
     extra: Vec<String>,
+    /// The ACL user and password the test support itself connects as (see
+    /// [`RedisServer::start_with_user`]); `None`: the default user, no password.
+    auth: Option<(String, String)>,
+    /// With [`RedisServer::start_tls`]: the TLS port (the plain one stays, for assertions).
+    tls_port: Option<u16>,
+}
+
+/// Certificates for a TLS test, generated with rcgen into a temporary directory: a CA, a server
+/// certificate for 127.0.0.1 signed by it, a client certificate signed by it, and a second CA
+/// that signed nothing here (the wrong CA).
+pub struct TestPki {
+    pub dir: tempfile::TempDir,
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+    pub other_ca: PathBuf,
+}
+
+impl TestPki {
+    pub fn generate() -> Self {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, text: String| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            path
+        };
+        let ca_params = |name: &str| {
+            let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            params.distinguished_name.push(DnType::CommonName, name);
+            params
+        };
+        let (ca_key, other_key) = (KeyPair::generate().unwrap(), KeyPair::generate().unwrap());
+        let ca_cert = ca_params("hookstream test CA").self_signed(&ca_key).unwrap();
+        let other_cert = ca_params("some other CA").self_signed(&other_key).unwrap();
+        let issuer = Issuer::new(ca_params("hookstream test CA"), ca_key);
+        let leaf = |names: Vec<String>| {
+            let key = KeyPair::generate().unwrap();
+            let cert = CertificateParams::new(names).unwrap().signed_by(&key, &issuer).unwrap();
+            (cert.pem(), key.serialize_pem())
+        };
+        let (server_cert, server_key) = leaf(vec!["127.0.0.1".into(), "localhost".into()]);
+        let (client_cert, client_key) = leaf(vec!["hookstream-client".into()]);
+        Self {
+            ca: write("ca.pem", ca_cert.pem()),
+            other_ca: write("other-ca.pem", other_cert.pem()),
+            server_cert: write("server.pem", server_cert),
+            server_key: write("server.key", server_key),
+            client_cert: write("client.pem", client_cert),
+            client_key: write("client.key", client_key),
+            dir,
+        }
+    }
+
+    pub fn path(path: &std::path::Path) -> String {
+        path.to_str().unwrap().to_string()
+    }
 }
 
 /// The `redis-server` binary: `$REDIS_SERVER`, else `redis-server` on the PATH. Checked once
@@ -135,7 +195,14 @@ impl RedisServer {
     /// A cluster node on `port` (from [`free_cluster_port`]); when the port was taken meanwhile,
     /// another one.
     fn start_cluster_node(port: u16, extra: &[&str]) -> Self {
-        let mut server = Self { port, dir: tempfile::tempdir().unwrap(), child: None, extra: Vec::new() };
+        let mut server = Self {
+            port,
+            dir: tempfile::tempdir().unwrap(),
+            child: None,
+            extra: Vec::new(),
+            auth: None,
+            tls_port: None,
+        };
         for _ in 0..10 {
             if server.spawn(extra) {
                 return server;
@@ -147,7 +214,14 @@ impl RedisServer {
 
     /// Starts Redis with extra `redis-server` arguments (e.g. `--requirepass`).
     pub fn start_args(extra: &[&str]) -> Self {
-        let mut server = Self { port: 0, dir: tempfile::tempdir().unwrap(), child: None, extra: Vec::new() };
+        let mut server = Self {
+            port: 0,
+            dir: tempfile::tempdir().unwrap(),
+            child: None,
+            extra: Vec::new(),
+            auth: None,
+            tls_port: None,
+        };
         // A port taken by someone else between `free_port` and Redis binding it makes Redis exit
         // at once: try another one.
         for _ in 0..10 {
@@ -230,7 +304,68 @@ impl RedisServer {
     }
 
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        match &self.auth {
+            None => format!("redis://127.0.0.1:{}", self.port),
+            Some((user, password)) => format!("redis://{user}:{password}@127.0.0.1:{}", self.port),
+        }
+    }
+
+    /// Starts Redis where the default user is off and only `user` with `password` may do
+    /// anything: every connection a binary makes must authenticate as that user. [`Self::url`]
+    /// carries the credentials.
+    pub fn start_with_user(user: &str, password: &str) -> Self {
+        let password_rule = format!(">{password}");
+        let args = ["--user", "default", "off", "--user", user, "on", &password_rule, "~*", "&*", "+@all"];
+        let mut server = Self {
+            port: 0,
+            dir: tempfile::tempdir().unwrap(),
+            child: None,
+            extra: Vec::new(),
+            auth: Some((user.to_string(), password.to_string())),
+            tls_port: None,
+        };
+        for _ in 0..10 {
+            server.port = free_port();
+            if server.spawn(&args) {
+                return server;
+            }
+        }
+        panic!("redis-server could not bind a free port in 10 tries");
+    }
+
+    /// Starts Redis with a TLS port beside the plain one, its certificate from `pki`; with
+    /// `client_certs`, a TLS client must present a certificate signed by `pki`'s CA.
+    pub fn start_tls(pki: &TestPki, client_certs: bool) -> Self {
+        let tls_port = free_port();
+        let (port, cert, key, ca) = (
+            tls_port.to_string(),
+            TestPki::path(&pki.server_cert),
+            TestPki::path(&pki.server_key),
+            TestPki::path(&pki.ca),
+        );
+        let auth = if client_certs { "yes" } else { "no" };
+        let args = [
+            "--tls-port",
+            &port,
+            "--tls-cert-file",
+            &cert,
+            "--tls-key-file",
+            &key,
+            "--tls-ca-cert-file",
+            &ca,
+            "--tls-auth-clients",
+            auth,
+            "--appendonly",
+            "no",
+        ];
+        let mut server = Self::start_args(&args);
+        server.tls_port = Some(tls_port);
+        server
+    }
+
+    /// The `rediss://` URL of a [`Self::start_tls`] server.
+    pub fn tls_url(&self) -> String {
+        format!("rediss://127.0.0.1:{}", self.tls_port.expect("a TLS server"))
     }
 
     /// SIGKILL: Redis dies at once, as in a crash.
@@ -617,6 +752,9 @@ pub const SPEC_VARS: &[(&str, &str, &str)] = &[
     ("RECONCILE_HORIZON_HOURS", "168", "processor"),
     ("RECONCILE_APIS", "auto", "processor"),
     ("RECONCILE_READS_PER_SEC", "20", "processor"),
+    ("REDIS_TLS_CA_FILE", "", "both"),
+    ("REDIS_TLS_CERT_FILE", "", "both"),
+    ("REDIS_TLS_KEY_FILE", "", "both"),
     ("RETRY_PARK_INITIAL_MS", "60000", "processor"),
     ("RETRY_PARK_MAX_MS", "3600000", "processor"),
     ("RETRY_HORIZON_SECS", "86400", "processor"),
