@@ -87,7 +87,7 @@ pub fn is_tls(url: &str) -> bool {
 /// Where Redis is: one server, or a cluster's seed nodes.
 #[derive(Clone)]
 pub enum Target {
-    Standalone(Client),
+    Standalone(Box<Client>),
     Cluster(Box<ClusterClient>),
 }
 
@@ -103,7 +103,7 @@ impl Target {
                         "a list of URLs needs REDIS_MODE=cluster",
                     )));
                 }
-                client_with(url, tls).map(Target::Standalone)
+                client_with(url, tls).map(|c| Target::Standalone(Box::new(c)))
             }
             Mode::Cluster => {
                 let nodes = url
@@ -189,7 +189,7 @@ const CLUSTER_TIMEOUT_MARGIN: Duration = Duration::from_secs(1);
 impl Made {
     fn open(target: &Target, response_timeout: Duration) -> RedisResult<Self> {
         match target {
-            Target::Standalone(client) => manager(client.clone(), Some(response_timeout)).map(Made::Standalone),
+            Target::Standalone(client) => manager((**client).clone(), Some(response_timeout)).map(Made::Standalone),
             Target::Cluster(client) => {
                 let config =
                     ClusterConfig::new().set_connection_timeout(CONNECT_TIMEOUT).set_response_timeout(response_timeout);
@@ -211,7 +211,7 @@ impl Conn {
     /// A lazily made connection whose commands each time out after `response_timeout` (for a
     /// connection running blocking reads: the longest block plus a margin).
     pub fn new(client: Client, response_timeout: Duration) -> RedisResult<Self> {
-        Self::open(&Target::Standalone(client), response_timeout)
+        Self::open(&Target::Standalone(Box::new(client)), response_timeout)
     }
 
     /// A lazily made connection to `target` (one server or a cluster) whose commands each time
