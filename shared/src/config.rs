@@ -151,6 +151,8 @@ pub enum LogFormat {
 pub struct Common {
     pub redis_url: String,
     pub redis_mode: crate::conn::Mode,
+    /// `REDIS_SENTINEL_MASTER`: the primary's name (`REDIS_MODE=sentinel`).
+    pub sentinel_master: String,
     /// `REDIS_TLS_CA_FILE`, `REDIS_TLS_CERT_FILE`, `REDIS_TLS_KEY_FILE`, read and checked.
     pub tls: crate::conn::TlsFiles,
     /// `PARTITIONS`: how many streams the events are split into (1 = the unpartitioned keys).
@@ -175,7 +177,18 @@ pub const COMMON_VARS: &[Var] = &[
     },
     Var { name: "REDIS_TLS_CERT_FILE", default: "unset", help: "PEM client certificate for mutual TLS (with the key)" },
     Var { name: "REDIS_TLS_KEY_FILE", default: "unset", help: "PEM private key of REDIS_TLS_CERT_FILE" },
-    Var { name: "REDIS_MODE", default: "standalone", help: "standalone (one Redis) or cluster (Redis Cluster)" },
+    Var {
+        name: "REDIS_MODE",
+        default: "standalone",
+        help:
+            "standalone (one Redis), cluster (Redis Cluster: REDIS_URL lists seed nodes) or sentinel (REDIS_URL lists \
+               the Sentinels)",
+    },
+    Var {
+        name: "REDIS_SENTINEL_MASTER",
+        default: "mymaster",
+        help: "the primary's name in the Sentinels (REDIS_MODE=sentinel)",
+    },
     Var {
         name: "PARTITIONS",
         default: "1",
@@ -262,11 +275,15 @@ impl Common {
         let redis_mode = match r.string("REDIS_MODE", "standalone").to_ascii_lowercase().as_str() {
             "standalone" => crate::conn::Mode::Standalone,
             "cluster" => crate::conn::Mode::Cluster,
-            other => return Err(ConfigError::new("REDIS_MODE", format!("{other:?} is not standalone or cluster"))),
+            "sentinel" => crate::conn::Mode::Sentinel,
+            other => {
+                return Err(ConfigError::new("REDIS_MODE", format!("{other:?} is not standalone, cluster or sentinel")))
+            }
         };
         let redis_url = r.string("REDIS_URL", "redis://127.0.0.1:6379");
         let tls = read_tls(r, &redis_url)?;
-        crate::conn::Target::open(redis_mode, &redis_url, &tls)
+        let sentinel_master = r.string("REDIS_SENTINEL_MASTER", "mymaster");
+        crate::conn::Target::open(redis_mode, &redis_url, &tls, &sentinel_master)
             .map_err(|e| ConfigError::new("REDIS_URL", format!("{:?}: {e}", redact_urls(&redis_url))))?;
         let partitions = r.number("PARTITIONS", 1, 1, 1024)? as usize;
         let namespace = r.string("HOOKSTREAM_NAMESPACE", "hookstream");
@@ -284,6 +301,7 @@ impl Common {
         Ok(Self {
             redis_url,
             redis_mode,
+            sentinel_master,
             tls,
             partitions,
             namespace,
@@ -294,7 +312,7 @@ impl Common {
 
     /// The Redis client these settings name (checked when they were read).
     pub fn redis_target(&self) -> redis::RedisResult<crate::conn::Target> {
-        crate::conn::Target::open(self.redis_mode, &self.redis_url, &self.tls)
+        crate::conn::Target::open(self.redis_mode, &self.redis_url, &self.tls, &self.sentinel_master)
     }
 
     /// Every partition's keys.

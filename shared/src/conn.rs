@@ -44,6 +44,9 @@ pub enum Mode {
     Standalone,
     /// A Redis Cluster (`REDIS_URL` is a comma-separated list of seed nodes).
     Cluster,
+    /// One primary found through Redis Sentinel (`REDIS_URL` is a comma-separated list of
+    /// Sentinels, `REDIS_SENTINEL_MASTER` the primary's name).
+    Sentinel,
 }
 
 /// The PEM files of `REDIS_TLS_*` (read and checked with the configuration): the CA to trust
@@ -89,12 +92,29 @@ pub fn is_tls(url: &str) -> bool {
 pub enum Target {
     Standalone(Box<Client>),
     Cluster(Box<ClusterClient>),
+    Sentinel(Arc<SentinelTarget>),
+}
+
+/// The Sentinels, and the primary's name: asked for the primary's address each time a
+/// connection is made, so a connection made after a failover goes to the new primary.
+pub struct SentinelTarget {
+    client: tokio::sync::Mutex<redis::sentinel::SentinelClient>,
+    master: String,
+}
+
+impl SentinelTarget {
+    /// The current primary's client, as the Sentinels name it (its role checked).
+    async fn primary(&self) -> RedisResult<Client> {
+        let client = self.client.lock().await.async_get_client().await?;
+        Client::open(client.get_connection_info().clone().set_tcp_settings(tcp_settings()))
+    }
 }
 
 impl Target {
     /// Checks `url` for `mode` (so a bad URL stops start-up) and prepares the client; `rediss://`
-    /// URLs use TLS, with `tls`'s CA and client certificate when given.
-    pub fn open(mode: Mode, url: &str, tls: &TlsFiles) -> RedisResult<Self> {
+    /// URLs use TLS, with `tls`'s CA and client certificate when given. `master` names the
+    /// primary in Sentinel mode.
+    pub fn open(mode: Mode, url: &str, tls: &TlsFiles, master: &str) -> RedisResult<Self> {
         match mode {
             Mode::Standalone => {
                 if url.contains(',') {
@@ -119,6 +139,59 @@ impl Target {
                 }
                 builder.build().map(|client| Target::Cluster(Box::new(client)))
             }
+            Mode::Sentinel => sentinel(url, tls, master),
+        }
+    }
+}
+
+/// The Sentinel target of `urls`: the Sentinels' addresses, and — from the first URL, the same
+/// for every node — the scheme (TLS or not), the user, the password and the database, used for
+/// the Sentinels and for the primary alike.
+fn sentinel(urls: &str, tls: &TlsFiles, master: &str) -> RedisResult<Target> {
+    use redis::sentinel::{SentinelClientBuilder, SentinelServerType};
+    let infos = urls
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(|u| u.into_connection_info())
+        .collect::<RedisResult<Vec<_>>>()?;
+    let Some(first) = infos.first().cloned() else {
+        return Err(redis::RedisError::from((redis::ErrorKind::InvalidClientConfig, "no Sentinel address")));
+    };
+    let addrs: Vec<redis::ConnectionAddr> = infos.iter().map(|i| i.addr().clone()).collect();
+    let mut builder = SentinelClientBuilder::new(addrs, master, SentinelServerType::Master)?
+        .set_client_to_redis_tcp_settings(tcp_settings())
+        .set_client_to_sentinel_tcp_settings(tcp_settings())
+        .set_client_to_redis_db(first.redis_settings().db());
+    if let redis::ConnectionAddr::TcpTls { .. } = first.addr() {
+        builder = builder
+            .set_client_to_redis_tls_mode(redis::TlsMode::Secure)
+            .set_client_to_sentinel_tls_mode(redis::TlsMode::Secure);
+        if !tls.is_empty() {
+            builder = builder
+                .set_client_to_redis_certificates(tls.certificates())
+                .set_client_to_sentinel_certificates(tls.certificates());
+        }
+    }
+    if let Some(user) = first.redis_settings().username() {
+        builder = builder.set_client_to_redis_username(user).set_client_to_sentinel_username(user);
+    }
+    if let Some(password) = first.redis_settings().password() {
+        builder = builder.set_client_to_redis_password(password).set_client_to_sentinel_password(password);
+    }
+    let client = builder.build()?;
+    Ok(Target::Sentinel(Arc::new(SentinelTarget {
+        client: tokio::sync::Mutex::new(client),
+        master: master.to_string(),
+    })))
+}
+
+impl Target {
+    /// The primary's name, in Sentinel mode.
+    pub fn sentinel_master(&self) -> Option<&str> {
+        match self {
+            Target::Sentinel(t) => Some(&t.master),
+            _ => None,
         }
     }
 }
@@ -172,11 +245,33 @@ pub struct Conn {
     shared: Arc<Shared>,
 }
 
-/// One made connection, of either kind.
+/// One made connection, of any kind.
 #[derive(Clone)]
 enum Made {
     Standalone(ConnectionManager),
     Cluster(ClusterConnection),
+    Sentinel(Arc<ToPrimary>),
+}
+
+/// A connection to the primary the Sentinels name, found when the first command needs it: a
+/// new one (after an error that says the primary went away or is one no more, see
+/// [`Shared::heal`]) asks the Sentinels again, so it follows a failover.
+struct ToPrimary {
+    target: Arc<SentinelTarget>,
+    response_timeout: Duration,
+    manager: tokio::sync::OnceCell<ConnectionManager>,
+}
+
+impl ToPrimary {
+    async fn manager(&self) -> RedisResult<ConnectionManager> {
+        self.manager
+            .get_or_try_init(|| async {
+                let client = self.target.primary().await?;
+                manager(client, Some(self.response_timeout))
+            })
+            .await
+            .cloned()
+    }
 }
 
 /// How much longer than the response timeout a cluster command may take, retries and
@@ -195,6 +290,11 @@ impl Made {
                     ClusterConfig::new().set_connection_timeout(CONNECT_TIMEOUT).set_response_timeout(response_timeout);
                 Ok(Made::Cluster(client.get_pending_async_connection_with_config(config)))
             }
+            Target::Sentinel(target) => Ok(Made::Sentinel(Arc::new(ToPrimary {
+                target: target.clone(),
+                response_timeout,
+                manager: tokio::sync::OnceCell::new(),
+            }))),
         }
     }
 }
@@ -238,6 +338,18 @@ impl Shared {
                     Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "Redis Cluster did not answer in time")
                         .into())
                 }),
+            // Finding the primary asks the Sentinels first: bounded too.
+            Made::Sentinel(_) => {
+                tokio::time::timeout(self.response_timeout + CLUSTER_TIMEOUT_MARGIN, request(&mut con))
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            "the Redis primary did not answer in time",
+                        )
+                        .into())
+                    })
+            }
         };
         if let Err(err) = &result {
             self.heal(err, generation);
@@ -248,7 +360,14 @@ impl Shared {
     /// After an error on connection number `generation`: a timeout replaces it (unless another
     /// command has already done so), so no command waits on a silent socket again.
     fn heal(&self, err: &redis::RedisError, generation: u64) {
-        if !err.is_timeout() {
+        // With Sentinel, an error that says the primary is gone or is one no more (a failover:
+        // the old one died, or came back as a replica) asks the Sentinels again.
+        let moved = matches!(self.target, Target::Sentinel(_))
+            && (err.is_io_error()
+                || err.is_connection_dropped()
+                || err.is_connection_refusal()
+                || matches!(err.code(), Some("READONLY" | "MASTERDOWN" | "LOADING")));
+        if !err.is_timeout() && !moved {
             return;
         }
         let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
@@ -257,10 +376,18 @@ impl Shared {
         }
         match Made::open(&self.target, self.response_timeout) {
             Ok(fresh) => {
-                tracing::warn!(
-                    timeout_ms = self.response_timeout.as_millis() as u64,
-                    "Redis did not answer in time; opening a new connection"
-                );
+                if err.is_timeout() {
+                    tracing::warn!(
+                        timeout_ms = self.response_timeout.as_millis() as u64,
+                        "Redis did not answer in time; opening a new connection"
+                    );
+                } else {
+                    tracing::warn!(
+                        error = %err,
+                        master = self.target.sentinel_master().unwrap_or_default(),
+                        "the Redis primary is gone or is a replica now; asking the Sentinels for the primary"
+                    );
+                }
                 *current = (generation + 1, fresh);
             }
             Err(e) => tracing::warn!(error = %e, "cannot replace a silent Redis connection"),
@@ -273,6 +400,7 @@ impl ConnectionLike for Conn {
         Box::pin(self.shared.run(async |con: &mut Made| match con {
             Made::Standalone(c) => c.req_packed_command(cmd).await,
             Made::Cluster(c) => c.req_packed_command(cmd).await,
+            Made::Sentinel(p) => p.manager().await?.req_packed_command(cmd).await,
         }))
     }
 
@@ -285,6 +413,7 @@ impl ConnectionLike for Conn {
         Box::pin(self.shared.run(async move |con: &mut Made| match con {
             Made::Standalone(c) => c.req_packed_commands(pipeline, offset, count).await,
             Made::Cluster(c) => c.req_packed_commands(pipeline, offset, count).await,
+            Made::Sentinel(p) => p.manager().await?.req_packed_commands(pipeline, offset, count).await,
         }))
     }
 
@@ -292,6 +421,7 @@ impl ConnectionLike for Conn {
         match self.shared.current().1 {
             Made::Standalone(c) => c.get_db(),
             Made::Cluster(c) => c.get_db(),
+            Made::Sentinel(p) => p.manager.get().map_or(0, |c| c.get_db()),
         }
     }
 }

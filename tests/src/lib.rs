@@ -36,6 +36,91 @@ pub struct RedisServer {
     tls_port: Option<u16>,
 }
 
+/// Redis Sentinels watching one primary as `mymaster` (quorum 2 of 3, a primary is down after
+/// 1 s without an answer), each a `redis-server --sentinel` child on a free port, killed when
+/// dropped.
+pub struct Sentinels {
+    nodes: Vec<(u16, Child, tempfile::TempDir)>,
+}
+
+impl Sentinels {
+    /// The name the primary is watched under.
+    pub const MASTER: &'static str = "mymaster";
+
+    /// Starts `n` Sentinels watching `primary`, and waits until each one knows the primary's
+    /// `replicas` replicas and the other Sentinels (they discover each other every 2 s).
+    pub fn start(primary: &RedisServer, n: usize, replicas: usize) -> Self {
+        let mut nodes = Vec::new();
+        for _ in 0..n {
+            let port = free_port();
+            let dir = tempfile::tempdir().unwrap();
+            let conf = dir.path().join("sentinel.conf");
+            let text = format!(
+                "port {port}\nbind 127.0.0.1\ndir {}\nprotected-mode no\nloglevel warning\n\
+                 sentinel monitor {m} 127.0.0.1 {} 2\nsentinel down-after-milliseconds {m} 1000\n\
+                 sentinel failover-timeout {m} 3000\nsentinel parallel-syncs {m} 1\n",
+                dir.path().display(),
+                primary.port(),
+                m = Self::MASTER,
+            );
+            std::fs::write(&conf, text).unwrap();
+            let child = Command::new(redis_server_binary())
+                .arg(&conf)
+                .arg("--sentinel")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| panic!("cannot start redis-server --sentinel: {e}"));
+            nodes.push((port, child, dir));
+        }
+        let sentinels = Self { nodes };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for (port, _, _) in &sentinels.nodes {
+            loop {
+                let knows = Self::ask(*port, "replicas").is_some_and(|r| r == replicas)
+                    && Self::ask(*port, "sentinels").is_some_and(|s| s == n - 1);
+                if knows {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "Sentinel on port {port} did not learn its peers in time");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        sentinels
+    }
+
+    /// How many `SENTINEL <what> mymaster` lists (replicas, sentinels) on the Sentinel at `port`.
+    fn ask(port: u16, what: &str) -> Option<usize> {
+        let mut con = redis::Client::open(format!("redis://127.0.0.1:{port}")).ok()?.get_connection().ok()?;
+        let rows: Vec<redis::Value> = redis::cmd("SENTINEL").arg(what).arg(Self::MASTER).query(&mut con).ok()?;
+        Some(rows.len())
+    }
+
+    /// `REDIS_URL` for `REDIS_MODE=sentinel`: every Sentinel, comma-separated.
+    pub fn urls(&self) -> String {
+        self.nodes.iter().map(|(port, _, _)| format!("redis://127.0.0.1:{port}")).collect::<Vec<_>>().join(",")
+    }
+
+    /// The primary's port as the first Sentinel that answers has it.
+    pub fn primary_port(&self) -> Option<u16> {
+        self.nodes.iter().find_map(|(port, _, _)| {
+            let mut con = redis::Client::open(format!("redis://127.0.0.1:{port}")).ok()?.get_connection().ok()?;
+            let addr: Vec<String> =
+                redis::cmd("SENTINEL").arg("get-master-addr-by-name").arg(Self::MASTER).query(&mut con).ok()?;
+            addr.get(1)?.parse().ok()
+        })
+    }
+}
+
+impl Drop for Sentinels {
+    fn drop(&mut self) {
+        for (_, child, _) in &mut self.nodes {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 /// Certificates for a TLS test, generated with rcgen into a temporary directory: a CA, a server
 /// certificate for 127.0.0.1 signed by it, a client certificate signed by it, and a second CA
 /// that signed nothing here (the wrong CA).
@@ -752,6 +837,10 @@ pub const SPEC_VARS: &[(&str, &str, &str)] = &[
     ("RECONCILE_HORIZON_HOURS", "168", "processor"),
     ("RECONCILE_APIS", "auto", "processor"),
     ("RECONCILE_READS_PER_SEC", "20", "processor"),
+    ("REDIS_MODE", "standalone", "both"),
+    ("PARTITIONS", "1", "both"),
+    ("MIN_REPLICAS_ACK", "0", "ingress"),
+    ("REDIS_SENTINEL_MASTER", "mymaster", "both"),
     ("REDIS_TLS_CA_FILE", "", "both"),
     ("REDIS_TLS_CERT_FILE", "", "both"),
     ("REDIS_TLS_KEY_FILE", "", "both"),

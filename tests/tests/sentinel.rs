@@ -1,0 +1,137 @@
+//! hookstream behind Redis Sentinel (SPEC §7): one primary, one replica and three Sentinels,
+//! real `redis-server`s on free ports. Webhooks flow through the ingress and two processors
+//! while the primary is SIGKILLed; the Sentinels promote the replica; every connection — the
+//! blocking readers' included — finds the new primary; with `MIN_REPLICAS_ACK=1` no accepted
+//! event is lost.
+
+mod common;
+
+use common::*;
+use hookstream_tests::fake_api::{FakeApi, Reply};
+use hookstream_tests::{eventually, fixture, RedisServer, Sentinels};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+fn sentinel_vars(mut vars: HashMap<String, String>, sentinels: &Sentinels) -> HashMap<String, String> {
+    vars.insert("REDIS_URL".into(), sentinels.urls());
+    vars.insert("REDIS_MODE".into(), "sentinel".into());
+    vars
+}
+
+/// Sends one webhook until it is accepted (as a real sender retries a 503); the tries it took.
+async fn deliver(client: &reqwest::Client, url: &str, msg_id: &str, body: &[u8]) -> u32 {
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let ts = now();
+        let signature = ingress::auth::sign(SECRET, msg_id, ts, body).expect("sign");
+        let sent = client
+            .post(url)
+            .header("content-type", "application/json")
+            .header("svix-id", msg_id)
+            .header("svix-timestamp", ts.to_string())
+            .header("svix-signature", signature)
+            .body(body.to_vec())
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await;
+        if let Ok(r) = sent {
+            if r.status().as_u16() == 200 {
+                return tries;
+            }
+            assert_eq!(r.status().as_u16(), 503, "only 503 while the primary fails over");
+        }
+        assert!(tries < 2000, "webhook {msg_id} never accepted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_primary_killed_mid_load_loses_no_accepted_event() {
+    let mut primary = RedisServer::start_args(&["--appendonly", "yes"]);
+    let replica = RedisServer::start_replica_of(&primary);
+    let sentinels = Sentinels::start(&primary, 3, 1);
+    assert_eq!(sentinels.primary_port(), Some(primary.port()));
+
+    let delivered: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
+    let api = FakeApi::start().await;
+    let d = delivered.clone();
+    api.route("POST", "/downstream", move |call, _| {
+        *d.lock().unwrap().entry(call.header("x-hookstream-id").unwrap_or("").to_string()).or_default() += 1;
+        Reply::status(200)
+    });
+    let mut vars = sentinel_vars(default_vars(&sentinels.urls()), &sentinels);
+    vars.insert("MIN_REPLICAS_ACK".into(), "1".into());
+    let ingress = start_with(vars, |_| {}).await;
+    let processor = |_| {
+        let mut vars = sentinel_vars(processor_vars(&sentinels.urls(), &api.url()), &sentinels);
+        vars.insert("FORWARD_URL".into(), format!("{}/downstream", api.url()));
+        vars
+    };
+    let one = start_processor(processor(1)).await;
+    let two = start_processor(processor(2)).await;
+
+    const N: usize = 200;
+    const SENDERS: usize = 4;
+    let accepted = Arc::new(Mutex::new(Vec::<String>::new()));
+    let body = Arc::new(fixture("meeting-baas/v2/bot_completed.json"));
+    let mut senders = Vec::new();
+    for s in 0..SENDERS {
+        let (accepted, body, url) = (accepted.clone(), body.clone(), ingress.webhook_url());
+        senders.push(tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            let mut tries = 0;
+            for i in (s..N).step_by(SENDERS) {
+                let id = format!("msg_sentinel_{i}");
+                tries += deliver(&client, &url, &id, &body).await;
+                accepted.lock().unwrap().push(id);
+            }
+            tries
+        }));
+    }
+    eventually("a quarter of the load accepted", || {
+        let n = accepted.lock().unwrap().len();
+        async move { (n >= N / 4).then_some(()) }
+    })
+    .await;
+    let at_kill = accepted.lock().unwrap().len();
+    primary.kill();
+    // The Sentinels promote the replica; the dead host comes back, and the Sentinels make it a
+    // replica of the new primary (MIN_REPLICAS_ACK=1 needs one behind it).
+    let promoted = replica.port();
+    let primary = tokio::task::spawn_blocking(move || {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while sentinels.primary_port() != Some(promoted) {
+            assert!(std::time::Instant::now() < deadline, "the Sentinels did not promote the replica");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        primary.restart();
+        (primary, sentinels)
+    })
+    .await
+    .expect("failover");
+    let mut tries = 0;
+    for sender in senders {
+        tries += sender.await.expect("sender");
+    }
+    assert!(at_kill < N, "the primary died while webhooks were still arriving");
+    let accepted: HashSet<String> = accepted.lock().unwrap().iter().cloned().collect();
+    assert_eq!(accepted.len(), N);
+    let seen = eventually("every accepted event forwarded", || {
+        let seen = delivered.lock().unwrap().clone();
+        let all = accepted.iter().all(|id| seen.contains_key(id));
+        async move { all.then_some(seen) }
+    })
+    .await;
+    let twice = seen.values().filter(|&&n| n > 1).count();
+    eprintln!("{N} accepted ({at_kill} before the kill, {tries} tries), all processed; {twice} more than once");
+    assert!(seen.values().all(|&n| n <= 2), "an event ran at most twice: {seen:?}");
+    // The replica is the primary now, with everything.
+    let stream: u64 = redis::cmd("XLEN").arg(EVENTS).query(&mut replica.con()).unwrap();
+    assert!(stream >= N as u64 || delivered.lock().unwrap().len() >= N, "{stream}");
+    one.stop().await;
+    two.stop().await;
+    ingress.stop().await;
+    drop(primary.0);
+}
