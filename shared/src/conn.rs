@@ -82,6 +82,18 @@ impl TlsFiles {
     }
 }
 
+/// Installs rustls's process-wide crypto provider (aws-lc-rs) once. The redis crate's TLS asks
+/// rustls for the default provider, which exists only when exactly one provider's feature is
+/// enabled in the whole build: built alone, the ingress had none (every `rediss://` connection
+/// panicked); built with a crate that enables another, it would have two.
+pub fn install_crypto_provider() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // An error means a provider is installed already: that one is used.
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    });
+}
+
 /// Whether a Redis URL asks for TLS.
 pub fn is_tls(url: &str) -> bool {
     url.trim().to_ascii_lowercase().starts_with("rediss://")
@@ -115,6 +127,7 @@ impl Target {
     /// URLs use TLS, with `tls`'s CA and client certificate when given. `master` names the
     /// primary in Sentinel mode.
     pub fn open(mode: Mode, url: &str, tls: &TlsFiles, master: &str) -> RedisResult<Self> {
+        install_crypto_provider();
         match mode {
             Mode::Standalone => {
                 if url.contains(',') {
@@ -214,6 +227,7 @@ pub fn client(url: &str) -> RedisResult<Client> {
 
 /// [`client`], with `tls`'s CA and client certificate for a `rediss://` URL.
 pub fn client_with(url: &str, tls: &TlsFiles) -> RedisResult<Client> {
+    install_crypto_provider();
     let info = url.into_connection_info()?.set_tcp_settings(tcp_settings());
     if tls.is_empty() || !is_tls(url) {
         return Client::open(info);

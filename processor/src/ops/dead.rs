@@ -178,7 +178,7 @@ pub fn format_list(entries: &[DeadEntry], partitions: bool) -> String {
         "error"
     );
     for e in entries {
-        let error: String = e.get("error").unwrap_or_default().chars().take(120).collect();
+        let error = shorten(&e.get("error").unwrap_or_default().replace('\n', " "), 160);
         let _ = writeln!(
             out,
             "{}{:<20} {:<26} {:>10} {:<24} {}",
@@ -187,10 +187,21 @@ pub fn format_list(entries: &[DeadEntry], partitions: bool) -> String {
             e.get("event").unwrap_or_default(),
             e.get("deliveries").unwrap_or_default(),
             e.get("failed_at").unwrap_or_default(),
-            error.replace('\n', " ")
+            error
         );
     }
     out
+}
+
+/// `text` cut to at most `max` characters at a word boundary, with `…` when cut (`dead show`
+/// prints the whole error).
+pub fn shorten(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        return text.to_string();
+    }
+    let head: String = text.chars().take(max).collect();
+    let cut = head.rfind(' ').filter(|&i| i > max / 2).unwrap_or(head.len());
+    format!("{}…", head[..cut].trim_end())
 }
 
 /// The `dead show` text: every field, the payload pretty-printed when it is JSON.
@@ -210,4 +221,21 @@ pub fn format_entry(entry: &DeadEntry) -> String {
         let _ = writeln!(out, "payload:\n{pretty}");
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_are_shortened_at_a_word_boundary() {
+        assert_eq!(shorten("short", 160), "short");
+        let long = "POST /calendar_events/abc/bot answered 503 Service Unavailable: upstream is down ".repeat(4);
+        let cut = shorten(&long, 60);
+        assert!(cut.ends_with('…') && cut.chars().count() <= 61, "{cut}");
+        assert!(long.starts_with(cut.trim_end_matches('…')), "{cut}");
+        assert!(long[cut.trim_end_matches('…').len()..].starts_with(' '), "cut between words: {cut}");
+        let no_spaces = "x".repeat(200);
+        assert_eq!(shorten(&no_spaces, 10), format!("{}…", "x".repeat(10)));
+    }
 }

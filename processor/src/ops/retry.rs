@@ -187,7 +187,8 @@ pub fn format_list(entries: &[ParkedEntry], partitioned: bool) -> String {
         let part = if partitioned { format!("{:>4} ", e.partition) } else { String::new() };
         match &e.record {
             Some(r) => {
-                let _ = writeln!(out, "{part}{:<20} {:<28} {:>8} {:>12}  {}", r.id, r.event, r.attempts, due, r.error);
+                let error = super::dead::shorten(&r.error.replace('\n', " "), 160);
+                let _ = writeln!(out, "{part}{:<20} {:<28} {:>8} {:>12}  {error}", r.id, r.event, r.attempts, due);
             }
             None => {
                 let _ = writeln!(out, "{part}{:<20} {:<28} {:>8} {:>12}  (not a readable record)", "?", "?", "-", due);
