@@ -38,10 +38,7 @@ fn run() -> Result<ExitCode, ExitCode> {
         let shutdown = shared::shutdown::signal();
         let ingress = match Ingress::build(config).await {
             Ok(ingress) => ingress,
-            Err(err) => {
-                tracing::error!("{err}");
-                return if err.is_configuration() { ExitCode::from(shared::EXIT_USAGE) } else { ExitCode::FAILURE };
-            }
+            Err(err) => return cli::build_failed("ingress", &err, err.is_configuration()),
         };
         ingress.run_until(shutdown).await;
         ExitCode::SUCCESS

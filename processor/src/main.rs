@@ -48,10 +48,7 @@ fn serve(config: ProcessorConfig) -> Result<ExitCode, ExitCode> {
         let shutdown = shared::shutdown::signal();
         let processor = match Processor::build(config, None).await {
             Ok(processor) => processor,
-            Err(err) => {
-                tracing::error!("{err}");
-                return if err.is_configuration() { ExitCode::from(shared::EXIT_USAGE) } else { ExitCode::FAILURE };
-            }
+            Err(err) => return cli::build_failed("processor", &err, err.is_configuration()),
         };
         processor.run_until(shutdown).await;
         ExitCode::SUCCESS

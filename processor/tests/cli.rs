@@ -261,6 +261,9 @@ fn a_partition_count_other_than_the_namespace_s_exits_64() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(64), "{stderr}");
     assert!(stderr.contains("PARTITIONS=2") && stderr.contains("created with 8"), "{stderr}");
+    // The one-line form of every configuration error, not a timestamped log line.
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.starts_with("processor: invalid configuration: "), "{stderr}");
 }
 
 /// A password that must never be printed.

@@ -26,6 +26,18 @@ pub fn config<T>(bin: &str, read: impl FnOnce(&Reader<'_>) -> Result<T, ConfigEr
     })
 }
 
+/// A service that could not be built: a setting to fix (the partition layout) is one line on
+/// stderr and exit code 64, like every other configuration error; anything else is logged, and
+/// exit code 1.
+pub fn build_failed(bin: &str, err: &dyn std::fmt::Display, is_configuration: bool) -> ExitCode {
+    if is_configuration {
+        eprintln!("{bin}: invalid configuration: {err}");
+        return ExitCode::from(crate::EXIT_USAGE);
+    }
+    tracing::error!("{err}");
+    ExitCode::FAILURE
+}
+
 /// The `healthcheck` subcommand: exit 0 when `GET /healthz` on the local `listen` answers 200.
 pub fn healthcheck(bin: &str, listen: SocketAddr) -> ExitCode {
     match crate::healthcheck::probe(crate::healthcheck::target(listen), Duration::from_secs(3)) {
