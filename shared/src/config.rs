@@ -402,7 +402,7 @@ mod tests {
             ("HOOKSTREAM_NAMESPACE", "a{b}"),
             ("HOOKSTREAM_NAMESPACE", "a b"),
             ("LOG_FORMAT", "xml"),
-            ("REDIS_MODE", "sentinel"),
+            ("REDIS_MODE", "replicated"),
             ("PARTITIONS", "0"),
             ("PARTITIONS", "1025"),
             ("PARTITIONS", "many"),

@@ -715,3 +715,22 @@ async fn reconcile_entries_are_decided_like_the_webhooks_about_their_meetings() 
     assert_eq!(writes, expected, "{:?}", api.log());
     assert_valid(&api.calls());
 }
+
+#[tokio::test]
+async fn a_v2_cancel_that_lists_its_events_under_instances_is_dead_lettered_with_the_field_it_lacks() {
+    // Tried as a newcomer would: a cancel sent with `instances` was acked with no call and no
+    // word. It names no event where a cancel's events are (`cancelled_instances`).
+    let redis = RedisServer::start();
+    let api = FakeApi::start().await;
+    let processor = start_processor(processor_vars(&redis.url(), &api.url())).await;
+    let mut body = hookstream_tests::fixture_json("meeting-baas/v2/calendar_event_cancelled.json");
+    let instances = body["data"]["cancelled_instances"].take();
+    body["data"]["instances"] = instances;
+    body["data"].as_object_mut().unwrap().remove("cancelled_instances");
+    add_event(&redis, "calendar.event_cancelled", &serde_json::to_vec(&body).unwrap(), "cancel-wrong-field");
+    let dead = dead_after(&redis, 1).await;
+    all_acked(&redis).await;
+    processor.stop().await;
+    assert!(dead[0].1["error"].contains("cancelled_instances"), "{}", dead[0].1["error"]);
+    assert!(api.calls().is_empty(), "{:?}", api.log());
+}

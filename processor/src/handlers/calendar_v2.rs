@@ -322,7 +322,25 @@ impl Handler for Calendar {
             let payload = Payload::parse(event)?;
             self.api.saw(super::reconcile::ApiVersion::V2).await;
             let calendar_id = payload.data.calendar_id.as_str();
-            for candidate in payload.candidates(self.cancelled) {
+            let candidates = payload.candidates(self.cancelled);
+            if candidates.is_empty() {
+                // A webhook about no event does nothing; say why, so a sender that put the
+                // events under the other field (`instances` on a cancel) is told.
+                let (expected, other) = if self.cancelled {
+                    ("cancelled_instances", !payload.candidates(false).is_empty())
+                } else {
+                    ("instances, affected_instances or events[].instances", !payload.candidates(true).is_empty())
+                };
+                if other {
+                    return Err(HandlerError::permanent(format!(
+                        "{} names no event in {expected}: its events are under another field, which this \
+                         event does not read",
+                        event.name
+                    )));
+                }
+                tracing::warn!(stream_id = %event.id, event = %event.name, "the webhook names no event in {expected}; nothing to do");
+            }
+            for candidate in candidates {
                 self.decide_one(calendar_id, candidate.series_id, &candidate.instance.event_id).await?;
             }
             Ok(())
