@@ -50,17 +50,35 @@ impl Sentinels {
     /// Starts `n` Sentinels watching `primary`, and waits until each one knows the primary's
     /// `replicas` replicas and the other Sentinels (they discover each other every 2 s).
     pub fn start(primary: &RedisServer, n: usize, replicas: usize) -> Self {
+        Self::start_on(primary.port(), n, replicas, "", |_| String::new())
+    }
+
+    /// [`Self::start`] over TLS: each Sentinel has a TLS port beside its plain one (kept for
+    /// the test's own questions) and reaches the primary and its replicas over TLS, at the
+    /// primary's TLS port; [`Self::tls_urls`] lists the Sentinels' TLS ports.
+    pub fn start_tls(primary: &RedisServer, pki: &TestPki, n: usize, replicas: usize) -> Self {
+        let tls = format!(
+            "tls-cert-file {}\ntls-key-file {}\ntls-ca-cert-file {}\ntls-auth-clients no\ntls-replication yes\n",
+            pki.server_cert.display(),
+            pki.server_key.display(),
+            pki.ca.display()
+        );
+        let primary_port = primary.tls_port.expect("a TLS primary");
+        Self::start_on(primary_port, n, replicas, &tls, |_| format!("tls-port {}\n", free_port()))
+    }
+
+    fn start_on(primary_port: u16, n: usize, replicas: usize, extra: &str, per_node: impl Fn(usize) -> String) -> Self {
         let mut nodes = Vec::new();
-        for _ in 0..n {
+        for i in 0..n {
             let port = free_port();
             let dir = tempfile::tempdir().unwrap();
             let conf = dir.path().join("sentinel.conf");
             let text = format!(
-                "port {port}\nbind 127.0.0.1\ndir {}\nprotected-mode no\nloglevel warning\n\
-                 sentinel monitor {m} 127.0.0.1 {} 2\nsentinel down-after-milliseconds {m} 1000\n\
+                "port {port}\nbind 127.0.0.1\ndir {}\nprotected-mode no\nloglevel warning\n{extra}{}\
+                 sentinel monitor {m} 127.0.0.1 {primary_port} 2\nsentinel down-after-milliseconds {m} 1000\n\
                  sentinel failover-timeout {m} 3000\nsentinel parallel-syncs {m} 1\n",
                 dir.path().display(),
-                primary.port(),
+                per_node(i),
                 m = Self::MASTER,
             );
             std::fs::write(&conf, text).unwrap();
@@ -94,6 +112,21 @@ impl Sentinels {
         let mut con = redis::Client::open(format!("redis://127.0.0.1:{port}")).ok()?.get_connection().ok()?;
         let rows: Vec<redis::Value> = redis::cmd("SENTINEL").arg(what).arg(Self::MASTER).query(&mut con).ok()?;
         Some(rows.len())
+    }
+
+    /// `REDIS_URL` for `REDIS_MODE=sentinel` over TLS: every Sentinel's TLS port (read from its
+    /// configuration), comma-separated.
+    pub fn tls_urls(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|(_, _, dir)| {
+                let conf = std::fs::read_to_string(dir.path().join("sentinel.conf")).unwrap();
+                let port =
+                    conf.lines().find_map(|l| l.strip_prefix("tls-port ")).expect("a TLS Sentinel").trim().to_string();
+                format!("rediss://127.0.0.1:{port}")
+            })
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
     /// `REDIS_URL` for `REDIS_MODE=sentinel`: every Sentinel, comma-separated.
@@ -448,6 +481,40 @@ impl RedisServer {
         server
     }
 
+    /// A replica of the TLS server `primary`, itself with a TLS port, replicating over TLS.
+    pub fn start_tls_replica_of(primary: &RedisServer, pki: &TestPki) -> Self {
+        let tls_port = free_port();
+        let (port, cert, key, ca) = (
+            tls_port.to_string(),
+            TestPki::path(&pki.server_cert),
+            TestPki::path(&pki.server_key),
+            TestPki::path(&pki.ca),
+        );
+        let of = primary.tls_port.expect("a TLS primary").to_string();
+        let args = [
+            "--tls-port",
+            &port,
+            "--tls-cert-file",
+            &cert,
+            "--tls-key-file",
+            &key,
+            "--tls-ca-cert-file",
+            &ca,
+            "--tls-auth-clients",
+            "no",
+            "--tls-replication",
+            "yes",
+            "--appendonly",
+            "no",
+            "--replicaof",
+            "127.0.0.1",
+            &of,
+        ];
+        let mut replica = Self::start_args(&args);
+        replica.tls_port = Some(tls_port);
+        replica
+    }
+
     /// The `rediss://` URL of a [`Self::start_tls`] server.
     pub fn tls_url(&self) -> String {
         format!("rediss://127.0.0.1:{}", self.tls_port.expect("a TLS server"))
@@ -543,6 +610,65 @@ impl RedisCluster {
         let cluster = Self { nodes };
         cluster.wait_ok();
         cluster
+    }
+
+    /// A cluster of `primaries` nodes (no replicas) that clients reach over TLS — each node has
+    /// a TLS port beside its plain one (kept for the test's own assertions), its cluster bus on
+    /// TLS too, its certificate from `pki`. Redis answers a TLS client's `CLUSTER SLOTS` with
+    /// the TLS ports.
+    pub fn start_tls(pki: &TestPki, primaries: usize) -> Self {
+        let timeout = CLUSTER_NODE_TIMEOUT_MS.to_string();
+        let (cert, key, ca) = (TestPki::path(&pki.server_cert), TestPki::path(&pki.server_key), TestPki::path(&pki.ca));
+        let mut nodes = Vec::new();
+        for _ in 0..primaries {
+            let tls_port = free_port().to_string();
+            let args = [
+                "--appendonly",
+                "no",
+                "--cluster-enabled",
+                "yes",
+                "--cluster-node-timeout",
+                &timeout,
+                "--tls-port",
+                &tls_port,
+                "--tls-cert-file",
+                &cert,
+                "--tls-key-file",
+                &key,
+                "--tls-ca-cert-file",
+                &ca,
+                "--tls-auth-clients",
+                "no",
+                "--tls-cluster",
+                "yes",
+                "--tls-replication",
+                "yes",
+            ];
+            let mut node = RedisServer::start_cluster_node(free_cluster_port(), &args);
+            node.tls_port = tls_port.parse().ok();
+            nodes.push(node);
+        }
+        let addrs: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.tls_port.unwrap_or(0))).collect();
+        let out = run_command(
+            Command::new(redis_cli_binary())
+                .args(["--tls", "--cacert", &ca, "--cluster", "create"])
+                .args(&addrs)
+                .arg("--cluster-yes"),
+        );
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create (TLS) failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let cluster = Self { nodes };
+        cluster.wait_ok();
+        cluster
+    }
+
+    /// The `rediss://` seed list of a [`Self::start_tls`] cluster.
+    pub fn tls_urls(&self) -> String {
+        self.nodes.iter().map(RedisServer::tls_url).collect::<Vec<_>>().join(",")
     }
 
     /// The seed list for `REDIS_URL` (every node, comma-separated).

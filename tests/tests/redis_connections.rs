@@ -134,3 +134,69 @@ async fn a_wrong_password_is_an_outage_not_a_crash() {
     ingress.stop().await;
     assert_eq!(xlen(&redis), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn both_binaries_work_on_a_redis_cluster_over_tls() {
+    let pki = TestPki::generate();
+    let cluster = tokio::task::spawn_blocking(move || {
+        let cluster = hookstream_tests::RedisCluster::start_tls(&pki, 3);
+        (cluster, pki)
+    })
+    .await
+    .expect("cluster");
+    let (cluster, pki) = cluster;
+    let ca = TestPki::path(&pki.ca);
+    let urls = cluster.tls_urls();
+    let tls = [("REDIS_MODE", "cluster"), ("PARTITIONS", "8"), ("REDIS_TLS_CA_FILE", ca.as_str())];
+    let target = FakeApi::start().await;
+    target.always("POST", "/hook", Reply::status(200));
+    let ingress = start_with(with(default_vars(&urls), &tls), |_| {}).await;
+    let body = fixture("meeting-baas/v2/bot_completed.json");
+    const N: usize = 24;
+    for i in 0..N {
+        let response = post_signed(&ingress, "svix", SECRET, &format!("msg_cluster_tls_{i}"), now(), &body).await;
+        assert_eq!(answer(response).await.1["status"], "accepted", "webhook {i}");
+    }
+    let mut vars = with(processor_vars(&urls, "http://127.0.0.1:9"), &tls);
+    vars.insert("FORWARD_URL".into(), format!("{}/hook", target.url()));
+    let processor = start_processor(vars).await;
+    eventually("every event forwarded", || async { (target.calls_to("POST", "/hook").len() >= N).then_some(()) }).await;
+    processor.stop().await;
+    ingress.stop().await;
+    // Spread over the partitions, read on the nodes' plain ports.
+    let mut con = cluster.con();
+    let filled = (0..8)
+        .filter(|i| redis::cmd("XLEN").arg(format!("{{hookstream:{i}}}:events")).query::<u64>(&mut con).unwrap() > 0)
+        .count();
+    assert!(filled >= 4, "{filled} partitions");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn both_binaries_find_the_primary_through_sentinels_over_tls() {
+    let pki = TestPki::generate();
+    let primary = RedisServer::start_tls(&pki, false);
+    let replica = RedisServer::start_tls_replica_of(&primary, &pki);
+    let sentinels = hookstream_tests::Sentinels::start_tls(&primary, &pki, 3, 1);
+    let ca = TestPki::path(&pki.ca);
+    let urls = sentinels.tls_urls();
+    assert!(urls.starts_with("rediss://"), "{urls}");
+    let tls = [("REDIS_MODE", "sentinel"), ("REDIS_TLS_CA_FILE", ca.as_str())];
+    let target = FakeApi::start().await;
+    target.always("POST", "/hook", Reply::status(200));
+    let ingress = start_with(with(default_vars(&urls), &tls), |_| {}).await;
+    assert_eq!(readyz(&ingress).await, 200);
+    let body = fixture("meeting-baas/v2/bot_completed.json");
+    for i in 0..5 {
+        let response = post_signed(&ingress, "svix", SECRET, &format!("msg_sentinel_tls_{i}"), now(), &body).await;
+        assert_eq!(answer(response).await.1["status"], "accepted", "webhook {i}");
+    }
+    assert_eq!(xlen(&primary), 5, "on the primary the Sentinels named");
+    let mut vars = with(processor_vars(&urls, "http://127.0.0.1:9"), &tls);
+    vars.insert("FORWARD_URL".into(), format!("{}/hook", target.url()));
+    let processor = start_processor(vars).await;
+    eventually("every event forwarded", || async { (target.calls_to("POST", "/hook").len() >= 5).then_some(()) }).await;
+    all_acked(&primary).await;
+    processor.stop().await;
+    ingress.stop().await;
+    drop(replica);
+}
