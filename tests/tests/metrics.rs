@@ -138,3 +138,51 @@ async fn writes_that_wait_for_the_shared_limit_are_counted() {
     assert!(after - before >= 2.0, "write waits counted: {before} -> {after}");
     assert_eq!(api.calls().iter().filter(|c| c.method == "POST").count(), 3);
 }
+
+/// Every metric the alert rules (`deploy/prometheus/alerts.yaml`) and the dashboard
+/// (`deploy/grafana/*.json`, when there is one) read is one the binaries export: scraped from
+/// both `/metrics` after one webhook went through, so the rules cannot drift from the code.
+#[tokio::test]
+async fn the_alert_rules_read_only_metrics_the_binaries_export() {
+    let redis = RedisServer::start();
+    let target = FakeApi::start().await;
+    target.always("POST", "/hook", Reply::status(200));
+    let ingress = start_ingress(&redis.url()).await;
+    let processor = start_processor(forward_vars(&redis, &target)).await;
+    let r = post_v1(&ingress, &fixture("meeting-baas/v2/bot_completed.json")).await;
+    assert_eq!(r.status(), 200);
+    all_acked(&redis).await;
+    let mut exported = std::collections::HashSet::new();
+    for url in [ingress.url("/metrics"), format!("http://{}/metrics", processor.metrics)] {
+        for line in scrape(&url).await.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
+            let name = line.split(['{', ' ']).next().unwrap_or_default();
+            // A histogram's series are <name>_bucket, _sum, _count.
+            for suffix in ["_bucket", "_sum", "_count", ""] {
+                if let Some(base) = name.strip_suffix(suffix) {
+                    exported.insert(base.to_string());
+                }
+            }
+        }
+    }
+    processor.stop().await;
+    ingress.stop().await;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("deploy");
+    let mut files = vec![root.join("prometheus").join("alerts.yaml")];
+    if let Ok(dir) = std::fs::read_dir(root.join("grafana")) {
+        files.extend(dir.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "json")));
+    }
+    let mut used = std::collections::BTreeSet::new();
+    for file in &files {
+        let text = std::fs::read_to_string(file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        let mut rest = text.as_str();
+        while let Some(at) = rest.find("hookstream_") {
+            let tail = &rest[at..];
+            let end = tail.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(tail.len());
+            used.insert(tail[..end].to_string());
+            rest = &tail[end..];
+        }
+    }
+    assert!(used.len() >= 8, "the rules read the hookstream metrics: {used:?}");
+    let missing: Vec<&String> = used.iter().filter(|name| !exported.contains(*name)).collect();
+    assert!(missing.is_empty(), "read by {files:?} but not exported: {missing:?}; exported: {exported:?}");
+}
