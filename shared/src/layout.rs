@@ -47,7 +47,7 @@ pub enum LayoutError {
     #[error(
         "PARTITIONS={configured}, but the namespace was created with {stored} partition(s) ({key}); \
          every ingress and processor must use PARTITIONS={stored}. To change it, see \"Changing PARTITIONS\" \
-         in the README (`processor repartition`)"
+         in docs/durability-and-scaling.md (`processor repartition`)"
     )]
     Mismatch { configured: usize, stored: String, key: String },
     #[error(
