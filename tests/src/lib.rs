@@ -207,6 +207,47 @@ impl TestPki {
     pub fn path(path: &std::path::Path) -> String {
         path.to_str().unwrap().to_string()
     }
+
+    /// `redis-server` arguments for a TLS port `tls_port` with this PKI's server certificate;
+    /// with `client_certs`, TLS clients must present a certificate signed by its CA.
+    fn server_args(&self, tls_port: u16, client_certs: bool) -> Vec<String> {
+        let auth = if client_certs { "yes" } else { "no" };
+        [
+            "--tls-port",
+            &tls_port.to_string(),
+            "--tls-cert-file",
+            &Self::path(&self.server_cert),
+            "--tls-key-file",
+            &Self::path(&self.server_key),
+            "--tls-ca-cert-file",
+            &Self::path(&self.ca),
+            "--tls-auth-clients",
+            auth,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    }
+}
+
+/// `args` as the `&str`s `RedisServer::start_args` takes.
+fn strs(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
+}
+
+/// Runs `redis-cli [cli…] --cluster create <addrs> --cluster-replicas N --cluster-yes`.
+fn create_cluster(cli: &[&str], addrs: &[String], replicas: usize) {
+    let out = run_command(Command::new(redis_cli_binary()).args(cli).args(["--cluster", "create"]).args(addrs).args([
+        "--cluster-replicas",
+        &replicas.to_string(),
+        "--cluster-yes",
+    ]));
+    assert!(
+        out.status.success(),
+        "redis-cli --cluster create failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// The `redis-server` binary: `$REDIS_SERVER`, else `redis-server` on the PATH. Checked once
@@ -455,28 +496,9 @@ impl RedisServer {
     /// `client_certs`, a TLS client must present a certificate signed by `pki`'s CA.
     pub fn start_tls(pki: &TestPki, client_certs: bool) -> Self {
         let tls_port = free_port();
-        let (port, cert, key, ca) = (
-            tls_port.to_string(),
-            TestPki::path(&pki.server_cert),
-            TestPki::path(&pki.server_key),
-            TestPki::path(&pki.ca),
-        );
-        let auth = if client_certs { "yes" } else { "no" };
-        let args = [
-            "--tls-port",
-            &port,
-            "--tls-cert-file",
-            &cert,
-            "--tls-key-file",
-            &key,
-            "--tls-ca-cert-file",
-            &ca,
-            "--tls-auth-clients",
-            auth,
-            "--appendonly",
-            "no",
-        ];
-        let mut server = Self::start_args(&args);
+        let mut args = pki.server_args(tls_port, client_certs);
+        args.extend(["--appendonly", "no"].map(String::from));
+        let mut server = Self::start_args(&strs(&args));
         server.tls_port = Some(tls_port);
         server
     }
@@ -484,33 +506,12 @@ impl RedisServer {
     /// A replica of the TLS server `primary`, itself with a TLS port, replicating over TLS.
     pub fn start_tls_replica_of(primary: &RedisServer, pki: &TestPki) -> Self {
         let tls_port = free_port();
-        let (port, cert, key, ca) = (
-            tls_port.to_string(),
-            TestPki::path(&pki.server_cert),
-            TestPki::path(&pki.server_key),
-            TestPki::path(&pki.ca),
-        );
         let of = primary.tls_port.expect("a TLS primary").to_string();
-        let args = [
-            "--tls-port",
-            &port,
-            "--tls-cert-file",
-            &cert,
-            "--tls-key-file",
-            &key,
-            "--tls-ca-cert-file",
-            &ca,
-            "--tls-auth-clients",
-            "no",
-            "--tls-replication",
-            "yes",
-            "--appendonly",
-            "no",
-            "--replicaof",
-            "127.0.0.1",
-            &of,
-        ];
-        let mut replica = Self::start_args(&args);
+        let mut args = pki.server_args(tls_port, false);
+        args.extend(
+            ["--tls-replication", "yes", "--appendonly", "no", "--replicaof", "127.0.0.1", &of].map(String::from),
+        );
+        let mut replica = Self::start_args(&strs(&args));
         replica.tls_port = Some(tls_port);
         replica
     }
@@ -592,21 +593,7 @@ impl RedisCluster {
         let nodes: Vec<RedisServer> =
             ports.into_iter().map(|port| RedisServer::start_cluster_node(port, &args)).collect();
         let addrs: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
-        let out = run_command(
-            Command::new(redis_cli_binary())
-                .arg("--cluster")
-                .arg("create")
-                .args(&addrs)
-                .arg("--cluster-replicas")
-                .arg(replicas.to_string())
-                .arg("--cluster-yes"),
-        );
-        assert!(
-            out.status.success(),
-            "redis-cli --cluster create failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        create_cluster(&[], &addrs, replicas);
         let cluster = Self { nodes };
         cluster.wait_ok();
         cluster
@@ -618,49 +605,21 @@ impl RedisCluster {
     /// the TLS ports.
     pub fn start_tls(pki: &TestPki, primaries: usize) -> Self {
         let timeout = CLUSTER_NODE_TIMEOUT_MS.to_string();
-        let (cert, key, ca) = (TestPki::path(&pki.server_cert), TestPki::path(&pki.server_key), TestPki::path(&pki.ca));
         let mut nodes = Vec::new();
         for _ in 0..primaries {
-            let tls_port = free_port().to_string();
-            let args = [
-                "--appendonly",
-                "no",
-                "--cluster-enabled",
-                "yes",
-                "--cluster-node-timeout",
-                &timeout,
-                "--tls-port",
-                &tls_port,
-                "--tls-cert-file",
-                &cert,
-                "--tls-key-file",
-                &key,
-                "--tls-ca-cert-file",
-                &ca,
-                "--tls-auth-clients",
-                "no",
-                "--tls-cluster",
-                "yes",
-                "--tls-replication",
-                "yes",
-            ];
-            let mut node = RedisServer::start_cluster_node(free_cluster_port(), &args);
-            node.tls_port = tls_port.parse().ok();
+            let tls_port = free_port();
+            let mut args = pki.server_args(tls_port, false);
+            args.extend(
+                ["--appendonly", "no", "--cluster-enabled", "yes", "--cluster-node-timeout", &timeout]
+                    .map(String::from),
+            );
+            args.extend(["--tls-cluster", "yes", "--tls-replication", "yes"].map(String::from));
+            let mut node = RedisServer::start_cluster_node(free_cluster_port(), &strs(&args));
+            node.tls_port = Some(tls_port);
             nodes.push(node);
         }
         let addrs: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.tls_port.unwrap_or(0))).collect();
-        let out = run_command(
-            Command::new(redis_cli_binary())
-                .args(["--tls", "--cacert", &ca, "--cluster", "create"])
-                .args(&addrs)
-                .arg("--cluster-yes"),
-        );
-        assert!(
-            out.status.success(),
-            "redis-cli --cluster create (TLS) failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        create_cluster(&["--tls", "--cacert", &TestPki::path(&pki.ca)], &addrs, 0);
         let cluster = Self { nodes };
         cluster.wait_ok();
         cluster

@@ -92,37 +92,6 @@ async fn webhooks_spread_over_partitions_on_a_cluster_and_every_one_is_processed
     assert!(bad.stderr.contains("0 to 7"), "{bad:?}");
 }
 
-/// Posts webhook `msg_id` until the ingress answers 200 (accepted or duplicate), as a sender
-/// does: 503s and connection errors are retried. (During a failover most requests do not even
-/// see a 503: the cluster client retries on the promoted replica within the command timeout.)
-/// How many tries it took.
-async fn deliver(client: &reqwest::Client, url: &str, msg_id: &str, body: &[u8]) -> u32 {
-    let mut tries = 0;
-    loop {
-        tries += 1;
-        let ts = now();
-        let signature = ingress::auth::sign(SECRET, msg_id, ts, body).expect("sign");
-        let sent = client
-            .post(url)
-            .header("content-type", "application/json")
-            .header("svix-id", msg_id)
-            .header("svix-timestamp", ts.to_string())
-            .header("svix-signature", signature)
-            .body(body.to_vec())
-            .timeout(Duration::from_secs(10))
-            .send()
-            .await;
-        if let Ok(r) = sent {
-            if r.status().as_u16() == 200 {
-                return tries;
-            }
-            assert_eq!(r.status().as_u16(), 503, "only 503 while the cluster fails over");
-        }
-        assert!(tries < 2000, "webhook {msg_id} never accepted");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_primary_killed_mid_load_loses_no_accepted_event() {
     let mut cluster = RedisCluster::start(3, 1);

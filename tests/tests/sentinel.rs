@@ -19,34 +19,6 @@ fn sentinel_vars(mut vars: HashMap<String, String>, sentinels: &Sentinels) -> Ha
     vars
 }
 
-/// Sends one webhook until it is accepted (as a real sender retries a 503); the tries it took.
-async fn deliver(client: &reqwest::Client, url: &str, msg_id: &str, body: &[u8]) -> u32 {
-    let mut tries = 0;
-    loop {
-        tries += 1;
-        let ts = now();
-        let signature = ingress::auth::sign(SECRET, msg_id, ts, body).expect("sign");
-        let sent = client
-            .post(url)
-            .header("content-type", "application/json")
-            .header("svix-id", msg_id)
-            .header("svix-timestamp", ts.to_string())
-            .header("svix-signature", signature)
-            .body(body.to_vec())
-            .timeout(Duration::from_secs(10))
-            .send()
-            .await;
-        if let Ok(r) = sent {
-            if r.status().as_u16() == 200 {
-                return tries;
-            }
-            assert_eq!(r.status().as_u16(), 503, "only 503 while the primary fails over");
-        }
-        assert!(tries < 2000, "webhook {msg_id} never accepted");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_primary_killed_mid_load_loses_no_accepted_event() {
     let mut primary = RedisServer::start_args(&["--appendonly", "yes"]);

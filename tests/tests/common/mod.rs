@@ -384,3 +384,33 @@ pub fn conn(redis: &hookstream_tests::RedisServer) -> shared::conn::Conn {
     let client = shared::conn::client(&redis.url()).expect("client");
     shared::conn::Conn::new(client, std::time::Duration::from_secs(5)).expect("conn")
 }
+
+/// Sends one signed webhook until it is accepted, as a real sender retries a 503 (while Redis
+/// fails over: a cluster's primary, or a Sentinel's); the tries it took. Any answer but 200 and
+/// 503 fails the test.
+pub async fn deliver(client: &reqwest::Client, url: &str, msg_id: &str, body: &[u8]) -> u32 {
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let ts = now();
+        let signature = ingress::auth::sign(SECRET, msg_id, ts, body).expect("sign");
+        let sent = client
+            .post(url)
+            .header("content-type", "application/json")
+            .header("svix-id", msg_id)
+            .header("svix-timestamp", ts.to_string())
+            .header("svix-signature", signature)
+            .body(body.to_vec())
+            .timeout(std::time::Duration::from_secs(10))
+            .send()
+            .await;
+        if let Ok(r) = sent {
+            if r.status().as_u16() == 200 {
+                return tries;
+            }
+            assert_eq!(r.status().as_u16(), 503, "only 503 while Redis fails over");
+        }
+        assert!(tries < 2000, "webhook {msg_id} never accepted");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
