@@ -77,6 +77,7 @@ struct Args {
     /// After sending, wait until the consumer group has acked everything.
     #[arg(long)]
     drain: bool,
+    /// The Redis of `--drain` and of `--floor-server`.
     #[arg(long, default_value = "redis://127.0.0.1:6379")]
     redis_url: String,
     #[arg(long, default_value = "hookstream")]
@@ -95,6 +96,13 @@ struct Args {
     /// Loadgen against it measures what the HTTP hop alone costs (the floor under any ingress).
     #[arg(long, value_name = "ADDR")]
     null_server: Option<SocketAddr>,
+    /// Send nothing: serve the ingress's floor here until killed — the same stack (hyper http1,
+    /// the multi-threaded runtime), the body collected, one EVALSHA of the dedup+append script
+    /// through the redis crate's connection manager on `--redis-url`, a JSON answer, and nothing
+    /// else (no authentication, parsing, logging or metrics). What no ingress on this stack can
+    /// go below, measured in the same run.
+    #[arg(long, value_name = "ADDR")]
+    floor_server: Option<SocketAddr>,
 }
 
 fn now_ms() -> u64 {
@@ -416,6 +424,18 @@ async fn main() -> ExitCode {
         eprintln!("loadgen: --connections must be > 0, --duplicates in 0..=1, --rate > 0");
         return ExitCode::from(64);
     }
+    if let Some(addr) = args.floor_server {
+        let url = args.redis_url.clone();
+        // The ingress's runtime (multi-threaded), not loadgen's own single thread.
+        let served = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
+            runtime.block_on(floor::serve(addr, &url))
+        });
+        if let Ok(Err(e)) = served.join() {
+            eprintln!("loadgen: cannot serve the floor on {addr}: {e}");
+        }
+        return ExitCode::FAILURE;
+    }
     if let Some(addr) = args.null_server {
         if let Err(e) = run_sink(addr, None).await {
             eprintln!("loadgen: cannot serve on {addr}: {e}");
@@ -523,4 +543,65 @@ async fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     ExitCode::SUCCESS
+}
+
+/// The floor server (`--floor-server`): what any ingress on this stack must at least do.
+mod floor {
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Full};
+    use sha2::{Digest, Sha256};
+    use std::net::SocketAddr;
+
+    /// Serves until killed; `Err` when it cannot start.
+    pub async fn serve(addr: SocketAddr, redis_url: &str) -> Result<(), String> {
+        let client = redis::Client::open(redis_url).map_err(|e| e.to_string())?;
+        let redis = redis::aio::ConnectionManager::new(client).await.map_err(|e| e.to_string())?;
+        let script = std::sync::Arc::new(redis::Script::new(shared::append::SCRIPT));
+        let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| e.to_string())?;
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { continue };
+            let (redis, script) = (redis.clone(), script.clone());
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let (mut redis, script) = (redis.clone(), script.clone());
+                    async move {
+                        let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                        let key = format!("{{floor}}:dedup:{}", hex::encode(Sha256::digest(&body)));
+                        let answer: redis::RedisResult<(i64, String)> = script
+                            .key(key)
+                            .key("{floor}:events")
+                            .arg(86_400)
+                            .arg("event")
+                            .arg("bot.completed")
+                            .arg("source")
+                            .arg("meeting-baas")
+                            .arg("dedup_id")
+                            .arg("floor")
+                            .arg("payload")
+                            .arg(body.as_ref())
+                            .arg("received_at")
+                            .arg("2026-12-02T00:00:00.000Z")
+                            .arg("request_id")
+                            .arg("floor")
+                            .invoke_async(&mut redis)
+                            .await;
+                        let (status, text) = match answer {
+                            Ok((1, id)) => (200, format!(r#"{{"status":"accepted","id":"{id}"}}"#)),
+                            Ok((_, id)) => (200, format!(r#"{{"status":"duplicate","id":"{id}"}}"#)),
+                            Err(_) => (503, r#"{"error":"unavailable"}"#.to_string()),
+                        };
+                        let mut response = hyper::Response::new(Full::new(Bytes::from(text)));
+                        *response.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or_default();
+                        response.headers_mut().insert(
+                            hyper::header::CONTENT_TYPE,
+                            hyper::header::HeaderValue::from_static("application/json"),
+                        );
+                        Ok::<_, std::convert::Infallible>(response)
+                    }
+                });
+                let io = hyper_util::rt::TokioIo::new(stream);
+                let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await;
+            });
+        }
+    }
 }

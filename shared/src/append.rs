@@ -17,7 +17,8 @@ use crate::entry::NewEntry;
 use redis::aio::ConnectionLike;
 use redis::{RedisResult, Script};
 
-const SCRIPT: &str = r#"
+/// The script's text (the bench's floor server runs it too).
+pub const SCRIPT: &str = r#"
 -- KEYS[1] dedup key, KEYS[2] events stream
 -- ARGV[1] dedup TTL in seconds, ARGV[2..] the entry's field/value pairs
 local first = redis.call('GET', KEYS[1])
