@@ -68,7 +68,10 @@ pub fn dedup_identity(message_id: Option<&str>, envelope: &Envelope<'_>, body: &
 
 /// `sha256:<hex>` of the body.
 pub fn body_identity(body: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(body)))
+    let mut identity = String::with_capacity(7 + 64);
+    identity.push_str("sha256:");
+    shared::keys::push_hex(&mut identity, &Sha256::digest(body));
+    identity
 }
 
 /// The v1 fields a rule-2 identity is made of. Each may be of any JSON type in the body; only

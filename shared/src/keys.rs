@@ -84,8 +84,21 @@ impl Keys {
     fn dedup_of(&self, digest: &[u8]) -> String {
         let mut key = String::with_capacity(self.dedup_prefix.len() + 64);
         key.push_str(&self.dedup_prefix);
-        key.push_str(&hex::encode(digest));
+        push_hex(&mut key, digest);
         key
+    }
+}
+
+/// Appends `bytes` as lowercase hex (no allocation of its own: on the ingress's hot path, where
+/// `hex::encode`'s per-character iterator and its `String` showed in the profile).
+pub fn push_hex(out: &mut String, bytes: &[u8]) {
+    let mut buf = [0u8; 128];
+    for chunk in bytes.chunks(64) {
+        let hex = &mut buf[..chunk.len() * 2];
+        // The buffer is exactly twice the chunk: this cannot fail.
+        if hex::encode_to_slice(chunk, hex).is_ok() {
+            out.push_str(std::str::from_utf8(hex).unwrap_or_default());
+        }
     }
 }
 
@@ -131,6 +144,17 @@ impl Partitions {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hex_is_lowercase_and_whole() {
+        let mut out = String::from("x:");
+        push_hex(&mut out, &[0x00, 0xab, 0xff]);
+        assert_eq!(out, "x:00abff");
+        let long: Vec<u8> = (0..=255).collect();
+        let mut all = String::new();
+        push_hex(&mut all, &long);
+        assert_eq!(all, hex::encode(&long));
+    }
 
     #[test]
     fn keys_share_one_hash_tag() {
