@@ -1,5 +1,6 @@
-//! Housekeeping loops: the reclaimer (takes over entries abandoned by dead consumers) and the
-//! tidier (trims processed entries, removes consumers long gone).
+//! Housekeeping loops: the reclaimer (takes over entries abandoned by dead consumers), the
+//! forwarder (re-appends parked entries when due, [`crate::parked`]) and the tidier (trims
+//! processed entries, removes consumers long gone).
 
 use crate::config::Timing;
 use crate::dispatch::Dispatcher;
@@ -109,4 +110,35 @@ pub async fn reap_consumers(stream: &Stream, idle: Duration) -> RedisResult<Vec<
         }
     }
     Ok(reaped)
+}
+
+/// Re-appends the due entries of one partition's retry set, until the dispatcher stops.
+pub async fn forward_due(dispatcher: &crate::dispatch::Dispatcher, every: std::time::Duration) {
+    let stream = &dispatcher.worker.stream;
+    while dispatcher.pause(every).await {
+        loop {
+            match stream.reappend_due(100).await {
+                Ok((appended, unreadable)) => {
+                    if appended > 0 {
+                        tracing::info!(entries = appended, stream = %stream.keys.events, "parked entries due: re-appended");
+                        crate::metrics::entries(crate::metrics::Entry::Retried, appended);
+                    }
+                    if unreadable > 0 {
+                        tracing::warn!(
+                            entries = unreadable,
+                            dead = %stream.keys.dead,
+                            "unreadable members of the retry set moved to the dead stream"
+                        );
+                    }
+                    if appended + unreadable < 100 {
+                        break;
+                    }
+                }
+                Err(err) => {
+                    tracing::debug!(error = %err, "re-appending due entries failed; will try again");
+                    break;
+                }
+            }
+        }
+    }
 }

@@ -5,10 +5,13 @@
 
 //!
 //! Modules, from the top down (a module uses only those below it):
-//! `service` (the supervisor) → `reader`, `lease`, `housekeeping`, `reconcile`, `health` (the loops) →
+//! `service` (the supervisor) → `reader`, `lease`, `housekeeping` (reclaimer, forwarder of
+//! parked entries, tidier), `reconcile`, `health` (the loops) →
 //! `dispatch` (slots, tasks) → `worker` (one delivery's handling: fan-out, meeting lock,
-//! retries) → `delivery` (the `Delivery` and the table of what is held), `retry`, `lock` (one
-//! meeting at a time), `handlers/` → `limiter` (the shared API write limit), `waits` (waits that
+//! retries) → `delivery` (the `Delivery` and the table of what is held), `retry`, `parked` (the
+//! retry set's records), `lock` (one
+//! meeting at a time), `handlers/` → `breaker` (a downstream's breaker, shared through Redis),
+//! `limiter` (the shared API write limit), `waits` (waits that
 //! do not count against an attempt), `acker` → `stream` (commands) → `replies` (typed Redis
 //! replies), used by `ops` (operator commands) too; `events` (the table of known event names)
 //! and `metrics` below everything. No module imports one above it.

@@ -5,7 +5,7 @@
 //! - **Park.** The worker acks the entry and adds its [`Record`] in one script, after the same
 //!   ack-if-owned preamble as the dead letter ([`crate::stream`]): only the consumer whose ack
 //!   removed the entry from the pending list parks it, so it is parked at most once per delivery.
-//! - **Re-append.** Every replica runs [`forward_due`] for each partition: one script moves the
+//! - **Re-append.** Every replica runs `housekeeping::forward_due` for each partition: one script moves the
 //!   due members back to the stream, each as a new entry with its fields plus `attempts`,
 //!   `first_attempt_at` and `parked`. The member leaves the set in the same script that appends
 //!   it, so whichever replicas race, it is appended exactly once.
@@ -119,37 +119,6 @@ impl Record {
 /// 50 ms and 1 s (one cheap script per partition when nothing is due).
 pub fn poll_every(park_initial: std::time::Duration) -> std::time::Duration {
     (park_initial / 4).clamp(std::time::Duration::from_millis(50), std::time::Duration::from_secs(1))
-}
-
-/// Re-appends the due entries of one partition's retry set, until the dispatcher stops.
-pub async fn forward_due(dispatcher: &crate::dispatch::Dispatcher, every: std::time::Duration) {
-    let stream = &dispatcher.worker.stream;
-    while dispatcher.pause(every).await {
-        loop {
-            match stream.reappend_due(100).await {
-                Ok((appended, unreadable)) => {
-                    if appended > 0 {
-                        tracing::info!(entries = appended, stream = %stream.keys.events, "parked entries due: re-appended");
-                        crate::metrics::entries(crate::metrics::Entry::Retried, appended);
-                    }
-                    if unreadable > 0 {
-                        tracing::warn!(
-                            entries = unreadable,
-                            dead = %stream.keys.dead,
-                            "unreadable members of the retry set moved to the dead stream"
-                        );
-                    }
-                    if appended + unreadable < 100 {
-                        break;
-                    }
-                }
-                Err(err) => {
-                    tracing::debug!(error = %err, "re-appending due entries failed; will try again");
-                    break;
-                }
-            }
-        }
-    }
 }
 
 #[cfg(test)]

@@ -201,7 +201,7 @@ impl Processor {
             // back. Stopped with the tidiers (a due entry is re-appended by whoever looks next).
             tidiers.push({
                 let (d, every) = (d.clone(), crate::parked::poll_every(config.park.initial));
-                tokio::spawn(async move { crate::parked::forward_due(&d, every).await })
+                tokio::spawn(async move { crate::housekeeping::forward_due(&d, every).await })
             });
             tidiers.push({
                 let d = d.clone();
