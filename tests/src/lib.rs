@@ -354,14 +354,13 @@ impl RedisServer {
     /// A cluster node on `port` (from [`free_cluster_port`]); when the port was taken meanwhile,
     /// another one.
     fn start_cluster_node(port: u16, extra: &[&str]) -> Self {
-        let mut server = Self {
-            port,
-            dir: tempfile::tempdir().unwrap(),
-            child: None,
-            extra: Vec::new(),
-            auth: None,
-            tls_port: None,
-        };
+        Self::start_cluster_node_as(port, extra, None)
+    }
+
+    /// [`Self::start_cluster_node`], connecting (and checked) as `auth`'s user when given.
+    fn start_cluster_node_as(port: u16, extra: &[&str], auth: Option<(String, String)>) -> Self {
+        let mut server =
+            Self { port, dir: tempfile::tempdir().unwrap(), child: None, extra: Vec::new(), auth, tls_port: None };
         for _ in 0..10 {
             if server.spawn(extra) {
                 return server;
@@ -620,6 +619,40 @@ impl RedisCluster {
         }
         let addrs: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.tls_port.unwrap_or(0))).collect();
         create_cluster(&["--tls", "--cacert", &TestPki::path(&pki.ca)], &addrs, 0);
+        let cluster = Self { nodes };
+        cluster.wait_ok();
+        cluster
+    }
+
+    /// A cluster of `primaries` nodes (no replicas) where the default user is off and only
+    /// `user` with `password` may do anything; [`Self::urls`] carries the credentials.
+    pub fn start_with_user(primaries: usize, user: &str, password: &str) -> Self {
+        let timeout = CLUSTER_NODE_TIMEOUT_MS.to_string();
+        let rule = format!(">{password}");
+        let args = [
+            "--appendonly",
+            "no",
+            "--cluster-enabled",
+            "yes",
+            "--cluster-node-timeout",
+            &timeout,
+            "--user",
+            "default",
+            "off",
+            "--user",
+            user,
+            "on",
+            &rule,
+            "~*",
+            "&*",
+            "+@all",
+        ];
+        let auth = Some((user.to_string(), password.to_string()));
+        let nodes: Vec<RedisServer> = (0..primaries)
+            .map(|_| RedisServer::start_cluster_node_as(free_cluster_port(), &args, auth.clone()))
+            .collect();
+        let addrs: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
+        create_cluster(&["--user", user, "--pass", password], &addrs, 0);
         let cluster = Self { nodes };
         cluster.wait_ok();
         cluster

@@ -200,3 +200,58 @@ async fn both_binaries_find_the_primary_through_sentinels_over_tls() {
     ingress.stop().await;
     drop(replica);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_acl_user_with_min_replicas_ack_waits_for_the_replica() {
+    // The primary admits only alice; its replica replicates as alice. WAIT, on the ingress's
+    // authenticated connection, counts the replica: webhooks are answered 200.
+    let primary = RedisServer::start_with_user("alice", "w0nderland");
+    let port = primary.port().to_string();
+    let replica = RedisServer::start_args(&[
+        "--replicaof",
+        "127.0.0.1",
+        &port,
+        "--masteruser",
+        "alice",
+        "--masterauth",
+        "w0nderland",
+        "--appendonly",
+        "no",
+    ]);
+    replica.wait_linked(&primary);
+    let mut vars = default_vars(&primary.url());
+    vars.insert("MIN_REPLICAS_ACK".into(), "1".into());
+    let ingress = start_with(vars, |_| {}).await;
+    let body = fixture("meeting-baas/v2/bot_completed.json");
+    let response = post_signed(&ingress, "svix", SECRET, "msg_acl_wait", now(), &body).await;
+    assert_eq!(answer(response).await.1["status"], "accepted");
+    ingress.stop().await;
+    assert_eq!(xlen(&primary), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_acl_user_works_for_every_cluster_node() {
+    // Every node admits only alice: each node connection the cluster client makes must log in.
+    let cluster =
+        tokio::task::spawn_blocking(|| hookstream_tests::RedisCluster::start_with_user(3, "alice", "w0nderland"))
+            .await
+            .expect("cluster");
+    let urls = cluster.urls();
+    assert!(urls.contains("alice:w0nderland@"), "{urls}");
+    let mode = [("REDIS_MODE", "cluster"), ("PARTITIONS", "8")];
+    let target = FakeApi::start().await;
+    target.always("POST", "/hook", Reply::status(200));
+    let ingress = start_with(with(default_vars(&urls), &mode), |_| {}).await;
+    let body = fixture("meeting-baas/v2/bot_completed.json");
+    const N: usize = 16;
+    for i in 0..N {
+        let response = post_signed(&ingress, "svix", SECRET, &format!("msg_cluster_acl_{i}"), now(), &body).await;
+        assert_eq!(answer(response).await.1["status"], "accepted", "webhook {i}");
+    }
+    let mut vars = with(processor_vars(&urls, "http://127.0.0.1:9"), &mode);
+    vars.insert("FORWARD_URL".into(), format!("{}/hook", target.url()));
+    let processor = start_processor(vars).await;
+    eventually("every event forwarded", || async { (target.calls_to("POST", "/hook").len() >= N).then_some(()) }).await;
+    processor.stop().await;
+    ingress.stop().await;
+}
