@@ -29,11 +29,18 @@ async fn set_breaker_gauges(stream: &Stream) {
     }
 }
 
-/// The gauges summed over every partition's stream.
+/// The gauges summed over every partition's stream; each partition's lag, pending and parked
+/// entries are also set on their own (`hookstream_partition_*{partition}`), so a dashboard can
+/// show which partition is behind.
 async fn gauges(streams: &[Stream]) -> redis::RedisResult<Gauges> {
     let mut total = Gauges::default();
     for stream in streams {
         let g = stream.gauges().await?;
+        let partition = stream.keys.partition.to_string();
+        metrics::gauge!(crate::metrics::PARTITION_LAG, "partition" => partition.clone()).set(g.group_lag as f64);
+        metrics::gauge!(crate::metrics::PARTITION_PENDING, "partition" => partition.clone())
+            .set(g.group_pending as f64);
+        metrics::gauge!(crate::metrics::PARTITION_PARKED, "partition" => partition).set(g.parked as f64);
         total.stream_length += g.stream_length;
         total.dead_length += g.dead_length;
         total.group_pending += g.group_pending;

@@ -10,6 +10,11 @@ pub const LOCK_WAITS_TOTAL: &str = "hookstream_processor_lock_waits_total";
 pub const API_WRITE_WAITS_TOTAL: &str = "hookstream_processor_api_write_waits_total";
 pub const LEASES_LOST_TOTAL: &str = "hookstream_processor_leases_lost_total";
 pub const RETRY_PARKED: &str = "hookstream_retry_parked";
+/// Per partition (`partition` = 0…P-1), read when scraped: this group's lag, pending entries,
+/// parked entries.
+pub const PARTITION_LAG: &str = "hookstream_partition_lag";
+pub const PARTITION_PENDING: &str = "hookstream_partition_pending";
+pub const PARTITION_PARKED: &str = "hookstream_partition_parked";
 pub const BREAKER_OPEN: &str = "hookstream_breaker_open";
 pub const RECONCILE_RUNS_TOTAL: &str = "hookstream_reconcile_runs_total";
 pub const RECONCILE_DRIFT_TOTAL: &str = "hookstream_reconcile_drift_total";

@@ -290,3 +290,27 @@ async fn backpressure_sums_the_lag_of_every_partition() {
     let answer = assert_error(refused, 503, "backlog_full").await;
     assert!(answer["message"].as_str().is_some_and(|m| m.contains("MAX_BACKLOG=7")), "{answer}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_partition_has_its_own_lag_pending_and_parked_gauges() {
+    let redis = RedisServer::start();
+    let api = FakeApi::start().await;
+    api.always("POST", "/downstream", Reply::status(200));
+    let processor = start_processor_with(HashMap::new(), |c| *c = processor_config(&redis, &api, 4)).await;
+    // Parked entries in partition 2 only (not due for an hour), as a processor leaves them.
+    for n in 0..3 {
+        let member = format!("{{\"id\":\"{n}-0\"}}");
+        let () =
+            redis::cmd("ZADD").arg("{hookstream:2}:retry").arg(i64::MAX).arg(member).query(&mut redis.con()).unwrap();
+    }
+    let text = scrape(&format!("http://{}/metrics", processor.metrics)).await;
+    for p in 0..4 {
+        let labels = format!("{{partition=\"{p}\"}}");
+        assert!(text.contains(&format!("hookstream_partition_lag{labels}")), "partition {p}: {text}");
+        assert!(text.contains(&format!("hookstream_partition_pending{labels}")), "partition {p}");
+        let parked = if p == 2 { 3.0 } else { 0.0 };
+        assert_eq!(metric(&text, "hookstream_partition_parked", &labels), parked, "partition {p}");
+    }
+    assert_eq!(metric(&text, "hookstream_retry_parked", ""), 3.0);
+    processor.stop().await;
+}
