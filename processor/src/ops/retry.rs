@@ -95,28 +95,8 @@ impl Ops {
             Some(id) => {
                 // A record's JSON starts with its id (the first field of `Record`).
                 let pattern = format!("{{\"id\":\"{id}\",*");
-                let mut cursor = 0u64;
-                loop {
-                    let (next, rows): (u64, Vec<String>) = redis::cmd("ZSCAN")
-                        .arg(&self.keys.retry)
-                        .arg(cursor)
-                        .arg("MATCH")
-                        .arg(&pattern)
-                        .arg("COUNT")
-                        .arg(PAGE)
-                        .query_async(&mut self.con())
-                        .await?;
-                    // ZSCAN answers member, score, member, score, …
-                    for member in rows.iter().step_by(2) {
-                        if Record::from_member(member).is_some_and(|r| r.id == id) {
-                            made += self.make_due(std::slice::from_ref(member)).await?;
-                        }
-                    }
-                    if next == 0 {
-                        break;
-                    }
-                    cursor = next;
-                }
+                let is_it = |member: &str| Record::from_member(member).is_some_and(|r| r.id == id);
+                made += crate::stream::make_due_matching(&mut self.con(), &self.keys.retry, &pattern, is_it).await?;
             }
             None => loop {
                 // The ones not yet due; each page made due leaves the range.
@@ -133,20 +113,10 @@ impl Ops {
                 if members.is_empty() {
                     break;
                 }
-                made += self.make_due(&members).await?;
+                made += crate::stream::make_due(&mut self.con(), &self.keys.retry, &members).await?;
             },
         }
         Ok(made)
-    }
-
-    /// Sets the members' due time to 1 (long past), only those still in the set.
-    async fn make_due(&self, members: &[String]) -> RedisResult<u64> {
-        let mut cmd = redis::cmd("ZADD");
-        cmd.arg(&self.keys.retry).arg("XX").arg("CH");
-        for member in members {
-            cmd.arg(1).arg(member);
-        }
-        cmd.query_async(&mut self.con()).await
     }
 }
 

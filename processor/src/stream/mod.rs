@@ -129,33 +129,50 @@ pub fn now_ms() -> u64 {
 /// `downstream`'s breaker was open (their record says `"waits_for":"<downstream>"`; a payload
 /// quoting that text has its quotes escaped, so it never matches). Returns how many.
 pub async fn wake_parked(con: &mut Conn, key: &str, downstream: &str) -> RedisResult<u64> {
-    let pattern = format!("*\"waits_for\":\"{downstream}\"*");
+    make_due_matching(con, key, &format!("*\"waits_for\":\"{downstream}\"*"), |_| true).await
+}
+
+/// Makes due at once the members of the retry set `key` that match the glob `pattern` (ZSCAN
+/// MATCH, paged) and that `keep` accepts. Returns how many.
+pub async fn make_due_matching(
+    con: &mut Conn,
+    key: &str,
+    pattern: &str,
+    keep: impl Fn(&str) -> bool,
+) -> RedisResult<u64> {
     let (mut cursor, mut made) = (0u64, 0u64);
     loop {
         let (next, rows): (u64, Vec<String>) = redis::cmd("ZSCAN")
             .arg(key)
             .arg(cursor)
             .arg("MATCH")
-            .arg(&pattern)
+            .arg(pattern)
             .arg("COUNT")
             .arg(1000)
             .query_async(con)
             .await?;
         // ZSCAN answers member, score, member, score, …
-        let members: Vec<&String> = rows.iter().step_by(2).collect();
-        if !members.is_empty() {
-            let mut zadd = redis::cmd("ZADD");
-            zadd.arg(key).arg("XX").arg("CH");
-            for member in members {
-                zadd.arg(1).arg(member);
-            }
-            made += zadd.query_async::<u64>(con).await?;
-        }
+        let members: Vec<&String> = rows.iter().step_by(2).filter(|m| keep(m)).collect();
+        made += make_due(con, key, &members).await?;
         if next == 0 {
             return Ok(made);
         }
         cursor = next;
     }
+}
+
+/// Sets the due time of `members` of the retry set `key` to 1 (long past), only those still in
+/// the set; how many changed.
+pub async fn make_due(con: &mut Conn, key: &str, members: &[impl redis::ToRedisArgs]) -> RedisResult<u64> {
+    if members.is_empty() {
+        return Ok(0);
+    }
+    let mut zadd = redis::cmd("ZADD");
+    zadd.arg(key).arg("XX").arg("CH");
+    for member in members {
+        zadd.arg(1).arg(member);
+    }
+    zadd.query_async(con).await
 }
 
 /// `ms-seq` as a pair, for ordering stream ids.
