@@ -64,18 +64,6 @@ async fn flaky_v1(uuids: &[String]) -> FlakyV1 {
     FlakyV1 { api, down, bots, calls_while_down }
 }
 
-fn sync_body(uuids: &[String]) -> Vec<u8> {
-    serde_json::to_vec(&json!({
-        "event": "calendar.sync_events",
-        "data": {"calendar_id": "c", "last_updated_ts": "t", "affected_event_uuids": uuids},
-    }))
-    .unwrap()
-}
-
-fn uuids(prefix: &str, n: usize) -> Vec<String> {
-    (0..n).map(|i| format!("{prefix}-{i:04}")).collect()
-}
-
 /// Short in-place budget and park delays, a breaker that opens after 3 failures.
 fn outage_vars(redis: &RedisServer, api: &FakeApi) -> HashMap<String, String> {
     let mut vars = processor_vars(&redis.url(), &api.url());

@@ -178,18 +178,6 @@ async fn v1_api_failing_posts(
     V1Api { api, bots, refused }
 }
 
-fn sync_body(uuids: &[String]) -> Vec<u8> {
-    serde_json::to_vec(&json!({
-        "event": "calendar.sync_events",
-        "data": {"calendar_id": "c", "last_updated_ts": "t", "affected_event_uuids": uuids},
-    }))
-    .unwrap()
-}
-
-fn uuids(prefix: &str, n: usize) -> Vec<String> {
-    (0..n).map(|i| format!("{prefix}-{i:04}")).collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_replicas_share_the_api_write_limit_and_every_meeting_gets_one_bot() {
     let redis = RedisServer::start();

@@ -414,3 +414,17 @@ pub async fn deliver(client: &reqwest::Client, url: &str, msg_id: &str, body: &[
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+/// A v1 `calendar.sync_events` body about the meetings `uuids`.
+pub fn sync_body(uuids: &[String]) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "event": "calendar.sync_events",
+        "data": {"calendar_id": "c", "last_updated_ts": "t", "affected_event_uuids": uuids},
+    }))
+    .unwrap()
+}
+
+/// `n` meeting uuids `<prefix>-0000`, `<prefix>-0001`, …
+pub fn uuids(prefix: &str, n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("{prefix}-{i:04}")).collect()
+}
