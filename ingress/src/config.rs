@@ -46,6 +46,7 @@ pub const INGRESS_VARS: &[Var] = &[
         default: "0",
         help: "answer 200 only once this many Redis replicas have the event (WAIT), else 503",
     },
+    Var { name: "OTEL_SERVICE_NAME", default: "hookstream-ingress", help: "service.name of the exported spans" },
 ];
 
 /// How long the ingress waits for `MIN_REPLICAS_ACK` replicas before it answers 503.

@@ -11,6 +11,7 @@ pub mod identity;
 pub mod metrics;
 pub mod rejection;
 pub mod server;
+pub mod traces;
 
 pub use config::IngressConfig;
 pub use server::Ingress;

@@ -33,14 +33,20 @@ fn run() -> Result<ExitCode, ExitCode> {
         return Ok(cli::healthcheck("ingress", config.listen_addr));
     }
     let _logs = shared::telemetry::init_logging(config.common.log_format);
+    let (traces, exporter) = cli::traces("ingress", &config.common.otel, "hookstream-ingress")?.unzip();
     let runtime = cli::runtime("ingress")?;
-    Ok(runtime.block_on(async {
+    let code = runtime.block_on(async {
         let shutdown = shared::shutdown::signal();
-        let ingress = match Ingress::build(config).await {
+        let ingress = match Ingress::build_traced(config, traces).await {
             Ok(ingress) => ingress,
             Err(err) => return cli::build_failed("ingress", &err, err.is_configuration()),
         };
         ingress.run_until(shutdown).await;
         ExitCode::SUCCESS
-    }))
+    });
+    drop(runtime);
+    if let Some(exporter) = exporter {
+        exporter.shutdown(shared::otel::SHUTDOWN_FLUSH);
+    }
+    Ok(code)
 }

@@ -19,6 +19,7 @@ use crate::config::{IngressConfig, REPLICA_ACK_TIMEOUT};
 use crate::identity;
 use crate::metrics::{record, Outcome};
 use crate::rejection::Rejection;
+use crate::traces::{self, Context};
 use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
 use http::{HeaderMap, Method, Request, Response, StatusCode};
@@ -31,6 +32,7 @@ use shared::entry::{self, NewEntry};
 use shared::http::{json, metrics_response, ApiError, Body, RequestStarted, ServeOptions};
 use shared::keys::Partitions;
 use shared::layout::{Layout, LayoutError};
+use shared::otel::Traces;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -70,6 +72,10 @@ struct State {
     backlog_refresh: Duration,
     /// The consumer groups' backlog as last read in the background ([`watch_backlog`]).
     backlog: AtomicU64,
+    /// Spans, when tracing is on ([`crate::traces`]).
+    traces: Option<Traces>,
+    /// The listener's port, for the request spans.
+    local_port: u16,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -93,6 +99,11 @@ impl Ingress {
     /// Binds the listener (port 0 picks a free port) and prepares the Redis connection, which is
     /// made lazily: the ingress starts while Redis is down and answers 503 until it is back.
     pub async fn build(config: IngressConfig) -> Result<Self, BuildError> {
+        Self::build_traced(config, None).await
+    }
+
+    /// [`Self::build`], making spans with `traces` (tracing on) or none (`None`).
+    pub async fn build_traced(config: IngressConfig, traces: Option<Traces>) -> Result<Self, BuildError> {
         let listener = TcpListener::bind(config.listen_addr)
             .await
             .map_err(|source| BuildError::Bind { addr: config.listen_addr, source })?;
@@ -103,6 +114,7 @@ impl Ingress {
             tracing::warn!("ALLOW_UNSIGNED=true: every request is accepted without authentication");
         }
         let _ = shared::telemetry::metrics();
+        let local_port = listener.local_addr().map(|a| a.port()).unwrap_or(config.listen_addr.port());
         Ok(Self {
             listener,
             state: Arc::new(State {
@@ -121,6 +133,8 @@ impl Ingress {
                 max_backlog: config.max_backlog,
                 backlog_refresh: config.backlog_refresh,
                 backlog: AtomicU64::new(0),
+                traces,
+                local_port,
             }),
         })
     }
@@ -286,7 +300,11 @@ fn unix_now() -> i64 {
 async fn webhook(state: &State, req: Request<Incoming>, request_id: &HeaderValue) -> Response<Body> {
     let started = Instant::now();
     let rid = request_id.to_str().unwrap_or("");
-    let (outcome, response) = match accept(state, req, rid).await {
+    let span = state.traces.as_ref().map(|t| {
+        let peer = req.extensions().get::<RequestStarted>().map(|s| s.1);
+        traces::request(t, req.headers(), req.uri().path(), WEBHOOK_PATH, peer, state.local_port, rid)
+    });
+    let (outcome, response) = match accept(state, req, rid, span.as_ref()).await {
         Ok(appended) => {
             let (outcome, status) = match appended {
                 Appended::Accepted(_) => (Outcome::Accepted, "accepted"),
@@ -310,11 +328,19 @@ async fn webhook(state: &State, req: Request<Incoming>, request_id: &HeaderValue
         }
     };
     record(outcome, started);
+    if let Some(span) = &span {
+        traces::answered(span, response.status(), outcome);
+    }
     response
 }
 
 /// The checks of SPEC §3.4, in order, then the dedup+append script.
-async fn accept(state: &State, req: Request<Incoming>, request_id: &str) -> Result<Appended, Rejection> {
+async fn accept(
+    state: &State,
+    req: Request<Incoming>,
+    request_id: &str,
+    span: Option<&Context>,
+) -> Result<Appended, Rejection> {
     let (parts, body) = req.into_parts();
     if !is_json(&parts.headers) {
         return Err(Rejection::UnsupportedMediaType);
@@ -347,6 +373,14 @@ async fn accept(state: &State, req: Request<Incoming>, request_id: &str) -> Resu
     }
     let dedup_id = identity::dedup_identity(auth::message_id(&parts.headers), &envelope, &body);
     let received_at = entry::timestamp_now();
+    let (keys, dedup_key) = state.partitions.of(&dedup_id);
+    let events = &keys.events;
+    // The producer span's context is what the entry carries to the processor.
+    let send = span.zip(state.traces.as_ref()).map(|(span, t)| {
+        let partition = (state.partitions.count() > 1).then_some(keys.partition);
+        traces::send(t, span, events, partition, &envelope.event)
+    });
+    let trace = send.as_ref().map(shared::otel::inject);
     let new_entry = NewEntry {
         event: &envelope.event,
         source: entry::SOURCE_MEETING_BAAS,
@@ -354,38 +388,13 @@ async fn accept(state: &State, req: Request<Incoming>, request_id: &str) -> Resu
         payload: &body,
         received_at: &received_at,
         request_id,
+        trace: trace.as_ref().map(|(parent, state)| (parent.as_str(), state.as_str())),
     };
-    let mut con = state.redis.clone();
-    if !state.layout.checked() {
-        state.layout.ensure(&mut con).await.map_err(|err| match err {
-            LayoutError::Redis(err) => Rejection::Unavailable(err),
-            refusal => Rejection::Misconfigured(refusal.to_string()),
-        })?;
+    let appended = append(state, &dedup_key, events, &new_entry).await;
+    if let Some(send) = &send {
+        traces::sent(send, &appended);
     }
-    let (keys, dedup_key) = state.partitions.of(&dedup_id);
-    let events = &keys.events;
-    let appended = if state.min_replicas_ack == 0 {
-        state.script.run(&mut con, &dedup_key, events, state.dedup_ttl_secs, &new_entry).await?
-    } else {
-        // Durable beyond the primary: 200 only once enough replicas have the event (or, for a
-        // duplicate, its first copy). Otherwise 503, and the sender's retry finds it again.
-        let wanted = state.min_replicas_ack;
-        let (appended, got) = state
-            .script
-            .run_replicated(
-                &mut con,
-                &dedup_key,
-                events,
-                state.dedup_ttl_secs,
-                &new_entry,
-                Replicas { count: wanted, timeout: REPLICA_ACK_TIMEOUT },
-            )
-            .await?;
-        if got < wanted {
-            return Err(Rejection::NotReplicated { wanted, got });
-        }
-        appended
-    };
+    let appended = appended?;
     let outcome = match appended {
         Appended::Accepted(_) => Outcome::Accepted,
         Appended::Duplicate(_) => Outcome::Duplicate,
@@ -398,5 +407,40 @@ async fn accept(state: &State, req: Request<Incoming>, request_id: &str) -> Resu
         outcome = outcome.as_str(),
         "webhook"
     );
+    Ok(appended)
+}
+
+/// The layout check (once), then the dedup+append script — with `WAIT` behind it when
+/// `MIN_REPLICAS_ACK` asks for replicas.
+async fn append(state: &State, dedup_key: &str, events: &str, new_entry: &NewEntry<'_>) -> Result<Appended, Rejection> {
+    let mut con = state.redis.clone();
+    if !state.layout.checked() {
+        state.layout.ensure(&mut con).await.map_err(|err| match err {
+            LayoutError::Redis(err) => Rejection::Unavailable(err),
+            refusal => Rejection::Misconfigured(refusal.to_string()),
+        })?;
+    }
+    let appended = if state.min_replicas_ack == 0 {
+        state.script.run(&mut con, dedup_key, events, state.dedup_ttl_secs, new_entry).await?
+    } else {
+        // Durable beyond the primary: 200 only once enough replicas have the event (or, for a
+        // duplicate, its first copy). Otherwise 503, and the sender's retry finds it again.
+        let wanted = state.min_replicas_ack;
+        let (appended, got) = state
+            .script
+            .run_replicated(
+                &mut con,
+                dedup_key,
+                events,
+                state.dedup_ttl_secs,
+                new_entry,
+                Replicas { count: wanted, timeout: REPLICA_ACK_TIMEOUT },
+            )
+            .await?;
+        if got < wanted {
+            return Err(Rejection::NotReplicated { wanted, got });
+        }
+        appended
+    };
     Ok(appended)
 }

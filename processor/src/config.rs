@@ -69,6 +69,7 @@ pub const PROCESSOR_VARS: &[Var] = &[
         help: "API versions to reconcile: auto (those with calendar webhooks in 30 days), v1, v2, v1,v2, none",
     },
     Var { name: "RECONCILE_READS_PER_SEC", default: "20", help: "the reconciler's API reads per second, all replicas" },
+    Var { name: "OTEL_SERVICE_NAME", default: "hookstream-processor", help: "service.name of the exported spans" },
 ];
 
 /// The intervals that derive from `CLAIM_IDLE_MS`, `BLOCK_MS` and the command timeout, built

@@ -38,6 +38,7 @@ pub mod replies;
 pub mod retry;
 pub mod service;
 pub mod stream;
+pub mod traces;
 pub mod waits;
 pub mod worker;
 

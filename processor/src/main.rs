@@ -43,14 +43,20 @@ fn operate(config: ProcessorConfig, partition: Option<usize>, command: Command) 
 
 fn serve(config: ProcessorConfig) -> Result<ExitCode, ExitCode> {
     let _logs = shared::telemetry::init_logging(config.common.log_format);
+    let (traces, exporter) = cli::traces("processor", &config.common.otel, "hookstream-processor")?.unzip();
     let runtime = cli::runtime("processor")?;
-    Ok(runtime.block_on(async {
+    let code = runtime.block_on(async {
         let shutdown = shared::shutdown::signal();
-        let processor = match Processor::build(config, None).await {
+        let processor = match Processor::build_traced(config, None, traces).await {
             Ok(processor) => processor,
             Err(err) => return cli::build_failed("processor", &err, err.is_configuration()),
         };
         processor.run_until(shutdown).await;
         ExitCode::SUCCESS
-    }))
+    });
+    drop(runtime);
+    if let Some(exporter) = exporter {
+        exporter.shutdown(shared::otel::SHUTDOWN_FLUSH);
+    }
+    Ok(code)
 }

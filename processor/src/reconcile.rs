@@ -207,6 +207,8 @@ pub struct Reconciler {
     namespace: String,
     policy: RecordPolicy,
     settings: Settings,
+    /// Spans, when tracing is on: one `INTERNAL` span per pass, its API reads inside it.
+    traces: Option<shared::otel::Traces>,
 }
 
 /// Follows a listing's cursor, with the guards of the module docs. `fetch(cursor)` reads one
@@ -270,7 +272,36 @@ impl Reconciler {
             namespace,
             policy: config.record_policy,
             settings: config.reconcile.clone(),
+            traces: None,
         })
+    }
+
+    /// Makes a span per pass with `traces` ([`crate::traces`]).
+    pub fn with_traces(mut self, traces: Option<shared::otel::Traces>) -> Self {
+        self.traces = traces;
+        self
+    }
+
+    /// [`Self::pass`] inside a `reconcile` span when tracing is on.
+    async fn traced_pass(&self) -> Result<Report, String> {
+        let Some(traces) = &self.traces else { return self.pass(false).await };
+        use opentelemetry::context::FutureExt;
+        use opentelemetry::trace::TraceContextExt;
+        use shared::otel::{KeyValue, SpanKind, Status};
+        let span = shared::otel::span("reconcile", SpanKind::Internal, vec![]);
+        let cx = traces.start(span, &opentelemetry::Context::new()).with_value(traces.clone());
+        let report = self.pass(false).with_context(cx.clone()).await;
+        let span = cx.span();
+        match &report {
+            Ok(r) => span.set_attributes([
+                KeyValue::new("hookstream.calendars", r.calendars as i64),
+                KeyValue::new("hookstream.drift", r.drift.len() as i64),
+                KeyValue::new("hookstream.errors", r.errors.len() as i64),
+            ]),
+            Err(why) => span.set_status(Status::error(why.clone())),
+        }
+        span.end();
+        report
     }
 
     /// The API versions to reconcile now.
@@ -511,7 +542,7 @@ impl Reconciler {
             if !matches!(taken, Ok(Some(_))) {
                 continue; // another replica reconciles this interval (or Redis is down)
             }
-            let report = self.pass(false).await;
+            let report = self.traced_pass().await;
             match &report {
                 Ok(r) => tracing::info!(
                     calendars = r.calendars,

@@ -74,6 +74,15 @@ impl Processor {
     /// starts while Redis is down and begins work when it is up). `registry` defaults to the
     /// built-in handlers.
     pub async fn build(config: ProcessorConfig, registry: Option<Registry>) -> Result<Self, BuildError> {
+        Self::build_traced(config, registry, None).await
+    }
+
+    /// [`Self::build`], making spans with `traces` (tracing on) or none (`None`).
+    pub async fn build_traced(
+        config: ProcessorConfig,
+        registry: Option<Registry>,
+        traces: Option<shared::otel::Traces>,
+    ) -> Result<Self, BuildError> {
         let metrics_listener = TcpListener::bind(config.metrics_addr)
             .await
             .map_err(|source| BuildError::Bind { addr: config.metrics_addr, source })?;
@@ -99,7 +108,7 @@ impl Processor {
             Some(registry) => registry,
             None => Registry::standard(&config, limiter, Some(seen), breakers)?,
         };
-        let reconciler = crate::reconcile::Reconciler::build(&config, commands.clone())?;
+        let reconciler = crate::reconcile::Reconciler::build(&config, commands.clone())?.with_traces(traces.clone());
         // A meeting's lock lives as long as a dead holder's entries stay unclaimed.
         let locks = crate::lock::MeetingLocks::new(namespace, commands.clone(), config.timing.lock_ttl);
         if config.api_key.is_none() {
@@ -125,6 +134,8 @@ impl Processor {
                 redis: redis.clone(),
                 locks: locks.clone(),
                 layout: layout.clone(),
+                traces: traces.clone(),
+                partitioned: partitions.count() > 1,
             });
             // The blocking reads get a connection of their own: a XREADGROUP BLOCK would
             // otherwise stall every ack queued behind it on a shared socket.

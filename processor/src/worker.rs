@@ -47,6 +47,10 @@ pub struct Worker {
     pub locks: MeetingLocks,
     /// The partition layout check, shared by every partition.
     pub layout: std::sync::Arc<shared::layout::Layout>,
+    /// Spans, when tracing is on ([`crate::traces`]).
+    pub traces: Option<shared::otel::Traces>,
+    /// Whether the namespace has several partitions (the spans then name this one).
+    pub partitioned: bool,
 }
 
 /// Why an entry cannot be handled at all.
@@ -67,10 +71,28 @@ impl Worker {
     /// The delivery's `CONCURRENCY` slot is released as soon as the handler is done, before the
     /// verdict is written: `CONCURRENCY` bounds the handlers running at once, and an entry
     /// waiting only for its (batched) ack does not keep the next one from starting.
-    pub async fn process(&self, mut delivery: Delivery) {
+    pub async fn process(&self, delivery: Delivery) {
+        let Some(traces) = &self.traces else { return self.handle(delivery).await };
+        use opentelemetry::context::FutureExt;
+        use opentelemetry::trace::TraceContextExt;
+        let source = crate::traces::Source {
+            stream: &self.stream.keys.events,
+            group: &self.stream.group,
+            consumer: &self.stream.consumer,
+            partition: self.partitioned.then_some(self.stream.keys.partition),
+        };
+        // A re-run: reclaimed (delivered before), or appended again from the retry set.
+        let rerun = delivery.entry.bytes(entry::PARKED).is_some();
+        let cx = crate::traces::delivery(traces, &source, &delivery.entry, delivery.deliveries, rerun);
+        Box::pin(self.handle(delivery)).with_context(cx.clone()).await;
+        cx.span().end();
+    }
+
+    async fn handle(&self, mut delivery: Delivery) {
         let Some(fields) = &delivery.entry.fields else {
             // Deleted from the stream while pending: nothing to handle, nothing to keep.
             tracing::warn!(stream_id = %delivery.id(), "pending entry no longer in the stream; acked");
+            crate::traces::outcome("acked", None, Some("no longer in the stream"));
             delivery.ack(&self.acker, &self.redis).await;
             return;
         };
@@ -95,6 +117,7 @@ impl Worker {
             delivery.release_slot();
             if let Settled::FannedOut(ids) = Box::pin(delivery.fan_out(&self.stream, &self.redis, &parts)).await {
                 crate::metrics::entries(crate::metrics::Entry::Acked, 1);
+                crate::traces::outcome("fanned_out", None, None);
                 tracing::info!(
                     stream_id = %event.id,
                     event = %event.name,
@@ -129,6 +152,7 @@ impl Worker {
             outcome = self.retry.run(&event, attempt) => outcome,
             _ = delivery.lost() => {
                 crate::metrics::lease_lost();
+                crate::traces::outcome("lost", None, None);
                 tracing::warn!(
                     stream_id = %event.id,
                     event = %event.name,
@@ -143,6 +167,7 @@ impl Worker {
             Verdict::Done => {
                 if delivery.ack(&self.acker, &self.redis).await == Settled::Acked {
                     crate::metrics::entries(crate::metrics::Entry::Acked, 1);
+                    crate::traces::outcome("acked", Some(outcome.attempts), None);
                     tracing::info!(
                         stream_id = %event.id,
                         event = %event.name,
@@ -204,6 +229,7 @@ impl Worker {
             Box::pin(delivery.park(&self.stream, &self.redis, &record.to_member(), delay)).await
         {
             crate::metrics::entries(crate::metrics::Entry::Parked, 1);
+            crate::traces::outcome("parked", Some(total), Some(reason));
             tracing::info!(
                 stream_id = %event.id,
                 event = %event.name,
@@ -224,6 +250,7 @@ impl Worker {
             Box::pin(delivery.dead_letter(&self.stream, &self.redis, reason, attempts)).await
         {
             crate::metrics::entries(crate::metrics::Entry::Dead, 1);
+            crate::traces::outcome("dead", Some(attempts), Some(reason));
             tracing::warn!(stream_id = %id, dead_id = %dead_id, attempts, deliveries, error = %reason, "dead-lettered");
         }
     }

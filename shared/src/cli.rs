@@ -26,6 +26,19 @@ pub fn config<T>(bin: &str, read: impl FnOnce(&Reader<'_>) -> Result<T, ConfigEr
     })
 }
 
+/// Starts the trace exporter when `OTEL_EXPORTER_OTLP_ENDPOINT` is set ([`crate::otel`]), before
+/// the runtime; an exporter that cannot be made is a configuration error (exit code 64).
+pub fn traces(
+    bin: &str,
+    settings: &crate::otel::Settings,
+    default_service: &'static str,
+) -> Result<Option<(crate::otel::Traces, crate::otel::Exporter)>, ExitCode> {
+    crate::otel::start(settings, default_service).map_err(|err| {
+        eprintln!("{bin}: {err}");
+        ExitCode::from(crate::EXIT_USAGE)
+    })
+}
+
 /// A service that could not be built: a setting to fix (the partition layout) is one line on
 /// stderr and exit code 64, like every other configuration error; anything else is logged, and
 /// exit code 1.

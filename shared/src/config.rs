@@ -160,6 +160,8 @@ pub struct Common {
     pub namespace: String,
     pub log_format: LogFormat,
     pub shutdown_grace: Duration,
+    /// Traces: on when an OTLP endpoint is set (SPEC §6).
+    pub otel: crate::otel::Settings,
 }
 
 /// The variables of [`Common`].
@@ -197,6 +199,12 @@ pub const COMMON_VARS: &[Var] = &[
     Var { name: "HOOKSTREAM_NAMESPACE", default: "hookstream", help: "key prefix, used as the hash tag {ns}" },
     Var { name: "LOG_FORMAT", default: "text", help: "text or json; the level comes from RUST_LOG (info)" },
     Var { name: "SHUTDOWN_GRACE_MS", default: "25000", help: "time to finish in-flight work after SIGTERM/SIGINT" },
+    Var {
+        name: "OTEL_EXPORTER_OTLP_ENDPOINT",
+        default: "unset",
+        help: "OpenTelemetry collector (http://host:4318): set, traces are exported over OTLP/HTTP; the other \
+               standard OTEL_* variables apply",
+    },
 ];
 
 /// `REDIS_URL` (one URL or a comma-separated list) as it may be printed: every password
@@ -307,6 +315,7 @@ impl Common {
             namespace,
             log_format,
             shutdown_grace: r.millis("SHUTDOWN_GRACE_MS", 25_000)?,
+            otel: crate::otel::Settings::read(r)?,
         })
     }
 

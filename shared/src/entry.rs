@@ -13,6 +13,11 @@ pub const RECEIVED_AT: &str = "received_at";
 /// Field: the request's `x-request-id`, or a generated one.
 pub const REQUEST_ID: &str = "request_id";
 
+/// Field, when tracing is on (SPEC §6): the W3C `traceparent` of the ingress's producer span.
+pub const TRACEPARENT: &str = "traceparent";
+/// Field, when tracing is on and the trace has vendor state: the W3C `tracestate`.
+pub const TRACESTATE: &str = "tracestate";
+
 /// Field of a fan-out entry (written by a processor, never by the ingress): the id of the entry
 /// about several meetings that it was split from. Its other fields are the original's, with the
 /// payload narrowed to one meeting.
@@ -40,11 +45,17 @@ pub struct NewEntry<'a> {
     pub payload: &'a [u8],
     pub received_at: &'a str,
     pub request_id: &'a str,
+    /// `(traceparent, tracestate)` when tracing is on; an empty trace state is not written.
+    pub trace: Option<(&'a str, &'a str)>,
 }
 
 impl<'a> NewEntry<'a> {
     /// The entry as XADD field/value pairs, in the order of the SPEC.
-    pub fn fields(&self) -> [(&'static str, &'a [u8]); 6] {
+    pub fn fields(&self) -> impl Iterator<Item = (&'static str, &'a [u8])> {
+        let trace = self.trace.into_iter().flat_map(|(traceparent, tracestate)| {
+            let state = (!tracestate.is_empty()).then_some((TRACESTATE, tracestate.as_bytes()));
+            std::iter::once((TRACEPARENT, traceparent.as_bytes())).chain(state)
+        });
         [
             (EVENT, self.event.as_bytes()),
             (SOURCE, self.source.as_bytes()),
@@ -53,6 +64,8 @@ impl<'a> NewEntry<'a> {
             (RECEIVED_AT, self.received_at.as_bytes()),
             (REQUEST_ID, self.request_id.as_bytes()),
         ]
+        .into_iter()
+        .chain(trace)
     }
 }
 

@@ -96,9 +96,10 @@ pub fn metrics_response() -> Response<Body> {
 /// A request extension set by [`serve`]: when the server began waiting for this request's
 /// head — the connection's accept, or the end of the answer before it on a keep-alive
 /// connection, which is also when the head-read timeout starts. A deadline for the whole
-/// request (head and body) counts from here.
+/// request (head and body) counts from here. Also the client's address (the connection's peer),
+/// for traces.
 #[derive(Debug, Clone, Copy)]
-pub struct RequestStarted(pub std::time::Instant);
+pub struct RequestStarted(pub std::time::Instant, pub std::net::SocketAddr);
 
 /// Serving limits.
 #[derive(Debug, Clone, Copy)]
@@ -144,7 +145,7 @@ where
         tokio::select! {
             _ = &mut shutdown => break,
             accepted = listener.accept() => {
-                let (stream, _) = match accepted {
+                let (stream, peer) = match accepted {
                     Ok(conn) => conn,
                     Err(err) => {
                         // E.g. out of file descriptors: wait a moment instead of spinning.
@@ -159,7 +160,7 @@ where
                 let waiting_since = Arc::new(std::sync::Mutex::new(std::time::Instant::now()));
                 let service = service_fn(move |mut req: Request<Incoming>| {
                     let since = *waiting_since.lock().unwrap_or_else(|p| p.into_inner());
-                    req.extensions_mut().insert(RequestStarted(since));
+                    req.extensions_mut().insert(RequestStarted(since, peer));
                     let answer = handler(req);
                     let waiting_since = waiting_since.clone();
                     async move {

@@ -7,6 +7,7 @@
 //! - [`config`]: environment parsing with typed errors, and the settings both sides read;
 //! - [`conn`]: how a Redis connection is made (lazy, reconnecting, bounded waits);
 //! - [`telemetry`]: logging and the Prometheus recorder;
+//! - [`otel`]: traces (OpenTelemetry over OTLP/HTTP) and the trace context an entry carries;
 //! - [`shutdown`]: the SIGTERM/SIGINT future;
 //! - [`http`]: JSON answers and the HTTP serve loop (keep-alive, timeouts, graceful shutdown);
 //! - [`cli`]: what both `main`s do alike (arguments, configuration, healthcheck, runtime);
@@ -21,6 +22,7 @@ pub mod healthcheck;
 pub mod http;
 pub mod keys;
 pub mod layout;
+pub mod otel;
 pub mod shutdown;
 pub mod telemetry;
 

@@ -967,6 +967,9 @@ pub const SPEC_VARS: &[(&str, &str, &str)] = &[
     ("RETRY_HORIZON_SECS", "86400", "processor"),
     ("BREAKER_FAILURES", "5", "processor"),
     ("BREAKER_COOLDOWN_MS", "30000", "processor"),
+    ("OTEL_EXPORTER_OTLP_ENDPOINT", "", "both"),
+    ("OTEL_SERVICE_NAME", "hookstream-ingress", "ingress"),
+    ("OTEL_SERVICE_NAME", "hookstream-processor", "processor"),
 ];
 
 /// Asserts that `bin --help` (`bin_name` is `ingress` or `processor`) lists every variable of

@@ -32,16 +32,15 @@ impl Forward {
         id: HeaderValue,
     ) -> Result<(), HandlerError> {
         let what = format!("POST {url}");
-        let response = self
+        let span = crate::traces::call(&reqwest::Method::POST, url);
+        let request = self
             .http
             .post(url.clone())
             .header(CONTENT_TYPE, "application/json")
             .header(EVENT_HEADER, event_name)
             .header(ID_HEADER, id)
-            .body(event.payload.clone())
-            .send()
-            .await
-            .map_err(|e| HandlerError::from_request(&what, &e))?;
+            .body(event.payload.clone());
+        let response = crate::traces::send(request, span).await.map_err(|e| HandlerError::from_request(&what, &e))?;
         let status = response.status();
         if status.is_success() {
             return Ok(());

@@ -155,6 +155,7 @@ impl Api {
         accept: &[StatusCode],
         is_write: bool,
     ) -> Result<Option<Answer>, HandlerError> {
+        let span = crate::traces::call(&method, &url);
         let mut request = self.http.request(method, url);
         if let Some(key) = &self.api_key {
             request = request.header(API_KEY_HEADER, key);
@@ -162,7 +163,7 @@ impl Api {
         if let Some(body) = body {
             request = request.json(body);
         }
-        let response = request.send().await.map_err(|e| HandlerError::from_request(what, &e))?;
+        let response = crate::traces::send(request, span).await.map_err(|e| HandlerError::from_request(what, &e))?;
         let status = response.status();
         let headers = response.headers().clone();
         let body = response.text().await.map_err(|e| HandlerError::from_request(what, &e))?;
