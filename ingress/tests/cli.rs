@@ -33,6 +33,7 @@ fn invalid_values_exit_64_naming_the_variable() {
         ("REDIS_URL", "postgres://x"),
         ("LOG_FORMAT", "yaml"),
         ("WEBHOOK_SECRETS", "whsec_%%%"),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4318"),
     ] {
         let out = run(&[], &[("MEETING_BAAS_API_KEY", "k"), (var, value)]);
         assert_eq!(out.status.code(), Some(64), "{var}={value}");
@@ -178,4 +179,75 @@ fn no_output_ever_prints_the_redis_password() {
     }
     let shown = format!("hookstream:***@127.0.0.1:{}", redis.port());
     assert!(text.contains(&shown), "the log names the Redis that refused:\n{text}");
+}
+
+/// POSTs a v1 webhook (API key `k`) over a plain TCP connection; the status code.
+fn post_webhook(listen: &str, body: &str) -> u16 {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(listen).expect("connect");
+    let request = format!(
+        "POST /webhooks/meeting-baas HTTP/1.1\r\nhost: {listen}\r\ncontent-type: application/json\r\n\
+         x-meeting-baas-api-key: k\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).expect("write");
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).expect("read");
+    answer.split_whitespace().nth(1).and_then(|code| code.parse().ok()).unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_an_otlp_endpoint_spans_are_exported_and_a_collector_that_hangs_never_holds_up_intake_or_exit() {
+    use hookstream_tests::collector;
+    let gate = hookstream_tests::fake_api::Gate::new();
+    let (working, hanging) = (collector::start().await, collector::start_hanging(&gate).await);
+    for (collector, delay) in [(&working, "600000"), (&hanging, "10")] {
+        let redis = RedisServer::start();
+        let listen = format!("127.0.0.1:{}", free_port());
+        let (url, endpoint) = (redis.url(), collector.url());
+        let vars = [
+            ("MEETING_BAAS_API_KEY", "k"),
+            ("LISTEN_ADDR", listen.as_str()),
+            ("REDIS_URL", url.as_str()),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+            // Working collector: only the exit's flush exports. Hanging: exports start at once.
+            ("OTEL_BSP_SCHEDULE_DELAY", delay),
+        ];
+        let mut child = hookstream_tests::spawn_bin(BIN, &vars);
+        hookstream_tests::eventually("the ingress listening", || async {
+            std::net::TcpStream::connect(listen.as_str()).is_ok().then_some(())
+        })
+        .await;
+        let status = tokio::task::spawn_blocking({
+            let listen = listen.clone();
+            move || post_webhook(&listen, r#"{"event":"failed","data":{"bot_id":"b1"}}"#)
+        })
+        .await
+        .unwrap();
+        assert_eq!(status, 200);
+        if std::ptr::eq(collector, &hanging) {
+            hookstream_tests::eventually("an export held", || async { (hanging.in_flight() >= 1).then_some(()) }).await;
+            let status = tokio::task::spawn_blocking({
+                let listen = listen.clone();
+                move || post_webhook(&listen, r#"{"event":"failed","data":{"bot_id":"b2"}}"#)
+            })
+            .await
+            .unwrap();
+            assert_eq!(status, 200, "intake goes on while an export hangs");
+        }
+        child.signal("TERM");
+        assert_eq!(child.exited(Duration::from_secs(30)).await.code(), Some(0), "a clean exit, flush or no flush");
+        if std::ptr::eq(collector, &working) {
+            let spans = collector::spans(&working);
+            let server = spans.iter().find(|s| s.kind == "SERVER").unwrap_or_else(|| panic!("{spans:#?}"));
+            let producer = spans.iter().find(|s| s.kind == "PRODUCER").unwrap_or_else(|| panic!("{spans:#?}"));
+            assert_eq!(server.service, "hookstream-ingress", "OTEL_SERVICE_NAME's default");
+            assert_eq!(producer.parent_span_id, server.span_id);
+            let entries: redis::streams::StreamRangeReply =
+                redis::cmd("XRANGE").arg("{hookstream}:events").arg("-").arg("+").query(&mut redis.con()).unwrap();
+            let stored: String = entries.ids[0].get("traceparent").expect("the entry carries its trace");
+            assert_eq!(stored, format!("00-{}-{}-01", producer.trace_id, producer.span_id));
+        }
+    }
+    gate.open();
 }

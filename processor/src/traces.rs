@@ -156,6 +156,52 @@ mod tests {
         assert_eq!(redacted(&url), "https://example.com:8443/hook");
     }
 
+    /// A delivery's span under each history: `(deliveries, re-appended, has trace context)`.
+    #[test]
+    fn a_first_delivery_continues_the_trace_and_a_rerun_links_to_it() {
+        use opentelemetry::trace::SpanId;
+        use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider};
+        let exporter = InMemorySpanExporter::default();
+        let provider = SdkTracerProvider::builder().with_simple_exporter(exporter.clone()).build();
+        let traces = Traces::from_provider(&provider);
+        let source = Source { stream: "{hookstream}:events", group: "processors", consumer: "c1", partition: None };
+        let stored = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let entry = |traced: bool| StreamEntry {
+            id: "1-0".into(),
+            fields: Some(
+                [("event", "bot.completed"), ("payload", "{}")]
+                    .into_iter()
+                    .chain(traced.then_some((TRACEPARENT, stored)))
+                    .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
+                    .collect(),
+            ),
+        };
+        for (deliveries, reappended, traced, continues, links) in [
+            (1, false, true, true, true),    // first run: the ingress's span is the parent
+            (2, false, true, false, true),   // reclaimed: a new trace, linked
+            (1, true, true, false, true),    // appended again from the retry set: linked
+            (1, false, false, false, false), // no trace context: a trace of its own
+        ] {
+            exporter.reset();
+            delivery(&traces, &source, &entry(traced), deliveries, reappended).span().end();
+            let spans = exporter.get_finished_spans().expect("spans");
+            let span = &spans[0];
+            let case = format!("deliveries={deliveries} reappended={reappended} traced={traced}");
+            assert_eq!(span.span_kind, SpanKind::Consumer, "{case}");
+            let parent = SpanId::from_hex("00f067aa0ba902b7").expect("hex");
+            assert_eq!(span.parent_span_id == parent, continues, "{case}");
+            assert_eq!(
+                span.span_context.trace_id().to_string() == "4bf92f3577b34da6a3ce929d0e0e4736",
+                continues,
+                "{case}"
+            );
+            assert_eq!(span.links.links.len(), usize::from(links && !continues), "{case}");
+            if !continues {
+                assert_eq!(span.parent_span_id, SpanId::INVALID, "{case}");
+            }
+        }
+    }
+
     #[test]
     fn without_tracing_there_is_no_span_and_no_header() {
         let url = reqwest::Url::parse("http://example.com/x").expect("url");

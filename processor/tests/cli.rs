@@ -317,3 +317,45 @@ async fn no_output_ever_prints_the_redis_password() {
     }
     assert!(!text.contains(PASSWORD), "the password was logged:\n{text}");
 }
+
+#[tokio::test]
+async fn with_an_otlp_endpoint_a_delivery_continues_the_trace_its_entry_carries() {
+    let redis = RedisServer::start();
+    let collector = hookstream_tests::collector::start().await;
+    let (url, endpoint) = (redis.url(), collector.url());
+    let vars = [
+        ("REDIS_URL", url.as_str()),
+        ("METRICS_ADDR", "127.0.0.1:0"),
+        ("BLOCK_MS", "100"),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        // Nothing is exported before the exit: what the collector gets is the exit's flush.
+        ("OTEL_BSP_SCHEDULE_DELAY", "600000"),
+    ];
+    let mut child = hookstream_tests::spawn_bin(BIN, &vars);
+    let (trace, parent) = ("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7");
+    let id: String = redis::cmd("XADD")
+        .arg(EVENTS)
+        .arg("*")
+        .arg("event")
+        .arg("bot.completed")
+        .arg("payload")
+        .arg(r#"{"event":"bot.completed"}"#)
+        .arg("traceparent")
+        .arg(format!("00-{trace}-{parent}-01"))
+        .query(&mut redis.con())
+        .unwrap();
+    eventually("the entry delivered and acked", || async {
+        let groups: redis::streams::StreamInfoGroupsReply =
+            redis::cmd("XINFO").arg("GROUPS").arg(EVENTS).query(&mut redis.con()).ok()?;
+        groups.groups.first().filter(|g| g.last_delivered_id == id && g.pending == 0).map(|_| ())
+    })
+    .await;
+    child.signal("TERM");
+    assert_eq!(child.exited(Duration::from_secs(15)).await.code(), Some(0));
+    let spans = hookstream_tests::collector::spans(&collector);
+    let consumer = spans.iter().find(|s| s.kind == "CONSUMER").unwrap_or_else(|| panic!("a delivery span: {spans:#?}"));
+    assert_eq!(consumer.service, "hookstream-processor", "OTEL_SERVICE_NAME's default");
+    assert_eq!((consumer.trace_id.as_str(), consumer.parent_span_id.as_str()), (trace, parent));
+    assert_eq!(consumer.attr("messaging.message.id"), Some(id.as_str()));
+    assert_eq!(consumer.attr("hookstream.outcome"), Some("acked"));
+}

@@ -132,6 +132,27 @@ pub fn start(settings: &Settings, default_service: &'static str) -> Result<Optio
     Ok(Some((traces, Exporter { provider })))
 }
 
+/// [`start`] for in-process tests: spans of `service` go to `traces_url` (the collector's full
+/// `/v1/traces` URL), exported every `every` instead of `OTEL_BSP_SCHEDULE_DELAY`.
+pub fn start_to(traces_url: &str, service: &'static str, every: Duration) -> Result<(Traces, Exporter), String> {
+    use opentelemetry_otlp::WithExportConfig;
+    use opentelemetry_sdk::trace::{BatchConfigBuilder, BatchSpanProcessor};
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+        .with_endpoint(traces_url)
+        // Long, so that a test's hanging collector holds one export for the whole test.
+        .with_timeout(Duration::from_secs(120))
+        .build()
+        .map_err(|e| e.to_string())?;
+    let batch = BatchSpanProcessor::builder(exporter)
+        .with_batch_config(BatchConfigBuilder::default().with_scheduled_delay(every).build())
+        .build();
+    let resource = Resource::builder_empty().with_service_name(service).build();
+    let provider = SdkTracerProvider::builder().with_span_processor(batch).with_resource(resource).build();
+    Ok((Traces::from_provider(&provider), Exporter { provider }))
+}
+
 /// What makes spans: cheap to clone, one per process (tests make their own over an in-memory
 /// exporter).
 #[derive(Clone, Debug)]

@@ -99,10 +99,14 @@ build_base_images() {
 build_binaries() {
   log "building ingress, processor and the fake API (cargo, debug profile)"
   cargo build --quiet -p ingress -p processor -p hookstream-tests --bins
-  rm -rf tests/compose/.build && mkdir -p tests/compose/.build
-  cp target/debug/ingress target/debug/processor target/debug/fake-api \
-    tests/compose/Dockerfile.hookstream tests/compose/Dockerfile.fake-api tests/compose/.build/
-  docker build -q -f tests/compose/.build/Dockerfile.fake-api -t "$FAKE_IMAGE" tests/compose/.build >/dev/null
+  # One build context per image, with the binaries' debug information stripped: each context
+  # is copied into the engine for every build, and a CI machine's disk can be small.
+  rm -rf tests/compose/.build && mkdir -p tests/compose/.build/hookstream tests/compose/.build/fake-api
+  cp target/debug/ingress target/debug/processor tests/compose/Dockerfile.hookstream tests/compose/.build/hookstream/
+  cp target/debug/fake-api tests/compose/Dockerfile.fake-api tests/compose/.build/fake-api/
+  strip --strip-debug tests/compose/.build/hookstream/ingress tests/compose/.build/hookstream/processor \
+    tests/compose/.build/fake-api/fake-api
+  docker build -q -f tests/compose/.build/fake-api/Dockerfile.fake-api -t "$FAKE_IMAGE" tests/compose/.build/fake-api >/dev/null
 }
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
@@ -110,6 +114,13 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 cleanup() {
   docker rm -f "$PROJECT-fake-api" >/dev/null 2>&1 || true
   $COMPOSE down -v --remove-orphans >/dev/null 2>&1 || true
+}
+
+# At the very end: the run's images and build contexts go too (the cached base images stay).
+remove_run_images() {
+  docker image rm -f hookstream-e2e/hookstream:local "$FAKE_IMAGE" >/dev/null 2>&1 || true
+  docker builder prune -f >/dev/null 2>&1 || true
+  rm -rf tests/compose/.build
 }
 
 # Starts the fake API on the project's network.
@@ -159,7 +170,7 @@ stop_and_down() {
 build_base_images
 build_binaries
 cleanup
-trap cleanup EXIT
+trap 'cleanup; remove_run_images' EXIT
 
 export INGRESS_PORT; INGRESS_PORT=$(free_port)
 FAKE_PORT=$(free_port)
@@ -196,4 +207,5 @@ INGRESS_URL="http://127.0.0.1:$INGRESS_PORT" FAKE_URL="http://127.0.0.1:$FAKE_PO
   API_KEY="$MEETING_BAAS_API_KEY" SECRET="$WEBHOOK_SECRETS" E2E_MODE=cluster target/debug/compose-e2e
 stop_and_down no-kill
 trap - EXIT
+remove_run_images
 log "passed"

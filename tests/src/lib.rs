@@ -5,6 +5,7 @@
 //! machine without Redis fails the suite loudly instead of skipping it.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod collector;
 pub mod fake_api;
 pub mod openapi;
 pub mod proxy;

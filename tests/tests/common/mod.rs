@@ -49,9 +49,18 @@ pub async fn start_ingress(redis_url: &str) -> TestIngress {
 
 /// Starts an ingress from `vars`, after `adjust` has changed the parsed config.
 pub async fn start_with(vars: HashMap<String, String>, adjust: impl FnOnce(&mut IngressConfig)) -> TestIngress {
+    start_traced(vars, adjust, None).await
+}
+
+/// [`start_with`], making spans with `traces` (tracing on).
+pub async fn start_traced(
+    vars: HashMap<String, String>,
+    adjust: impl FnOnce(&mut IngressConfig),
+    traces: Option<shared::otel::Traces>,
+) -> TestIngress {
     let mut config = IngressConfig::read(&Reader::new(&vars)).expect("test config is valid");
     adjust(&mut config);
-    let ingress = Ingress::build(config).await.expect("ingress builds");
+    let ingress = Ingress::build_traced(config, traces).await.expect("ingress builds");
     let addr = ingress.local_addr().expect("bound");
     let (tx, rx) = oneshot::channel::<()>();
     let handle = tokio::spawn(ingress.run_until(async move {
@@ -242,6 +251,15 @@ pub async fn start_processor_with(
     vars: HashMap<String, String>,
     adjust: impl FnOnce(&mut processor::ProcessorConfig),
 ) -> TestProcessor {
+    start_processor_traced(vars, adjust, None).await
+}
+
+/// [`start_processor_with`], making spans with `traces` (tracing on).
+pub async fn start_processor_traced(
+    vars: HashMap<String, String>,
+    adjust: impl FnOnce(&mut processor::ProcessorConfig),
+    traces: Option<shared::otel::Traces>,
+) -> TestProcessor {
     // RUST_LOG=debug shows the processor's logs when a test fails.
     if std::env::var_os("RUST_LOG").is_some() {
         std::mem::forget(shared::telemetry::init_logging(shared::config::LogFormat::Text));
@@ -249,7 +267,7 @@ pub async fn start_processor_with(
     let mut config = processor::ProcessorConfig::read(&Reader::new(&vars)).expect("test config is valid");
     adjust(&mut config);
     let consumer = config.consumer.clone();
-    let p = processor::Processor::build(config, None).await.expect("processor builds");
+    let p = processor::Processor::build_traced(config, None, traces).await.expect("processor builds");
     let metrics = p.metrics_addr().expect("bound");
     let (tx, rx) = oneshot::channel::<()>();
     let handle = tokio::spawn(p.run_until(async move {
