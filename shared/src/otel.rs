@@ -86,6 +86,29 @@ impl Settings {
                 ))
             }
         }
+        // The SDK would warn and fall back on an unknown sampler; a wrong value here is a typo to fix.
+        let sampler = r.raw("OTEL_TRACES_SAMPLER");
+        match sampler.as_deref() {
+            None | Some("always_on" | "always_off" | "parentbased_always_on" | "parentbased_always_off") => {}
+            Some("traceidratio" | "parentbased_traceidratio") => {
+                if let Some(arg) = r.raw("OTEL_TRACES_SAMPLER_ARG") {
+                    if !arg.parse::<f64>().is_ok_and(|ratio| (0.0..=1.0).contains(&ratio)) {
+                        return Err(ConfigError::new(
+                            "OTEL_TRACES_SAMPLER_ARG",
+                            format!("{arg:?} is not a ratio from 0 to 1"),
+                        ));
+                    }
+                }
+            }
+            Some(other) => {
+                return Err(ConfigError::new(
+                    "OTEL_TRACES_SAMPLER",
+                    format!(
+                        "{other:?} is not supported: always_on, always_off, traceidratio or their parentbased_ forms"
+                    ),
+                ))
+            }
+        }
         if r.bool("OTEL_SDK_DISABLED", false)? {
             return Ok(Self { endpoint: None, service_name });
         }
@@ -294,6 +317,12 @@ mod tests {
         assert_eq!(on.endpoint, Some(("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318".to_string())));
         let traces_only = settings(&[("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "https://c/v1/traces")]).expect("valid");
         assert!(traces_only.enabled());
+        let ratio = [("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"), ("OTEL_TRACES_SAMPLER_ARG", "0.25")];
+        assert!(settings(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"), ratio[0], ratio[1]])
+            .expect("ok")
+            .enabled());
+        let bad_ratio = [("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"), ratio[0], ("OTEL_TRACES_SAMPLER_ARG", "2")];
+        assert_eq!(settings(&bad_ratio).expect_err("ratio above 1").var, "OTEL_TRACES_SAMPLER_ARG");
         for off in [("OTEL_SDK_DISABLED", "true"), ("OTEL_TRACES_EXPORTER", "none")] {
             let s = settings(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"), off]).expect("valid");
             assert!(!s.enabled(), "{off:?}");
@@ -305,6 +334,7 @@ mod tests {
             ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/json"),
             ("OTEL_TRACES_EXPORTER", "jaeger"),
             ("OTEL_SDK_DISABLED", "maybe"),
+            ("OTEL_TRACES_SAMPLER", "sometimes"),
         ] {
             let mut pairs = vec![(var, value)];
             if var != "OTEL_EXPORTER_OTLP_ENDPOINT" {
