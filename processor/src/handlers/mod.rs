@@ -107,14 +107,32 @@ impl HandlerError {
 
     /// Classifies a failed request (no answer): always transient (connect errors, timeouts, resets).
     pub fn from_request(what: &str, err: &reqwest::Error) -> Self {
-        let kind = if err.is_timeout() {
-            "timed out"
-        } else if err.is_connect() {
-            "could not connect"
-        } else {
-            "failed"
+        let kind = match RequestFailure::of(err) {
+            RequestFailure::Timeout => "timed out",
+            RequestFailure::Connect => "could not connect",
+            RequestFailure::Other => "failed",
         };
         Self::transient(format!("{what} {kind}: {err}"))
+    }
+}
+
+/// Why a request got no answer (for the error's wording and the client span's `error.type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestFailure {
+    Timeout,
+    Connect,
+    Other,
+}
+
+impl RequestFailure {
+    pub fn of(err: &reqwest::Error) -> Self {
+        if err.is_timeout() {
+            Self::Timeout
+        } else if err.is_connect() {
+            Self::Connect
+        } else {
+            Self::Other
+        }
     }
 }
 
