@@ -9,6 +9,11 @@ use common::*;
 use hookstream_tests::fake_api::{FakeApi, Reply};
 use hookstream_tests::{fixture, RedisServer};
 
+/// Held for the whole of each test here: the Prometheus recorder is global to the process, and
+/// the alert-rules test moves the same counters (a webhook accepted, an entry acked) that the
+/// others read before and after — run side by side, their deltas would count each other's.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn forward_vars(redis: &RedisServer, target: &FakeApi) -> std::collections::HashMap<String, String> {
     let mut vars = processor_vars(&redis.url(), "http://127.0.0.1:9");
     vars.insert("FORWARD_URL".into(), format!("{}/hook", target.url()));
@@ -17,6 +22,7 @@ fn forward_vars(redis: &RedisServer, target: &FakeApi) -> std::collections::Hash
 
 #[tokio::test]
 async fn ingress_health_readiness_and_metrics_by_outcome() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let mut redis = RedisServer::start();
     let mut vars = default_vars(&redis.url());
     vars.insert("MAX_BODY_BYTES".into(), "4096".into());
@@ -56,6 +62,7 @@ async fn ingress_health_readiness_and_metrics_by_outcome() {
 
 #[tokio::test]
 async fn health_and_metrics() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let redis = RedisServer::start();
     let target = FakeApi::start().await;
     target.sequence("POST", "/hook", vec![Reply::status(503), Reply::status(200), Reply::status(422)]);
@@ -114,6 +121,7 @@ async fn health_and_metrics() {
 
 #[tokio::test]
 async fn writes_that_wait_for_the_shared_limit_are_counted() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let redis = RedisServer::start();
     let api = FakeApi::start().await;
     let upcoming = hookstream_tests::fixture("meeting-baas/api/v1_calendar_event_upcoming.json");
@@ -144,6 +152,7 @@ async fn writes_that_wait_for_the_shared_limit_are_counted() {
 /// both `/metrics` after one webhook went through, so the rules cannot drift from the code.
 #[tokio::test]
 async fn the_alert_rules_read_only_metrics_the_binaries_export() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let redis = RedisServer::start();
     let target = FakeApi::start().await;
     target.always("POST", "/hook", Reply::status(200));
