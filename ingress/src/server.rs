@@ -109,7 +109,10 @@ impl Ingress {
             .map_err(|source| BuildError::Bind { addr: config.listen_addr, source })?;
         let redis = Conn::open(&config.common.redis_target()?, REDIS_RESPONSE_TIMEOUT)?;
         let layout = Layout::new(&config.common.namespace, config.common.partitions);
-        layout.check_at_start(&mut redis.clone()).await.map_err(BuildError::Layout)?;
+        layout
+            .check_at_start(&mut redis.clone(), &config.common.redis_url_for_logs())
+            .await
+            .map_err(BuildError::Layout)?;
         if config.verifier.allows_unsigned() {
             tracing::warn!("ALLOW_UNSIGNED=true: every request is accepted without authentication");
         }

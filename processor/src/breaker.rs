@@ -47,12 +47,17 @@ if probe_until > now then
   return {3, probe_until - now}
 end
 redis.call('HSET', KEYS[1], 'probe_until', now + tonumber(ARGV[1]))
+-- The probe's answer must find the breaker: kept at least until the probe is given up.
+if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[1]) then
+  redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[1]) * 2)
+end
 return {2, 0}
 "#;
 
 const FAILED_SCRIPT: &str = r#"
 -- KEYS[1] breaker; ARGV[1] BREAKER_FAILURES, ARGV[2] BREAKER_COOLDOWN_MS, ARGV[3] how long
--- failures are remembered while closed, ms; ARGV[4] 1 when the failed call was the probe.
+-- failures are remembered while closed, ms; ARGV[4] 1 when the failed call was the probe;
+-- ARGV[5] how long an open breaker is kept once its cooldown is over and nobody probes it, ms.
 -- Returns {0, failures} still closed; {1, 0} already open; {2, cooldown} opened now;
 -- {3, cooldown} the probe failed: open again.
 local t = redis.call('TIME')
@@ -63,6 +68,7 @@ if open_until > 0 then
   if ARGV[4] == '1' then
     redis.call('HSET', KEYS[1], 'open_until', now + cooldown)
     redis.call('HDEL', KEYS[1], 'probe_until')
+    redis.call('PEXPIRE', KEYS[1], cooldown + tonumber(ARGV[5]))
     return {3, cooldown}
   end
   return {1, 0}
@@ -70,7 +76,9 @@ end
 local n = redis.call('HINCRBY', KEYS[1], 'failures', 1)
 if n >= tonumber(ARGV[1]) then
   redis.call('HSET', KEYS[1], 'open_until', now + cooldown, 'opened_at', now)
-  redis.call('PERSIST', KEYS[1])
+  -- Half open with no call to probe it, it is forgotten after a while (closed again): an
+  -- idle breaker must not report "open" for ever after its downstream came back.
+  redis.call('PEXPIRE', KEYS[1], cooldown + tonumber(ARGV[5]))
   return {2, cooldown}
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
@@ -127,6 +135,50 @@ pub struct Settings {
     pub cooldown: Duration,
     /// After this, a probe whose answer never came is given up and another may go.
     pub probe_timeout: Duration,
+}
+
+impl Settings {
+    /// How long a half-open breaker that nobody probes keeps its state before it is forgotten
+    /// (closed): one more cooldown and a probe's time. Without traffic nothing can show that
+    /// the downstream is still down, and the `hookstream_breaker_open` gauge (and its alert)
+    /// must not stay at 1 for ever.
+    pub fn idle_half_open(&self) -> Duration {
+        self.cooldown + self.probe_timeout.max(Duration::from_millis(1))
+    }
+}
+
+/// A call under way, let through by [`Breaker::admit`]: made just before the request is sent
+/// and [`Call::finish`]ed with its result. Dropped unfinished — the attempt was cut off by
+/// `HANDLER_TIMEOUT_MS` (the retry loop drops its future), or stopped — it counts as a
+/// transient failure (SPEC §4.3): a downstream that hangs opens its breaker like one that fails.
+#[must_use = "finish the call with its result"]
+pub struct Call {
+    breaker: Breaker,
+    pass: Pass,
+    finished: bool,
+}
+
+impl Call {
+    /// Records how the call ended ([`Breaker::record`]).
+    pub async fn finish<T>(mut self, result: &Result<T, HandlerError>) {
+        self.finished = true;
+        self.breaker.record(self.pass, result).await;
+    }
+}
+
+impl Drop for Call {
+    fn drop(&mut self) {
+        if self.finished || self.pass == Pass::Free || self.breaker.0.is_none() {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        let (breaker, pass) = (self.breaker.clone(), self.pass);
+        runtime.spawn(async move {
+            let cut_off: Result<(), HandlerError> =
+                Err(HandlerError::transient("the call was cut off before it answered (HANDLER_TIMEOUT_MS)"));
+            breaker.record(pass, &cut_off).await;
+        });
+    }
 }
 
 /// What a call was let through as.
@@ -251,6 +303,11 @@ impl Breaker {
         }
     }
 
+    /// The call `pass` let through begins now: see [`Call`].
+    pub fn start(&self, pass: Pass) -> Call {
+        Call { breaker: self.clone(), pass, finished: false }
+    }
+
     /// Records how a call let through by [`Self::admit`] ended: a transient error counts
     /// against the downstream; anything else (an answer, even a 4xx) shows it up.
     pub async fn record<T>(&self, pass: Pass, result: &Result<T, HandlerError>) {
@@ -274,6 +331,7 @@ impl Breaker {
                 .arg(inner.settings.cooldown.as_millis() as u64)
                 .arg(remember.as_millis() as u64)
                 .arg(probe)
+                .arg(inner.settings.idle_half_open().as_millis() as u64)
                 .invoke_async(&mut inner.con.clone())
                 .await;
             match answer {

@@ -1,7 +1,7 @@
 //! The processor's settings (SPEC §5).
 
 use reqwest::Url;
-use shared::config::{Common, ConfigError, Reader, Var, COMMON_VARS};
+use shared::config::{Common, ConfigError, Reader, Secret, Var, COMMON_VARS};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -204,11 +204,14 @@ pub struct ProcessorConfig {
     pub breakers: crate::breaker::Settings,
     pub stream_retention: Duration,
     pub api_url: Url,
-    pub api_key: Option<String>,
+    /// `MEETING_BAAS_API_KEY`: shown as `***` by `Debug` (SPEC §7).
+    pub api_key: Option<Secret<String>>,
     pub record_policy: RecordPolicy,
     pub bot_name: String,
     pub bot_config: serde_json::Map<String, serde_json::Value>,
-    pub forward_url: Option<Url>,
+    /// `FORWARD_URL`, which may carry credentials or a token: outputs name it through
+    /// [`shared::config::redact_http_url`].
+    pub forward_url: Option<Secret<Url>>,
     pub consumer_idle_reap: Duration,
     /// POST/PATCH/DELETE requests per second to the Meeting BaaS API, all replicas together
     /// (0: no limit).
@@ -233,9 +236,10 @@ pub fn default_consumer_name() -> String {
 }
 
 fn http_url(r: &Reader<'_>, name: &'static str, value: &str) -> Result<Url, ConfigError> {
-    let url = Url::parse(value).map_err(|e| ConfigError::new(name, format!("{value:?} is not a URL: {e}")))?;
+    let shown = shared::config::redact_http_url(value);
+    let url = Url::parse(value).map_err(|e| ConfigError::new(name, format!("{shown:?} is not a URL: {e}")))?;
     if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
-        return Err(ConfigError::new(name, format!("{value:?} must be an http:// or https:// URL with a host")));
+        return Err(ConfigError::new(name, format!("{shown:?} must be an http:// or https:// URL with a host")));
     }
     let _ = r;
     Ok(url)
@@ -264,7 +268,7 @@ impl ProcessorConfig {
             http_url(r, "MEETING_BAAS_API_URL", &r.string("MEETING_BAAS_API_URL", "https://api.meetingbaas.com"))?;
         let forward_url = match r.raw("FORWARD_URL") {
             None => None,
-            Some(v) => Some(http_url(r, "FORWARD_URL", &v)?),
+            Some(v) => Some(Secret::new(http_url(r, "FORWARD_URL", &v)?)),
         };
         let record_policy = r.parse("RECORD_POLICY", RecordPolicy::All)?;
         let bot_name = r.string("BOT_NAME", "hookstream recorder");
@@ -298,7 +302,7 @@ impl ProcessorConfig {
             },
             stream_retention: Duration::from_secs(r.number("STREAM_RETENTION_SECS", 3_600, 0, 10 * 366 * 86_400)?),
             api_url,
-            api_key: r.raw("MEETING_BAAS_API_KEY"),
+            api_key: r.raw("MEETING_BAAS_API_KEY").map(Secret::new),
             record_policy,
             bot_name,
             bot_config,
@@ -416,7 +420,7 @@ mod tests {
         .expect("valid");
         assert_eq!(c.record_policy, RecordPolicy::Organizer);
         assert_eq!(c.bot_config["recording_mode"], "audio_only");
-        assert_eq!(c.forward_url.expect("set").as_str(), "http://127.0.0.1:9/hook");
+        assert_eq!(c.forward_url.expect("set").expose().as_str(), "http://127.0.0.1:9/hook");
         assert_eq!(c.consumer, "replica-1");
     }
 

@@ -90,7 +90,10 @@ impl Processor {
         let commands = Conn::open(&target, config.timing.command_timeout)?;
         let partitions = config.common.partitions();
         let layout = Arc::new(Layout::new(&config.common.namespace, partitions.count()));
-        layout.check_at_start(&mut commands.clone()).await.map_err(BuildError::Layout)?;
+        layout
+            .check_at_start(&mut commands.clone(), &config.common.redis_url_for_logs())
+            .await
+            .map_err(BuildError::Layout)?;
         let namespace = partitions.namespace().clone();
         let limiter = crate::limiter::WriteLimiter::new(
             namespace.api_writes.clone(),

@@ -311,6 +311,13 @@ async fn no_output_ever_prints_the_redis_password() {
     child.signal("TERM");
     assert_eq!(child.exited(Duration::from_secs(15)).await.code(), Some(0));
     let text = std::fs::read_to_string(&log).unwrap();
+    // The start-up line itself names REDIS_URL and says what failed (SPEC §7).
+    let start = text
+        .lines()
+        .find(|l| l.contains("at start"))
+        .unwrap_or_else(|| panic!("no start-up line about Redis:\n{text}"));
+    assert!(start.contains("REDIS_URL") && start.contains(&shown), "{start}");
+    assert!(start.contains("authentication failed"), "{start}");
     for out in [&status, &help] {
         let printed = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
         assert!(!printed.contains(PASSWORD), "{printed}");
@@ -358,4 +365,29 @@ async fn with_an_otlp_endpoint_a_delivery_continues_the_trace_its_entry_carries(
     assert_eq!((consumer.trace_id.as_str(), consumer.parent_span_id.as_str()), (trace, parent));
     assert_eq!(consumer.attr("messaging.message.id"), Some(id.as_str()));
     assert_eq!(consumer.attr("hookstream.outcome"), Some("acked"));
+}
+
+#[tokio::test]
+async fn a_tls_failure_at_start_is_one_line_naming_redis_url() {
+    let pki = hookstream_tests::TestPki::generate();
+    let redis = RedisServer::start_tls(&pki, false);
+    let other = hookstream_tests::TestPki::path(&pki.other_ca);
+    let url = redis.tls_url();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("processor.log");
+    let vars = [
+        ("REDIS_URL", url.as_str()),
+        ("REDIS_TLS_CA_FILE", other.as_str()),
+        ("METRICS_ADDR", "127.0.0.1:0"),
+        ("LOG_FORMAT", "json"),
+    ];
+    let mut child = hookstream_tests::spawn_bin_with(BIN, &vars, std::fs::File::create(&log).unwrap());
+    let line = eventually("the start-up line", || async {
+        std::fs::read_to_string(&log).unwrap().lines().find(|l| l.contains("at start")).map(str::to_string)
+    })
+    .await;
+    child.signal("TERM");
+    assert_eq!(child.exited(Duration::from_secs(15)).await.code(), Some(0));
+    assert!(line.contains("REDIS_URL") && line.contains(&url), "{line}");
+    assert!(line.contains("TLS handshake failed"), "{line}");
 }

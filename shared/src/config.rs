@@ -149,7 +149,8 @@ pub enum LogFormat {
 /// The settings both binaries read.
 #[derive(Debug, Clone)]
 pub struct Common {
-    pub redis_url: String,
+    /// `REDIS_URL`, which may hold a password: [`Self::redis_url_for_logs`] is what may be shown.
+    pub redis_url: Secret<String>,
     pub redis_mode: crate::conn::Mode,
     /// `REDIS_SENTINEL_MASTER`: the primary's name (`REDIS_MODE=sentinel`).
     pub sentinel_master: String,
@@ -216,16 +217,76 @@ pub fn redact_urls(urls: &str) -> String {
 
 fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else { return url.to_string() };
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (authority, path) = rest.split_at(authority_end);
-    let Some((userinfo, host)) = authority.rsplit_once('@') else { return url.to_string() };
+    // Everything up to the last `@` is user information, however the rest parses: a password a
+    // user forgot to percent-encode may hold `/`, `?` or `#`, which would otherwise end the
+    // authority early and leave the password in the "path". (An `@` further on, in a query, only
+    // hides more than it needs to.)
+    let Some((userinfo, host)) = rest.rsplit_once('@') else { return url.to_string() };
     let user = match userinfo.split_once(':') {
-        Some((user, _password)) => format!("{user}:***"),
+        Some((user, _password)) if !user.contains(['/', '?', '#']) => format!("{user}:***"),
+        Some(_) => "***".to_string(),
         // `redis://password@host` is a password alone.
         None if !userinfo.is_empty() => "***".to_string(),
         None => String::new(),
     };
-    format!("{scheme}://{user}@{host}{path}")
+    format!("{scheme}://{user}@{host}")
+}
+
+/// Whether the user information of `url` (before its last `@`) holds a character that ends a
+/// URL's authority (`/`, `?`, `#`): a password that must be percent-encoded to parse.
+fn userinfo_needs_encoding(url: &str) -> bool {
+    url.split(',').any(|url| {
+        url.split_once("://")
+            .and_then(|(_, rest)| rest.rsplit_once('@'))
+            .is_some_and(|(userinfo, _)| userinfo.contains(['/', '?', '#']))
+    })
+}
+
+/// A URL as any output may show it (SPEC §7): the user information replaced by `***` and the
+/// query by `?***` (a query may carry a token), the fragment dropped. Used for `FORWARD_URL`
+/// and every other URL a log line, a dead entry or a span names.
+pub fn redact_http_url(url: &str) -> String {
+    let url = url.split('#').next().unwrap_or_default();
+    let (base, query) = match url.split_once('?') {
+        Some((base, _)) => (base, "?***"),
+        None => (url, ""),
+    };
+    let Some((scheme, rest)) = base.split_once("://") else { return format!("{base}{query}") };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((_, host)) => format!("{scheme}://***@{host}{path}{query}"),
+        None => format!("{scheme}://{authority}{path}{query}"),
+    }
+}
+
+/// A value no output may show (SPEC §7): an API key, a webhook secret, a URL with a password.
+/// Its `Debug` and `Display` print `***`, so a `?config` in a log line shows none; the value is
+/// reached only through [`Secret::expose`], where it is used.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret<T>(T);
+
+impl<T> Secret<T> {
+    pub fn new(value: T) -> Self {
+        Self(value)
+    }
+
+    /// The value itself, for the one place that sends or uses it.
+    pub fn expose(&self) -> &T {
+        &self.0
+    }
+}
+
+impl<T> std::fmt::Debug for Secret<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl<T> std::fmt::Display for Secret<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
 }
 
 /// Reads and checks the `REDIS_TLS_*` files: they are set only for a `rediss://` `REDIS_URL` (on
@@ -276,7 +337,7 @@ fn read_tls(r: &Reader<'_>, redis_url: &str) -> Result<crate::conn::TlsFiles, Co
 impl Common {
     /// `REDIS_URL` with its passwords hidden, for log lines ([`redact_urls`]).
     pub fn redis_url_for_logs(&self) -> String {
-        redact_urls(&self.redis_url)
+        redact_urls(self.redis_url.expose())
     }
 
     pub fn read(r: &Reader<'_>) -> Result<Self, ConfigError> {
@@ -291,8 +352,14 @@ impl Common {
         let redis_url = r.string("REDIS_URL", "redis://127.0.0.1:6379");
         let tls = read_tls(r, &redis_url)?;
         let sentinel_master = r.string("REDIS_SENTINEL_MASTER", "mymaster");
-        crate::conn::Target::open(redis_mode, &redis_url, &tls, &sentinel_master)
-            .map_err(|e| ConfigError::new("REDIS_URL", format!("{:?}: {e}", redact_urls(&redis_url))))?;
+        crate::conn::Target::open(redis_mode, &redis_url, &tls, &sentinel_master).map_err(|e| {
+            let hint = if userinfo_needs_encoding(&redis_url) {
+                "; a password holding /, ? or # must be percent-encoded (%2F, %3F, %23)"
+            } else {
+                ""
+            };
+            ConfigError::new("REDIS_URL", format!("{:?}: {e}{hint}", redact_urls(&redis_url)))
+        })?;
         let partitions = r.number("PARTITIONS", 1, 1, 1024)? as usize;
         let namespace = r.string("HOOKSTREAM_NAMESPACE", "hookstream");
         if let Some(bad) = namespace.chars().find(|c| matches!(c, '{' | '}') || c.is_whitespace() || c.is_control()) {
@@ -307,7 +374,7 @@ impl Common {
             other => return Err(ConfigError::new("LOG_FORMAT", format!("{other:?} is not text or json"))),
         };
         Ok(Self {
-            redis_url,
+            redis_url: Secret::new(redis_url),
             redis_mode,
             sentinel_master,
             tls,
@@ -321,7 +388,7 @@ impl Common {
 
     /// The Redis client these settings name (checked when they were read).
     pub fn redis_target(&self) -> redis::RedisResult<crate::conn::Target> {
-        crate::conn::Target::open(self.redis_mode, &self.redis_url, &self.tls, &self.sentinel_master)
+        crate::conn::Target::open(self.redis_mode, self.redis_url.expose(), &self.tls, &self.sentinel_master)
     }
 
     /// Every partition's keys.
@@ -370,6 +437,37 @@ mod tests {
             "redis://a:***@n1:7000, redis://a:***@n2:7001"
         );
         assert_eq!(redact_urls("not a url"), "not a url");
+        // A password a user forgot to percent-encode: `/`, `?`, `#` do not end the redaction.
+        for (url, shown) in [
+            ("redis://default:Zq/8wXpw@127.0.0.1:6379", "redis://default:***@127.0.0.1:6379"),
+            ("redis://default:a?b@h:1/0", "redis://default:***@h:1/0"),
+            ("rediss://u:x#y@h:1", "rediss://u:***@h:1"),
+            ("redis://Zq/8w@h:1", "redis://***@h:1"),
+        ] {
+            assert_eq!(redact_urls(url), shown, "{url}");
+        }
+    }
+
+    #[test]
+    fn an_unencoded_password_is_named_never_printed() {
+        for url in ["redis://default:Zq/8wXpw@127.0.0.1:6379", "redis://default:Zq?8wXpw@127.0.0.1:6379"] {
+            let err = read(&[("REDIS_URL", url)]).expect_err("does not parse");
+            let line = err.to_string();
+            assert!(!line.contains("8wXpw") && !line.contains("Zq"), "{line}");
+            assert!(line.contains("REDIS_URL") && line.contains("percent-encoded"), "{line}");
+        }
+        // Percent-encoded, it parses; and `Debug` of the settings shows no password.
+        let c = read(&[("REDIS_URL", "redis://default:Zq%2F8wXpw@127.0.0.1:6379")]).expect("encoded");
+        assert!(!format!("{c:?}").contains("8wXpw"), "{c:?}");
+    }
+
+    #[test]
+    fn http_urls_lose_credentials_and_query() {
+        assert_eq!(redact_http_url("http://user:pw@host/hook?token=t"), "http://***@host/hook?***");
+        assert_eq!(redact_http_url("https://host:8443/a/b"), "https://host:8443/a/b");
+        assert_eq!(redact_http_url("https://host/a?x=1#frag"), "https://host/a?***");
+        assert_eq!(redact_http_url("https://host/p@th"), "https://host/p@th");
+        assert_eq!(format!("{:?} {}", Secret::new("k"), Secret::new("k")), "*** ***");
     }
 
     fn read(pairs: &[(&'static str, &'static str)]) -> Result<Common, ConfigError> {
@@ -380,7 +478,7 @@ mod tests {
     #[test]
     fn defaults() {
         let c = read(&[]).expect("defaults are valid");
-        assert_eq!(c.redis_url, "redis://127.0.0.1:6379");
+        assert_eq!(c.redis_url.expose(), "redis://127.0.0.1:6379");
         assert_eq!(c.namespace, "hookstream");
         assert_eq!(c.log_format, LogFormat::Text);
         assert_eq!(c.shutdown_grace, Duration::from_millis(25_000));

@@ -95,6 +95,25 @@ pub fn install_crypto_provider() {
 }
 
 /// Whether a Redis URL asks for TLS.
+/// What a Redis error at start-up most likely means, in words an operator acts on: a refused
+/// password or ACL user, a TLS handshake that failed, or Redis not reachable.
+pub fn explain(err: &redis::RedisError) -> String {
+    let text = err.to_string();
+    let lower = text.to_ascii_lowercase();
+    let what = if matches!(err.kind(), redis::ErrorKind::AuthenticationFailed)
+        || ["wrongpass", "noauth", "noperm", "invalid username-password", "authentication"]
+            .iter()
+            .any(|w| lower.contains(w))
+    {
+        "authentication failed (check the user and password in REDIS_URL)"
+    } else if ["certificate", "tls", "handshake", "unknownissuer", "invalid peer"].iter().any(|w| lower.contains(w)) {
+        "the TLS handshake failed (check rediss://, REDIS_TLS_CA_FILE and the client certificate)"
+    } else {
+        "Redis is not reachable"
+    };
+    format!("{what}: {text}")
+}
+
 pub fn is_tls(url: &str) -> bool {
     url.trim().to_ascii_lowercase().starts_with("rediss://")
 }

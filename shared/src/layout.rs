@@ -87,15 +87,24 @@ impl Layout {
     /// The check at start-up: `Err` only for a refusal (the process should exit 64). When Redis
     /// does not answer within [`START_CHECK_TIMEOUT`] the process starts anyway (it serves while
     /// Redis is down) and checks again before its first append or read.
-    pub async fn check_at_start<C: ConnectionLike>(&self, con: &mut C) -> Result<(), LayoutError> {
+    pub async fn check_at_start<C: ConnectionLike>(&self, con: &mut C, redis_url: &str) -> Result<(), LayoutError> {
         match tokio::time::timeout(START_CHECK_TIMEOUT, self.ensure(con)).await {
             Ok(Err(err)) if err.is_refusal() => Err(err),
-            Ok(Err(err)) => {
-                tracing::warn!(error = %err, "Redis unreachable at start; will check the partition layout later");
+            Ok(Err(LayoutError::Redis(err))) => {
+                tracing::warn!(
+                    redis_url,
+                    error = %err,
+                    "cannot use Redis at REDIS_URL {redis_url} at start: {}; retrying as for any outage",
+                    crate::conn::explain(&err)
+                );
                 Ok(())
             }
+            Ok(Err(_)) => Ok(()),
             Err(_) => {
-                tracing::warn!("Redis did not answer at start; will check the partition layout later");
+                tracing::warn!(
+                    redis_url,
+                    "Redis at REDIS_URL {redis_url} did not answer at start; retrying as for any outage"
+                );
                 Ok(())
             }
             Ok(Ok(())) => Ok(()),

@@ -31,7 +31,8 @@ impl Forward {
         event_name: HeaderValue,
         id: HeaderValue,
     ) -> Result<(), HandlerError> {
-        let what = format!("POST {url}");
+        // Never the URL itself: it may hold credentials or a token (SPEC §7).
+        let what = format!("POST {}", shared::config::redact_http_url(url.as_str()));
         let span = crate::traces::call(&reqwest::Method::POST, url);
         let request = self
             .http
@@ -63,9 +64,9 @@ impl Handler for Forward {
                     .map_err(|_| HandlerError::permanent(format!("{name} {value:?} cannot be sent as an HTTP header")))
             };
             let (event_name, id) = (header(EVENT_HEADER, &event.name)?, header(ID_HEADER, &event.dedup_id)?);
-            let pass = self.breaker.admit().await?;
+            let call = self.breaker.start(self.breaker.admit().await?);
             let result = self.post(url, event, event_name, id).await;
-            self.breaker.record(pass, &result).await;
+            call.finish(&result).await;
             result
         })
     }

@@ -16,7 +16,7 @@ pub const API_KEY_HEADER: &str = "x-meeting-baas-api-key";
 pub struct Api {
     http: reqwest::Client,
     base: Url,
-    api_key: Option<String>,
+    api_key: Option<shared::config::Secret<String>>,
     pub policy: RecordPolicy,
     bot_name: String,
     bot_config: Map<String, Value>,
@@ -140,8 +140,10 @@ impl Api {
                 _ => crate::lock::confirm_held().await.map_err(lost)?,
             }
         }
+        // Counted for the breaker however it ends, a timeout's drop included.
+        let call = self.breaker.start(pass);
         let answer = self.request(&what, method, url, body, accept, is_write).await;
-        self.breaker.record(pass, &answer).await;
+        call.finish(&answer).await;
         answer
     }
 
@@ -158,7 +160,7 @@ impl Api {
         let span = crate::traces::call(&method, &url);
         let mut request = self.http.request(method, url);
         if let Some(key) = &self.api_key {
-            request = request.header(API_KEY_HEADER, key);
+            request = request.header(API_KEY_HEADER, key.expose());
         }
         if let Some(body) = body {
             request = request.json(body);

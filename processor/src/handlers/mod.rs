@@ -112,6 +112,9 @@ impl HandlerError {
             RequestFailure::Connect => "could not connect",
             RequestFailure::Other => "failed",
         };
+        // Without its URL: `what` names the call already, and a URL may carry credentials or a
+        // token (SPEC §7).
+        let err = RequestFailure::without_url(err);
         Self::transient(format!("{what} {kind}: {err}"))
     }
 }
@@ -125,6 +128,29 @@ pub enum RequestFailure {
 }
 
 impl RequestFailure {
+    /// `err`'s message without the URL reqwest puts in it, and without its source chain's
+    /// copy of it: what is shown is the error itself.
+    pub fn without_url(err: &reqwest::Error) -> String {
+        use std::error::Error;
+        let mut text = String::from(match () {
+            _ if err.is_timeout() => "operation timed out",
+            _ if err.is_connect() => "error trying to connect",
+            _ if err.is_body() || err.is_decode() => "error reading the body",
+            _ if err.is_request() => "error sending the request",
+            _ => "error",
+        });
+        let mut source = err.source();
+        while let Some(cause) = source {
+            let cause_text = cause.to_string();
+            if !cause_text.contains("://") {
+                text.push_str(": ");
+                text.push_str(&cause_text);
+            }
+            source = cause.source();
+        }
+        text
+    }
+
     pub fn of(err: &reqwest::Error) -> Self {
         if err.is_timeout() {
             Self::Timeout
@@ -184,8 +210,11 @@ impl Registry {
     ) -> Result<Self, reqwest::Error> {
         let http = http_client(config.handler_timeout)?;
         let api = Arc::new(meeting_baas::Api::new(http.clone(), config, limiter, seen, breakers.meeting_baas));
-        let forward: Arc<dyn Handler> =
-            Arc::new(forward::Forward::new(http, config.forward_url.clone(), breakers.forward));
+        let forward: Arc<dyn Handler> = Arc::new(forward::Forward::new(
+            http,
+            config.forward_url.as_ref().map(|u| u.expose().clone()),
+            breakers.forward,
+        ));
         let sync = Arc::new(calendar_v1::SyncEvents::new(api.clone()));
         let calendar = Arc::new(calendar_v2::Calendar::new(api.clone(), false));
         let reconcile: Arc<dyn Handler> = Arc::new(reconcile::Reconcile::new(sync.clone(), calendar.clone()));
