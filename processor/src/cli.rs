@@ -155,6 +155,10 @@ pub async fn operate(config: &crate::ProcessorConfig, partition: Option<usize>, 
         Ok(con) => con,
         Err(err) => return Done::redis(err),
     };
+    // Every age and due time it prints is on Redis's clock ([`crate::clock`]).
+    if let Err(err) = crate::clock::sync(&mut con).await {
+        return Done::redis(err);
+    }
     let ns = &config.common.namespace;
     if let Command::Repartition { partitions } = command {
         return repartition(&mut con, ns, partitions).await;

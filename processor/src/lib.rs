@@ -19,6 +19,7 @@
 pub mod acker;
 pub mod breaker;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod delivery;
 pub mod dispatch;

@@ -99,7 +99,7 @@ impl Record {
             first_attempt_at: first_attempt_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
             parked: parked.to_string(),
             error: error.chars().take(2_000).collect(),
-            parked_at: shared::entry::timestamp_now(),
+            parked_at: crate::clock::timestamp(),
             waits_for: None,
         }
     }

@@ -24,6 +24,7 @@
 //! 30 days: the calendar handlers record it in `{ns}:reconcile:apis` (a hash, version → Unix
 //! ms), at most once an hour per version and process.
 
+use crate::clock::now_ms;
 use crate::config::RecordPolicy;
 use crate::handlers::calendar_v1::CalendarEvent;
 use crate::handlers::calendar_v2::Current;
@@ -31,7 +32,6 @@ use crate::handlers::decision::{decide, Decision, Facts};
 use crate::handlers::meeting_baas::{is_uuid, Api};
 use crate::handlers::reconcile::{apis_key, name, ApiVersion, EVENT};
 use crate::limiter::WriteLimiter;
-use crate::stream::now_ms;
 use redis::RedisResult;
 use serde::Deserialize;
 use serde_json::json;
@@ -337,7 +337,7 @@ impl Reconciler {
             return Ok(report); // hookstream leaves every bot as it is
         }
         let versions = self.versions().await.map_err(|e| format!("Redis: {e}"))?;
-        let from = chrono::Utc::now();
+        let from = crate::clock::now();
         let to = from + chrono::Duration::from_std(self.settings.horizon).unwrap_or(chrono::Duration::days(7));
         let (from, to) = (
             from.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
@@ -482,7 +482,7 @@ impl Reconciler {
             .arg(PAYLOAD)
             .arg(payload.to_string())
             .arg(RECEIVED_AT)
-            .arg(shared::entry::timestamp_now())
+            .arg(crate::clock::timestamp())
             .arg(REQUEST_ID)
             .arg(format!("reconcile-{}", now_ms()))
             .query_async(&mut self.con.clone())
@@ -494,7 +494,7 @@ impl Reconciler {
         let ok = report.as_ref().is_ok_and(|r| r.errors.is_empty());
         crate::metrics::reconcile_run(ok);
         let mut cmd = redis::cmd("HSET");
-        cmd.arg(last_key(&self.namespace)).arg("at").arg(shared::entry::timestamp_now()).arg("result").arg(if ok {
+        cmd.arg(last_key(&self.namespace)).arg("at").arg(crate::clock::timestamp()).arg("result").arg(if ok {
             "ok"
         } else {
             "error"

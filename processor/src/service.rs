@@ -165,6 +165,10 @@ impl Processor {
             partitions = streams.len(),
             "processor starting"
         );
+        // Redis's clock before the first entry is read; kept in step while running.
+        let clock_con = parts[0].0.stream.connection();
+        let _ = tokio::time::timeout(Duration::from_secs(2), crate::clock::sync(&mut clock_con.clone())).await;
+        let clock = tokio::spawn(crate::clock::keep(clock_con));
         let (stop_tx, stop) = watch::channel(false);
         // The CONCURRENCY slots, shared by every partition.
         let permits = Arc::new(tokio::sync::Semaphore::new(config.concurrency));
@@ -267,6 +271,7 @@ impl Processor {
         }
         lease_keepers.iter().for_each(|t| t.abort());
         reconciling.abort();
+        clock.abort();
         if tokio::time::timeout_at(deadline.max(Instant::now() + Duration::from_millis(100)), &mut health)
             .await
             .is_err()

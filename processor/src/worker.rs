@@ -130,7 +130,7 @@ impl Worker {
         }
         let meeting = meetings.into_iter().next().map(|m| m.key);
         let started = Instant::now();
-        let began = chrono::Utc::now();
+        let began = crate::clock::now();
         let attempt = |_| {
             let (handler, event, meeting) = (&handler, &event, &meeting);
             async move {
@@ -208,7 +208,7 @@ impl Worker {
         let history = crate::parked::History::of(&delivery.entry);
         let first = history.first_attempt_at.unwrap_or(began);
         let total = history.attempts + attempts;
-        let elapsed = (chrono::Utc::now() - first).to_std().unwrap_or_default();
+        let elapsed = (crate::clock::now() - first).to_std().unwrap_or_default();
         let Some(left) = park.horizon.checked_sub(elapsed).filter(|left| !left.is_zero()) else {
             let reason = format!(
                 "gave up at the retry horizon: RETRY_HORIZON_SECS={} have passed since the first attempt at {} \

@@ -310,3 +310,53 @@ async fn the_ack_script_acks_only_its_own_entries_across_pages_of_its_pending_li
     assert_eq!(owner(&redis, &ids[1000]).map(|(c, _)| c).as_deref(), Some("me"), "the rest still pending");
     assert_eq!(group_state(&redis).map(|(pending, _)| pending), Some(2497));
 }
+
+/// SPEC §7: the credentials and the query of `FORWARD_URL` are in no output — not a dead
+/// entry's `error`, not a parked record, not the configuration's `Debug`.
+#[tokio::test]
+async fn forward_url_credentials_and_query_are_never_shown() {
+    let redis = RedisServer::start();
+    let target = FakeApi::start().await;
+    target.always("POST", "/hook", Reply::status(400));
+    target.always("POST", "/busy", Reply::status(503));
+    let secret_url = |path: &str| target.url().replace("http://", "http://user:pw-s3cret@") + path + "?token=t0k3n";
+    let mut vars = forward_vars(&redis.url(), &target);
+    vars.insert("FORWARD_URL".into(), secret_url("/hook"));
+    vars.insert("MEETING_BAAS_API_KEY".into(), "api-k3y".into());
+    let config = processor::ProcessorConfig::read(&shared::config::Reader::new(&vars)).expect("config");
+    let debug = format!("{config:?}");
+    for secret in ["pw-s3cret", "t0k3n", "api-k3y"] {
+        assert!(!debug.contains(secret), "{secret} in {debug}");
+    }
+    let processor = start_processor(vars.clone()).await;
+    add_event(&redis, "bot.completed", br#"{"event":"bot.completed"}"#, "refused");
+    let dead = dead_after(&redis, 1).await;
+    processor.stop().await;
+    let error = &dead[0].1["error"];
+    assert!(error.contains("400") && error.contains("/hook"), "{error}");
+    assert!(!error.contains("pw-s3cret") && !error.contains("t0k3n"), "{error}");
+
+    // Transient, parked: the record keeps no secret either (and a connection that fails).
+    for path in ["/busy", ":1/closed"] {
+        let url = if path.starts_with(':') {
+            "http://user:pw-s3cret@127.0.0.1:1/closed?token=t0k3n".to_string()
+        } else {
+            secret_url(path)
+        };
+        vars.insert("FORWARD_URL".into(), url);
+        vars.insert("RETRY_MAX_ELAPSED_MS".into(), "0".into());
+        vars.insert("RETRY_PARK_INITIAL_MS".into(), "600000".into());
+        let processor = start_processor(vars.clone()).await;
+        add_event(&redis, "bot.completed", br#"{"event":"bot.completed"}"#, path);
+        let member = eventually("parked", || async {
+            let members: Vec<String> =
+                redis::cmd("ZRANGE").arg("{hookstream}:retry").arg(0).arg(-1).query(&mut redis.con()).unwrap();
+            members.into_iter().next()
+        })
+        .await;
+        processor.stop().await;
+        let _: () = redis::cmd("DEL").arg("{hookstream}:retry").query(&mut redis.con()).unwrap();
+        assert!(member.contains("POST http://***@"), "{member}");
+        assert!(!member.contains("pw-s3cret") && !member.contains("t0k3n"), "{member}");
+    }
+}

@@ -73,7 +73,7 @@ pub fn decide(facts: &Facts, policy: RecordPolicy) -> Decision {
 /// a meeting is never skipped for want of a parsable time.
 pub fn is_past(time: Option<&str>) -> bool {
     time.and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-        .is_some_and(|t| t.with_timezone(&chrono::Utc) < chrono::Utc::now())
+        .is_some_and(|t| t.with_timezone(&chrono::Utc) < crate::clock::now())
 }
 
 #[cfg(test)]

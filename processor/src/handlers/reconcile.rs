@@ -8,7 +8,7 @@ use super::calendar_v1::SyncEvents;
 use super::calendar_v2::Calendar;
 use super::meeting_baas::require_uuid;
 use super::{parse_payload, Event, Handler, HandlerError, HandlerFuture, Meeting};
-use crate::stream::now_ms;
+use crate::clock::now_ms;
 use redis::RedisResult;
 use serde::Deserialize;
 use shared::conn::Conn;

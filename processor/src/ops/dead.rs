@@ -1,8 +1,8 @@
 //! The dead stream: list, show, replay (atomically, one entry at a time), purge.
 
 use super::Ops;
+use crate::clock::now_ms;
 use crate::replies::{Entries, StreamEntry};
-use crate::stream::now_ms;
 use crate::stream::DEAD_FIELDS;
 use redis::{RedisResult, Script};
 use std::fmt::Write as _;

@@ -2,8 +2,8 @@
 //! and `processor retry now` read and change.
 
 use super::{human, Ops};
+use crate::clock::now_ms;
 use crate::parked::Record;
-use crate::stream::now_ms;
 use redis::RedisResult;
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -130,7 +130,7 @@ pub fn format_summary(key: &str, summary: &ParkedSummary) -> String {
         let _ = write!(out, "  next due {when}");
     }
     if let Some(first) = summary.oldest_first_attempt {
-        let age = (chrono::Utc::now() - first).to_std().unwrap_or_default();
+        let age = (crate::clock::now() - first).to_std().unwrap_or_default();
         let _ = write!(
             out,
             "  oldest first attempt {} ({} ago)",

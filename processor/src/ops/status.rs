@@ -1,8 +1,8 @@
 //! `processor status`: the stream, the dead stream, the group and its consumers, for a person.
 
 use super::{entries, human, Ops};
+use crate::clock::now_ms;
 use crate::replies::PendingRows;
-use crate::stream::now_ms;
 use crate::stream::parse_id;
 use redis::streams::StreamInfoGroupsReply;
 use redis::RedisResult;

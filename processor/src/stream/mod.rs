@@ -120,11 +120,6 @@ pub fn is_nogroup(err: &redis::RedisError) -> bool {
     err.code() == Some("NOGROUP")
 }
 
-/// Now, as Unix milliseconds (the time part of a stream id).
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
-
 /// Makes due at once (score 1, long past) the members of the retry set `key` parked because
 /// `downstream`'s breaker was open (their record says `"waits_for":"<downstream>"`; a payload
 /// quoting that text has its quotes escaped, so it never matches). Returns how many.

@@ -2,7 +2,8 @@
 //! last-delivered id, and now − `STREAM_RETENTION_SECS` — never an entry some group has not
 //! acked.
 
-use super::{now_ms, parse_id, Stream};
+use super::{parse_id, Stream};
+use crate::clock::now_ms;
 use crate::replies::PendingSummary;
 use redis::streams::StreamInfoGroupsReply;
 use redis::RedisResult;

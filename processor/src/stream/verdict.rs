@@ -178,7 +178,7 @@ impl Stream {
         attempts: u32,
         deliveries: u64,
     ) -> RedisResult<Option<String>> {
-        let failed_at = shared::entry::timestamp_now();
+        let failed_at = crate::clock::timestamp();
         let mut invocation = self.dead_letter_script.key(&self.keys.events);
         invocation.key(&self.keys.dead).arg(&self.group).arg(&self.consumer).arg(&entry.id);
         for (field, value) in entry.fields.iter().flatten() {
