@@ -1,6 +1,7 @@
 //! The edges, with real processes: a replica whose wall clock is off (libfaketime), and a
 //! nemesis — a replica frozen past its lease, Redis blackholed and reset, an API that applies a
 //! write and drops the connection.
+#![allow(clippy::unwrap_used)] // test helpers may unwrap: a panic is how a test fails
 
 use hookstream_tests::fake_api::{FakeApi, Reply};
 use hookstream_tests::{eventually, fixture, fixture_json, RedisServer};
