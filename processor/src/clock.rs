@@ -75,6 +75,14 @@ pub fn timestamp() -> String {
     now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
+/// `d` ± `fraction` of it (0.1: ±10 %), uniformly.
+pub fn jitter(d: Duration, fraction: f64) -> Duration {
+    let nanos = u128::from(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+    let spread = (nanos as f64 * fraction.clamp(0.0, 1.0)) as u128;
+    let offset = uuid::Uuid::new_v4().as_u128() % (2 * spread + 1);
+    Duration::from_nanos(u64::try_from(nanos - spread.min(nanos) + offset).unwrap_or(u64::MAX))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -90,5 +98,14 @@ mod tests {
         // Never synced: the wall clock.
         assert!(carried(None) >= wall);
         assert!(timestamp().ends_with('Z'));
+    }
+
+    #[test]
+    fn jitter_stays_within_its_fraction() {
+        for _ in 0..1_000 {
+            let d = jitter(Duration::from_secs(10), 0.1);
+            assert!(d >= Duration::from_secs(9) && d <= Duration::from_secs(11), "{d:?}");
+        }
+        assert_eq!(jitter(Duration::ZERO, 0.5), Duration::ZERO);
     }
 }

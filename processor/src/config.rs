@@ -41,6 +41,11 @@ pub const PROCESSOR_VARS: &[Var] = &[
     },
     Var { name: "BREAKER_COOLDOWN_MS", default: "30000", help: "how long an open breaker stays open before a probe" },
     Var { name: "STREAM_RETENTION_SECS", default: "3600", help: "processed entries older than this are trimmed" },
+    Var {
+        name: "DEAD_RETENTION_DAYS",
+        default: "30",
+        help: "dead-lettered entries older than this are trimmed from the dead stream (0 keeps them all)",
+    },
     Var { name: "MEETING_BAAS_API_URL", default: "https://api.meetingbaas.com", help: "the Meeting BaaS API" },
     Var { name: "MEETING_BAAS_API_KEY", default: "unset", help: "sent as x-meeting-baas-api-key on every API call" },
     Var { name: "RECORD_POLICY", default: "all", help: "which meetings get a bot: all, organizer or none" },
@@ -203,6 +208,8 @@ pub struct ProcessorConfig {
     /// `BREAKER_*` (SPEC §4.3).
     pub breakers: crate::breaker::Settings,
     pub stream_retention: Duration,
+    /// `DEAD_RETENTION_DAYS` (zero: keep every dead entry).
+    pub dead_retention: Duration,
     pub api_url: Url,
     /// `MEETING_BAAS_API_KEY`: shown as `***` by `Debug` (SPEC §7).
     pub api_key: Option<Secret<String>>,
@@ -301,6 +308,7 @@ impl ProcessorConfig {
                 probe_timeout: Duration::ZERO,
             },
             stream_retention: Duration::from_secs(r.number("STREAM_RETENTION_SECS", 3_600, 0, 10 * 366 * 86_400)?),
+            dead_retention: Duration::from_secs(r.number("DEAD_RETENTION_DAYS", 30, 0, 10 * 366)? * 86_400),
             api_url,
             api_key: r.raw("MEETING_BAAS_API_KEY").map(Secret::new),
             record_policy,

@@ -66,13 +66,20 @@ pub async fn reclaim(dispatcher: &Dispatcher, timing: Timing, batch: usize) {
 
 /// Trims processed entries, and removes consumers that are long gone (idle past
 /// `CONSUMER_IDLE_REAP_SECS` with nothing pending; one with pending entries is never removed).
-pub async fn tidy(dispatcher: &Dispatcher, every: Duration, retention: Duration, reap_after: Duration) {
+pub async fn tidy(dispatcher: &Dispatcher, every: Duration, retention: Retention, reap_after: Duration) {
     let stream = &dispatcher.worker.stream;
     while dispatcher.pause(every).await {
-        match stream.trim(retention).await {
+        match stream.trim(retention.stream).await {
             Ok(0) => {}
             Ok(n) => tracing::debug!(entries = n, "trimmed the stream"),
             Err(err) => tracing::debug!(error = %err, "trim failed; will try again"),
+        }
+        match stream.trim_dead(retention.dead).await {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::info!(entries = n, dead = %stream.keys.dead, "trimmed dead entries past DEAD_RETENTION_DAYS")
+            }
+            Err(err) => tracing::debug!(error = %err, "trimming the dead stream failed; will try again"),
         }
         match reap_consumers(stream, reap_after).await {
             Ok(reaped) => {
@@ -83,6 +90,14 @@ pub async fn tidy(dispatcher: &Dispatcher, every: Duration, retention: Duration,
             Err(err) => tracing::debug!(error = %err, "reaping consumers failed; will try again"),
         }
     }
+}
+
+/// How long processed entries (`STREAM_RETENTION_SECS`) and dead ones (`DEAD_RETENTION_DAYS`)
+/// are kept.
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    pub stream: Duration,
+    pub dead: Duration,
 }
 
 /// Deletes consumers of the group that have no pending entry and have been idle longer than

@@ -161,7 +161,7 @@ impl MeetingLocks {
                 crate::metrics::lock_wait();
                 waited = true;
             }
-            tokio::time::sleep(jitter(pause)).await;
+            tokio::time::sleep(crate::clock::jitter(pause, 0.5)).await;
             pause = (pause * 2).min(LONGEST_RETRY);
         }
     }
@@ -345,14 +345,6 @@ async fn release(locks: &MeetingLocks, key: &str, token: &str) {
 
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
-/// `d` ± 50 %.
-fn jitter(d: Duration) -> Duration {
-    let nanos = d.as_nanos() as u64;
-    let spread = nanos / 2;
-    let offset = uuid::Uuid::new_v4().as_u128() as u64 % (2 * spread + 1);
-    Duration::from_nanos(nanos - spread + offset)
 }
 
 #[cfg(test)]

@@ -37,12 +37,14 @@ use serde::Deserialize;
 use serde_json::json;
 use shared::conn::Conn;
 use shared::keys::Partitions;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 use tokio::time::Instant;
 
 /// The most pages one listing may take before it is given up as endless.
 pub const MAX_PAGES: usize = 1000;
+/// The longest a meeting whose reconcile entries keep dying is held back.
+pub const MAX_HOLD_BACK: Duration = Duration::from_secs(86_400);
 /// `auto` looks back this far for calendar webhooks of an API version.
 const SEEN_FOR_MS: u64 = 30 * 86_400_000;
 
@@ -115,6 +117,13 @@ pub struct Drift {
     pub kind: DriftKind,
 }
 
+impl Drift {
+    /// The dedup identity of its `hookstream.reconcile` entries.
+    pub fn dedup_id(&self) -> String {
+        format!("reconcile:{}:{}:{}", name(self.api), self.calendar_id, self.event_id)
+    }
+}
+
 impl std::fmt::Display for Drift {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let kind = match self.kind {
@@ -133,6 +142,8 @@ pub struct Report {
     pub drift: Vec<Drift>,
     /// Listings that ended early (a repeating cursor, too many pages, an unreadable page).
     pub errors: Vec<String>,
+    /// Drifted meetings not queued this pass: their last reconcile entry is dead (SPEC §4.4).
+    pub held_back: usize,
     pub duration: Duration,
 }
 
@@ -351,7 +362,20 @@ impl Reconciler {
         }
         let mut seen = HashSet::new();
         report.drift.retain(|d| seen.insert((d.api, d.calendar_id.clone(), d.event_id.clone())));
+        let held = self.held_back(&report).await.map_err(|e| format!("Redis: {e}"))?;
         for drift in &report.drift {
+            if let Some(wait) = held.get(&drift.dedup_id()) {
+                tracing::info!(
+                    api = name(drift.api),
+                    calendar_id = %drift.calendar_id,
+                    event_id = %drift.event_id,
+                    kind = drift.kind.label(),
+                    retry_in_s = wait.as_secs(),
+                    "reconcile: a meeting still drifts, but its last reconcile entry is dead; held back"
+                );
+                report.held_back += 1;
+                continue;
+            }
             tracing::warn!(
                 api = name(drift.api),
                 calendar_id = %drift.calendar_id,
@@ -365,6 +389,37 @@ impl Reconciler {
         }
         report.duration = started.elapsed();
         Ok(report)
+    }
+
+    /// The drifted meetings whose last reconcile entry is dead and whose delay is not over, with
+    /// what is left of it: one interval after the first dead entry, doubling with each one after,
+    /// at most [`MAX_HOLD_BACK`] (SPEC §4.4). A meeting found matching its calendar (no drift in
+    /// a pass without listing errors) is forgotten.
+    async fn held_back(&self, report: &Report) -> RedisResult<HashMap<String, Duration>> {
+        let key = &self.partitions.namespace().reconcile_dead;
+        let dead: HashMap<String, String> = redis::cmd("HGETALL").arg(key).query_async(&mut self.con.clone()).await?;
+        if dead.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let drifted: HashSet<String> = report.drift.iter().map(Drift::dedup_id).collect();
+        if report.errors.is_empty() {
+            let converged: Vec<&String> = dead.keys().filter(|m| !drifted.contains(*m)).collect();
+            if !converged.is_empty() {
+                let _: i64 = redis::cmd("HDEL").arg(key).arg(&converged).query_async(&mut self.con.clone()).await?;
+            }
+        }
+        let interval = self.settings.interval.max(Duration::from_secs(1));
+        let now = now_ms();
+        Ok(dead
+            .into_iter()
+            .filter(|(meeting, _)| drifted.contains(meeting))
+            .filter_map(|(meeting, value)| {
+                let (n, at) = crate::handlers::reconcile::parse_dead(&value)?;
+                let delay = interval.saturating_mul(1u32 << n.saturating_sub(1).min(20)).min(MAX_HOLD_BACK);
+                let until = at.saturating_add(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX));
+                (now < until).then(|| (meeting, Duration::from_millis(until - now)))
+            })
+            .collect())
     }
 
     async fn pass_v2(&self, from: &str, to: &str, report: &mut Report) -> Result<(), String> {
@@ -464,7 +519,7 @@ impl Reconciler {
     /// One `hookstream.reconcile` entry, in the partition its dedup identity names.
     async fn append(&self, drift: &Drift) -> RedisResult<String> {
         use shared::entry::{DEDUP_ID, EVENT as EVENT_FIELD, PAYLOAD, RECEIVED_AT, REQUEST_ID, SOURCE};
-        let dedup_id = format!("reconcile:{}:{}:{}", name(drift.api), drift.calendar_id, drift.event_id);
+        let dedup_id = drift.dedup_id();
         let (keys, _) = self.partitions.of(&dedup_id);
         let mut payload = json!({"api": name(drift.api), "calendar_id": drift.calendar_id, "event_id": drift.event_id});
         if let Some(series_id) = &drift.series_id {
@@ -522,32 +577,42 @@ impl Reconciler {
         let _: RedisResult<i64> = cmd.query_async(&mut self.con.clone()).await;
     }
 
-    /// Every interval (jittered), takes the lease and, holding it, runs a pass; until aborted.
+    /// Every interval (jittered), takes the lease — or, holding it already, renews it — and runs
+    /// a pass; until aborted. While the pass runs the lease is renewed, so a pass longer than
+    /// the interval never lets another replica start a second one; a replica reconciling alone
+    /// keeps the interval (it does not find its own lease and skip).
     pub async fn run(self, holder: String) {
         let interval = self.settings.interval;
         if interval.is_zero() {
             return;
         }
-        let lease = format!("{{{}}}:reconcile", self.namespace);
+        let lease = Lease {
+            key: self.partitions.namespace().reconcile_lease.clone(),
+            holder,
+            ttl: interval,
+            con: self.con.clone(),
+        };
         loop {
-            tokio::time::sleep(jitter(interval)).await;
-            let taken: RedisResult<Option<String>> = redis::cmd("SET")
-                .arg(&lease)
-                .arg(&holder)
-                .arg("NX")
-                .arg("PX")
-                .arg(u64::try_from(interval.as_millis()).unwrap_or(u64::MAX))
-                .query_async(&mut self.con.clone())
-                .await;
-            if !matches!(taken, Ok(Some(_))) {
+            tokio::time::sleep(crate::clock::jitter(interval, 0.1)).await;
+            if !matches!(lease.take().await, Ok(true)) {
                 continue; // another replica reconciles this interval (or Redis is down)
             }
-            let report = self.traced_pass().await;
+            let report = {
+                let pass = self.traced_pass();
+                tokio::pin!(pass);
+                loop {
+                    tokio::select! {
+                        report = &mut pass => break report,
+                        _ = tokio::time::sleep(interval / 3) => { let _ = lease.take().await; }
+                    }
+                }
+            };
             match &report {
                 Ok(r) => tracing::info!(
                     calendars = r.calendars,
                     events = r.events,
                     drift = r.drift.len(),
+                    held_back = r.held_back,
                     errors = r.errors.len(),
                     duration_ms = r.duration.as_millis() as u64,
                     "reconcile pass done"
@@ -559,17 +624,39 @@ impl Reconciler {
     }
 }
 
+/// The reconciler's lease `{ns}:reconcile`: one replica reconciles per interval.
+struct Lease {
+    key: String,
+    holder: String,
+    ttl: Duration,
+    con: Conn,
+}
+
+/// Takes the lease when free, renews it when this holder has it; `1` when it is this holder's.
+const LEASE_SCRIPT: &str = r#"
+local holder = redis.call('GET', KEYS[1])
+if holder == false or holder == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+"#;
+
+impl Lease {
+    async fn take(&self) -> RedisResult<bool> {
+        let taken: i64 = redis::Script::new(LEASE_SCRIPT)
+            .key(&self.key)
+            .arg(&self.holder)
+            .arg(u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX).max(1))
+            .invoke_async(&mut self.con.clone())
+            .await?;
+        Ok(taken == 1)
+    }
+}
+
 /// `{ns}:reconcile:last`: the last pass, for `processor status`.
 pub fn last_key(ns: &str) -> String {
     format!("{{{ns}}}:reconcile:last")
-}
-
-/// `d` ± 10 %.
-fn jitter(d: Duration) -> Duration {
-    let nanos = d.as_nanos().min(u128::from(u64::MAX)) as u64;
-    let spread = nanos / 10;
-    let offset = uuid::Uuid::new_v4().as_u128() as u64 % (2 * spread + 1);
-    Duration::from_nanos(nanos - spread + offset)
 }
 
 #[cfg(test)]

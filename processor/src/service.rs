@@ -223,8 +223,9 @@ impl Processor {
             });
             tidiers.push({
                 let d = d.clone();
-                let (every, retention, reap) =
-                    (config.trim_interval, config.stream_retention, config.consumer_idle_reap);
+                let retention =
+                    crate::housekeeping::Retention { stream: config.stream_retention, dead: config.dead_retention };
+                let (every, reap) = (config.trim_interval, config.consumer_idle_reap);
                 tokio::spawn(async move { crate::housekeeping::tidy(&d, every, retention, reap).await })
             });
             readers.push({

@@ -246,12 +246,25 @@ impl Worker {
 
     async fn dead_letter(&self, delivery: Delivery, reason: &str, attempts: u32) {
         let (id, deliveries) = (delivery.id().to_string(), delivery.deliveries);
+        let reconcile_meeting = (delivery.entry.bytes(entry::EVENT)
+            == Some(crate::handlers::reconcile::EVENT.as_bytes()))
+        .then(|| delivery.entry.bytes(entry::DEDUP_ID).map(|d| String::from_utf8_lossy(d).into_owned()))
+        .flatten();
         if let Settled::Dead(dead_id) =
             Box::pin(delivery.dead_letter(&self.stream, &self.redis, reason, attempts)).await
         {
             crate::metrics::entries(crate::metrics::Entry::Dead, 1);
             crate::traces::outcome("dead", Some(attempts), Some(reason));
             tracing::warn!(stream_id = %id, dead_id = %dead_id, attempts, deliveries, error = %reason, "dead-lettered");
+            if let Some(meeting) = reconcile_meeting {
+                // The reconciler holds this meeting back for a while (SPEC §4.4).
+                let key = &self.stream.keys.reconcile_dead;
+                if let Err(err) =
+                    crate::handlers::reconcile::record_dead(&mut self.stream.connection(), key, &meeting).await
+                {
+                    tracing::debug!(error = %err, "recording a dead reconcile entry failed");
+                }
+            }
         }
     }
 }

@@ -32,6 +32,10 @@ pub struct Keys {
     pub api_writes: String,
     /// `{ns}:partitions` — the partition count the namespace was created with.
     pub layout: String,
+    /// `{ns}:reconcile` — the reconciler's lease: one replica reconciles at a time.
+    pub reconcile_lease: String,
+    /// `{ns}:reconcile:dead` — meetings whose reconcile entries died, held back (a hash).
+    pub reconcile_dead: String,
     /// `{ns}:dedup:` or `{ns:i}:dedup:` — prefix of the dedup keys; the rest is a hex SHA-256.
     dedup_prefix: String,
     /// `{ns}:lock:` — prefix of the per-meeting locks; the rest is a hex SHA-256.
@@ -58,6 +62,8 @@ impl Keys {
             dedup_prefix: format!("{{{tag}}}:dedup:"),
             api_writes: format!("{{{ns}}}:ratelimit:api-writes"),
             layout: format!("{{{ns}}}:partitions"),
+            reconcile_lease: format!("{{{ns}}}:reconcile"),
+            reconcile_dead: format!("{{{ns}}}:reconcile:dead"),
             lock_prefix: format!("{{{ns}}}:lock:"),
             breaker_prefix: format!("{{{ns}}}:breaker:"),
         }

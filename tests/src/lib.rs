@@ -942,6 +942,7 @@ pub const SPEC_VARS: &[(&str, &str, &str)] = &[
     ("RETRY_MAX_ELAPSED_MS", "120000", "processor"),
     ("SHUTDOWN_GRACE_MS", "25000", "both"),
     ("STREAM_RETENTION_SECS", "3600", "processor"),
+    ("DEAD_RETENTION_DAYS", "30", "processor"),
     ("MEETING_BAAS_API_URL", "https://api.meetingbaas.com", "processor"),
     ("RECORD_POLICY", "all", "processor"),
     ("BOT_NAME", "hookstream recorder", "processor"),

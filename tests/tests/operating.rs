@@ -332,3 +332,29 @@ async fn idle_consumers_without_pending_entries_are_reaped_and_others_kept() {
     assert!(consumers.iter().any(|c| c.name == processor.consumer), "the running processor keeps itself");
     processor.stop().await;
 }
+
+/// `DEAD_RETENTION_DAYS` (SPEC §2): dead entries older than it are trimmed, younger ones kept;
+/// `0` keeps every one.
+#[tokio::test]
+async fn dead_entries_past_their_retention_are_trimmed_and_zero_keeps_them() {
+    let redis = RedisServer::start();
+    create_group(&redis);
+    let dead = |id: &str| -> String {
+        redis::cmd("XADD").arg(DEAD).arg(id).arg("error").arg("boom").query(&mut redis.con()).unwrap()
+    };
+    // 31 days old, on Redis's clock, and one just now.
+    let (secs, _): (u64, u64) = redis::cmd("TIME").query(&mut redis.con()).unwrap();
+    let old = dead(&format!("{}-0", (secs - 31 * 86_400) * 1000));
+    // DEAD_RETENTION_DAYS=0: the trim keeps everything.
+    let stream = processor::stream::Stream::new(shared::keys::Keys::new(NS), GROUP.into(), "me".into(), conn(&redis));
+    assert_eq!(stream.trim_dead(Duration::ZERO).await.unwrap(), 0);
+    assert_eq!(xlen_dead(&redis), 1, "DEAD_RETENTION_DAYS=0 keeps every dead entry");
+    let mut vars: HashMap<String, String> = processor_vars(&redis.url(), "http://127.0.0.1:9");
+    let young = dead("*");
+    vars.insert("DEAD_RETENTION_DAYS".into(), "30".into());
+    let processor = start_processor_with(vars, |c| c.trim_interval = Duration::from_millis(50)).await;
+    eventually("the old dead entry is trimmed", || async { (xlen_dead(&redis) == 1).then_some(()) }).await;
+    processor.stop().await;
+    let ids: Vec<String> = dead_entries(&redis).into_iter().map(|(id, _)| id).collect();
+    assert_eq!(ids, vec![young], "only the old one ({old}) is trimmed");
+}

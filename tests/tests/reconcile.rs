@@ -7,7 +7,7 @@ mod common;
 use common::*;
 use hookstream_tests::fake_api::{Call, FakeApi, Reply};
 use hookstream_tests::openapi::assert_valid;
-use hookstream_tests::{eventually, fixture_json, RedisServer};
+use hookstream_tests::{eventually, eventually_within, fixture_json, RedisServer};
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -372,6 +372,110 @@ async fn a_dead_lease_holder_blocks_the_pass_until_its_lease_lapses_then_another
     eventually("another replica reconciled", || async {
         let st = state.lock().unwrap();
         (st[WANTED].1 && !st[CANCELLED].1).then_some(())
+    })
+    .await;
+    processor.stop().await;
+}
+
+/// A replica reconciling alone keeps the interval: finding its own lease (left by its last
+/// pass, or still running when its jittered sleep ends early) it renews it and reconciles,
+/// where it used to skip the interval.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replica_finding_its_own_lease_reconciles_instead_of_skipping() {
+    let redis = RedisServer::start();
+    let api = FakeApi::start().await;
+    let _state = v2_api(&api);
+    let vars = reconcile_vars(&redis, &api, "v2", "1");
+    let holder = vars["CONSUMER_NAME"].clone();
+    // Its own lease, as its last pass left it, for far longer than the interval.
+    let _: () = redis::cmd("SET")
+        .arg("{hookstream}:reconcile")
+        .arg(&holder)
+        .arg("PX")
+        .arg(600_000)
+        .query(&mut redis.con())
+        .unwrap();
+    let processor = start_processor(vars).await;
+    eventually("a pass under its own lease", || async {
+        (!api.calls_to("GET", "/v2/calendars").is_empty()).then_some(())
+    })
+    .await;
+    processor.stop().await;
+}
+
+/// A pass longer than the interval keeps the lease (renewed while it runs): a second replica
+/// does not start another pass meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_pass_longer_than_the_interval_keeps_its_lease() {
+    let redis = RedisServer::start();
+    let api = FakeApi::start().await;
+    let gate = hookstream_tests::fake_api::Gate::new();
+    api.always(
+        "GET",
+        "/v2/calendars",
+        Reply::json(200, br#"{"success":true,"data":[],"cursor":null}"#.to_vec()).held(&gate),
+    );
+    let a = start_processor(reconcile_vars(&redis, &api, "v2", "1")).await;
+    eventually("a pass is listing", || async { (api.calls_to("GET", "/v2/calendars").len() == 1).then_some(()) }).await;
+    let holder: String = redis::cmd("GET").arg("{hookstream}:reconcile").query(&mut redis.con()).unwrap();
+    let b = start_processor(reconcile_vars(&redis, &api, "v2", "1")).await;
+    // The pass goes on for three intervals: the scenario, not a poll.
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let still: Option<String> = redis::cmd("GET").arg("{hookstream}:reconcile").query(&mut redis.con()).unwrap();
+    assert_eq!(still.as_deref(), Some(holder.as_str()), "the lease lapsed during the pass");
+    assert_eq!(api.calls_to("GET", "/v2/calendars").len(), 1, "a second pass started: {:?}", api.log());
+    gate.open();
+    a.stop().await;
+    b.stop().await;
+}
+
+/// A drifted v2 meeting whose write the API refuses (400) every time: the first reconcile
+/// entry dies; the meeting is then queued again only after one interval, then two, then four
+/// (SPEC §4.4) — not once a pass. Fixed, it is forgotten.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_meeting_whose_reconcile_entry_died_is_held_back_with_a_doubling_delay() {
+    let redis = RedisServer::start();
+    let api = FakeApi::start().await;
+    let state = v2_api(&api);
+    // Only WANTED drifts; its bot is refused until `accept` is set.
+    state.lock().unwrap().remove(CANCELLED);
+    let s = state.clone();
+    api.route("GET", &format!("/v2/calendars/{CAL_A}/events"), move |_, _| {
+        let bot = s.lock().unwrap()[WANTED].1;
+        let page = json!({"success": true, "data": [v2_event(WANTED, "confirmed", bot)], "cursor": null});
+        Reply::json(200, serde_json::to_vec(&page).unwrap())
+    });
+    let refuse = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let (r, s) = (refuse.clone(), state.clone());
+    api.route("POST", &format!("/v2/calendars/{CAL_A}/bots"), move |_, _| {
+        if r.load(std::sync::atomic::Ordering::SeqCst) {
+            return Reply::json(400, br#"{"success":false,"error":"INVALID"}"#.to_vec());
+        }
+        s.lock().unwrap().get_mut(WANTED).expect("wanted").1 = true;
+        Reply::json(201, hookstream_tests::fixture("meeting-baas/api/v2_create_bots_response.json"))
+    });
+    let processor = start_processor(reconcile_vars(&redis, &api, "v2", "1")).await;
+    let passes = || api.calls_to("GET", "/v2/calendars").iter().filter(|c| cursor(c).is_none()).count();
+    eventually("eight passes", || async { (passes() >= 8).then_some(()) }).await;
+    let dead = xlen_dead(&redis);
+    let record: Option<String> = redis::cmd("HGET")
+        .arg("{hookstream}:reconcile:dead")
+        .arg(format!("reconcile:v2:{CAL_A}:{WANTED}"))
+        .query(&mut redis.con())
+        .unwrap();
+    // Once a pass, it would be one dead entry per pass; held back (1, 2, 4 intervals) it is at
+    // most four in eight passes.
+    assert!((1..=4).contains(&dead), "{dead} dead entries in {} passes", passes());
+    assert!(record.as_deref().is_some_and(|r| r.starts_with(&format!("{dead}:"))), "{record:?}");
+    // The write works again: the meeting is fixed when its delay is over, then forgotten.
+    refuse.store(false, std::sync::atomic::Ordering::SeqCst);
+    eventually_within("the meeting gets its bot", std::time::Duration::from_secs(30), || async {
+        state.lock().unwrap()[WANTED].1.then_some(())
+    })
+    .await;
+    eventually("forgotten once it matches", || async {
+        let n: u64 = redis::cmd("HLEN").arg("{hookstream}:reconcile:dead").query(&mut redis.con()).unwrap();
+        (n == 0).then_some(())
     })
     .await;
     processor.stop().await;

@@ -42,6 +42,30 @@ pub fn apis_key(ns: &str) -> String {
     format!("{{{ns}}}:reconcile:apis")
 }
 
+const DEAD_SCRIPT: &str = r#"
+-- KEYS[1] {ns}:reconcile:dead; ARGV[1] the meeting's dedup identity.
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local n = tonumber(string.match(redis.call('HGET', KEYS[1], ARGV[1]) or '', '^(%d+):') or '0') + 1
+redis.call('HSET', KEYS[1], ARGV[1], n .. ':' .. now)
+return n
+"#;
+
+/// A `hookstream.reconcile` entry about the meeting `dedup_id` was dead-lettered: one more in a
+/// row in `key` (`{ns}:reconcile:dead`, [`shared::keys::Keys::reconcile_dead`]): meeting (its
+/// reconcile entries' dedup identity) → `"<dead entries in a row>:<when the last died, Unix ms
+/// on Redis's clock>"`. The reconciler holds such a meeting back for a delay that doubles with
+/// each dead entry (SPEC §4.4), and forgets it once a pass finds it matching its calendar.
+pub async fn record_dead(con: &mut Conn, key: &str, dedup_id: &str) -> RedisResult<u64> {
+    redis::Script::new(DEAD_SCRIPT).key(key).arg(dedup_id).invoke_async(con).await
+}
+
+/// Parses a `{ns}:reconcile:dead` value: dead entries in a row and when the last died (Unix ms).
+pub fn parse_dead(value: &str) -> Option<(u32, u64)> {
+    let (n, at) = value.split_once(':')?;
+    Some((n.parse().ok()?, at.parse().ok()?))
+}
+
 /// Records the API versions whose calendar webhooks this process handles, for `auto`.
 #[derive(Clone)]
 pub struct Seen {

@@ -41,6 +41,21 @@ impl Stream {
         Ok(Some(format!("{}-{}", oldest.0, oldest.1)))
     }
 
+    /// Trims the dead stream of entries older than `retention` (`DEAD_RETENTION_DAYS`, on
+    /// Redis's clock; zero keeps all): exactly, not `~`, so a small dead stream is trimmed too.
+    pub async fn trim_dead(&self, retention: Duration) -> RedisResult<u64> {
+        if retention.is_zero() {
+            return Ok(0);
+        }
+        let cutoff = now_ms().saturating_sub(u64::try_from(retention.as_millis()).unwrap_or(u64::MAX));
+        redis::cmd("XTRIM")
+            .arg(&self.keys.dead)
+            .arg("MINID")
+            .arg(format!("{cutoff}-0"))
+            .query_async(&mut self.con())
+            .await
+    }
+
     /// XTRIM MINID ~ [`Self::trim_point`]; the number of entries removed.
     pub async fn trim(&self, retention: Duration) -> RedisResult<u64> {
         let Some(min_id) = self.trim_point(retention).await? else { return Ok(0) };
