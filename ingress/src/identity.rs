@@ -30,6 +30,8 @@ pub struct Envelope<'a> {
 pub enum PayloadError {
     #[error("the body is not valid JSON: {0}")]
     NotJson(String),
+    #[error("the body is not UTF-8 (JSON text is UTF-8, RFC 8259): invalid byte at offset {0}")]
+    NotUtf8(usize),
     #[error("the body must be a JSON object")]
     NotObject,
     #[error("the body must have a string \"event\" field")]
@@ -38,18 +40,22 @@ pub enum PayloadError {
 
 /// Parses the envelope: a JSON object with a string `event` field.
 pub fn envelope(body: &[u8]) -> Result<Envelope<'_>, PayloadError> {
+    // The whole body, not only the fields read: serde skips the others without checking their
+    // bytes, and a body that is not UTF-8 could not be kept byte for byte by every consumer
+    // downstream (a parked record is JSON text).
+    let text = std::str::from_utf8(body).map_err(|e| PayloadError::NotUtf8(e.valid_up_to()))?;
     // serde would also read a struct from a JSON array; the envelope must be an object.
     match body.iter().find(|b| !b.is_ascii_whitespace()) {
         Some(b'{') => {}
         Some(_) => {
-            return Err(match serde_json::from_slice::<serde::de::IgnoredAny>(body) {
+            return Err(match serde_json::from_str::<serde::de::IgnoredAny>(text) {
                 Ok(_) => PayloadError::NotObject,
                 Err(e) => PayloadError::NotJson(e.to_string()),
             })
         }
         None => return Err(PayloadError::NotJson("the body is empty".into())),
     }
-    serde_json::from_slice::<Envelope<'_>>(body).map_err(|e| {
+    serde_json::from_str::<Envelope<'_>>(text).map_err(|e| {
         if e.is_data() {
             PayloadError::NoEvent
         } else {
@@ -183,7 +189,11 @@ mod tests {
         assert!(matches!(envelope(b"{").expect_err("truncated"), PayloadError::NotJson(_)));
         assert!(matches!(envelope(b"").expect_err("empty"), PayloadError::NotJson(_)));
         assert!(matches!(envelope(br#"{"event":"x"} x"#).expect_err("trailing"), PayloadError::NotJson(_)));
-        assert!(matches!(envelope(b"\xff").expect_err("bytes"), PayloadError::NotJson(_)));
+        assert_eq!(envelope(b"\xff").expect_err("bytes"), PayloadError::NotUtf8(0));
+        assert_eq!(
+            envelope(b"{\"event\":\"x\",\"y\":\"\xe9\"}").expect_err("ignored field"),
+            PayloadError::NotUtf8(18)
+        );
         assert_eq!(envelope(br#" {"event":"x","extra":[1,2]} "#).expect("ok").event, "x");
     }
 }
