@@ -110,7 +110,8 @@ impl Timing {
     /// The timing for `CLAIM_IDLE_MS` = `claim_idle` and `BLOCK_MS` = `block`; refused (naming
     /// the variables) when its invariants cannot hold.
     pub fn new(claim_idle: Duration, block: Duration) -> Result<Self, ConfigError> {
-        let renew_every = claim_idle / 3;
+        // Two renewal intervals and a command timeout fit in CLAIM_IDLE_MS (invariant 1).
+        let renew_every = claim_idle / 6;
         let timing = Self {
             claim_idle,
             renew_every,
@@ -126,20 +127,22 @@ impl Timing {
 
     /// The invariants, in one place:
     ///
-    /// 1. a lease (and a lock) renewal that hangs is given up, and the next one sent, before
-    ///    another replica may reclaim the entry (or the lock expire): `renew_every` +
-    ///    `command_timeout` < `claim_idle`;
+    /// 1. a lease (and a lock) renewal that hangs is given up, and the next one lands, before
+    ///    another replica may reclaim the entry (or the lock expire). The longest a lease goes
+    ///    without a reset: a renewal applied at once, the next one hanging until given up (its
+    ///    tick is then delayed to the interval after), the one after applied at the end of its
+    ///    own command time — `2 × renew_every` + `command_timeout` < `claim_idle`;
     /// 2. a dead holder's meetings are free no later than its entries: `lock_ttl` ≥
     ///    `claim_idle`;
     /// 3. an abandoned entry is looked for at least twice per `CLAIM_IDLE_MS`, or every 5 s:
     ///    `reclaim_every` ≤ `claim_idle` / 2 (or 5 s);
     /// 4. a blocking read is not mistaken for a silent Redis: `reader_timeout` > `BLOCK_MS`.
     pub fn check(&self) -> Result<(), String> {
-        if self.renew_every + self.command_timeout >= self.claim_idle {
+        if self.renew_every * 2 + self.command_timeout >= self.claim_idle {
             return Err(format!(
-                "{} ms is too short: leases and meeting locks are renewed every CLAIM_IDLE_MS/3 ({} ms), and a \
-                 Redis command may take {} ms before it is given up, so a renewal could land after another \
-                 replica reclaimed the entry; use at least {} ms",
+                "{} ms is too short: leases and meeting locks are renewed every CLAIM_IDLE_MS/6 ({} ms), and a \
+                 Redis command may take {} ms before it is given up, so after a renewal that hangs the next could \
+                 land after another replica reclaimed the entry; use at least {} ms",
                 self.claim_idle.as_millis(),
                 self.renew_every.as_millis(),
                 self.command_timeout.as_millis(),
@@ -388,7 +391,7 @@ mod tests {
             c.timing,
             Timing {
                 claim_idle: Duration::from_secs(60),
-                renew_every: Duration::from_secs(20),
+                renew_every: Duration::from_secs(10),
                 reclaim_every: Duration::from_secs(5),
                 lock_ttl: Duration::from_secs(60),
                 command_timeout: Duration::from_secs(10),
@@ -409,7 +412,12 @@ mod tests {
         assert!(refused.to_string().contains("at least 376 ms"), "{refused}");
         // Short CLAIM_IDLE_MS: a shorter command timeout, so a hung renewal is given up in time.
         let t = Timing::new(Duration::from_secs(3), Duration::from_secs(1)).expect("valid");
-        assert_eq!((t.renew_every, t.command_timeout), (Duration::from_secs(1), Duration::from_secs(1)));
+        assert_eq!((t.renew_every, t.command_timeout), (Duration::from_millis(500), Duration::from_millis(500)));
+        // Renewed every CLAIM_IDLE_MS/3 with a command timeout as long, a lease could go two
+        // intervals and a timeout (= CLAIM_IDLE_MS) without a reset: refused.
+        let every_third = Duration::from_secs(1);
+        let old = Timing { renew_every: every_third, command_timeout: every_third, ..t };
+        assert!(old.check().is_err());
         assert_eq!(t.reclaim_every, Duration::from_millis(1500));
         assert_eq!(t.reader_timeout, Duration::from_secs(3));
         // A test's own command timeout that breaks the first invariant is found by `check`.

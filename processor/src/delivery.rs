@@ -133,12 +133,13 @@ impl Drop for Lease {
 pub enum Settled {
     /// Acked: done.
     Acked,
-    /// Moved to `{ns}:dead`, as this entry.
-    Dead(String),
-    /// Split into one entry per meeting (these ids), and acked.
-    FannedOut(Vec<String>),
-    /// Acked and parked in the retry set, due at this time (Unix ms).
-    Parked(u64),
+    /// Moved to `{ns}:dead`, as this entry (`None`: written by a try whose answer was lost).
+    Dead(Option<String>),
+    /// Split into one entry per meeting, and acked.
+    FannedOut,
+    /// Acked and parked in the retry set, due at this time (Unix ms; `None`: written by a try
+    /// whose answer was lost).
+    Parked(Option<u64>),
     /// Not this consumer's any more (the lease was lost, or Redis found another owner): nothing
     /// written; the new owner decides.
     Lost,
@@ -179,16 +180,16 @@ impl Delivery {
     }
 
     /// Acks the entry (batched), retrying Redis errors until it is written or the lease is lost.
-    pub async fn ack(self, acker: &Acker, redis: &RedisState) -> Settled {
-        self.settle("ack", redis, || async { acker.ack(&self.entry.id).await.map(|acked| acked.then_some(())) })
+    pub async fn ack(self, acker: &Acker, stream: &Stream, redis: &RedisState) -> Settled {
+        self.settle("ack", stream, redis, || async { acker.ack(&self.entry.id).await.map(|acked| acked.then_some(())) })
             .await
-            .map_or_else(|settled| settled, |()| Settled::Acked)
+            .map_or_else(|settled| settled, |_| Settled::Acked)
     }
 
     /// Moves the entry to `{ns}:dead` with `reason` (one script: ack + dead copy, only if this
     /// consumer's ack removed it), retrying Redis errors until written or the lease is lost.
     pub async fn dead_letter(self, stream: &Stream, redis: &RedisState, reason: &str, attempts: u32) -> Settled {
-        self.settle("dead letter", redis, || stream.dead_letter(&self.entry, reason, attempts, self.deliveries))
+        self.settle("dead letter", stream, redis, || stream.dead_letter(&self.entry, reason, attempts, self.deliveries))
             .await
             .map_or_else(|settled| settled, Settled::Dead)
     }
@@ -196,7 +197,7 @@ impl Delivery {
     /// Acks the entry and parks `record` (its member of the retry set) due after `delay`, in one
     /// script, only while this consumer owns it ([`crate::parked`]).
     pub async fn park(self, stream: &Stream, redis: &RedisState, record: &str, delay: Duration) -> Settled {
-        self.settle("park", redis, || stream.park(&self.entry.id, record, delay))
+        self.settle("park", stream, redis, || stream.park(&self.entry.id, record, delay))
             .await
             .map_or_else(|settled| settled, Settled::Parked)
     }
@@ -204,53 +205,123 @@ impl Delivery {
     /// Splits the entry into one entry per meeting (`(payload, meeting key)` each) and acks it,
     /// in one script: exactly once, and only while this consumer owns it.
     pub async fn fan_out(self, stream: &Stream, redis: &RedisState, meetings: &[(Vec<u8>, String)]) -> Settled {
-        self.settle("fan-out", redis, || stream.fan_out(&self.entry, meetings))
+        self.settle("fan-out", stream, redis, || stream.fan_out(&self.entry, meetings))
             .await
-            .map_or_else(|settled| settled, Settled::FannedOut)
+            .map_or_else(|settled| settled, |_| Settled::FannedOut)
     }
 
     /// Writes a verdict: `write` answers `Some` when written, `None` when Redis found the entry
     /// not this consumer's. Redis errors are retried with backoff; a lost lease or a vanished
-    /// group ends the retries.
-    async fn settle<T, F, Fut>(&self, what: &str, redis: &RedisState, mut write: F) -> Result<T, Settled>
+    /// group ends the retries. `Ok(None)`: written, by a try whose answer was lost (see
+    /// [`settle_with`]).
+    async fn settle<T, F, Fut>(
+        &self,
+        what: &str,
+        stream: &Stream,
+        redis: &RedisState,
+        write: F,
+    ) -> Result<Option<T>, Settled>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<Option<T>>>,
     {
-        let mut backoff = reconnect_backoff();
-        loop {
-            if self.is_lost() {
+        let pending = || stream.pending_anywhere(&self.entry.id);
+        settle_with(&self.entry.id, what, redis, &self.lease.lost, write, pending).await
+    }
+}
+
+/// The loop of [`Delivery::settle`]. A try that failed on the way back (a timeout, a reset)
+/// may have been applied; when a later try then finds the entry no longer this consumer's,
+/// `pending` tells which: still pending under some consumer — another owner took it (lost);
+/// pending nowhere — the earlier try was applied, and the verdict is counted as written.
+async fn settle_with<T, F, Fut, P, PFut>(
+    id: &str,
+    what: &str,
+    redis: &RedisState,
+    lost: &CancellationToken,
+    mut write: F,
+    mut pending: P,
+) -> Result<Option<T>, Settled>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = redis::RedisResult<Option<T>>>,
+    P: FnMut() -> PFut,
+    PFut: std::future::Future<Output = redis::RedisResult<bool>>,
+{
+    let mut backoff = reconnect_backoff();
+    let mut maybe_applied = false;
+    loop {
+        if lost.is_cancelled() {
+            crate::metrics::lease_lost();
+            tracing::warn!(stream_id = %id, "{what} not written: the lease was lost; the new owner decides");
+            return Err(Settled::Lost);
+        }
+        match write().await {
+            Ok(Some(done)) => {
+                redis.ok();
+                return Ok(Some(done));
+            }
+            Ok(None) => {
+                redis.ok();
+                if maybe_applied && matches!(pending().await, Ok(false)) {
+                    tracing::info!(stream_id = %id, "{what} written by an earlier try whose answer was lost");
+                    return Ok(None);
+                }
                 crate::metrics::lease_lost();
-                tracing::warn!(stream_id = %self.entry.id, "{what} not written: the lease was lost; the new owner decides");
+                tracing::warn!(
+                    stream_id = %id,
+                    "{what} not written: the entry is no longer pending under this consumer (acked already, or taken over by another)"
+                );
                 return Err(Settled::Lost);
             }
-            match write().await {
-                Ok(Some(done)) => {
-                    redis.ok();
-                    return Ok(done);
-                }
-                Ok(None) => {
-                    redis.ok();
-                    crate::metrics::lease_lost();
-                    tracing::warn!(
-                        stream_id = %self.entry.id,
-                        "{what} not written: the entry is no longer pending under this consumer (acked already, or taken over by another)"
-                    );
-                    return Err(Settled::Lost);
-                }
-                Err(err) if is_nogroup(&err) => {
-                    tracing::warn!(stream_id = %self.entry.id, "{what}: the consumer group is gone; the entry is no longer pending");
-                    return Err(Settled::GroupGone);
-                }
-                Err(err) => {
-                    redis.failed(what, &err);
-                    let wait = backoff.next_backoff().unwrap_or(Duration::from_secs(5));
-                    tokio::select! {
-                        _ = tokio::time::sleep(wait) => {}
-                        _ = self.lost() => {}
-                    }
+            Err(err) if is_nogroup(&err) => {
+                tracing::warn!(stream_id = %id, "{what}: the consumer group is gone; the entry is no longer pending");
+                return Err(Settled::GroupGone);
+            }
+            Err(err) => {
+                maybe_applied = true;
+                redis.failed(what, &err);
+                let wait = backoff.next_backoff().unwrap_or(Duration::from_secs(5));
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = lost.cancelled() => {}
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    fn io_error() -> redis::RedisError {
+        redis::RedisError::from((redis::ErrorKind::Io, "the answer never came"))
+    }
+
+    /// The first try is applied in Redis but its answer is lost; the second finds the entry not
+    /// this consumer's. Pending nowhere: the earlier try wrote it — counted as written.
+    /// Pending under another consumer: lost, as before.
+    #[tokio::test(start_paused = true)]
+    async fn a_verdict_applied_by_a_try_whose_answer_was_lost_counts_as_written() {
+        let redis = RedisState::new("redis://test".into());
+        let lost = CancellationToken::new();
+        for (pending_elsewhere, expected) in [(false, Ok(None)), (true, Err(Settled::Lost))] {
+            let tries = AtomicU32::new(0);
+            let write = || async {
+                match tries.fetch_add(1, Ordering::SeqCst) {
+                    0 => Err(io_error()),
+                    _ => Ok(None::<()>),
+                }
+            };
+            let pending = || async move { Ok(pending_elsewhere) };
+            let settled = settle_with("1-0", "ack", &redis, &lost, write, pending).await;
+            assert_eq!(settled, expected, "pending elsewhere: {pending_elsewhere}");
+        }
+        // Without an earlier failed try, "not owned" is never taken for written.
+        let write = || async { Ok(None::<()>) };
+        let pending = || async { Ok(false) };
+        assert_eq!(settle_with("1-0", "ack", &redis, &lost, write, pending).await, Err(Settled::Lost));
     }
 }

@@ -12,7 +12,7 @@
 //!   (SIGKILL, lost host) frees its meetings no later than its entries;
 //! - taking it gives a guard, [`MeetingLock`], owned by the attempt that took it (and so by its
 //!   delivery). The guard registers itself with the lock keeper, which renews every registered
-//!   lock every TTL / 3 (only while the token is still ours: a script), and unregisters on drop,
+//!   lock every TTL / 6 (only while the token is still ours: a script), and unregisters on drop,
 //!   whatever way the attempt ends — success, error, timeout or cancellation — so a dropped
 //!   attempt's lock is never renewed again, even when its release failed (then its TTL frees it);
 //! - a lock found no longer ours (a renewal answers 0, or no renewal succeeded for a whole TTL)
@@ -22,9 +22,8 @@
 //!   call does both), else with the renewal script ([`confirm_held`]): a write is never sent
 //!   after the lock was lost, even when the loss happened a moment ago and no renewal has seen
 //!   it yet;
-//! - it is released by its token only, so a holder whose lock expired can never release the
-//!   next holder's: a plain DEL while the lock cannot have expired (renewed less than half its
-//!   TTL ago on this process's clock, and not found lost), the token-checking script otherwise;
+//! - it is released by its token only (always the token-checking script), so a holder whose
+//!   lock expired, or was lost in a failover, can never release the next holder's;
 //! - a meeting that is locked is waited for — never skipped — with a jittered backoff from
 //!   10 ms up to 250 ms between tries (no busy loop). The entry keeps its lease meanwhile, and
 //!   the wait does not count against its handler timeout ([`crate::waits::excluded`]).
@@ -237,22 +236,13 @@ impl MeetingLock {
         result
     }
 
-    /// Releases the lock now (only if it is still ours): a plain DEL while it cannot have
-    /// expired or been lost (renewed less than half its TTL ago, timed from before the renewing
-    /// command was sent, on this process's own clock), the token-checking script otherwise.
+    /// Releases the lock now, only if it is still ours: always the token-checking script (it
+    /// costs the same round trip as a DEL, and after a failover or a missed expiry a lock this
+    /// process believes its own may be another holder's).
     pub async fn release(mut self) {
         self.released = true;
         self.locks.held.locks().remove(&self.id);
-        let surely_ours = !self.hold.lost.is_cancelled() && self.hold.valid_from().elapsed() < self.locks.ttl / 2;
-        if surely_ours {
-            let deleted: RedisResult<i64> =
-                redis::cmd("DEL").arg(&self.hold.key).query_async(&mut self.locks.con.clone()).await;
-            if let Err(err) = deleted {
-                tracing::debug!(error = %err, lock = %self.hold.key, "releasing a meeting lock failed; its TTL will free it");
-            }
-        } else {
-            release(&self.locks, &self.hold.key, &self.hold.token).await;
-        }
+        release(&self.locks, &self.hold.key, &self.hold.token).await;
     }
 }
 
@@ -377,6 +367,19 @@ mod tests {
         let lock = locks.lock("v1:m").await.expect("taken");
         assert_eq!(lock.run(async { 7 }).await, Ok(7));
         assert_eq!((locks.held(), value(&redis, &key)), (0, None));
+    }
+
+    /// Right after it was taken (renewed a moment ago), the lock is another holder's in Redis —
+    /// a failover lost the key and another replica took the meeting: releasing must leave it.
+    #[tokio::test]
+    async fn a_release_never_deletes_another_holder_s_lock() {
+        let redis = RedisServer::start();
+        let locks = locks(&redis, Duration::from_secs(60));
+        let lock = locks.lock("v1:m").await.expect("taken");
+        let key = lock.hold.key.clone();
+        let _: () = redis::cmd("SET").arg(&key).arg("another").query(&mut redis.con()).expect("SET");
+        lock.release().await;
+        assert_eq!(value(&redis, &key).as_deref(), Some("another"));
     }
 
     #[tokio::test]

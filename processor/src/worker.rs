@@ -93,7 +93,7 @@ impl Worker {
             // Deleted from the stream while pending: nothing to handle, nothing to keep.
             tracing::warn!(stream_id = %delivery.id(), "pending entry no longer in the stream; acked");
             crate::traces::outcome("acked", None, Some("no longer in the stream"));
-            delivery.ack(&self.acker, &self.redis).await;
+            delivery.ack(&self.acker, &self.stream, &self.redis).await;
             return;
         };
         if delivery.deliveries > self.max_deliveries {
@@ -115,13 +115,14 @@ impl Worker {
         if meetings.len() > 1 {
             let parts: Vec<(Vec<u8>, String)> = meetings.into_iter().map(|m| (m.payload, m.key)).collect();
             delivery.release_slot();
-            if let Settled::FannedOut(ids) = Box::pin(delivery.fan_out(&self.stream, &self.redis, &parts)).await {
+            let meetings = parts.len();
+            if let Settled::FannedOut = Box::pin(delivery.fan_out(&self.stream, &self.redis, &parts)).await {
                 crate::metrics::entries(crate::metrics::Entry::Acked, 1);
                 crate::traces::outcome("fanned_out", None, None);
                 tracing::info!(
                     stream_id = %event.id,
                     event = %event.name,
-                    meetings = ids.len(),
+                    meetings,
                     outcome = "fanned_out",
                     "split into one entry per meeting"
                 );
@@ -165,7 +166,7 @@ impl Worker {
         crate::metrics::handler_duration(&event.name, started.elapsed().as_secs_f64());
         match outcome.verdict {
             Verdict::Done => {
-                if delivery.ack(&self.acker, &self.redis).await == Settled::Acked {
+                if delivery.ack(&self.acker, &self.stream, &self.redis).await == Settled::Acked {
                     crate::metrics::entries(crate::metrics::Entry::Acked, 1);
                     crate::traces::outcome("acked", Some(outcome.attempts), None);
                     tracing::info!(
@@ -236,7 +237,7 @@ impl Worker {
                 attempts = total,
                 parked = history.parked + 1,
                 delay_ms = delay.as_millis() as u64,
-                due_ms = due,
+                due_ms = due.unwrap_or_default(),
                 error = %reason,
                 outcome = "parked",
                 "parked for a later retry"
@@ -255,6 +256,7 @@ impl Worker {
         {
             crate::metrics::entries(crate::metrics::Entry::Dead, 1);
             crate::traces::outcome("dead", Some(attempts), Some(reason));
+            let dead_id = dead_id.unwrap_or_else(|| "(its answer was lost)".into());
             tracing::warn!(stream_id = %id, dead_id = %dead_id, attempts, deliveries, error = %reason, "dead-lettered");
             if let Some(meeting) = reconcile_meeting {
                 // The reconciler holds this meeting back for a while (SPEC §4.4).

@@ -12,7 +12,7 @@
 //!   entries were deleted from the stream are dropped from the PEL by Redis and reported.
 //! - **Lease.** While an entry is held (waiting for a slot, or being handled) its owner resets
 //!   the entry's idle time (XCLAIM … JUSTID with min-idle 0, which does not count a delivery)
-//!   every `CLAIM_IDLE_MS / 3`, so a slow handler is never mistaken for a dead one. One script
+//!   every `CLAIM_IDLE_MS / 6`, so a slow handler is never mistaken for a dead one. One script
 //!   call leases every held entry older than that, and only those this consumer still owns, so
 //!   it never steals an entry another replica has reclaimed; the ones it no longer owns are
 //!   reported, and their deliveries end without a verdict (see [`crate::delivery`]).
@@ -205,6 +205,19 @@ impl RedisState {
 }
 
 impl Stream {
+    /// Whether the entry `id` is pending under any consumer of the group.
+    pub async fn pending_anywhere(&self, id: &str) -> RedisResult<bool> {
+        let rows: Vec<redis::Value> = redis::cmd("XPENDING")
+            .arg(&self.keys.events)
+            .arg(&self.group)
+            .arg(id)
+            .arg(id)
+            .arg(1)
+            .query_async(&mut self.con())
+            .await?;
+        Ok(!rows.is_empty())
+    }
+
     pub fn new(keys: Keys, group: String, consumer: String, con: Conn) -> Self {
         Self {
             keys,
