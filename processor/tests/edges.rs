@@ -170,3 +170,89 @@ async fn a_replica_whose_clock_is_ahead_dead_letters_nothing() {
     let bots = fake.bots.lock().unwrap().clone();
     assert!(bots.len() == uuids.len() && bots.values().all(|n| *n == 1), "one bot per meeting: {bots:?}");
 }
+
+/// The nemesis's first property: a processor frozen (SIGSTOP) between its read and its write,
+/// past its lease, then thawed with that stale read in hand, writes nothing — another replica
+/// took the entry and the meeting meanwhile and did the work once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_processor_frozen_past_its_lease_and_thawed_writes_nothing() {
+    let redis = RedisServer::start();
+    let api = FakeApi::start().await;
+    let uuid = "frozen-1";
+    let gate = hookstream_tests::fake_api::Gate::new();
+    let has_bot = Arc::new(AtomicBool::new(false));
+    let mut event = fixture_json("meeting-baas/api/v1_calendar_event_upcoming.json");
+    event["uuid"] = json!(uuid);
+    let (h, e, g) = (has_bot.clone(), event.clone(), Arc::new(gate));
+    let held = g.clone();
+    api.route("GET", &format!("/calendar_events/{uuid}"), move |_, n| {
+        let mut e = e.clone();
+        if h.load(Ordering::SeqCst) {
+            e["bot_param"] = json!({"bot_name": "hookstream recorder"});
+        }
+        let reply = Reply::json(200, serde_json::to_vec(&e).unwrap());
+        // The first read is answered only once its reader is frozen: a stale read.
+        if n == 0 {
+            reply.held(&held)
+        } else {
+            reply
+        }
+    });
+    let h = has_bot.clone();
+    api.route("POST", &format!("/calendar_events/{uuid}/bot"), move |_, _| {
+        h.store(true, Ordering::SeqCst);
+        Reply::json(200, fixture("meeting-baas/api/v1_schedule_response.json"))
+    });
+    let (url, api_url) = (redis.url(), api.url());
+    let vars = |name: &'static str| {
+        vec![
+            ("REDIS_URL", url.clone()),
+            ("MEETING_BAAS_API_URL", api_url.clone()),
+            ("MEETING_BAAS_API_KEY", "k".into()),
+            ("METRICS_ADDR", "127.0.0.1:0".into()),
+            ("BLOCK_MS", "100".into()),
+            ("API_WRITES_PER_SEC", "0".into()),
+            ("RECONCILE_INTERVAL_SECS", "0".into()),
+            ("CLAIM_IDLE_MS", "1000".into()),
+            ("CONSUMER_NAME", name.into()),
+            ("LOG_FORMAT", "json".into()),
+        ]
+    };
+    let (a_vars, b_vars) = (vars("frozen"), vars("other"));
+    let a_vars: Vec<(&str, &str)> = a_vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let b_vars: Vec<(&str, &str)> = b_vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("frozen.log");
+    let mut a = hookstream_tests::spawn_bin_with(BIN, &a_vars, std::fs::File::create(&log).unwrap());
+    add_sync(&redis, uuid);
+    eventually("the first replica is reading", || async {
+        (api.calls_to("GET", &format!("/calendar_events/{uuid}")).len() == 1).then_some(())
+    })
+    .await;
+    a.signal("STOP");
+    g.open(); // the stale answer waits in the frozen replica's socket
+    let mut b = hookstream_tests::spawn_bin(BIN, &b_vars);
+    eventually("the other replica reclaims the entry and schedules the bot", || async {
+        let pending: Vec<redis::Value> = redis::cmd("XPENDING")
+            .arg(EVENTS)
+            .arg("processors")
+            .arg("-")
+            .arg("+")
+            .arg(10)
+            .query(&mut redis.con())
+            .unwrap();
+        (has_bot.load(Ordering::SeqCst) && pending.is_empty()).then_some(())
+    })
+    .await;
+    a.signal("CONT");
+    eventually("the thawed replica finds it lost the entry", || async {
+        std::fs::read_to_string(&log).unwrap().contains("lost").then_some(())
+    })
+    .await;
+    a.signal("TERM");
+    b.signal("TERM");
+    assert_eq!(a.exited(Duration::from_secs(15)).await.code(), Some(0));
+    assert_eq!(b.exited(Duration::from_secs(15)).await.code(), Some(0));
+    assert_eq!(api.calls_to("POST", &format!("/calendar_events/{uuid}/bot")).len(), 1, "{:?}", api.log());
+    assert_eq!(xlen(&redis, DEAD), 0);
+}

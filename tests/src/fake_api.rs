@@ -47,6 +47,10 @@ pub struct Reply {
     pub delay: Option<Duration>,
     /// The answer waits until this gate opens.
     pub gate: Option<tokio::sync::watch::Receiver<bool>>,
+    /// No answer at all: the connection is closed once the call is recorded (and its route
+    /// script has run, so a script may apply a write first: a write applied whose answer was
+    /// lost).
+    pub drop_connection: bool,
 }
 
 /// Holds scripted answers back until the test opens it (see [`Reply::held`]).
@@ -77,7 +81,13 @@ impl Reply {
             body: body.into(),
             delay: None,
             gate: None,
+            drop_connection: false,
         }
+    }
+
+    /// Closes the connection instead of answering (see [`Reply::drop_connection`]).
+    pub fn dropped() -> Self {
+        Self { drop_connection: true, ..Self::status(502) }
     }
 
     pub fn status(status: u16) -> Self {
@@ -206,7 +216,7 @@ impl FakeApi {
 async fn answer(
     state: Arc<Mutex<State>>,
     req: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
+) -> Result<Response<Full<Bytes>>, Box<dyn std::error::Error + Send + Sync>> {
     let method = req.method().to_string();
     let path = req.uri().path().to_string();
     let query = req.uri().query().map(str::to_string);
@@ -257,6 +267,10 @@ async fn answer(
         let _ = gate.wait_for(|open| *open).await;
     }
     drop(answered);
+    if reply.drop_connection {
+        // hyper closes the connection without a response when the service fails.
+        return Err("the fake API drops this connection".into());
+    }
     let mut response = Response::new(Full::new(Bytes::from(reply.body)));
     *response.status_mut() = hyper::StatusCode::from_u16(reply.status).unwrap();
     for (k, v) in reply.headers {
