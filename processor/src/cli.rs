@@ -198,7 +198,7 @@ pub async fn operate(config: &crate::ProcessorConfig, partition: Option<usize>, 
 
 /// Runs `processor reconcile [--dry-run]`: one pass now, whoever holds the lease.
 pub async fn reconcile(config: &crate::ProcessorConfig, con: shared::conn::Conn, dry_run: bool) -> Done {
-    let reconciler = match crate::reconcile::Reconciler::build(config, con) {
+    let reconciler = match config.reconciler(con) {
         Ok(r) => r,
         Err(err) => return Done { code: EXIT_UNAVAILABLE, stdout: String::new(), stderr: err.to_string() },
     };

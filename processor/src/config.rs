@@ -2,6 +2,8 @@
 
 use reqwest::Url;
 use shared::config::{Common, ConfigError, Reader, Secret, Var, COMMON_VARS};
+pub use crate::handlers::decision::RecordPolicy;
+pub use crate::timing::Timing;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -77,117 +79,9 @@ pub const PROCESSOR_VARS: &[Var] = &[
     Var { name: "OTEL_SERVICE_NAME", default: "hookstream-processor", help: "service.name of the exported spans" },
 ];
 
-/// The intervals that derive from `CLAIM_IDLE_MS`, `BLOCK_MS` and the command timeout, built
-/// once ([`Timing::new`]) and used everywhere; their invariants are written once, in
-/// [`Timing::check`], and checked at start-up.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Timing {
-    /// `CLAIM_IDLE_MS`: an entry idle this long in any consumer is reclaimed by another.
-    pub claim_idle: Duration,
-    /// How often the leases of held entries and the held meeting locks are renewed.
-    pub renew_every: Duration,
-    /// How often the reclaimer scans the pending list.
-    pub reclaim_every: Duration,
-    /// A meeting lock's TTL: a holder that dies frees its meetings no later than its entries.
-    pub lock_ttl: Duration,
-    /// How long a command on the shared connection may take before the connection is given up
-    /// as silent (and replaced).
-    pub command_timeout: Duration,
-    /// `BLOCK_MS`: how long one XREADGROUP waits for new entries.
-    pub block: Duration,
-    /// The blocking reader's response timeout: `BLOCK_MS` plus [`READER_MARGIN`].
-    pub reader_timeout: Duration,
-}
-
-/// How much longer than `BLOCK_MS` the reader waits for Redis's answer before it gives the
-/// connection up as silent.
-pub const READER_MARGIN: Duration = Duration::from_secs(2);
-/// The longest and the shortest command timeout of the shared connection.
-const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
-const SHORTEST_COMMAND_TIMEOUT: Duration = Duration::from_millis(250);
-
-impl Timing {
-    /// The timing for `CLAIM_IDLE_MS` = `claim_idle` and `BLOCK_MS` = `block`; refused (naming
-    /// the variables) when its invariants cannot hold.
-    pub fn new(claim_idle: Duration, block: Duration) -> Result<Self, ConfigError> {
-        // Two renewal intervals and a command timeout fit in CLAIM_IDLE_MS (invariant 1).
-        let renew_every = claim_idle / 6;
-        let timing = Self {
-            claim_idle,
-            renew_every,
-            reclaim_every: (claim_idle / 2).clamp(Duration::from_millis(20), Duration::from_secs(5)),
-            lock_ttl: claim_idle,
-            command_timeout: renew_every.clamp(SHORTEST_COMMAND_TIMEOUT, COMMAND_TIMEOUT),
-            block,
-            reader_timeout: block + READER_MARGIN,
-        };
-        timing.check().map_err(|why| ConfigError::new("CLAIM_IDLE_MS", why))?;
-        Ok(timing)
-    }
-
-    /// The invariants, in one place:
-    ///
-    /// 1. a lease (and a lock) renewal that hangs is given up, and the next one lands, before
-    ///    another replica may reclaim the entry (or the lock expire). The longest a lease goes
-    ///    without a reset: a renewal applied at once, the next one hanging until given up (its
-    ///    tick is then delayed to the interval after), the one after applied at the end of its
-    ///    own command time — `2 × renew_every` + `command_timeout` < `claim_idle`;
-    /// 2. a dead holder's meetings are free no later than its entries: `lock_ttl` ≥
-    ///    `claim_idle`;
-    /// 3. an abandoned entry is looked for at least twice per `CLAIM_IDLE_MS`, or every 5 s:
-    ///    `reclaim_every` ≤ `claim_idle` / 2 (or 5 s);
-    /// 4. a blocking read is not mistaken for a silent Redis: `reader_timeout` > `BLOCK_MS`.
-    pub fn check(&self) -> Result<(), String> {
-        if self.renew_every * 2 + self.command_timeout >= self.claim_idle {
-            return Err(format!(
-                "{} ms is too short: leases and meeting locks are renewed every CLAIM_IDLE_MS/6 ({} ms), and a \
-                 Redis command may take {} ms before it is given up, so after a renewal that hangs the next could \
-                 land after another replica reclaimed the entry; use at least {} ms",
-                self.claim_idle.as_millis(),
-                self.renew_every.as_millis(),
-                self.command_timeout.as_millis(),
-                (SHORTEST_COMMAND_TIMEOUT.as_millis() * 3 / 2) + 1
-            ));
-        }
-        if self.lock_ttl < self.claim_idle {
-            return Err("the meeting lock's TTL must not be shorter than CLAIM_IDLE_MS".into());
-        }
-        if self.reclaim_every > (self.claim_idle / 2).max(Duration::from_secs(5)) {
-            return Err("the reclaimer must scan at least every CLAIM_IDLE_MS/2".into());
-        }
-        if self.reader_timeout <= self.block {
-            return Err("the reader's response timeout must exceed BLOCK_MS".into());
-        }
-        Ok(())
-    }
-}
-
 /// Every variable the processor reads, in `--help` order.
 pub fn all_vars() -> Vec<Var> {
     COMMON_VARS.iter().chain(PROCESSOR_VARS).copied().collect()
-}
-
-/// Which meetings get a recording bot.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RecordPolicy {
-    /// Every event with a meeting URL that has not ended.
-    All,
-    /// Only events the calendar's owner organises.
-    Organizer,
-    /// None.
-    None,
-}
-
-impl std::str::FromStr for RecordPolicy {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s.to_ascii_lowercase().as_str() {
-            "all" => Ok(Self::All),
-            "organizer" => Ok(Self::Organizer),
-            "none" => Ok(Self::None),
-            _ => Err("expected all, organizer or none".into()),
-        }
-    }
 }
 
 #[derive(Debug, Clone)]
@@ -207,9 +101,9 @@ pub struct ProcessorConfig {
     pub retry_max_interval: Duration,
     pub retry_max_elapsed: Duration,
     /// `RETRY_PARK_*` and `RETRY_HORIZON_SECS` (SPEC §4.3).
-    pub park: crate::retry::ParkPolicy,
+    pub park: crate::outcome::retry::ParkPolicy,
     /// `BREAKER_*` (SPEC §4.3).
-    pub breakers: crate::breaker::Settings,
+    pub breakers: crate::downstream::breaker::Settings,
     pub stream_retention: Duration,
     /// `DEAD_RETENTION_DAYS` (zero: keep every dead entry).
     pub dead_retention: Duration,
@@ -264,6 +158,38 @@ fn name(r: &Reader<'_>, var: &'static str, default: String) -> Result<String, Co
 }
 
 impl ProcessorConfig {
+    /// The API client's settings.
+    pub fn api_settings(&self) -> crate::downstream::meeting_baas::Settings {
+        crate::downstream::meeting_baas::Settings {
+            base: self.api_url.clone(),
+            api_key: self.api_key.clone(),
+            bot_name: self.bot_name.clone(),
+            bot_config: self.bot_config.clone(),
+        }
+    }
+
+    /// The built-in handlers' settings.
+    pub fn handler_settings(&self) -> crate::handlers::Settings {
+        crate::handlers::Settings {
+            api: self.api_settings(),
+            policy: self.record_policy,
+            forward_url: self.forward_url.as_ref().map(|u| u.expose().clone()),
+            timeout: self.handler_timeout,
+        }
+    }
+
+    /// The reconciler of these settings, on the command connection `con`: its own API client
+    /// (reads only, paced by its own limiter; through the API's breaker, shared through Redis).
+    pub fn reconciler(&self, con: shared::conn::Conn) -> Result<crate::reconcile::Reconciler, reqwest::Error> {
+        let http = crate::http::http_client(self.handler_timeout)?;
+        let partitions = self.common.partitions();
+        let breaker = crate::downstream::breaker::Breakers::new(&partitions, &con, self.breakers).meeting_baas;
+        // Its Api never writes: the write limiter it carries is never asked.
+        let no_writes = crate::downstream::limiter::WriteLimiter::new(String::new(), con.clone(), 0);
+        let api = crate::downstream::meeting_baas::Api::new(http, &self.api_settings(), no_writes, None, breaker);
+        Ok(crate::reconcile::Reconciler::new(api, con, partitions, self.record_policy, self.reconcile.clone()))
+    }
+
     pub fn read(r: &Reader<'_>) -> Result<Self, ConfigError> {
         let common = Common::read(r)?;
         let bot_config = match r.raw("BOT_CONFIG") {
@@ -300,12 +226,12 @@ impl ProcessorConfig {
             retry_initial: r.millis("RETRY_INITIAL_MS", 500)?,
             retry_max_interval: r.millis("RETRY_MAX_INTERVAL_MS", 30_000)?,
             retry_max_elapsed: Duration::from_millis(r.number("RETRY_MAX_ELAPSED_MS", 120_000, 0, max_ms)?),
-            park: crate::retry::ParkPolicy {
+            park: crate::outcome::retry::ParkPolicy {
                 initial: Duration::from_millis(r.number("RETRY_PARK_INITIAL_MS", 60_000, 1, max_ms)?),
                 max: Duration::from_millis(r.number("RETRY_PARK_MAX_MS", 3_600_000, 1, max_ms)?),
                 horizon: Duration::from_secs(r.number("RETRY_HORIZON_SECS", 86_400, 0, 10 * 366 * 86_400)?),
             },
-            breakers: crate::breaker::Settings {
+            breakers: crate::downstream::breaker::Settings {
                 failures: r.number("BREAKER_FAILURES", 5, 0, 1_000_000)? as u32,
                 cooldown: Duration::from_millis(r.number("BREAKER_COOLDOWN_MS", 30_000, 1, max_ms)?),
                 probe_timeout: Duration::ZERO,
@@ -380,7 +306,7 @@ mod tests {
         assert_eq!(c.consumer_idle_reap, Duration::from_secs(3_600));
         assert_eq!(
             c.park,
-            crate::retry::ParkPolicy {
+            crate::outcome::retry::ParkPolicy {
                 initial: Duration::from_secs(60),
                 max: Duration::from_secs(3_600),
                 horizon: Duration::from_secs(86_400)
@@ -399,30 +325,6 @@ mod tests {
                 reader_timeout: Duration::from_secs(7),
             }
         );
-    }
-
-    #[test]
-    fn timing_invariants() {
-        // The shortest CLAIM_IDLE_MS whose renewals still land in time.
-        let t = Timing::new(Duration::from_millis(376), Duration::from_millis(100)).expect("valid");
-        assert_eq!(t.command_timeout, Duration::from_millis(250));
-        assert!(t.check().is_ok());
-        let refused = Timing::new(Duration::from_millis(375), Duration::from_millis(100)).expect_err("too short");
-        assert_eq!(refused.var, "CLAIM_IDLE_MS");
-        assert!(refused.to_string().contains("at least 376 ms"), "{refused}");
-        // Short CLAIM_IDLE_MS: a shorter command timeout, so a hung renewal is given up in time.
-        let t = Timing::new(Duration::from_secs(3), Duration::from_secs(1)).expect("valid");
-        assert_eq!((t.renew_every, t.command_timeout), (Duration::from_millis(500), Duration::from_millis(500)));
-        // Renewed every CLAIM_IDLE_MS/3 with a command timeout as long, a lease could go two
-        // intervals and a timeout (= CLAIM_IDLE_MS) without a reset: refused.
-        let every_third = Duration::from_secs(1);
-        let old = Timing { renew_every: every_third, command_timeout: every_third, ..t };
-        assert!(old.check().is_err());
-        assert_eq!(t.reclaim_every, Duration::from_millis(1500));
-        assert_eq!(t.reader_timeout, Duration::from_secs(3));
-        // A test's own command timeout that breaks the first invariant is found by `check`.
-        let broken = Timing { command_timeout: Duration::from_secs(60), ..t };
-        assert!(broken.check().is_err());
     }
 
     #[test]

@@ -20,9 +20,9 @@ fn set_gauges(g: &Gauges) {
 
 /// `hookstream_breaker_open{downstream}`: 1 while open or half open, as Redis has it.
 async fn set_breaker_gauges(stream: &Stream) {
-    for downstream in crate::breaker::Downstream::ALL {
+    for downstream in crate::downstream::breaker::Downstream::ALL {
         let key = stream.keys.breaker(downstream.label());
-        if let Ok(state) = crate::breaker::state(&mut stream.connection(), &key).await {
+        if let Ok(state) = crate::downstream::breaker::state(&mut stream.connection(), &key).await {
             let open = if state.is_open() { 1.0 } else { 0.0 };
             metrics::gauge!(crate::metrics::BREAKER_OPEN, "downstream" => downstream.label()).set(open);
         }

@@ -1,9 +1,8 @@
-//! Housekeeping loops: the reclaimer (takes over entries abandoned by dead consumers), the
-//! forwarder (re-appends parked entries when due, [`crate::parked`]) and the tidier (trims
-//! processed entries, removes consumers long gone).
+//! Housekeeping loops: the forwarder (re-appends parked entries when due,
+//! [`crate::outcome::parking`]) and the tidier (trims processed and old dead entries, removes
+//! consumers long gone).
 
-use crate::config::Timing;
-use crate::dispatch::Dispatcher;
+use crate::intake::dispatch::Dispatcher;
 use crate::stream::{is_nogroup, Stream};
 use redis::{RedisResult, Script};
 use std::time::Duration;
@@ -19,50 +18,6 @@ end
 redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
 return 1
 "#;
-
-/// Takes over entries idle longer than `CLAIM_IDLE_MS` in any consumer, following the
-/// XAUTOCLAIM cursor to the end of the pending list on each pass, no more at once than there
-/// are free slots.
-/// It scans every [`Timing::reclaim_every`] — at least every 5 s whatever `CLAIM_IDLE_MS` is,
-/// so entries handed back by a replica that shut down are taken over at the next scan.
-pub async fn reclaim(dispatcher: &Dispatcher, timing: Timing, batch: usize) {
-    let (every, claim_idle) = (timing.reclaim_every, timing.claim_idle);
-    let stream = &dispatcher.worker.stream;
-    let redis = &dispatcher.worker.redis;
-    while dispatcher.pause(every).await {
-        let mut cursor = "0-0".to_string();
-        loop {
-            let free = dispatcher.free_slots().min(batch);
-            if free == 0 {
-                break;
-            }
-            let sent = tokio::time::Instant::now();
-            match stream.autoclaim(claim_idle, &cursor, free).await {
-                Ok(claim) => {
-                    redis.ok();
-                    for id in &claim.deleted {
-                        tracing::warn!(stream_id = %id, "a pending entry was deleted from the stream before it was processed");
-                    }
-                    if !claim.claimed.is_empty() {
-                        crate::metrics::entries(crate::metrics::Entry::Reclaimed, claim.claimed.len() as u64);
-                        tracing::info!(entries = claim.claimed.len(), "reclaimed idle entries");
-                        let held = dispatcher.hold(claim.claimed, sent);
-                        dispatcher.dispatch_batch(held, false).await;
-                    }
-                    if claim.next == "0-0" || dispatcher.stopping() {
-                        break;
-                    }
-                    cursor = claim.next;
-                }
-                Err(err) if is_nogroup(&err) => break, // the reader recreates the group
-                Err(err) => {
-                    redis.failed("reclaiming", &err);
-                    break;
-                }
-            }
-        }
-    }
-}
 
 /// Trims processed entries, and removes consumers that are long gone (idle past
 /// `CONSUMER_IDLE_REAP_SECS` with nothing pending; one with pending entries is never removed).
@@ -128,7 +83,7 @@ pub async fn reap_consumers(stream: &Stream, idle: Duration) -> RedisResult<Vec<
 }
 
 /// Re-appends the due entries of one partition's retry set, until the dispatcher stops.
-pub async fn forward_due(dispatcher: &crate::dispatch::Dispatcher, every: std::time::Duration) {
+pub async fn forward_due(dispatcher: &crate::intake::dispatch::Dispatcher, every: std::time::Duration) {
     let stream = &dispatcher.worker.stream;
     while dispatcher.pause(every).await {
         loop {

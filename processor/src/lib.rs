@@ -16,32 +16,26 @@
 //! replies), used by `ops` (operator commands) too; `events` (the table of known event names)
 //! and `metrics` below everything. No module imports one above it.
 
-pub mod acker;
-pub mod breaker;
 pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod delivery;
-pub mod dispatch;
+pub mod downstream;
 pub mod events;
 pub mod handlers;
 pub mod health;
 pub mod housekeeping;
-pub mod lease;
-pub mod limiter;
-pub mod lock;
+pub mod http;
+pub mod intake;
 pub mod metrics;
 pub mod ops;
-pub mod parked;
-pub mod reader;
+pub mod outcome;
 pub mod reconcile;
 pub mod replies;
-pub mod retry;
 pub mod service;
 pub mod stream;
+pub mod timing;
 pub mod traces;
-pub mod waits;
-pub mod worker;
 
 pub use config::ProcessorConfig;
 pub use service::Processor;

@@ -24,11 +24,11 @@
 //! out is aborted and handed back too.
 
 use crate::config::ProcessorConfig;
-use crate::dispatch::Dispatcher;
+use crate::intake::dispatch::Dispatcher;
 use crate::handlers::Registry;
-use crate::retry::RetryPolicy;
+use crate::outcome::retry::RetryPolicy;
 use crate::stream::{RedisState, Stream};
-use crate::worker::Worker;
+use crate::delivery::worker::Worker;
 use http::Request;
 use hyper::body::Incoming;
 use shared::conn::Conn;
@@ -95,7 +95,7 @@ impl Processor {
             .await
             .map_err(BuildError::Layout)?;
         let namespace = partitions.namespace().clone();
-        let limiter = crate::limiter::WriteLimiter::new(
+        let limiter = crate::downstream::limiter::WriteLimiter::new(
             namespace.api_writes.clone(),
             commands.clone(),
             config.api_writes_per_sec,
@@ -103,17 +103,17 @@ impl Processor {
         .with_max_pause(if config.park.enabled() {
             config.retry_max_interval
         } else {
-            crate::limiter::MAX_PAUSE
+            crate::downstream::limiter::MAX_PAUSE
         });
-        let seen = crate::handlers::reconcile::Seen::new(commands.clone(), &config.common.namespace);
-        let breakers = crate::breaker::Breakers::new(&partitions, &commands, config.breakers);
+        let seen = crate::downstream::meeting_baas::Seen::new(commands.clone(), &config.common.namespace);
+        let breakers = crate::downstream::breaker::Breakers::new(&partitions, &commands, config.breakers);
         let registry = match registry {
             Some(registry) => registry,
-            None => Registry::standard(&config, limiter, Some(seen), breakers)?,
+            None => Registry::standard(&config.handler_settings(), limiter, Some(seen), breakers)?,
         };
-        let reconciler = crate::reconcile::Reconciler::build(&config, commands.clone())?.with_traces(traces.clone());
+        let reconciler = config.reconciler(commands.clone())?.with_traces(traces.clone());
         // A meeting's lock lives as long as a dead holder's entries stay unclaimed.
-        let locks = crate::lock::MeetingLocks::new(namespace, commands.clone(), config.timing.lock_ttl);
+        let locks = crate::downstream::lock::MeetingLocks::new(namespace, commands.clone(), config.timing.lock_ttl);
         if config.api_key.is_none() {
             tracing::warn!("MEETING_BAAS_API_KEY is not set: Meeting BaaS API calls will be refused");
         }
@@ -123,7 +123,7 @@ impl Processor {
         for keys in partitions.all() {
             let stream = Stream::new(keys.clone(), config.group.clone(), config.consumer.clone(), commands.clone());
             let worker = Arc::new(Worker {
-                acker: crate::acker::Acker::spawn(stream.clone()),
+                acker: crate::delivery::acker::Acker::spawn(stream.clone()),
                 stream,
                 registry: registry.clone(),
                 retry: RetryPolicy {
@@ -196,7 +196,7 @@ impl Processor {
             };
         // One lock keeper: the meeting locks are shared by every partition.
         let mut lease_keepers =
-            vec![tokio::spawn(crate::lock::keep(parts[0].0.locks.clone(), config.timing.renew_every))];
+            vec![tokio::spawn(crate::downstream::lock::keep(parts[0].0.locks.clone(), config.timing.renew_every))];
         // The reconciler: one pass per interval across replicas (its lease); stopped with the
         // lease keepers (a pass cut short is done again by the next holder).
         crate::metrics::reconcile_init();
@@ -205,7 +205,7 @@ impl Processor {
         let mut tidiers = Vec::new();
         let mut readers = Vec::new();
         for ((worker, reader), d) in parts.into_iter().zip(&dispatchers) {
-            lease_keepers.push(tokio::spawn(crate::lease::run(
+            lease_keepers.push(tokio::spawn(crate::delivery::lease::run(
                 d.held.clone(),
                 worker.stream.clone(),
                 config.timing.renew_every,
@@ -213,12 +213,12 @@ impl Processor {
             reclaimers.push({
                 let d = d.clone();
                 let (timing, batch) = (config.timing, config.batch_size);
-                tokio::spawn(async move { crate::housekeeping::reclaim(&d, timing, batch).await })
+                tokio::spawn(async move { crate::intake::reclaim::run(&d, timing, batch).await })
             });
             // Always, even with parking off: entries parked before it was turned off still come
             // back. Stopped with the tidiers (a due entry is re-appended by whoever looks next).
             tidiers.push({
-                let (d, every) = (d.clone(), crate::parked::poll_every(config.park.initial));
+                let (d, every) = (d.clone(), crate::outcome::parking::poll_every(config.park.initial));
                 tokio::spawn(async move { crate::housekeeping::forward_due(&d, every).await })
             });
             tidiers.push({
@@ -231,7 +231,7 @@ impl Processor {
             readers.push({
                 let d = d.clone();
                 let (batch, block) = (config.batch_size, config.timing.block);
-                tokio::spawn(async move { crate::reader::run(&d, reader, batch, block).await })
+                tokio::spawn(async move { crate::intake::reader::run(&d, reader, batch, block).await })
             });
         }
 

@@ -110,10 +110,10 @@ pub fn answered(cx: &Context, answer: Result<reqwest::StatusCode, &reqwest::Erro
             }
         }
         Err(err) => {
-            let kind = match crate::handlers::RequestFailure::of(err) {
-                crate::handlers::RequestFailure::Timeout => "timeout",
-                crate::handlers::RequestFailure::Connect => "connect",
-                crate::handlers::RequestFailure::Other => "request",
+            let kind = match crate::http::RequestFailure::of(err) {
+                crate::http::RequestFailure::Timeout => "timeout",
+                crate::http::RequestFailure::Connect => "connect",
+                crate::http::RequestFailure::Other => "request",
             };
             span.set_attribute(KeyValue::new("error.type", kind));
             span.set_status(Status::error(err.to_string()));

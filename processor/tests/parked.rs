@@ -5,9 +5,9 @@
 
 use hookstream_tests::fake_api::{FakeApi, Reply};
 use hookstream_tests::{eventually, fixture, spawn_bin, RedisServer};
-use processor::breaker::{Breaker, Downstream, Pass, Settings};
+use processor::downstream::breaker::{Breaker, Downstream, Pass, Settings};
 use processor::handlers::HandlerError;
-use processor::parked::Record;
+use processor::outcome::parking::Record;
 use processor::replies::StreamEntry;
 use processor::stream::Stream;
 use shared::conn::Conn;
@@ -187,11 +187,11 @@ async fn a_breaker_is_shared_by_replicas_and_lets_one_probe_through() {
     // Opened by three failures in a row over both replicas: neither calls now.
     for breaker in [&a, &b] {
         match breaker.admit().await {
-            Err(HandlerError::Unavailable { wait, .. }) => assert!(wait <= Duration::from_millis(300)),
+            Err(processor::downstream::breaker::Refused { wait, .. }) => assert!(wait <= Duration::from_millis(300)),
             other => panic!("{other:?}"),
         }
     }
-    let state = processor::breaker::state(&mut conn(&redis), &key).await.unwrap();
+    let state = processor::downstream::breaker::state(&mut conn(&redis), &key).await.unwrap();
     assert!(state.is_open(), "{state}");
     // After the cooldown, one probe: the other replica is refused meanwhile.
     let probe = eventually("the cooldown ends", || async { a.admit().await.ok() }).await;
@@ -203,7 +203,7 @@ async fn a_breaker_is_shared_by_replicas_and_lets_one_probe_through() {
     let probe = eventually("the second cooldown ends", || async { b.admit().await.ok() }).await;
     assert_eq!(probe, Pass::Probe);
     b.record(probe, &Ok::<(), HandlerError>(())).await;
-    let state = processor::breaker::state(&mut conn(&redis), &key).await.unwrap();
+    let state = processor::downstream::breaker::state(&mut conn(&redis), &key).await.unwrap();
     assert!(!state.is_open(), "{state}");
     // `a` remembered "open" until its own deadline; then it asks again and finds it closed.
     let pass = eventually("a sees it closed", || async { a.admit().await.ok() }).await;

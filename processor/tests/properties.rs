@@ -7,7 +7,8 @@
 
 use processor::handlers::calendar_v1::SyncPayload;
 use processor::handlers::calendar_v2::Payload;
-use processor::handlers::{retry_after, Event};
+use processor::handlers::Event;
+use processor::http::retry_after;
 use proptest::prelude::*;
 use serde_json::{json, Map, Value};
 

@@ -36,6 +36,13 @@ pub struct Keys {
     pub reconcile_lease: String,
     /// `{ns}:reconcile:dead` — meetings whose reconcile entries died, held back (a hash).
     pub reconcile_dead: String,
+    /// `{ns}:reconcile:apis` — API version → when its calendar webhooks were last handled (Unix
+    /// ms), for `RECONCILE_APIS=auto`.
+    pub reconcile_apis: String,
+    /// `{ns}:reconcile:last` — the last pass, for `processor status` (a hash).
+    pub reconcile_last: String,
+    /// `{ns}:ratelimit:reconcile-reads` — the reconciler's read limiter, shared by replicas.
+    pub reconcile_reads: String,
     /// `{ns}:dedup:` or `{ns:i}:dedup:` — prefix of the dedup keys; the rest is a hex SHA-256.
     dedup_prefix: String,
     /// `{ns}:lock:` — prefix of the per-meeting locks; the rest is a hex SHA-256.
@@ -64,6 +71,9 @@ impl Keys {
             layout: format!("{{{ns}}}:partitions"),
             reconcile_lease: format!("{{{ns}}}:reconcile"),
             reconcile_dead: format!("{{{ns}}}:reconcile:dead"),
+            reconcile_apis: format!("{{{ns}}}:reconcile:apis"),
+            reconcile_last: format!("{{{ns}}}:reconcile:last"),
+            reconcile_reads: format!("{{{ns}}}:ratelimit:reconcile-reads"),
             lock_prefix: format!("{{{ns}}}:lock:"),
             breaker_prefix: format!("{{{ns}}}:breaker:"),
         }

@@ -4,7 +4,8 @@
 //! - [`layout`]: the partition count a namespace was created with, checked by every process;
 //! - [`entry`]: the fields of a stream entry;
 //! - [`append`]: the dedup+append Lua script, the only way an event enters the stream;
-//! - [`config`]: environment parsing with typed errors, and the settings both sides read;
+//! - [`vars`]: environment parsing with typed errors (a source of strings, a typed reader);
+//! - [`config`]: the settings both sides read, and secrets kept out of every output;
 //! - [`conn`]: how a Redis connection is made (lazy, reconnecting, bounded waits);
 //! - [`telemetry`]: logging and the Prometheus recorder;
 //! - [`otel`]: traces (OpenTelemetry over OTLP/HTTP) and the trace context an entry carries;
@@ -17,6 +18,7 @@ pub mod append;
 pub mod cli;
 pub mod config;
 pub mod conn;
+pub mod vars;
 pub mod entry;
 pub mod healthcheck;
 pub mod http;

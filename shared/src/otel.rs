@@ -24,7 +24,7 @@
 //! entry appended again): a retry an hour later is its own trace, one click from the first.
 //! Trace context is always W3C Trace Context (`OTEL_PROPAGATORS` is not read).
 
-use crate::config::{ConfigError, Reader};
+use crate::vars::{ConfigError, Reader};
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
 use opentelemetry::trace::{Link, SpanBuilder, SpanContext, TraceContextExt, Tracer as _, TracerProvider as _};
 use opentelemetry::{Context, InstrumentationScope};

@@ -369,8 +369,8 @@ async fn entries_parked_by_an_open_breaker_come_back_as_soon_as_it_closes() {
     add_event(&redis, "calendar.sync_events", &sync_body(&all), "sync-parked-by-the-breaker");
     eventually("every meeting parked", || async { (parked(&redis) == 20).then_some(()) }).await;
     let members: Vec<String> = redis::cmd("ZRANGE").arg(RETRY).arg(0).arg(-1).query(&mut redis.con()).unwrap();
-    let records: Vec<processor::parked::Record> =
-        members.iter().map(|m| processor::parked::Record::from_member(m).expect("a record")).collect();
+    let records: Vec<processor::outcome::parking::Record> =
+        members.iter().map(|m| processor::outcome::parking::Record::from_member(m).expect("a record")).collect();
     assert!(records.iter().all(|r| r.waits_for.as_deref() == Some("meeting_baas")), "{records:?}");
     fake.down.store(false, Ordering::SeqCst);
     // One entry brought back by hand probes the API; its success closes the breaker, and that

@@ -9,9 +9,9 @@
 //! entry per meeting, each with the webhook's payload narrowed to its one uuid.
 
 use super::decision::{decide, is_past, Decision, Facts, Status};
-use super::meeting_baas::Api;
+use crate::downstream::meeting_baas::Api;
 use super::{parse_payload, Event, Handler, HandlerError, HandlerFuture, Meeting};
-use crate::config::RecordPolicy;
+use super::decision::RecordPolicy;
 use reqwest::Method;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -19,6 +19,7 @@ use std::sync::Arc;
 
 pub struct SyncEvents {
     api: Arc<Api>,
+    policy: RecordPolicy,
 }
 
 /// The payload of `calendar.sync_events`: the one model the fan-out split and the handler
@@ -112,20 +113,20 @@ impl CalendarEvent {
 }
 
 impl SyncEvents {
-    pub fn new(api: Arc<Api>) -> Self {
-        Self { api }
+    pub fn new(api: Arc<Api>, policy: RecordPolicy) -> Self {
+        Self { api, policy }
     }
 
     /// Reads one event's current state and acts on the decision.
     pub async fn sync_one(&self, uuid: &str) -> Result<(), HandlerError> {
-        if self.api.policy == RecordPolicy::None {
+        if self.policy == RecordPolicy::None {
             return Ok(()); // hookstream leaves every bot as it is: nothing to read
         }
         let Some(event) = self.api.get::<CalendarEvent>(&["calendar_events", uuid]).await? else {
             tracing::info!(uuid, "calendar event no longer exists; nothing to do");
             return Ok(());
         };
-        match decide(&event.facts(), self.api.policy) {
+        match decide(&event.facts(), self.policy) {
             Decision::Schedule => {
                 let body = self.api.bot_body(&[]);
                 match self.api.call(Method::POST, &["calendar_events", uuid, "bot"], Some(&body)).await? {
@@ -149,7 +150,7 @@ impl Handler for SyncEvents {
     fn handle<'a>(&'a self, event: &'a Event) -> HandlerFuture<'a> {
         Box::pin(async move {
             let payload = SyncPayload::parse(event)?;
-            self.api.saw(super::reconcile::ApiVersion::V1).await;
+            self.api.saw(crate::downstream::meeting_baas::ApiVersion::V1).await;
             for uuid in payload.uuids() {
                 self.sync_one(uuid).await?;
             }

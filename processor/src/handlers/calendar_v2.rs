@@ -12,9 +12,9 @@
 //! out into one entry per instance.
 
 use super::decision::{decide, is_past, Decision, Facts, Status};
-use super::meeting_baas::{require_uuid, Api};
+use crate::downstream::meeting_baas::{require_uuid, Api};
 use super::{parse_payload, Event, Handler, HandlerError, HandlerFuture, Meeting};
-use crate::config::RecordPolicy;
+use super::decision::RecordPolicy;
 use reqwest::{Method, StatusCode};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
@@ -225,13 +225,14 @@ struct CreateError {
 /// candidates; for each, the API's current event decides, both ways (SPEC §4.2).
 pub struct Calendar {
     api: Arc<Api>,
+    policy: RecordPolicy,
     /// `calendar.event_cancelled`: the candidates are its `cancelled_instances`.
     cancelled: bool,
 }
 
 impl Calendar {
-    pub fn new(api: Arc<Api>, cancelled: bool) -> Self {
-        Self { api, cancelled }
+    pub fn new(api: Arc<Api>, policy: RecordPolicy, cancelled: bool) -> Self {
+        Self { api, policy, cancelled }
     }
 
     /// Reads one instance's current event and acts on the decision. `series_id` is the
@@ -243,14 +244,14 @@ impl Calendar {
         series_id: Option<&str>,
         event_id: &str,
     ) -> Result<(), HandlerError> {
-        if self.api.policy == RecordPolicy::None {
+        if self.policy == RecordPolicy::None {
             return Ok(()); // hookstream leaves every bot as it is: nothing to read
         }
         let Some(current) = current_event(&self.api, calendar_id, event_id).await? else {
             tracing::info!(calendar_id, event_id, "event no longer exists; nothing to do");
             return Ok(());
         };
-        let decision = decide(&current.facts(), self.api.policy);
+        let decision = decide(&current.facts(), self.policy);
         if decision == Decision::Nothing {
             tracing::debug!(calendar_id, event_id, "the bots match the event; nothing to do");
             return Ok(());
@@ -320,7 +321,7 @@ impl Handler for Calendar {
     fn handle<'a>(&'a self, event: &'a Event) -> HandlerFuture<'a> {
         Box::pin(async move {
             let payload = Payload::parse(event)?;
-            self.api.saw(super::reconcile::ApiVersion::V2).await;
+            self.api.saw(crate::downstream::meeting_baas::ApiVersion::V2).await;
             let calendar_id = payload.data.calendar_id.as_str();
             let candidates = payload.candidates(self.cancelled);
             if candidates.is_empty() {

@@ -10,7 +10,29 @@
 //! | unwanted: cancelled, or without a meeting URL, or not wanted by `RECORD_POLICY=organizer` — and not yet started | yes | unschedule |
 //! | anything else: ended or started, v2 `tentative`, or `RECORD_POLICY=none` | | nothing |
 
-use crate::config::RecordPolicy;
+/// Which meetings get a recording bot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordPolicy {
+    /// Every event with a meeting URL that has not ended.
+    All,
+    /// Only events the calendar's owner organises.
+    Organizer,
+    /// None.
+    None,
+}
+
+impl std::str::FromStr for RecordPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "all" => Ok(Self::All),
+            "organizer" => Ok(Self::Organizer),
+            "none" => Ok(Self::None),
+            _ => Err("expected all, organizer or none".into()),
+        }
+    }
+}
+
 
 /// What to do with one meeting.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -5,7 +5,7 @@
 //! on every retry and redelivery, so the receiver can drop repeats.
 
 use super::{Event, Handler, HandlerError, HandlerFuture};
-use crate::breaker::Breaker;
+use crate::downstream::breaker::Breaker;
 use reqwest::header::{HeaderValue, CONTENT_TYPE};
 use reqwest::Url;
 
@@ -15,7 +15,7 @@ pub const ID_HEADER: &str = "x-hookstream-id";
 pub struct Forward {
     http: reqwest::Client,
     url: Option<Url>,
-    /// `FORWARD_URL`'s breaker: no call while it is open ([`crate::breaker`]).
+    /// `FORWARD_URL`'s breaker: no call while it is open ([`crate::downstream::breaker`]).
     breaker: Breaker,
 }
 
@@ -64,10 +64,7 @@ impl Handler for Forward {
                     .map_err(|_| HandlerError::permanent(format!("{name} {value:?} cannot be sent as an HTTP header")))
             };
             let (event_name, id) = (header(EVENT_HEADER, &event.name)?, header(ID_HEADER, &event.dedup_id)?);
-            let call = self.breaker.start(self.breaker.admit().await?);
-            let result = self.post(url, event, event_name, id).await;
-            call.finish(&result).await;
-            result
+            self.breaker.call(self.post(url, event, event_name, id)).await
         })
     }
 }

@@ -17,12 +17,11 @@ pub mod calendar_v1;
 pub mod calendar_v2;
 pub mod decision;
 pub mod forward;
-pub mod meeting_baas;
 pub mod reconcile;
 
-use crate::config::ProcessorConfig;
+pub use crate::http::HandlerError;
+
 use crate::events::Family;
-use reqwest::StatusCode;
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
@@ -45,121 +44,12 @@ pub struct Event {
 /// One meeting an event is about (see [`Handler::meetings`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Meeting {
-    /// The meeting's identity across entries, the key of its lock ([`crate::lock`]): v1
+    /// The meeting's identity across entries, the key of its lock ([`crate::downstream::lock`]): v1
     /// `v1:<event uuid>`, v2 `v2:<calendar_id>:<event_id>`.
     pub key: String,
     /// The event's payload narrowed to this one meeting: the payload of its fan-out entry.
     /// Empty when the event is about this meeting alone (it is handled as it is: no fan-out).
     pub payload: Vec<u8>,
-}
-
-/// Why an attempt failed, and whether trying again can help.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum HandlerError {
-    #[error("{reason}")]
-    Transient { reason: String, retry_after: Option<Duration> },
-    #[error("{0}")]
-    Permanent(String),
-    /// The downstream was not called: its breaker is open ([`crate::breaker`]) for `wait` more.
-    /// Not an attempt: the entry is parked (or, without parking, waits in place).
-    #[error("{reason}")]
-    Unavailable { reason: String, wait: Duration, downstream: &'static str },
-}
-
-impl HandlerError {
-    pub fn transient(reason: impl Into<String>) -> Self {
-        Self::Transient { reason: reason.into(), retry_after: None }
-    }
-
-    pub fn permanent(reason: impl Into<String>) -> Self {
-        Self::Permanent(reason.into())
-    }
-
-    /// Classifies a non-2xx answer to `what` from its status and headers. A redirect (3xx) is
-    /// never followed (a POST would become a GET without its body, and the API key would travel
-    /// to whatever host the redirect names): it is a permanent error naming the status and the
-    /// `Location`, so the entry lands in the dead stream where a person sees it.
-    pub fn from_answer(what: &str, status: StatusCode, headers: &reqwest::header::HeaderMap, body: &str) -> Self {
-        if status.is_redirection() {
-            let location = headers
-                .get(reqwest::header::LOCATION)
-                .map(|l| String::from_utf8_lossy(l.as_bytes()).into_owned())
-                .unwrap_or_else(|| "(none)".into());
-            return Self::Permanent(format!(
-                "{what} answered {status} redirecting to Location: {location}; redirects are not followed \
-                 (point the URL at the final address)"
-            ));
-        }
-        Self::from_status(what, status, retry_after(headers), body)
-    }
-
-    /// Classifies a non-2xx, non-3xx answer to `what` (e.g. "POST /calendar_events/…/bot").
-    pub fn from_status(what: &str, status: StatusCode, retry_after: Option<Duration>, body: &str) -> Self {
-        let snippet: String = body.chars().take(300).collect();
-        let reason = format!("{what} answered {status}: {snippet}");
-        let code = status.as_u16();
-        if code == 408 || code == 425 || code == 429 || status.is_server_error() {
-            Self::Transient { reason, retry_after }
-        } else {
-            Self::Permanent(reason)
-        }
-    }
-
-    /// Classifies a failed request (no answer): always transient (connect errors, timeouts, resets).
-    pub fn from_request(what: &str, err: &reqwest::Error) -> Self {
-        let kind = match RequestFailure::of(err) {
-            RequestFailure::Timeout => "timed out",
-            RequestFailure::Connect => "could not connect",
-            RequestFailure::Other => "failed",
-        };
-        // Without its URL: `what` names the call already, and a URL may carry credentials or a
-        // token (SPEC §7).
-        let err = RequestFailure::without_url(err);
-        Self::transient(format!("{what} {kind}: {err}"))
-    }
-}
-
-/// Why a request got no answer (for the error's wording and the client span's `error.type`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RequestFailure {
-    Timeout,
-    Connect,
-    Other,
-}
-
-impl RequestFailure {
-    /// `err`'s message without the URL reqwest puts in it, and without its source chain's
-    /// copy of it: what is shown is the error itself.
-    pub fn without_url(err: &reqwest::Error) -> String {
-        use std::error::Error;
-        let mut text = String::from(match () {
-            _ if err.is_timeout() => "operation timed out",
-            _ if err.is_connect() => "error trying to connect",
-            _ if err.is_body() || err.is_decode() => "error reading the body",
-            _ if err.is_request() => "error sending the request",
-            _ => "error",
-        });
-        let mut source = err.source();
-        while let Some(cause) = source {
-            let cause_text = cause.to_string();
-            if !cause_text.contains("://") {
-                text.push_str(": ");
-                text.push_str(&cause_text);
-            }
-            source = cause.source();
-        }
-        text
-    }
-
-    pub fn of(err: &reqwest::Error) -> Self {
-        if err.is_timeout() {
-            Self::Timeout
-        } else if err.is_connect() {
-            Self::Connect
-        } else {
-            Self::Other
-        }
-    }
 }
 
 /// The boxed future a handler returns.
@@ -172,10 +62,20 @@ pub trait Handler: Send + Sync {
     /// The meetings the event is about, in payload order (none: the event is not about
     /// meetings, e.g. a forwarded bot result). An entry about one meeting is handled under that
     /// meeting's lock; an entry about several is first fanned out into one entry per meeting
-    /// (see [`crate::worker`]). A payload that cannot be read is a permanent error.
+    /// (see [`crate::delivery::worker`]). A payload that cannot be read is a permanent error.
     fn meetings(&self, _event: &Event) -> Result<Vec<Meeting>, HandlerError> {
         Ok(Vec::new())
     }
+}
+
+/// What the built-in handlers need: the API client's settings, `RECORD_POLICY`, `FORWARD_URL`
+/// and `HANDLER_TIMEOUT_MS` (the HTTP client's timeout).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub api: crate::downstream::meeting_baas::Settings,
+    pub policy: decision::RecordPolicy,
+    pub forward_url: Option<reqwest::Url>,
+    pub timeout: Duration,
 }
 
 /// Event name → handler, with a fallback.
@@ -203,23 +103,27 @@ impl Registry {
     /// to a downstream through its breaker. `seen` records the API versions handled, for
     /// `RECONCILE_APIS=auto`.
     pub fn standard(
-        config: &ProcessorConfig,
-        limiter: crate::limiter::WriteLimiter,
-        seen: Option<reconcile::Seen>,
-        breakers: crate::breaker::Breakers,
+        settings: &Settings,
+        limiter: crate::downstream::limiter::WriteLimiter,
+        seen: Option<crate::downstream::meeting_baas::Seen>,
+        breakers: crate::downstream::breaker::Breakers,
     ) -> Result<Self, reqwest::Error> {
-        let http = http_client(config.handler_timeout)?;
-        let api = Arc::new(meeting_baas::Api::new(http.clone(), config, limiter, seen, breakers.meeting_baas));
-        let forward: Arc<dyn Handler> = Arc::new(forward::Forward::new(
-            http,
-            config.forward_url.as_ref().map(|u| u.expose().clone()),
-            breakers.forward,
+        let http = crate::http::http_client(settings.timeout)?;
+        let api = Arc::new(crate::downstream::meeting_baas::Api::new(
+            http.clone(),
+            &settings.api,
+            limiter,
+            seen,
+            breakers.meeting_baas,
         ));
-        let sync = Arc::new(calendar_v1::SyncEvents::new(api.clone()));
-        let calendar = Arc::new(calendar_v2::Calendar::new(api.clone(), false));
+        let forward: Arc<dyn Handler> =
+            Arc::new(forward::Forward::new(http, settings.forward_url.clone(), breakers.forward));
+        let policy = settings.policy;
+        let sync = Arc::new(calendar_v1::SyncEvents::new(api.clone(), policy));
+        let calendar = Arc::new(calendar_v2::Calendar::new(api.clone(), policy, false));
         let reconcile: Arc<dyn Handler> = Arc::new(reconcile::Reconcile::new(sync.clone(), calendar.clone()));
         let (v1, v2): (Arc<dyn Handler>, Arc<dyn Handler>) = (sync, calendar);
-        let v2_cancelled: Arc<dyn Handler> = Arc::new(calendar_v2::Calendar::new(api, true));
+        let v2_cancelled: Arc<dyn Handler> = Arc::new(calendar_v2::Calendar::new(api, policy, true));
         let mut registry = Self::new(forward.clone());
         for known in crate::events::EVENTS {
             let handler = match known.family {
@@ -235,78 +139,9 @@ impl Registry {
     }
 }
 
-/// The one outbound HTTP client (connection pool, rustls), reused by every handler. It never
-/// follows redirects (see [`HandlerError::from_answer`]).
-pub fn http_client(timeout: Duration) -> Result<reqwest::Client, reqwest::Error> {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .connect_timeout(Duration::from_secs(5).min(timeout))
-        .timeout(timeout)
-        .user_agent(concat!("hookstream/", env!("CARGO_PKG_VERSION")))
-        .build()
-}
-
-/// `Retry-After` as seconds or an HTTP date.
-pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
-    let value = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?.trim();
-    if let Ok(secs) = value.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
-    }
-    let when = chrono::DateTime::parse_from_rfc2822(value).ok()?;
-    (when.with_timezone(&chrono::Utc) - crate::clock::now()).to_std().ok()
-}
-
 /// Parses a payload leniently (unknown fields ignored); an unreadable one is permanent.
 pub fn parse_payload<'a, T: serde::Deserialize<'a>>(event: &'a Event) -> Result<T, HandlerError> {
     serde_json::from_slice(&event.payload)
         .map_err(|e| HandlerError::permanent(format!("malformed {} payload: {e}", event.name)))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn classification() {
-        let t = |code: u16| HandlerError::from_status("x", StatusCode::from_u16(code).expect("code"), None, "");
-        for code in [408, 425, 429, 500, 502, 503, 504] {
-            assert!(matches!(t(code), HandlerError::Transient { .. }), "{code}");
-        }
-        for code in [400, 401, 403, 404, 409, 422] {
-            assert!(matches!(t(code), HandlerError::Permanent(_)), "{code}");
-        }
-        let mut headers = reqwest::header::HeaderMap::new();
-        headers.insert(reqwest::header::LOCATION, "https://elsewhere.example/hook".parse().expect("value"));
-        for code in [301, 302, 303, 307, 308] {
-            let status = StatusCode::from_u16(code).expect("code");
-            match HandlerError::from_answer("POST /hook", status, &headers, "") {
-                HandlerError::Permanent(reason) => {
-                    assert!(reason.contains(&code.to_string()) && reason.contains("https://elsewhere.example/hook"))
-                }
-                other => panic!("{code}: {other:?}"),
-            }
-        }
-    }
-
-    #[test]
-    fn retry_after_forms() {
-        let mut h = reqwest::header::HeaderMap::new();
-        assert_eq!(retry_after(&h), None);
-        h.insert(reqwest::header::RETRY_AFTER, "2".parse().expect("value"));
-        assert_eq!(retry_after(&h), Some(Duration::from_secs(2)));
-        let later = (chrono::Utc::now() + chrono::Duration::seconds(30)).to_rfc2822();
-        h.insert(reqwest::header::RETRY_AFTER, later.parse().expect("value"));
-        assert!(retry_after(&h).is_some_and(|d| d > Duration::from_secs(20)));
-        // The form HTTP servers send (IMF-fixdate, RFC 9110): "Sun, 06 Nov 1994 08:49:37 GMT".
-        let later =
-            (chrono::Utc::now() + chrono::Duration::seconds(30)).format("%a, %d %b %Y %H:%M:%S GMT").to_string();
-        h.insert(reqwest::header::RETRY_AFTER, later.parse().expect("value"));
-        assert!(
-            retry_after(&h).is_some_and(|d| d > Duration::from_secs(20) && d <= Duration::from_secs(30)),
-            "{later}"
-        );
-        // A date in the past: no wait beyond the backoff's own.
-        h.insert(reqwest::header::RETRY_AFTER, "Sun, 06 Nov 1994 08:49:37 GMT".parse().expect("value"));
-        assert_eq!(retry_after(&h), None);
-    }
-}

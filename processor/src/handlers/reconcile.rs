@@ -6,41 +6,16 @@
 
 use super::calendar_v1::SyncEvents;
 use super::calendar_v2::Calendar;
-use super::meeting_baas::require_uuid;
+use crate::downstream::meeting_baas::require_uuid;
 use super::{parse_payload, Event, Handler, HandlerError, HandlerFuture, Meeting};
-use crate::clock::now_ms;
+use crate::downstream::meeting_baas::ApiVersion;
 use redis::RedisResult;
 use serde::Deserialize;
 use shared::conn::Conn;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-
-/// How often one process records an API version it has seen.
-const RECORD_EVERY_MS: u64 = 3_600_000;
 
 /// The event name of the reconciler's entries.
 pub const EVENT: &str = "hookstream.reconcile";
-
-/// Which API a meeting lives in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ApiVersion {
-    V1,
-    V2,
-}
-
-/// `v1` or `v2`.
-pub fn name(api: ApiVersion) -> &'static str {
-    match api {
-        ApiVersion::V1 => "v1",
-        ApiVersion::V2 => "v2",
-    }
-}
-
-/// `{ns}:reconcile:apis`: API version → when its calendar webhooks were last handled (Unix ms).
-pub fn apis_key(ns: &str) -> String {
-    format!("{{{ns}}}:reconcile:apis")
-}
 
 const DEAD_SCRIPT: &str = r#"
 -- KEYS[1] {ns}:reconcile:dead; ARGV[1] the meeting's dedup identity.
@@ -64,38 +39,6 @@ pub async fn record_dead(con: &mut Conn, key: &str, dedup_id: &str) -> RedisResu
 pub fn parse_dead(value: &str) -> Option<(u32, u64)> {
     let (n, at) = value.split_once(':')?;
     Some((n.parse().ok()?, at.parse().ok()?))
-}
-
-/// Records the API versions whose calendar webhooks this process handles, for `auto`.
-#[derive(Clone)]
-pub struct Seen {
-    con: Conn,
-    key: String,
-    /// When this process last recorded v1 and v2 (Unix ms).
-    last: Arc<[AtomicU64; 2]>,
-}
-
-impl Seen {
-    pub fn new(con: Conn, ns: &str) -> Self {
-        Self { con, key: apis_key(ns), last: Arc::default() }
-    }
-
-    /// A calendar entry of `api` was handled. At most one HSET an hour per version; an error
-    /// is only logged (it changes nothing but `auto`'s view).
-    pub async fn record(&self, api: ApiVersion) {
-        let slot = &self.last[api as usize];
-        let now = now_ms();
-        if now.saturating_sub(slot.load(Ordering::Relaxed)) < RECORD_EVERY_MS {
-            return;
-        }
-        slot.store(now, Ordering::Relaxed);
-        let recorded: RedisResult<i64> =
-            redis::cmd("HSET").arg(&self.key).arg(name(api)).arg(now).query_async(&mut self.con.clone()).await;
-        if let Err(err) = recorded {
-            slot.store(0, Ordering::Relaxed);
-            tracing::debug!(error = %err, "recording the API version for RECONCILE_APIS=auto failed");
-        }
-    }
 }
 
 /// The payload of a `hookstream.reconcile` entry.

@@ -3,7 +3,7 @@
 
 use super::{human, Ops};
 use crate::clock::now_ms;
-use crate::parked::Record;
+use crate::outcome::parking::Record;
 use redis::RedisResult;
 use std::fmt::Write as _;
 use std::time::Duration;

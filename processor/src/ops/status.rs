@@ -61,7 +61,7 @@ impl Ops {
 /// The `processor status` line about the last reconcile pass (`{ns}:reconcile:last`).
 pub async fn reconcile_status(con: &mut shared::conn::Conn, ns: &str) -> RedisResult<String> {
     let last: std::collections::HashMap<String, String> =
-        redis::cmd("HGETALL").arg(crate::reconcile::last_key(ns)).query_async(con).await?;
+        redis::cmd("HGETALL").arg(shared::keys::Keys::new(ns).reconcile_last).query_async(con).await?;
     if last.is_empty() {
         return Ok("\nreconcile  no pass yet\n".into());
     }
@@ -85,9 +85,9 @@ pub async fn reconcile_status(con: &mut shared::conn::Conn, ns: &str) -> RedisRe
 /// The `processor status` lines about the breakers (`{ns}:breaker:<downstream>`).
 pub async fn breaker_status(con: &mut shared::conn::Conn, keys: &shared::keys::Keys) -> RedisResult<String> {
     let mut out = String::from("\n");
-    for downstream in crate::breaker::Downstream::ALL {
+    for downstream in crate::downstream::breaker::Downstream::ALL {
         let key = keys.breaker(downstream.label());
-        let state = crate::breaker::state(con, &key).await?;
+        let state = crate::downstream::breaker::state(con, &key).await?;
         let _ = writeln!(out, "breaker  {:<13} {state}", downstream.label());
     }
     Ok(out)

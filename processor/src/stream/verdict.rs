@@ -2,7 +2,7 @@
 //! entries this consumer still owns (see the module docs of [`crate::stream`]): the dead letter,
 //! the fan-out and the park open with one shared preamble, [`ack_if_owned`], so what follows
 //! runs at most once per entry. Beside them, the re-append of parked entries that are due
-//! ([`crate::parked`]).
+//! ([`crate::outcome::parking`]).
 
 use super::Stream;
 use crate::replies::StreamEntry;

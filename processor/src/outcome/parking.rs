@@ -38,7 +38,7 @@ pub struct Record {
     /// When it was parked (RFC 3339 UTC).
     pub parked_at: String,
     /// The downstream (`meeting_baas`, `forward`) whose open breaker refused it: it is made due
-    /// as soon as that breaker closes, whatever its due time ([`crate::breaker`]).
+    /// as soon as that breaker closes, whatever its due time ([`crate::downstream::breaker`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub waits_for: Option<String>,
 }

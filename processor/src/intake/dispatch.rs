@@ -12,8 +12,8 @@
 
 use crate::delivery::{Delivery, Held, Lease};
 use crate::replies::StreamEntry;
-use crate::retry::reconnect_backoff;
-use crate::worker::Worker;
+use crate::outcome::retry::reconnect_backoff;
+use crate::delivery::worker::Worker;
 use backoff::backoff::Backoff;
 use std::sync::Arc;
 use std::time::Duration;

@@ -3,7 +3,7 @@
 //! handler — or an entry waiting for a slot — never looks abandoned to the other replicas'
 //! reclaimers. An entry the script reports as owned by another consumer is marked lost in the
 //! [`Held`] table: its delivery stops and writes no verdict. (Meeting locks are renewed by
-//! their own keeper, [`crate::lock::keep`].)
+//! their own keeper, [`crate::downstream::lock::keep`].)
 //!
 //! It runs until aborted, through the shutdown grace period too: entries still being finished
 //! must stay leased.

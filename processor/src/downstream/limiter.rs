@@ -12,7 +12,7 @@
 //! the caller sleeps that long and asks again (another replica may have taken the slot).
 //! Writes are spaced evenly — no burst — so no one-second window ever holds more than the rate
 //! allows. The wait is not a failed attempt and does not count against the handler's timeout
-//! ([`crate::waits::excluded`]).
+//! ([`crate::downstream::waits::excluded`]).
 
 use redis::{RedisResult, Script};
 use shared::conn::Conn;

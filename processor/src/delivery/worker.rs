@@ -11,15 +11,15 @@
 //! dead-lettered on its own.
 //!
 //! **One meeting at a time.** An entry about one meeting runs each handler attempt under that
-//! meeting's lock ([`crate::lock`]), so two entries about one meeting never read, decide and act
+//! meeting's lock ([`crate::downstream::lock`]), so two entries about one meeting never read, decide and act
 //! at the same time, on any replica.
 
-use crate::acker::Acker;
+use crate::delivery::acker::Acker;
 use crate::delivery::{Delivery, Settled};
 use crate::handlers::{Event, HandlerError, Registry};
-use crate::lock::MeetingLocks;
+use crate::downstream::lock::MeetingLocks;
 use crate::replies::Fields;
-use crate::retry::{RetryPolicy, Verdict};
+use crate::outcome::retry::{RetryPolicy, Verdict};
 use crate::stream::{RedisState, Stream};
 use shared::entry;
 use std::time::Instant;
@@ -139,7 +139,7 @@ impl Worker {
                 // Waiting for the lock is not this attempt's slowness (see `waits::excluded`).
                 // The lock's futures are boxed: entries about no meeting (the hot, forwarding
                 // path) should not carry their size in every task.
-                let lock = Box::pin(crate::waits::excluded(self.locks.lock(key)))
+                let lock = Box::pin(crate::downstream::waits::excluded(self.locks.lock(key)))
                     .await
                     .map_err(|e| HandlerError::transient(format!("cannot take the lock of meeting {key}: {e}")))?;
                 // The guard is the attempt's: renewed while it runs, stopped if lost, released
@@ -191,7 +191,7 @@ impl Worker {
     }
 
     /// The in-place retries are over (or cannot help yet) after a transient failure: the entry
-    /// is parked for a later retry ([`crate::parked`]), or dead-lettered when parking is off or
+    /// is parked for a later retry ([`crate::outcome::parking`]), or dead-lettered when parking is off or
     /// `RETRY_HORIZON_SECS` have passed since its first attempt.
     async fn retry_later(
         &self,
@@ -206,7 +206,7 @@ impl Worker {
             let reason = format!("retries exhausted after {attempts} attempts: {reason}");
             return self.dead_letter(delivery, &reason, attempts).await;
         }
-        let history = crate::parked::History::of(&delivery.entry);
+        let history = crate::outcome::parking::History::of(&delivery.entry);
         let first = history.first_attempt_at.unwrap_or(began);
         let total = history.attempts + attempts;
         let elapsed = (crate::clock::now() - first).to_std().unwrap_or_default();
@@ -223,8 +223,8 @@ impl Worker {
         // Never parked past the horizon: the retry at the horizon is the last one.
         let delay = park.delay(history.parked, asked).min(left);
         let mut record =
-            crate::parked::Record::new(&delivery.entry, &event.name, total, first, history.parked + 1, reason);
-        // Woken at once when that breaker closes (see `crate::breaker`), not at its due time.
+            crate::outcome::parking::Record::new(&delivery.entry, &event.name, total, first, history.parked + 1, reason);
+        // Woken at once when that breaker closes (see `crate::downstream::breaker`), not at its due time.
         record.waits_for = breaker.map(str::to_string);
         if let Settled::Parked(due) =
             Box::pin(delivery.park(&self.stream, &self.redis, &record.to_member(), delay)).await

@@ -2,30 +2,98 @@
 //! classified into [`HandlerError`]s. Every request is built to be valid for the published
 //! OpenAPI documents (existing operations, no undeclared query parameters, schema-valid bodies).
 
-use super::reconcile::{ApiVersion, Seen};
-use super::HandlerError;
-use crate::breaker::Breaker;
-use crate::config::{ProcessorConfig, RecordPolicy};
-use crate::limiter::{Slot, WriteLimiter};
+use crate::clock::now_ms;
+use crate::downstream::breaker::Breaker;
+use crate::downstream::limiter::{Slot, WriteLimiter};
+use crate::http::HandlerError;
+use redis::RedisResult;
 use reqwest::{Method, StatusCode, Url};
 use serde::de::DeserializeOwned;
+use serde::Deserialize;
 use serde_json::{Map, Value};
+use shared::conn::Conn;
+use shared::config::Secret;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 pub const API_KEY_HEADER: &str = "x-meeting-baas-api-key";
+
+/// Where the API is and what every bot request carries (`MEETING_BAAS_API_URL`,
+/// `MEETING_BAAS_API_KEY`, `BOT_NAME`, `BOT_CONFIG`).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub base: Url,
+    pub api_key: Option<Secret<String>>,
+    pub bot_name: String,
+    pub bot_config: Map<String, Value>,
+}
 
 pub struct Api {
     http: reqwest::Client,
     base: Url,
-    api_key: Option<shared::config::Secret<String>>,
-    pub policy: RecordPolicy,
+    api_key: Option<Secret<String>>,
     bot_name: String,
     bot_config: Map<String, Value>,
     /// Every write (POST, PATCH, DELETE) waits for a slot of the shared write limit.
     limiter: WriteLimiter,
     /// Records which API versions' calendar webhooks are handled (for `RECONCILE_APIS=auto`).
     seen: Option<Seen>,
-    /// The API's breaker: no call while it is open ([`crate::breaker`]).
+    /// The API's breaker: no call while it is open ([`crate::downstream::breaker`]).
     breaker: Breaker,
+}
+
+/// How often one process records an API version it has seen.
+const RECORD_EVERY_MS: u64 = 3_600_000;
+
+/// Which API a meeting lives in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ApiVersion {
+    V1,
+    V2,
+}
+
+/// `v1` or `v2`.
+pub fn name(api: ApiVersion) -> &'static str {
+    match api {
+        ApiVersion::V1 => "v1",
+        ApiVersion::V2 => "v2",
+    }
+}
+
+
+
+
+/// Records the API versions whose calendar webhooks this process handles, for `auto`.
+#[derive(Clone)]
+pub struct Seen {
+    con: Conn,
+    key: String,
+    /// When this process last recorded v1 and v2 (Unix ms).
+    last: Arc<[AtomicU64; 2]>,
+}
+
+impl Seen {
+    pub fn new(con: Conn, ns: &str) -> Self {
+        Self { con, key: shared::keys::Keys::new(ns).reconcile_apis, last: Arc::default() }
+    }
+
+    /// A calendar entry of `api` was handled. At most one HSET an hour per version; an error
+    /// is only logged (it changes nothing but `auto`'s view).
+    pub async fn record(&self, api: ApiVersion) {
+        let slot = &self.last[api as usize];
+        let now = now_ms();
+        if now.saturating_sub(slot.load(Ordering::Relaxed)) < RECORD_EVERY_MS {
+            return;
+        }
+        slot.store(now, Ordering::Relaxed);
+        let recorded: RedisResult<i64> =
+            redis::cmd("HSET").arg(&self.key).arg(name(api)).arg(now).query_async(&mut self.con.clone()).await;
+        if let Err(err) = recorded {
+            slot.store(0, Ordering::Relaxed);
+            tracing::debug!(error = %err, "recording the API version for RECONCILE_APIS=auto failed");
+        }
+    }
 }
 
 /// A successful answer.
@@ -37,18 +105,17 @@ pub struct Answer {
 impl Api {
     pub fn new(
         http: reqwest::Client,
-        config: &ProcessorConfig,
+        settings: &Settings,
         limiter: WriteLimiter,
         seen: Option<Seen>,
         breaker: Breaker,
     ) -> Self {
         Self {
             http,
-            base: config.api_url.clone(),
-            api_key: config.api_key.clone(),
-            policy: config.record_policy,
-            bot_name: config.bot_name.clone(),
-            bot_config: config.bot_config.clone(),
+            base: settings.base.clone(),
+            api_key: settings.api_key.clone(),
+            bot_name: settings.bot_name.clone(),
+            bot_config: settings.bot_config.clone(),
             limiter,
             seen,
             breaker,
@@ -128,16 +195,16 @@ impl Api {
             // Never a write after the meeting's lock was lost (SPEC §4.2): the lock is confirmed
             // last thing before the request, in the limiter's script when there is a limit.
             let lost = |why: String| HandlerError::transient(format!("{what}: {why}"));
-            let lock = crate::lock::proof().map_err(lost)?;
+            let lock = crate::downstream::lock::proof().map_err(lost)?;
             // The wait is not this attempt's slowness: it does not count against its timeout.
-            let slot = crate::waits::excluded(self.limiter.acquire(lock.as_ref().map(|(proof, _)| proof)))
+            let slot = crate::downstream::waits::excluded(self.limiter.acquire(lock.as_ref().map(|(proof, _)| proof)))
                 .await
                 .map_err(|e| HandlerError::transient(format!("{what}: the API write limiter in Redis failed: {e}")))?;
             match (slot, &lock) {
                 (Slot::LockLost, Some((_, confirm))) => return Err(lost(confirm.refused())),
                 (Slot::Taken { lock_confirmed_at: Some(sent) }, Some((_, confirm))) => confirm.confirmed(sent),
                 // No limit (or no lock): confirmed on its own.
-                _ => crate::lock::confirm_held().await.map_err(lost)?,
+                _ => crate::downstream::lock::confirm_held().await.map_err(lost)?,
             }
         }
         // Counted for the breaker however it ends, a timeout's drop included.

@@ -19,9 +19,13 @@
 //! replica's `CLAIM_IDLE_MS`, the acker's queue and the clocks agreeing, and measured no faster
 //! in a drain: docs/benchmarks.md.)
 
-use crate::acker::Acker;
+pub mod acker;
+pub mod lease;
+pub mod worker;
+
+use acker::Acker;
 use crate::replies::StreamEntry;
-use crate::retry::reconnect_backoff;
+use crate::outcome::retry::reconnect_backoff;
 use crate::stream::{is_nogroup, RedisState, Stream};
 use backoff::backoff::Backoff;
 use std::collections::HashMap;
@@ -195,7 +199,7 @@ impl Delivery {
     }
 
     /// Acks the entry and parks `record` (its member of the retry set) due after `delay`, in one
-    /// script, only while this consumer owns it ([`crate::parked`]).
+    /// script, only while this consumer owns it ([`crate::outcome::parking`]).
     pub async fn park(self, stream: &Stream, redis: &RedisState, record: &str, delay: Duration) -> Settled {
         self.settle("park", stream, redis, || stream.park(&self.entry.id, record, delay))
             .await

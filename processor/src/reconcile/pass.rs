@@ -1,37 +1,14 @@
-//! The reconciler (SPEC §4.4): even a webhook that never came.
-//!
-//! Webhooks can be lost before they reach hookstream (the sender gives up after its retry
-//! schedule, an endpoint is disabled, a proxy drops them). So every `RECONCILE_INTERVAL_SECS`
-//! (±10 % jitter) one replica — the one that takes the lease `{ns}:reconcile`, held for the
-//! interval, so one pass per interval across all replicas; a dead holder's lease lapses — lists
-//! every calendar of each API version in `RECONCILE_APIS` and each calendar's events from now
-//! to now + `RECONCILE_HORIZON_HOURS`, every page of the cursor.
-//!
-//! **It only finds candidates** (the shape of kube-rs's `Controller`): an event whose listed
-//! state the decision ([`crate::handlers::decision`]) would act on — it looks wanted and has no
-//! bot, or unwanted and has one — is *drift*, and gets one `hookstream.reconcile` entry. The
-//! stream is the work queue: that entry takes the meeting's lock, reads the current event,
-//! decides, writes within the write limit, retries and dead-letters like any other. The
-//! reconciler never writes to the API, and a converged calendar costs no writes and no entries.
-//!
-//! Reads are paced at `RECONCILE_READS_PER_SEC` across replicas (a limiter in Redis,
-//! `{ns}:ratelimit:reconcile-reads`). An API that misbehaves cannot trap the pass: a cursor
-//! that repeats, more than [`MAX_PAGES`] pages, or a page that cannot be read ends that
-//! listing with a `warn` line and the pass's `error` result; the other calendars are still
-//! reconciled.
-//!
-//! `auto` means the API versions whose calendar webhooks this namespace processed in the last
-//! 30 days: the calendar handlers record it in `{ns}:reconcile:apis` (a hash, version → Unix
-//! ms), at most once an hour per version and process.
+//! One pass: list the calendars and their events, find the drift, append one
+//! `hookstream.reconcile` entry per drifted meeting (see the module docs of `reconcile`).
 
+use super::settings::{Apis, Settings};
 use crate::clock::now_ms;
-use crate::config::RecordPolicy;
+use crate::downstream::limiter::WriteLimiter;
+use crate::downstream::meeting_baas::{is_uuid, name, Api, ApiVersion};
 use crate::handlers::calendar_v1::CalendarEvent;
 use crate::handlers::calendar_v2::Current;
-use crate::handlers::decision::{decide, Decision, Facts};
-use crate::handlers::meeting_baas::{is_uuid, Api};
-use crate::handlers::reconcile::{apis_key, name, ApiVersion, EVENT};
-use crate::limiter::WriteLimiter;
+use crate::handlers::decision::{decide, Decision, Facts, RecordPolicy};
+use crate::handlers::reconcile::EVENT;
 use redis::RedisResult;
 use serde::Deserialize;
 use serde_json::json;
@@ -47,50 +24,6 @@ pub const MAX_PAGES: usize = 1000;
 pub const MAX_HOLD_BACK: Duration = Duration::from_secs(86_400);
 /// `auto` looks back this far for calendar webhooks of an API version.
 const SEEN_FOR_MS: u64 = 30 * 86_400_000;
-
-/// Which API versions to reconcile (`RECONCILE_APIS`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Apis {
-    /// The versions whose calendar webhooks the namespace processed in the last 30 days.
-    Auto,
-    /// These (`none`: empty).
-    These(Vec<ApiVersion>),
-}
-
-impl std::str::FromStr for Apis {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let s = s.trim().to_ascii_lowercase();
-        match s.as_str() {
-            "auto" => return Ok(Self::Auto),
-            "none" => return Ok(Self::These(Vec::new())),
-            _ => {}
-        }
-        let mut versions = Vec::new();
-        for part in s.split(',').map(str::trim) {
-            let version = match part {
-                "v1" => ApiVersion::V1,
-                "v2" => ApiVersion::V2,
-                _ => return Err("expected auto, none, v1, v2 or v1,v2".into()),
-            };
-            if !versions.contains(&version) {
-                versions.push(version);
-            }
-        }
-        Ok(Self::These(versions))
-    }
-}
-
-/// The reconciler's settings (`RECONCILE_*`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Settings {
-    /// `RECONCILE_INTERVAL_SECS`; zero: off.
-    pub interval: Duration,
-    pub horizon: Duration,
-    pub apis: Apis,
-    pub reads_per_sec: u32,
-}
-
 /// Missing or extra: which way a meeting drifted from what the calendar wants.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DriftKind {
@@ -213,13 +146,12 @@ fn drift_of(facts: Facts, policy: RecordPolicy, organizer_unknown: bool) -> Opti
 pub struct Reconciler {
     api: Api,
     reads: WriteLimiter,
-    con: Conn,
-    partitions: Partitions,
-    namespace: String,
+    pub(super) con: Conn,
+    pub(super) partitions: Partitions,
     policy: RecordPolicy,
-    settings: Settings,
+    pub(super) settings: Settings,
     /// Spans, when tracing is on: one `INTERNAL` span per pass, its API reads inside it.
-    traces: Option<shared::otel::Traces>,
+    pub(super) traces: Option<shared::otel::Traces>,
 }
 
 /// Follows a listing's cursor, with the guards of the module docs. `fetch(cursor)` reads one
@@ -262,29 +194,11 @@ where
 }
 
 impl Reconciler {
-    /// The reconciler for `config`, on the command connection `con`.
-    pub fn build(config: &crate::ProcessorConfig, con: Conn) -> Result<Self, reqwest::Error> {
-        let http = crate::handlers::http_client(config.handler_timeout)?;
-        let namespace = config.common.namespace.clone();
-        let reads = WriteLimiter::new(
-            format!("{{{namespace}}}:ratelimit:reconcile-reads"),
-            con.clone(),
-            config.reconcile.reads_per_sec,
-        );
-        // Its Api never writes: the write limiter it carries is never asked. Its reads go through
-        // the API's breaker: while it is open, nobody calls the API, the reconciler included.
-        let breaker = crate::breaker::Breakers::new(&config.common.partitions(), &con, config.breakers).meeting_baas;
-        let api = Api::new(http, config, WriteLimiter::new(String::new(), con.clone(), 0), None, breaker);
-        Ok(Self {
-            api,
-            reads,
-            con,
-            partitions: config.common.partitions(),
-            namespace,
-            policy: config.record_policy,
-            settings: config.reconcile.clone(),
-            traces: None,
-        })
+    /// The reconciler: `api` reads (paced at `RECONCILE_READS_PER_SEC` across replicas), `con`
+    /// appends the drift's entries.
+    pub fn new(api: Api, con: Conn, partitions: Partitions, policy: RecordPolicy, settings: Settings) -> Self {
+        let reads = WriteLimiter::new(partitions.namespace().reconcile_reads.clone(), con.clone(), settings.reads_per_sec);
+        Self { api, reads, con, partitions, policy, settings, traces: None }
     }
 
     /// Makes a span per pass with `traces` ([`crate::traces`]).
@@ -293,35 +207,13 @@ impl Reconciler {
         self
     }
 
-    /// [`Self::pass`] inside a `reconcile` span when tracing is on.
-    async fn traced_pass(&self) -> Result<Report, String> {
-        let Some(traces) = &self.traces else { return self.pass(false).await };
-        use opentelemetry::context::FutureExt;
-        use opentelemetry::trace::TraceContextExt;
-        use shared::otel::{KeyValue, SpanKind, Status};
-        let span = shared::otel::span("reconcile", SpanKind::Internal, vec![]);
-        let cx = traces.start(span, &opentelemetry::Context::new()).with_value(traces.clone());
-        let report = self.pass(false).with_context(cx.clone()).await;
-        let span = cx.span();
-        match &report {
-            Ok(r) => span.set_attributes([
-                KeyValue::new("hookstream.calendars", r.calendars as i64),
-                KeyValue::new("hookstream.drift", r.drift.len() as i64),
-                KeyValue::new("hookstream.errors", r.errors.len() as i64),
-            ]),
-            Err(why) => span.set_status(Status::error(why.clone())),
-        }
-        span.end();
-        report
-    }
-
     /// The API versions to reconcile now.
     async fn versions(&self) -> RedisResult<Vec<ApiVersion>> {
         match &self.settings.apis {
             Apis::These(versions) => Ok(versions.clone()),
             Apis::Auto => {
                 let seen: std::collections::HashMap<String, u64> =
-                    redis::cmd("HGETALL").arg(apis_key(&self.namespace)).query_async(&mut self.con.clone()).await?;
+                    redis::cmd("HGETALL").arg(&self.partitions.namespace().reconcile_apis).query_async(&mut self.con.clone()).await?;
                 let since = now_ms().saturating_sub(SEEN_FOR_MS);
                 let recent = |v: &str| seen.get(v).is_some_and(|at| *at >= since);
                 Ok([ApiVersion::V1, ApiVersion::V2].into_iter().filter(|v| recent(name(*v))).collect())
@@ -543,135 +435,12 @@ impl Reconciler {
             .query_async(&mut self.con.clone())
             .await
     }
-
-    /// Records a pass for `processor status` (`{ns}:reconcile:last`) and the metrics.
-    async fn record(&self, report: &Result<Report, String>) {
-        let ok = report.as_ref().is_ok_and(|r| r.errors.is_empty());
-        crate::metrics::reconcile_run(ok);
-        let mut cmd = redis::cmd("HSET");
-        cmd.arg(last_key(&self.namespace)).arg("at").arg(crate::clock::timestamp()).arg("result").arg(if ok {
-            "ok"
-        } else {
-            "error"
-        });
-        match report {
-            Ok(r) => {
-                for d in &r.drift {
-                    crate::metrics::reconcile_drift(name(d.api), d.kind.label());
-                }
-                cmd.arg("duration_ms")
-                    .arg(r.duration.as_millis() as u64)
-                    .arg("calendars")
-                    .arg(r.calendars)
-                    .arg("events")
-                    .arg(r.events)
-                    .arg("drift")
-                    .arg(r.drift.len())
-                    .arg("error")
-                    .arg(r.errors.join("; "));
-            }
-            Err(why) => {
-                cmd.arg("error").arg(why);
-            }
-        }
-        let _: RedisResult<i64> = cmd.query_async(&mut self.con.clone()).await;
-    }
-
-    /// Every interval (jittered), takes the lease — or, holding it already, renews it — and runs
-    /// a pass; until aborted. While the pass runs the lease is renewed, so a pass longer than
-    /// the interval never lets another replica start a second one; a replica reconciling alone
-    /// keeps the interval (it does not find its own lease and skip).
-    pub async fn run(self, holder: String) {
-        let interval = self.settings.interval;
-        if interval.is_zero() {
-            return;
-        }
-        let lease = Lease {
-            key: self.partitions.namespace().reconcile_lease.clone(),
-            holder,
-            ttl: interval,
-            con: self.con.clone(),
-        };
-        loop {
-            tokio::time::sleep(crate::clock::jitter(interval, 0.1)).await;
-            if !matches!(lease.take().await, Ok(true)) {
-                continue; // another replica reconciles this interval (or Redis is down)
-            }
-            let report = {
-                let pass = self.traced_pass();
-                tokio::pin!(pass);
-                loop {
-                    tokio::select! {
-                        report = &mut pass => break report,
-                        _ = tokio::time::sleep(interval / 3) => { let _ = lease.take().await; }
-                    }
-                }
-            };
-            match &report {
-                Ok(r) => tracing::info!(
-                    calendars = r.calendars,
-                    events = r.events,
-                    drift = r.drift.len(),
-                    held_back = r.held_back,
-                    errors = r.errors.len(),
-                    duration_ms = r.duration.as_millis() as u64,
-                    "reconcile pass done"
-                ),
-                Err(why) => tracing::warn!(error = %why, "reconcile pass failed: cannot list"),
-            }
-            self.record(&report).await;
-        }
-    }
-}
-
-/// The reconciler's lease `{ns}:reconcile`: one replica reconciles per interval.
-struct Lease {
-    key: String,
-    holder: String,
-    ttl: Duration,
-    con: Conn,
-}
-
-/// Takes the lease when free, renews it when this holder has it; `1` when it is this holder's.
-const LEASE_SCRIPT: &str = r#"
-local holder = redis.call('GET', KEYS[1])
-if holder == false or holder == ARGV[1] then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return 1
-end
-return 0
-"#;
-
-impl Lease {
-    async fn take(&self) -> RedisResult<bool> {
-        let taken: i64 = redis::Script::new(LEASE_SCRIPT)
-            .key(&self.key)
-            .arg(&self.holder)
-            .arg(u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX).max(1))
-            .invoke_async(&mut self.con.clone())
-            .await?;
-        Ok(taken == 1)
-    }
-}
-
-/// `{ns}:reconcile:last`: the last pass, for `processor status`.
-pub fn last_key(ns: &str) -> String {
-    format!("{{{ns}}}:reconcile:last")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::handlers::decision::Status;
-
-    #[test]
-    fn apis_setting() {
-        assert_eq!("auto".parse(), Ok(Apis::Auto));
-        assert_eq!("none".parse(), Ok(Apis::These(vec![])));
-        assert_eq!("v2".parse(), Ok(Apis::These(vec![ApiVersion::V2])));
-        assert_eq!("V1, v2".parse(), Ok(Apis::These(vec![ApiVersion::V1, ApiVersion::V2])));
-        assert!("v3".parse::<Apis>().is_err());
-    }
 
     #[test]
     fn drift_from_listed_state() {

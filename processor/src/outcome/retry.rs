@@ -3,7 +3,7 @@
 //!
 //! Time an attempt spends waiting for something shared — its meeting's lock, the API's write
 //! limit — is neither failure nor slowness of its own: such waits run inside
-//! [`crate::waits::excluded`], and the attempt's timeout and the retry budget do not count them.
+//! [`crate::downstream::waits::excluded`], and the attempt's timeout and the retry budget do not count them.
 //! A sync about hundreds of meetings then completes at the write limit's pace instead of timing
 //! out.
 //!
@@ -21,7 +21,7 @@
 
 use crate::handlers::{Event, HandlerError};
 use crate::metrics::Attempt;
-use crate::waits::WaitClock;
+use crate::downstream::waits::WaitClock;
 use backoff::backoff::Backoff;
 use backoff::ExponentialBackoffBuilder;
 use std::future::Future;
@@ -149,7 +149,7 @@ impl RetryPolicy {
                 );
             };
             let (reason, retry_after) =
-                match self.timed(&clock, crate::waits::counted(clock.clone(), attempt(attempts))).await {
+                match self.timed(&clock, crate::downstream::waits::counted(clock.clone(), attempt(attempts))).await {
                     Some(Ok(())) => {
                         crate::metrics::attempt(Attempt::Ok);
                         return Outcome { verdict: Verdict::Done, attempts };
@@ -167,7 +167,7 @@ impl RetryPolicy {
                             let breaker = Some(downstream);
                             return Outcome { verdict: Verdict::Deferred { reason, wait, breaker }, attempts };
                         }
-                        crate::waits::counted(clock.clone(), crate::waits::excluded(tokio::time::sleep(wait))).await;
+                        crate::downstream::waits::counted(clock.clone(), crate::downstream::waits::excluded(tokio::time::sleep(wait))).await;
                         continue;
                     }
                     Some(Err(HandlerError::Transient { reason, retry_after })) => (reason, retry_after),
@@ -228,7 +228,7 @@ pub fn reconnect_backoff() -> impl Backoff {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::waits::excluded;
+    use crate::downstream::waits::excluded;
     use std::sync::atomic::{AtomicU32, Ordering};
 
     fn policy(max_elapsed_ms: u64) -> RetryPolicy {

@@ -4,8 +4,9 @@
 //! - **Closed** (no key, or a key counting `failures`): calls go. Each transient failure of a
 //!   call adds one; a success deletes the key. After `BREAKER_FAILURES` in a row it opens.
 //! - **Open** (`open_until` in the future): no replica calls the downstream. A call that meets
-//!   it fails at once with [`HandlerError::Unavailable`], without reaching the network; the
-//!   retry loop parks the entry without counting an attempt ([`crate::retry`]).
+//!   it fails at once with [`Refused`] (to the retry loop, `HandlerError::Unavailable`), without
+//!   reaching the network; the
+//!   retry loop parks the entry without counting an attempt ([`crate::outcome::retry`]).
 //! - **Half open** (`open_until` past): the first replica to ask gets the one probe
 //!   (`probe_until` marks it taken, for one handler timeout, so a probe whose process died is
 //!   replaced); the others are refused as if open. The probe's success deletes the key (closed,
@@ -18,9 +19,10 @@
 //! one found open is not asked again before its `open_until`. A success is written only when
 //! Redis may hold failures to forget (this replica saw some, or made the probe).
 
-use crate::handlers::HandlerError;
+use crate::http::HandlerError;
 use redis::Script;
 use shared::conn::Conn;
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -99,6 +101,23 @@ redis.call('DEL', KEYS[1])
 if open_until > 0 then return 1 end
 return 0
 "#;
+
+/// A call refused without reaching the network: the downstream's breaker is open (or another
+/// replica probes it) for `wait` more.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{reason}")]
+pub struct Refused {
+    pub reason: String,
+    pub wait: Duration,
+    /// The `downstream` label.
+    pub downstream: &'static str,
+}
+
+impl From<Refused> for HandlerError {
+    fn from(r: Refused) -> Self {
+        HandlerError::Unavailable { reason: r.reason, wait: r.wait, downstream: r.downstream }
+    }
+}
 
 /// A downstream with a breaker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -245,9 +264,20 @@ impl Breaker {
         })))
     }
 
-    /// Asks whether a call may go: `Err(HandlerError::Unavailable)` while the breaker is open
+    /// The call `call` through this breaker: refused while it is open, else made and counted
+    /// however it ends (see [`Call`]). For a call that must do more between the breaker's
+    /// answer and the request (a write waits for the write limit first), [`Self::admit`],
+    /// [`Self::start`] and [`Call::finish`] are the same steps apart.
+    pub async fn call<T>(&self, call: impl Future<Output = Result<T, HandlerError>>) -> Result<T, HandlerError> {
+        let started = self.start(self.admit().await?);
+        let result = call.await;
+        started.finish(&result).await;
+        result
+    }
+
+    /// Asks whether a call may go: `Err(Refused)` while the breaker is open
     /// (or another replica probes it). Redis failing to answer lets the call go.
-    pub async fn admit(&self) -> Result<Pass, HandlerError> {
+    pub async fn admit(&self) -> Result<Pass, Refused> {
         let Some(inner) = &self.0 else { return Ok(Pass::Free) };
         let now = Instant::now();
         {
@@ -385,8 +415,8 @@ impl Inner {
         self.local.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn refusal(&self, wait: Duration) -> HandlerError {
-        HandlerError::Unavailable {
+    fn refusal(&self, wait: Duration) -> Refused {
+        Refused {
             reason: format!(
                 "{} was not called: its breaker is open after {} transient failures in a row",
                 self.downstream.describe(),

@@ -1,7 +1,7 @@
 //! Waits for something shared — a meeting's lock, a slot of the API's write limit — that are
 //! not the waiting attempt's own slowness.
 //!
-//! The retry loop ([`crate::retry`]) runs each handler attempt [`counted`] by a [`WaitClock`];
+//! The retry loop ([`crate::outcome::retry`]) runs each handler attempt [`counted`] by a [`WaitClock`];
 //! code that waits for a shared resource wraps the wait in [`excluded`]. The attempt's timeout
 //! (`HANDLER_TIMEOUT_MS`) and the retry budget (`RETRY_MAX_ELAPSED_MS`) then leave that time
 //! out. This module sits below both the retry loop and the handlers, so neither imports the

@@ -6,11 +6,11 @@
 //!
 //! Blocking reads run on a connection of their own (a blocked socket would stall every command
 //! queued behind it), whose response timeout is `BLOCK_MS` plus a margin
-//! ([`crate::config::Timing::reader_timeout`]): a Redis that falls
+//! ([`crate::timing::Timing::reader_timeout`]): a Redis that falls
 //! silent mid-read is noticed, and the next read opens a fresh connection.
 
-use crate::dispatch::{Dispatcher, HeldEntry};
-use crate::retry::reconnect_backoff;
+use crate::intake::dispatch::{Dispatcher, HeldEntry};
+use crate::outcome::retry::reconnect_backoff;
 use crate::stream::is_nogroup;
 use backoff::backoff::Backoff;
 use shared::conn::Conn;

@@ -26,9 +26,9 @@
 //!   lock expired, or was lost in a failover, can never release the next holder's;
 //! - a meeting that is locked is waited for — never skipped — with a jittered backoff from
 //!   10 ms up to 250 ms between tries (no busy loop). The entry keeps its lease meanwhile, and
-//!   the wait does not count against its handler timeout ([`crate::waits::excluded`]).
+//!   the wait does not count against its handler timeout ([`crate::downstream::waits::excluded`]).
 
-use crate::limiter::LockProof;
+use crate::downstream::limiter::LockProof;
 use redis::{RedisResult, Script};
 use shared::conn::Conn;
 use shared::keys::Keys;
@@ -269,7 +269,7 @@ struct Scope {
 }
 
 /// The current attempt's lock, for the write limiter to confirm in its own script
-/// ([`crate::limiter::WriteLimiter::acquire`]); `Ok(None)` outside a locked attempt, `Err` when
+/// ([`crate::downstream::limiter::WriteLimiter::acquire`]); `Ok(None)` outside a locked attempt, `Err` when
 /// the lock is known lost already.
 pub fn proof() -> Result<Option<(LockProof, Confirm)>, String> {
     let Ok((hold, ttl)) = HELD.try_with(|s| (s.hold.clone(), s.locks.ttl)) else { return Ok(None) };
