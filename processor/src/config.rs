@@ -1,9 +1,9 @@
 //! The processor's settings (SPEC §5).
 
-use reqwest::Url;
-use shared::config::{Common, ConfigError, Reader, Secret, Var, COMMON_VARS};
 pub use crate::handlers::decision::RecordPolicy;
 pub use crate::timing::Timing;
+use reqwest::Url;
+use shared::config::{Common, ConfigError, Reader, Secret, Var, COMMON_VARS};
 use std::net::SocketAddr;
 use std::time::Duration;
 

@@ -24,11 +24,11 @@
 //! out is aborted and handed back too.
 
 use crate::config::ProcessorConfig;
-use crate::intake::dispatch::Dispatcher;
+use crate::delivery::worker::Worker;
 use crate::handlers::Registry;
+use crate::intake::dispatch::Dispatcher;
 use crate::outcome::retry::RetryPolicy;
 use crate::stream::{RedisState, Stream};
-use crate::delivery::worker::Worker;
 use http::Request;
 use hyper::body::Incoming;
 use shared::conn::Conn;

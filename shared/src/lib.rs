@@ -18,7 +18,6 @@ pub mod append;
 pub mod cli;
 pub mod config;
 pub mod conn;
-pub mod vars;
 pub mod entry;
 pub mod healthcheck;
 pub mod http;
@@ -27,6 +26,7 @@ pub mod layout;
 pub mod otel;
 pub mod shutdown;
 pub mod telemetry;
+pub mod vars;
 
 /// Exit code for bad configuration or bad command-line arguments (`EX_USAGE` in sysexits.h).
 pub const EXIT_USAGE: u8 = 64;

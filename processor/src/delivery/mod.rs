@@ -23,10 +23,10 @@ pub mod acker;
 pub mod lease;
 pub mod worker;
 
-use acker::Acker;
-use crate::replies::StreamEntry;
 use crate::outcome::retry::reconnect_backoff;
+use crate::replies::StreamEntry;
 use crate::stream::{is_nogroup, RedisState, Stream};
+use acker::Acker;
 use backoff::backoff::Backoff;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};

@@ -16,10 +16,10 @@
 
 use crate::delivery::acker::Acker;
 use crate::delivery::{Delivery, Settled};
-use crate::handlers::{Event, HandlerError, Registry};
 use crate::downstream::lock::MeetingLocks;
-use crate::replies::Fields;
+use crate::handlers::{Event, HandlerError, Registry};
 use crate::outcome::retry::{RetryPolicy, Verdict};
+use crate::replies::Fields;
 use crate::stream::{RedisState, Stream};
 use shared::entry;
 use std::time::Instant;
@@ -222,8 +222,14 @@ impl Worker {
         };
         // Never parked past the horizon: the retry at the horizon is the last one.
         let delay = park.delay(history.parked, asked).min(left);
-        let mut record =
-            crate::outcome::parking::Record::new(&delivery.entry, &event.name, total, first, history.parked + 1, reason);
+        let mut record = crate::outcome::parking::Record::new(
+            &delivery.entry,
+            &event.name,
+            total,
+            first,
+            history.parked + 1,
+            reason,
+        );
         // Woken at once when that breaker closes (see `crate::downstream::breaker`), not at its due time.
         record.waits_for = breaker.map(str::to_string);
         if let Settled::Parked(due) =

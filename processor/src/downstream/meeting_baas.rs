@@ -11,8 +11,8 @@ use reqwest::{Method, StatusCode, Url};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{Map, Value};
-use shared::conn::Conn;
 use shared::config::Secret;
+use shared::conn::Conn;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -60,9 +60,6 @@ pub fn name(api: ApiVersion) -> &'static str {
         ApiVersion::V2 => "v2",
     }
 }
-
-
-
 
 /// Records the API versions whose calendar webhooks this process handles, for `auto`.
 #[derive(Clone)]

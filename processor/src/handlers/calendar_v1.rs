@@ -8,10 +8,10 @@
 //! Each affected event is a meeting (`v1:<uuid>`): a sync about several is fanned out into one
 //! entry per meeting, each with the webhook's payload narrowed to its one uuid.
 
-use super::decision::{decide, is_past, Decision, Facts, Status};
-use crate::downstream::meeting_baas::Api;
-use super::{parse_payload, Event, Handler, HandlerError, HandlerFuture, Meeting};
 use super::decision::RecordPolicy;
+use super::decision::{decide, is_past, Decision, Facts, Status};
+use super::{parse_payload, Event, Handler, HandlerError, HandlerFuture, Meeting};
+use crate::downstream::meeting_baas::Api;
 use reqwest::Method;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};

@@ -11,10 +11,10 @@
 //! Each instance is a meeting (`v2:<calendar_id>:<event_id>`): an entry about several is fanned
 //! out into one entry per instance.
 
-use super::decision::{decide, is_past, Decision, Facts, Status};
-use crate::downstream::meeting_baas::{require_uuid, Api};
-use super::{parse_payload, Event, Handler, HandlerError, HandlerFuture, Meeting};
 use super::decision::RecordPolicy;
+use super::decision::{decide, is_past, Decision, Facts, Status};
+use super::{parse_payload, Event, Handler, HandlerError, HandlerFuture, Meeting};
+use crate::downstream::meeting_baas::{require_uuid, Api};
 use reqwest::{Method, StatusCode};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};

@@ -33,7 +33,6 @@ impl std::str::FromStr for RecordPolicy {
     }
 }
 
-
 /// What to do with one meeting.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decision {

@@ -144,4 +144,3 @@ pub fn parse_payload<'a, T: serde::Deserialize<'a>>(event: &'a Event) -> Result<
     serde_json::from_slice(&event.payload)
         .map_err(|e| HandlerError::permanent(format!("malformed {} payload: {e}", event.name)))
 }
-

@@ -6,8 +6,8 @@
 
 use super::calendar_v1::SyncEvents;
 use super::calendar_v2::Calendar;
-use crate::downstream::meeting_baas::require_uuid;
 use super::{parse_payload, Event, Handler, HandlerError, HandlerFuture, Meeting};
+use crate::downstream::meeting_baas::require_uuid;
 use crate::downstream::meeting_baas::ApiVersion;
 use redis::RedisResult;
 use serde::Deserialize;

@@ -10,10 +10,10 @@
 //! [`dispatch_batch`]: Dispatcher::dispatch_batch
 //! [`hand_back`]: Dispatcher::hand_back
 
-use crate::delivery::{Delivery, Held, Lease};
-use crate::replies::StreamEntry;
-use crate::outcome::retry::reconnect_backoff;
 use crate::delivery::worker::Worker;
+use crate::delivery::{Delivery, Held, Lease};
+use crate::outcome::retry::reconnect_backoff;
+use crate::replies::StreamEntry;
 use backoff::backoff::Backoff;
 use std::sync::Arc;
 use std::time::Duration;

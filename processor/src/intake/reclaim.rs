@@ -48,4 +48,3 @@ pub async fn run(dispatcher: &Dispatcher, timing: Timing, batch: usize) {
         }
     }
 }
-

@@ -19,9 +19,9 @@
 //! because that helper lets a `Retry-After` bypass the time budget; here a server's requested
 //! delay that would cross the budget ends the retries instead.
 
+use crate::downstream::waits::WaitClock;
 use crate::handlers::{Event, HandlerError};
 use crate::metrics::Attempt;
-use crate::downstream::waits::WaitClock;
 use backoff::backoff::Backoff;
 use backoff::ExponentialBackoffBuilder;
 use std::future::Future;
@@ -167,7 +167,11 @@ impl RetryPolicy {
                             let breaker = Some(downstream);
                             return Outcome { verdict: Verdict::Deferred { reason, wait, breaker }, attempts };
                         }
-                        crate::downstream::waits::counted(clock.clone(), crate::downstream::waits::excluded(tokio::time::sleep(wait))).await;
+                        crate::downstream::waits::counted(
+                            clock.clone(),
+                            crate::downstream::waits::excluded(tokio::time::sleep(wait)),
+                        )
+                        .await;
                         continue;
                     }
                     Some(Err(HandlerError::Transient { reason, retry_after })) => (reason, retry_after),

@@ -197,7 +197,8 @@ impl Reconciler {
     /// The reconciler: `api` reads (paced at `RECONCILE_READS_PER_SEC` across replicas), `con`
     /// appends the drift's entries.
     pub fn new(api: Api, con: Conn, partitions: Partitions, policy: RecordPolicy, settings: Settings) -> Self {
-        let reads = WriteLimiter::new(partitions.namespace().reconcile_reads.clone(), con.clone(), settings.reads_per_sec);
+        let reads =
+            WriteLimiter::new(partitions.namespace().reconcile_reads.clone(), con.clone(), settings.reads_per_sec);
         Self { api, reads, con, partitions, policy, settings, traces: None }
     }
 
@@ -212,8 +213,10 @@ impl Reconciler {
         match &self.settings.apis {
             Apis::These(versions) => Ok(versions.clone()),
             Apis::Auto => {
-                let seen: std::collections::HashMap<String, u64> =
-                    redis::cmd("HGETALL").arg(&self.partitions.namespace().reconcile_apis).query_async(&mut self.con.clone()).await?;
+                let seen: std::collections::HashMap<String, u64> = redis::cmd("HGETALL")
+                    .arg(&self.partitions.namespace().reconcile_apis)
+                    .query_async(&mut self.con.clone())
+                    .await?;
                 let since = now_ms().saturating_sub(SEEN_FOR_MS);
                 let recent = |v: &str| seen.get(v).is_some_and(|at| *at >= since);
                 Ok([ApiVersion::V1, ApiVersion::V2].into_iter().filter(|v| recent(name(*v))).collect())

@@ -35,11 +35,11 @@ impl Reconciler {
         let ok = report.as_ref().is_ok_and(|r| r.errors.is_empty());
         crate::metrics::reconcile_run(ok);
         let mut cmd = redis::cmd("HSET");
-        cmd.arg(&self.partitions.namespace().reconcile_last).arg("at").arg(crate::clock::timestamp()).arg("result").arg(if ok {
-            "ok"
-        } else {
-            "error"
-        });
+        cmd.arg(&self.partitions.namespace().reconcile_last)
+            .arg("at")
+            .arg(crate::clock::timestamp())
+            .arg("result")
+            .arg(if ok { "ok" } else { "error" });
         match report {
             Ok(r) => {
                 for d in &r.drift {
