@@ -75,6 +75,15 @@ pub fn timestamp() -> String {
     now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
+/// The Lua lines that start every script reading Redis's clock: `now` in Unix ms, `now_us` in
+/// Unix microseconds (`TIME`). One preamble, written once: `concat!(lua_now!(), r#"…"#)`.
+macro_rules! lua_now {
+    () => {
+        "local t = redis.call('TIME')\nlocal now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\nlocal now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])\n"
+    };
+}
+pub(crate) use lua_now;
+
 /// `d` ± `fraction` of it (0.1: ±10 %), uniformly.
 pub fn jitter(d: Duration, fraction: f64) -> Duration {
     let nanos = u128::from(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));

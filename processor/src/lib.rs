@@ -4,17 +4,14 @@
 //! cannot be done. See [`stream`] for how Redis Streams are used.
 
 //!
-//! Modules, from the top down (a module uses only those below it):
-//! `service` (the supervisor) → `reader`, `lease`, `housekeeping` (reclaimer, forwarder of
-//! parked entries, tidier), `reconcile`, `health` (the loops) →
-//! `dispatch` (slots, tasks) → `worker` (one delivery's handling: fan-out, meeting lock,
-//! retries) → `delivery` (the `Delivery` and the table of what is held), `retry`, `parked` (the
-//! retry set's records), `lock` (one
-//! meeting at a time), `handlers/` → `breaker` (a downstream's breaker, shared through Redis),
-//! `limiter` (the shared API write limit), `waits` (waits that
-//! do not count against an attempt), `acker` → `stream` (commands) → `replies` (typed Redis
-//! replies), used by `ops` (operator commands) too; `events` (the table of known event names)
-//! and `metrics` below everything. No module imports one above it.
+//! Modules, from the top down, in the order one entry flows (a module uses only those below it;
+//! docs/design.md, "The processor's layers"): `service` (the supervisor), `cli` → `housekeeping`
+//! (tidier, forwarder of parked entries), `health` → `intake` (reader, reclaim, dispatch),
+//! `ops` (operator commands) → `config` (assembled here, each part given its own settings) →
+//! `delivery` (the `Delivery`, its lease, the acker, the worker), `reconcile` (settings, pass,
+//! runner) → `outcome` (in-place retry, parking) → `handlers` (the decisions) → `downstream`
+//! (API client, breaker, limiter, meeting lock, waits) → `traces`, `http` (a downstream call),
+//! `stream` (commands) → `replies`, `clock`, `timing`, `metrics`, `events` below everything.
 
 pub mod cli;
 pub mod clock;

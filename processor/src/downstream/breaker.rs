@@ -30,12 +30,12 @@ use tokio::time::Instant;
 /// How long a replica trusts a "closed, nothing counted" answer before it asks Redis again.
 pub const CLOSED_FRESH: Duration = Duration::from_millis(500);
 
-const ADMIT_SCRIPT: &str = r#"
+const ADMIT_SCRIPT: &str = concat!(
+    crate::clock::lua_now!(),
+    r#"
 -- KEYS[1] breaker; ARGV[1] how long a probe may take, ms.
 -- Returns {0, failures} closed; {1, ms until it half-opens} open; {2, 0} the probe is yours;
 -- {3, ms until the probe under way is given up} half open, another replica probes.
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local h = redis.call('HMGET', KEYS[1], 'open_until', 'probe_until', 'failures')
 local open_until = tonumber(h[1] or '0')
 if open_until == 0 then
@@ -54,16 +54,17 @@ if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[1]) then
   redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[1]) * 2)
 end
 return {2, 0}
-"#;
+"#
+);
 
-const FAILED_SCRIPT: &str = r#"
+const FAILED_SCRIPT: &str = concat!(
+    crate::clock::lua_now!(),
+    r#"
 -- KEYS[1] breaker; ARGV[1] BREAKER_FAILURES, ARGV[2] BREAKER_COOLDOWN_MS, ARGV[3] how long
 -- failures are remembered while closed, ms; ARGV[4] 1 when the failed call was the probe;
 -- ARGV[5] how long an open breaker is kept once its cooldown is over and nobody probes it, ms.
 -- Returns {0, failures} still closed; {1, 0} already open; {2, cooldown} opened now;
 -- {3, cooldown} the probe failed: open again.
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local cooldown = tonumber(ARGV[2])
 local open_until = tonumber(redis.call('HGET', KEYS[1], 'open_until') or '0')
 if open_until > 0 then
@@ -85,14 +86,15 @@ if n >= tonumber(ARGV[1]) then
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return {0, n}
-"#;
+"#
+);
 
-const SUCCEEDED_SCRIPT: &str = r#"
+const SUCCEEDED_SCRIPT: &str = concat!(
+    crate::clock::lua_now!(),
+    r#"
 -- KEYS[1] breaker; ARGV[1] 1 when the call was the probe.
 -- Forgets the failures; closes a half-open breaker. An open one stays open unless the call was
 -- its probe (a call sent before it opened proves little). Returns 1 when it closed a breaker.
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local open_until = tonumber(redis.call('HGET', KEYS[1], 'open_until') or '0')
 if open_until > now and ARGV[1] ~= '1' then
   return 0
@@ -100,7 +102,8 @@ end
 redis.call('DEL', KEYS[1])
 if open_until > 0 then return 1 end
 return 0
-"#;
+"#
+);
 
 /// A call refused without reaching the network: the downstream's breaker is open (or another
 /// replica probes it) for `wait` more.
@@ -492,16 +495,17 @@ impl std::fmt::Display for State {
     }
 }
 
-const STATE_SCRIPT: &str = r#"
+const STATE_SCRIPT: &str = concat!(
+    crate::clock::lua_now!(),
+    r#"
 -- KEYS[1] breaker. Returns {0, failures} closed, {1, ms until half open} open, {2, 0} half open.
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local h = redis.call('HMGET', KEYS[1], 'open_until', 'failures')
 local open_until = tonumber(h[1] or '0')
 if open_until == 0 then return {0, tonumber(h[2] or '0')} end
 if open_until > now then return {1, open_until - now} end
 return {2, 0}
-"#;
+"#
+);
 
 /// Reads the state of the breaker at `key` (no probe taken).
 pub async fn state(con: &mut Conn, key: &str) -> redis::RedisResult<State> {

@@ -18,7 +18,9 @@ use redis::{RedisResult, Script};
 use shared::conn::Conn;
 use std::time::Duration;
 
-const GCRA_SCRIPT: &str = r#"
+const GCRA_SCRIPT: &str = concat!(
+    crate::clock::lua_now!(),
+    r#"
 -- KEYS[1] limiter, KEYS[2] (when the write is about a meeting) its lock; ARGV[1] interval
 -- between two writes, microseconds; ARGV[2] the lock's token, ARGV[3] its TTL, ms.
 -- Returns -1 when the lock is not ours any more (no slot taken: the write must not go), 0 when
@@ -29,31 +31,31 @@ if KEYS[2] then
   end
   redis.call('PEXPIRE', KEYS[2], ARGV[3])
 end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local interval = tonumber(ARGV[1])
 local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
-if tat < now then
-  tat = now
+if tat < now_us then
+  tat = now_us
 end
-if tat > now then
-  return tat - now
+if tat > now_us then
+  return tat - now_us
 end
 redis.call('SET', KEYS[1], string.format('%d', tat + interval), 'PX', math.ceil(interval / 1000) + 1000)
 return 0
-"#;
+"#
+);
 
-const PAUSE_SCRIPT: &str = r#"
+const PAUSE_SCRIPT: &str = concat!(
+    crate::clock::lua_now!(),
+    r#"
 -- KEYS[1] limiter; ARGV[1] pause, microseconds. No write slot before now + pause.
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local until_us = now + tonumber(ARGV[1])
+local until_us = now_us + tonumber(ARGV[1])
 local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
 if until_us > tat then
   redis.call('SET', KEYS[1], string.format('%d', until_us), 'PX', math.ceil(tonumber(ARGV[1]) / 1000) + 1000)
 end
 return 0
-"#;
+"#
+);
 
 /// What the limiter needs to confirm a meeting's lock along with the slot.
 pub struct LockProof {

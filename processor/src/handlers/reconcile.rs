@@ -17,14 +17,15 @@ use std::sync::Arc;
 /// The event name of the reconciler's entries.
 pub const EVENT: &str = "hookstream.reconcile";
 
-const DEAD_SCRIPT: &str = r#"
+const DEAD_SCRIPT: &str = concat!(
+    crate::clock::lua_now!(),
+    r#"
 -- KEYS[1] {ns}:reconcile:dead; ARGV[1] the meeting's dedup identity.
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local n = tonumber(string.match(redis.call('HGET', KEYS[1], ARGV[1]) or '', '^(%d+):') or '0') + 1
 redis.call('HSET', KEYS[1], ARGV[1], n .. ':' .. now)
 return n
-"#;
+"#
+);
 
 /// A `hookstream.reconcile` entry about the meeting `dedup_id` was dead-lettered: one more in a
 /// row in `key` (`{ns}:reconcile:dead`, [`shared::keys::Keys::reconcile_dead`]): meeting (its

@@ -96,26 +96,26 @@ return ids
 
 pub(super) const PARK_SCRIPT: &str = concat!(
     ack_if_owned!(),
+    crate::clock::lua_now!(),
     r#"
 -- KEYS[1] stream, KEYS[2] retry set; ARGV[1] group, ARGV[2] consumer, ARGV[3] entry id,
 -- ARGV[4] delay, ms; ARGV[5] the record (JSON).
 -- Acks the entry if this consumer owns it and, only if that ack removed it, parks the record,
 -- due ARGV[4] ms from now on Redis's clock. Returns the due time (Unix ms), or nil.
-local t = redis.call('TIME')
-local due = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[4])
+local due = now + tonumber(ARGV[4])
 redis.call('ZADD', KEYS[2], due, ARGV[5])
 return due
 "#
 );
 
-pub(super) const REAPPEND_SCRIPT: &str = r#"
+pub(super) const REAPPEND_SCRIPT: &str = concat!(
+    crate::clock::lua_now!(),
+    r#"
 -- KEYS[1] retry set, KEYS[2] stream, KEYS[3] dead stream; ARGV[1] most members at once.
 -- Moves the members due now (Redis's clock) back to the stream, each as one new entry with its
 -- fields plus attempts, first_attempt_at and parked; a member that is not a readable record
 -- goes to the dead stream as it is. Each is appended before it is removed, and both happen in
 -- this one script: exactly once. Returns {appended, unreadable}.
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
 local function readable(r)
   if type(r) ~= 'table' or type(r.fields) ~= 'table' or #r.fields == 0 then return false end
@@ -152,7 +152,8 @@ for _, member in ipairs(due) do
   redis.call('ZREM', KEYS[1], member)
 end
 return {appended, unreadable}
-"#;
+"#
+);
 
 impl Stream {
     /// Acks the ids this consumer still owns, in one script call; returns the ids it did not
