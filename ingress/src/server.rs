@@ -210,20 +210,13 @@ async fn read_backlog(state: &State, con: &mut Conn) -> Option<u64> {
     let mut parked = 0u64;
     for keys in state.partitions.all() {
         parked += redis::cmd("ZCARD").arg(&keys.retry).query_async::<u64>(con).await.ok()?;
-        let groups: redis::RedisResult<redis::streams::StreamInfoGroupsReply> =
-            redis::cmd("XINFO").arg("GROUPS").arg(&keys.events).query_async(con).await;
-        match groups {
-            Ok(reply) if reply.groups.is_empty() => {
-                unconsumed += redis::cmd("XLEN").arg(&keys.events).query_async::<u64>(con).await.ok()?;
-            }
-            Ok(reply) => {
-                for group in reply.groups {
-                    *lag_by_group.entry(group.name).or_default() += group.lag.unwrap_or(0) as u64;
-                }
-            }
-            // "no such key": no stream yet, so no backlog.
-            Err(err) if err.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError) => {}
-            Err(_) => return None,
+        let groups = shared::groups::groups(con, &keys.events).await.ok()?;
+        if groups.is_empty() {
+            // No group yet (or no stream: XLEN answers 0): every entry is unconsumed.
+            unconsumed += redis::cmd("XLEN").arg(&keys.events).query_async::<u64>(con).await.ok()?;
+        }
+        for group in groups {
+            *lag_by_group.entry(group.name).or_default() += group.lag.unwrap_or(0) as u64;
         }
     }
     Some(lag_by_group.values().map(|lag| lag + unconsumed).max().unwrap_or(unconsumed) + parked)

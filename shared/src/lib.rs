@@ -3,6 +3,7 @@
 //! - [`keys`]: the Redis key names (one `{namespace}` hash tag, or `{namespace:i}` per partition);
 //! - [`layout`]: the partition count a namespace was created with, checked by every process;
 //! - [`entry`]: the fields of a stream entry;
+//! - [`groups`]: a stream's consumer groups (`XINFO GROUPS`), read one way everywhere;
 //! - [`append`]: the dedup+append Lua script, the only way an event enters the stream;
 //! - [`vars`]: environment parsing with typed errors (a source of strings, a typed reader);
 //! - [`config`]: the settings both sides read, and secrets kept out of every output;
@@ -19,6 +20,7 @@ pub mod cli;
 pub mod config;
 pub mod conn;
 pub mod entry;
+pub mod groups;
 pub mod healthcheck;
 pub mod http;
 pub mod keys;

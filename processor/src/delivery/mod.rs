@@ -23,8 +23,8 @@ pub mod acker;
 pub mod lease;
 pub mod worker;
 
-use crate::outcome::retry::reconnect_backoff;
 use crate::replies::StreamEntry;
+use crate::stream::reconnect_backoff;
 use crate::stream::{is_nogroup, RedisState, Stream};
 use acker::Acker;
 use backoff::backoff::Backoff;

@@ -12,9 +12,7 @@
 
 use crate::delivery::worker::Worker;
 use crate::delivery::{Delivery, Held, Lease};
-use crate::outcome::retry::reconnect_backoff;
 use crate::replies::StreamEntry;
-use backoff::backoff::Backoff;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
@@ -112,21 +110,10 @@ impl Dispatcher {
 
     /// The exact delivery counts of `ids`, retried while Redis fails; `None` when shutting down.
     async fn delivery_counts(&self, ids: &[&str]) -> Option<std::collections::HashMap<String, u64>> {
-        let mut backoff = reconnect_backoff();
-        loop {
-            match self.worker.stream.delivery_counts(ids).await {
-                Ok(counts) => {
-                    self.worker.redis.ok();
-                    return Some(counts);
-                }
-                Err(err) => {
-                    self.worker.redis.failed("reading delivery counts", &err);
-                    if !self.pause(backoff.next_backoff().unwrap_or(Duration::from_secs(5))).await {
-                        return None;
-                    }
-                }
-            }
-        }
+        let redis = &self.worker.redis;
+        redis
+            .retry("reading delivery counts", || self.worker.stream.delivery_counts(ids), |wait| self.pause(wait))
+            .await
     }
 
     /// Shutting down: hands back every entry pending under this consumer that is not running

@@ -10,8 +10,8 @@
 //! silent mid-read is noticed, and the next read opens a fresh connection.
 
 use crate::intake::dispatch::{Dispatcher, HeldEntry};
-use crate::outcome::retry::reconnect_backoff;
 use crate::stream::is_nogroup;
+use crate::stream::reconnect_backoff;
 use backoff::backoff::Backoff;
 use shared::conn::Conn;
 use std::time::Duration;

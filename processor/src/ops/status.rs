@@ -4,7 +4,6 @@ use super::{entries, human, Ops};
 use crate::clock::now_ms;
 use crate::replies::PendingRows;
 use crate::stream::parse_id;
-use redis::streams::StreamInfoGroupsReply;
 use redis::RedisResult;
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -17,9 +16,7 @@ impl Ops {
         let _ = writeln!(out, "stream  {}  {}", self.keys.events, entries(stream_len));
         let _ = writeln!(out, "dead    {}  {}", self.keys.dead, entries(dead_len));
         out.push_str(&super::format_retry_summary(&self.keys.retry, &self.parked_summary().await?));
-        let groups: Option<StreamInfoGroupsReply> =
-            redis::cmd("XINFO").arg("GROUPS").arg(&self.keys.events).query_async(&mut self.con()).await.ok();
-        let Some(group) = groups.and_then(|g| g.groups.into_iter().find(|g| g.name == self.group)) else {
+        let Some(group) = shared::groups::group(&mut self.con(), &self.keys.events, &self.group).await? else {
             let _ = writeln!(out, "group   {}  does not exist yet (no processor has started)", self.group);
             return Ok(out);
         };

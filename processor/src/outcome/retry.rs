@@ -13,9 +13,9 @@
 //! `std::time::Instant`, which knows nothing of the excluded waits (12 meetings waiting for a
 //! write limit of 2/s were dead-lettered after one attempt that way).
 //!
-//! This is the only module that knows the `backoff` crate. The crate is marked unmaintained
-//! (RUSTSEC-2025-0012, accepted in `deny.toml`); swapping it for another policy is a change to
-//! this file alone. The loop itself is written here rather than with `backoff::future::retry`
+//! This module and the Redis reconnect delay (`stream::reconnect_backoff`) are the only users
+//! of the `backoff` crate. The crate is marked unmaintained (RUSTSEC-2025-0012, accepted in
+//! `deny.toml`); swapping it for another policy is a change to those two places alone. The loop itself is written here rather than with `backoff::future::retry`
 //! because that helper lets a `Retry-After` bypass the time budget; here a server's requested
 //! delay that would cross the budget ends the retries instead.
 
@@ -217,16 +217,6 @@ impl RetryPolicy {
             }
         }
     }
-}
-
-/// A jittered exponential delay for reconnecting to Redis: 100 ms doubling up to 5 s, forever.
-pub fn reconnect_backoff() -> impl Backoff {
-    ExponentialBackoffBuilder::new()
-        .with_initial_interval(Duration::from_millis(100))
-        .with_max_interval(Duration::from_secs(5))
-        .with_randomization_factor(0.5)
-        .with_max_elapsed_time(None)
-        .build()
 }
 
 #[cfg(test)]

@@ -2,7 +2,6 @@
 //! `hookstream_group_pending`, `hookstream_group_lag`, `hookstream_retry_parked`).
 
 use super::Stream;
-use redis::streams::StreamInfoGroupsReply;
 use redis::RedisResult;
 use shared::conn::Conn;
 use shared::keys::Keys;
@@ -29,9 +28,7 @@ impl Stream {
         let (stream_length, dead_length) = lengths(&mut self.con(), &self.keys).await?;
         let parked: u64 = redis::cmd("ZCARD").arg(&self.keys.retry).query_async(&mut self.con()).await?;
         let mut gauges = Gauges { stream_length, dead_length, parked, ..Gauges::default() };
-        let groups: RedisResult<StreamInfoGroupsReply> =
-            redis::cmd("XINFO").arg("GROUPS").arg(&self.keys.events).query_async(&mut self.con()).await;
-        if let Some(group) = groups.ok().and_then(|g| g.groups.into_iter().find(|g| g.name == self.group)) {
+        if let Some(group) = shared::groups::group(&mut self.con(), &self.keys.events, &self.group).await? {
             gauges.group_pending = group.pending as u64;
             gauges.group_lag = group.lag.unwrap_or(0) as u64;
         }

@@ -185,7 +185,45 @@ pub struct RedisState {
     url: String,
 }
 
+/// A jittered exponential delay for reconnecting to Redis: 100 ms doubling up to 5 s, forever.
+pub fn reconnect_backoff() -> impl backoff::backoff::Backoff {
+    backoff::ExponentialBackoffBuilder::new()
+        .with_initial_interval(Duration::from_millis(100))
+        .with_max_interval(Duration::from_secs(5))
+        .with_randomization_factor(0.5)
+        .with_max_elapsed_time(None)
+        .build()
+}
+
 impl RedisState {
+    /// Runs `call` until Redis answers it: each failure is reported ([`Self::failed`]: one
+    /// log line while Redis stays down) and followed by a jittered wait ([`reconnect_backoff`])
+    /// through `pause`, which answers `false` to give up (shutting down): then `None`.
+    pub async fn retry<T, F, Fut, P, PFut>(&self, what: &str, mut call: F, mut pause: P) -> Option<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = RedisResult<T>>,
+        P: FnMut(Duration) -> PFut,
+        PFut: std::future::Future<Output = bool>,
+    {
+        use backoff::backoff::Backoff;
+        let mut backoff = reconnect_backoff();
+        loop {
+            match call().await {
+                Ok(value) => {
+                    self.ok();
+                    return Some(value);
+                }
+                Err(err) => {
+                    self.failed(what, &err);
+                    if !pause(backoff.next_backoff().unwrap_or(Duration::from_secs(5))).await {
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+
     /// The state of the Redis at `url` (already without passwords).
     pub fn new(url: String) -> Self {
         Self { down: Default::default(), url }

@@ -5,7 +5,6 @@
 use super::{parse_id, Stream};
 use crate::clock::now_ms;
 use crate::replies::PendingSummary;
-use redis::streams::StreamInfoGroupsReply;
 use redis::RedisResult;
 use std::time::Duration;
 
@@ -13,20 +12,13 @@ impl Stream {
     /// The id below which every entry is processed by every group and older than `retention`;
     /// `None` when the stream has no group (nothing is known to be processed).
     pub async fn trim_point(&self, retention: Duration) -> RedisResult<Option<String>> {
-        let groups: StreamInfoGroupsReply =
-            match redis::cmd("XINFO").arg("GROUPS").arg(&self.keys.events).query_async(&mut self.con()).await {
-                Ok(groups) => groups,
-                Err(err) if err.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError) => {
-                    return Ok(None); // no such stream
-                }
-                Err(err) => return Err(err),
-            };
-        if groups.groups.is_empty() {
+        let groups = shared::groups::groups(&mut self.con(), &self.keys.events).await?;
+        if groups.is_empty() {
             return Ok(None);
         }
         let cutoff_ms = now_ms().saturating_sub(retention.as_millis() as u64);
         let mut oldest = (cutoff_ms, 0u64);
-        for group in &groups.groups {
+        for group in &groups {
             if let Some(last) = parse_id(&group.last_delivered_id) {
                 oldest = oldest.min(last);
             }
