@@ -82,17 +82,7 @@ async fn healthcheck_sigterm_and_sigkill() {
     // SIGKILL in the middle of work.
     let mut child = spawn(&vars);
     for i in 0..3 {
-        let _: String = redis::cmd("XADD")
-            .arg(EVENTS)
-            .arg("*")
-            .arg("event")
-            .arg("bot.completed")
-            .arg("dedup_id")
-            .arg(format!("k{i}"))
-            .arg("payload")
-            .arg("{}")
-            .query(&mut redis.con())
-            .unwrap();
+        hookstream_tests::add_entry(&redis, "bot.completed", &format!("k{i}"), b"{}");
     }
     eventually("the doomed processor is working", || async { (target.calls().len() == 3).then_some(()) }).await;
     child.kill();
@@ -220,17 +210,7 @@ async fn every_failed_attempt_logs_one_warn_line() {
         ("LOG_FORMAT", "json"),
     ];
     let mut child = hookstream_tests::spawn_bin_with(BIN, &vars, std::fs::File::create(&log).unwrap());
-    let id: String = redis::cmd("XADD")
-        .arg(EVENTS)
-        .arg("*")
-        .arg("event")
-        .arg("bot.completed")
-        .arg("dedup_id")
-        .arg("w")
-        .arg("payload")
-        .arg("{}")
-        .query(&mut redis.con())
-        .unwrap();
+    let id = hookstream_tests::add_entry(&redis, "bot.completed", "w", b"{}");
     eventually("forwarded after two failures", || async { (target.calls().len() == 3).then_some(()) }).await;
     child.signal("TERM");
     assert_eq!(child.exited(Duration::from_secs(15)).await.code(), Some(0));

@@ -3,12 +3,11 @@
 //! write and drops the connection.
 #![allow(clippy::unwrap_used)] // test helpers may unwrap: a panic is how a test fails
 
-use hookstream_tests::fake_api::{FakeApi, Reply};
+use hookstream_tests::fake_api::{flaky_v1, FakeApi, Reply};
 use hookstream_tests::{eventually, fixture, fixture_json, RedisServer};
 use serde_json::json;
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 const BIN: &str = env!("CARGO_BIN_EXE_processor");
@@ -41,60 +40,7 @@ fn add_sync(redis: &RedisServer, uuid: &str) -> String {
         "event": "calendar.sync_events",
         "data": {"calendar_id": "c", "last_updated_ts": uuid, "affected_event_uuids": [uuid]},
     });
-    redis::cmd("XADD")
-        .arg(EVENTS)
-        .arg("*")
-        .arg("event")
-        .arg("calendar.sync_events")
-        .arg("dedup_id")
-        .arg(uuid)
-        .arg("payload")
-        .arg(serde_json::to_vec(&body).unwrap())
-        .query(&mut redis.con())
-        .expect("XADD")
-}
-
-/// A v1 API for `uuids`: every event upcoming, a POST schedules its bot (counted per
-/// meeting); while `down`, every call answers 503 (counted in `calls_while_down`).
-struct V1 {
-    api: FakeApi,
-    down: Arc<AtomicBool>,
-    bots: Arc<Mutex<HashMap<String, usize>>>,
-    calls_while_down: Arc<AtomicUsize>,
-}
-
-async fn v1_api(uuids: &[String]) -> V1 {
-    let api = FakeApi::start().await;
-    let down = Arc::new(AtomicBool::new(true));
-    let bots: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
-    let calls_while_down = Arc::new(AtomicUsize::new(0));
-    let upcoming = fixture_json("meeting-baas/api/v1_calendar_event_upcoming.json");
-    for uuid in uuids {
-        let (d, c, b, u, event) =
-            (down.clone(), calls_while_down.clone(), bots.clone(), uuid.clone(), upcoming.clone());
-        api.route("GET", &format!("/calendar_events/{uuid}"), move |_, _| {
-            if d.load(Ordering::SeqCst) {
-                c.fetch_add(1, Ordering::SeqCst);
-                return Reply::status(503);
-            }
-            let mut e = event.clone();
-            e["uuid"] = json!(u);
-            if b.lock().unwrap().contains_key(&u) {
-                e["bot_param"] = json!({"bot_name": "hookstream recorder"});
-            }
-            Reply::json(200, serde_json::to_vec(&e).unwrap())
-        });
-        let (d, c, b, u) = (down.clone(), calls_while_down.clone(), bots.clone(), uuid.clone());
-        api.route("POST", &format!("/calendar_events/{uuid}/bot"), move |_, _| {
-            if d.load(Ordering::SeqCst) {
-                c.fetch_add(1, Ordering::SeqCst);
-                return Reply::status(503);
-            }
-            *b.lock().unwrap().entry(u.clone()).or_default() += 1;
-            Reply::json(200, fixture("meeting-baas/api/v1_schedule_response.json"))
-        });
-    }
-    V1 { api, down, bots, calls_while_down }
+    hookstream_tests::add_entry(redis, "calendar.sync_events", uuid, &serde_json::to_vec(&body).unwrap())
 }
 
 /// The measured case of the edges issue: a processor whose wall clock is 150 s ahead
@@ -110,7 +56,7 @@ async fn a_replica_whose_clock_is_ahead_dead_letters_nothing() {
     let faketime = libfaketime();
     let redis = RedisServer::start();
     let uuids: Vec<String> = (0..6).map(|i| format!("skew-{i}")).collect();
-    let fake = v1_api(&uuids).await;
+    let fake = flaky_v1(&uuids).await;
     let (url, api) = (redis.url(), fake.api.url());
     let common = [
         ("REDIS_URL", url.as_str()),
@@ -204,23 +150,11 @@ async fn a_processor_frozen_past_its_lease_and_thawed_writes_nothing() {
         Reply::json(200, fixture("meeting-baas/api/v1_schedule_response.json"))
     });
     let (url, api_url) = (redis.url(), api.url());
-    let vars = |name: &'static str| {
-        vec![
-            ("REDIS_URL", url.clone()),
-            ("MEETING_BAAS_API_URL", api_url.clone()),
-            ("MEETING_BAAS_API_KEY", "k".into()),
-            ("METRICS_ADDR", "127.0.0.1:0".into()),
-            ("BLOCK_MS", "100".into()),
-            ("API_WRITES_PER_SEC", "0".into()),
-            ("RECONCILE_INTERVAL_SECS", "0".into()),
-            ("CLAIM_IDLE_MS", "1000".into()),
-            ("CONSUMER_NAME", name.into()),
-            ("LOG_FORMAT", "json".into()),
-        ]
-    };
+    let extra = [("API_WRITES_PER_SEC", "0"), ("CLAIM_IDLE_MS", "1000"), ("LOG_FORMAT", "json")];
+    let vars = |name: &str| hookstream_tests::processor_bin_vars(&url, &api_url, name, &extra);
     let (a_vars, b_vars) = (vars("frozen"), vars("other"));
-    let a_vars: Vec<(&str, &str)> = a_vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let b_vars: Vec<(&str, &str)> = b_vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let a_vars = hookstream_tests::var_refs(&a_vars);
+    let b_vars = hookstream_tests::var_refs(&b_vars);
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("frozen.log");
     let mut a = hookstream_tests::spawn_bin_with(BIN, &a_vars, std::fs::File::create(&log).unwrap());

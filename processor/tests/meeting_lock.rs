@@ -16,17 +16,7 @@ const EVENT: &str = "ad307589-17b9-4f8a-9489-6b4c48f0c40d";
 fn add_created(redis: &RedisServer, dedup_id: &str) {
     let mut body = fixture_json("meeting-baas/v2/calendar_event_created.json");
     body["data"]["instances"].as_array_mut().unwrap().truncate(1);
-    let _: String = redis::cmd("XADD")
-        .arg(EVENTS)
-        .arg("*")
-        .arg("event")
-        .arg("calendar.event_created")
-        .arg("dedup_id")
-        .arg(dedup_id)
-        .arg("payload")
-        .arg(serde_json::to_vec(&body).unwrap())
-        .query(&mut redis.con())
-        .unwrap();
+    hookstream_tests::add_entry(redis, "calendar.event_created", dedup_id, &serde_json::to_vec(&body).unwrap());
 }
 
 fn all_acked(redis: &RedisServer) -> Option<()> {
@@ -60,19 +50,10 @@ async fn a_lock_holder_killed_with_sigkill_frees_its_meeting_within_the_locks_tt
         Reply::json(201, fixture("meeting-baas/api/v2_create_bots_response.json"))
     });
     let (url, api_url) = (redis.url(), api.url());
-    let vars = |name: &'static str| {
-        [
-            ("REDIS_URL", url.clone()),
-            ("MEETING_BAAS_API_URL", api_url.clone()),
-            ("MEETING_BAAS_API_KEY", "k".to_string()),
-            ("METRICS_ADDR", "127.0.0.1:0".to_string()),
-            ("CONSUMER_NAME", name.to_string()),
-            ("BLOCK_MS", "100".to_string()),
-            ("CLAIM_IDLE_MS", "1000".to_string()), // the lock's TTL
-        ]
-    };
+    // CLAIM_IDLE_MS: the lock's TTL.
+    let vars = |name: &str| hookstream_tests::processor_bin_vars(&url, &api_url, name, &[("CLAIM_IDLE_MS", "1000")]);
     let holder_vars = vars("doomed-holder");
-    let refs: Vec<(&str, &str)> = holder_vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let refs = hookstream_tests::var_refs(&holder_vars);
     let mut holder = hookstream_tests::spawn_bin(BIN, &refs);
     add_created(&redis, "created");
     eventually("the holder reads the meeting", || async { (api.calls_to("GET", &get).len() == 1).then_some(()) }).await;
@@ -86,7 +67,7 @@ async fn a_lock_holder_killed_with_sigkill_frees_its_meeting_within_the_locks_tt
     // Another replica takes the dead holder's entry over, and a second entry about the same
     // meeting is handled too: the meeting is not blocked.
     let survivor_vars = vars("survivor");
-    let refs: Vec<(&str, &str)> = survivor_vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let refs = hookstream_tests::var_refs(&survivor_vars);
     let mut survivor = hookstream_tests::spawn_bin(BIN, &refs);
     add_created(&redis, "created-again");
     eventually("both entries are done", || async { all_acked(&redis) }).await;

@@ -43,36 +43,27 @@ async fn a_parked_entry_survives_a_processor_sigkill_and_a_redis_restart() {
     target.route("POST", "/hook", move |_, _| Reply::status(if h.load(Ordering::SeqCst) { 200 } else { 503 }));
     let url = redis.url();
     let forward = format!("{}/hook", target.url());
-    let vars = |name: &'static str| {
-        vec![
-            ("REDIS_URL", url.clone()),
-            ("METRICS_ADDR", "127.0.0.1:0".to_string()),
-            ("CONSUMER_NAME", name.to_string()),
-            ("FORWARD_URL", forward.clone()),
-            ("BLOCK_MS", "100".into()),
-            ("RETRY_INITIAL_MS", "10".into()),
-            ("RETRY_MAX_INTERVAL_MS", "20".into()),
-            ("RETRY_MAX_ELAPSED_MS", "100".into()),
-            ("RETRY_PARK_INITIAL_MS", "1500".into()),
-            ("RETRY_PARK_MAX_MS", "1500".into()),
-            ("BREAKER_FAILURES", "0".into()),
-            ("RECONCILE_INTERVAL_SECS", "0".into()),
-        ]
+    let vars = |name: &str| {
+        let extra = [
+            ("FORWARD_URL", forward.as_str()),
+            ("RETRY_INITIAL_MS", "10"),
+            ("RETRY_MAX_INTERVAL_MS", "20"),
+            ("RETRY_MAX_ELAPSED_MS", "100"),
+            ("RETRY_PARK_INITIAL_MS", "1500"),
+            ("RETRY_PARK_MAX_MS", "1500"),
+            ("BREAKER_FAILURES", "0"),
+        ];
+        hookstream_tests::processor_bin_vars(&url, "http://127.0.0.1:9", name, &extra)
     };
     let owned = vars("first");
-    let refs: Vec<(&str, &str)> = owned.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let refs = hookstream_tests::var_refs(&owned);
     let mut first = spawn_bin(BIN, &refs);
-    let id: String = redis::cmd("XADD")
-        .arg(EVENTS)
-        .arg("*")
-        .arg("event")
-        .arg("bot.completed")
-        .arg("dedup_id")
-        .arg("survivor")
-        .arg("payload")
-        .arg(fixture("meeting-baas/v2/bot_completed.json"))
-        .query(&mut redis.con())
-        .unwrap();
+    let id = hookstream_tests::add_entry(
+        &redis,
+        "bot.completed",
+        "survivor",
+        &fixture("meeting-baas/v2/bot_completed.json"),
+    );
     eventually("parked", || async { (zcard(&redis) == 1).then_some(()) }).await;
     first.kill();
     // Acked when parked: nothing pending for a reclaim to find; the set alone holds it.
@@ -86,7 +77,7 @@ async fn a_parked_entry_survives_a_processor_sigkill_and_a_redis_restart() {
 
     healthy.store(true, Ordering::SeqCst);
     let owned = vars("second");
-    let refs: Vec<(&str, &str)> = owned.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let refs = hookstream_tests::var_refs(&owned);
     let _second = spawn_bin(BIN, &refs);
     eventually("forwarded after the restart", || async {
         let ok = target.calls_to("POST", "/hook").len();

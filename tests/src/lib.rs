@@ -579,19 +579,10 @@ impl RedisCluster {
 
     /// [`Self::start`] on the given ports (`ports.len()` = primaries × (1 + replicas)).
     pub fn start_on(ports: Vec<u16>, replicas: usize) -> Self {
-        let timeout = CLUSTER_NODE_TIMEOUT_MS.to_string();
-        let args = [
-            "--appendonly",
-            "no",
-            "--cluster-enabled",
-            "yes",
-            "--cluster-node-timeout",
-            &timeout,
-            "--cluster-replica-validity-factor",
-            "0",
-        ];
+        let mut args = cluster_node_args();
+        args.extend(["--cluster-replica-validity-factor", "0"].map(String::from));
         let nodes: Vec<RedisServer> =
-            ports.into_iter().map(|port| RedisServer::start_cluster_node(port, &args)).collect();
+            ports.into_iter().map(|port| RedisServer::start_cluster_node(port, &strs(&args))).collect();
         let addrs: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
         create_cluster(&[], &addrs, replicas);
         let cluster = Self { nodes };
@@ -604,15 +595,11 @@ impl RedisCluster {
     /// TLS too, its certificate from `pki`. Redis answers a TLS client's `CLUSTER SLOTS` with
     /// the TLS ports.
     pub fn start_tls(pki: &TestPki, primaries: usize) -> Self {
-        let timeout = CLUSTER_NODE_TIMEOUT_MS.to_string();
         let mut nodes = Vec::new();
         for _ in 0..primaries {
             let tls_port = free_port();
             let mut args = pki.server_args(tls_port, false);
-            args.extend(
-                ["--appendonly", "no", "--cluster-enabled", "yes", "--cluster-node-timeout", &timeout]
-                    .map(String::from),
-            );
+            args.extend(cluster_node_args());
             args.extend(["--tls-cluster", "yes", "--tls-replication", "yes"].map(String::from));
             let mut node = RedisServer::start_cluster_node(free_cluster_port(), &strs(&args));
             node.tls_port = Some(tls_port);
@@ -628,29 +615,12 @@ impl RedisCluster {
     /// A cluster of `primaries` nodes (no replicas) where the default user is off and only
     /// `user` with `password` may do anything; [`Self::urls`] carries the credentials.
     pub fn start_with_user(primaries: usize, user: &str, password: &str) -> Self {
-        let timeout = CLUSTER_NODE_TIMEOUT_MS.to_string();
+        let mut args = cluster_node_args();
         let rule = format!(">{password}");
-        let args = [
-            "--appendonly",
-            "no",
-            "--cluster-enabled",
-            "yes",
-            "--cluster-node-timeout",
-            &timeout,
-            "--user",
-            "default",
-            "off",
-            "--user",
-            user,
-            "on",
-            &rule,
-            "~*",
-            "&*",
-            "+@all",
-        ];
+        args.extend(["--user", "default", "off", "--user", user, "on", &rule, "~*", "&*", "+@all"].map(String::from));
         let auth = Some((user.to_string(), password.to_string()));
         let nodes: Vec<RedisServer> = (0..primaries)
-            .map(|_| RedisServer::start_cluster_node_as(free_cluster_port(), &args, auth.clone()))
+            .map(|_| RedisServer::start_cluster_node_as(free_cluster_port(), &strs(&args), auth.clone()))
             .collect();
         let addrs: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
         create_cluster(&["--user", user, "--pass", password], &addrs, 0);
@@ -994,4 +964,53 @@ pub fn assert_help_lists_spec(bin: &str, bin_name: &str) {
         assert!(line.contains(&format!("[default: {default}]")), "{name}: {line}");
     }
     assert!(text.contains("healthcheck"));
+}
+
+/// Appends an entry to `{hookstream}:events` as the ingress would (`event`, `dedup_id`,
+/// `payload`); its id.
+pub fn add_entry(redis: &RedisServer, event: &str, dedup_id: &str, payload: &[u8]) -> String {
+    redis::cmd("XADD")
+        .arg("{hookstream}:events")
+        .arg("*")
+        .arg("event")
+        .arg(event)
+        .arg("dedup_id")
+        .arg(dedup_id)
+        .arg("payload")
+        .arg(payload)
+        .query(&mut redis.con())
+        .expect("XADD")
+}
+
+/// `(name, value)` pairs borrowed from owned values, for [`spawn_bin`] and friends.
+pub fn var_refs<'a>(vars: &'a [(&'a str, String)]) -> Vec<(&'a str, &'a str)> {
+    vars.iter().map(|(k, v)| (*k, v.as_str())).collect()
+}
+
+/// The arguments every cluster node of the tests starts with: no AOF, cluster mode, the
+/// tests' node timeout.
+fn cluster_node_args() -> Vec<String> {
+    let timeout = CLUSTER_NODE_TIMEOUT_MS.to_string();
+    ["--appendonly", "no", "--cluster-enabled", "yes", "--cluster-node-timeout", &timeout].map(String::from).to_vec()
+}
+
+/// The variables a processor binary of a test starts with: this Redis, this API (key `k`),
+/// `consumer`, a free metrics port, short blocking reads, no reconciler; `extra` added after.
+pub fn processor_bin_vars(
+    redis_url: &str,
+    api_url: &str,
+    consumer: &str,
+    extra: &[(&'static str, &str)],
+) -> Vec<(&'static str, String)> {
+    let mut vars = vec![
+        ("REDIS_URL", redis_url.to_string()),
+        ("MEETING_BAAS_API_URL", api_url.to_string()),
+        ("MEETING_BAAS_API_KEY", "k".to_string()),
+        ("METRICS_ADDR", "127.0.0.1:0".to_string()),
+        ("CONSUMER_NAME", consumer.to_string()),
+        ("BLOCK_MS", "100".to_string()),
+        ("RECONCILE_INTERVAL_SECS", "0".to_string()),
+    ];
+    vars.extend(extra.iter().map(|(k, v)| (*k, v.to_string())));
+    vars
 }

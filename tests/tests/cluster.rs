@@ -108,25 +108,10 @@ async fn a_primary_killed_mid_load_loses_no_accepted_event() {
 
     const N: usize = 400;
     const SENDERS: usize = 4;
-    let accepted = Arc::new(Mutex::new(Vec::<String>::new()));
-    let body = Arc::new(fixture("meeting-baas/v2/bot_completed.json"));
-    let mut senders = Vec::new();
-    for s in 0..SENDERS {
-        let (accepted, body, url) = (accepted.clone(), body.clone(), ingress.webhook_url());
-        senders.push(tokio::spawn(async move {
-            let client = reqwest::Client::new();
-            let mut tries = 0;
-            for i in (s..N).step_by(SENDERS) {
-                let id = format!("msg_failover_{i}");
-                tries += deliver(&client, &url, &id, &body).await;
-                accepted.lock().unwrap().push(id);
-            }
-            tries
-        }));
-    }
+    let load = Load::start(ingress.webhook_url(), "msg_failover", N, SENDERS);
     // Mid-load, one primary dies as in a crash.
     eventually("a quarter of the load accepted", || {
-        let n = accepted.lock().unwrap().len();
+        let n = load.accepted();
         async move { (n >= N / 4).then_some(()) }
     })
     .await;
@@ -141,7 +126,7 @@ async fn a_primary_killed_mid_load_loses_no_accepted_event() {
             partition_keys.iter().any(|key| redis::cmd("EXISTS").arg(key).query::<u64>(&mut con).unwrap_or(0) > 0)
         })
         .expect("a primary holds a partition");
-    let at_kill = accepted.lock().unwrap().len();
+    let at_kill = load.accepted();
     cluster.nodes[victim].kill();
     // Its replica takes over; then the dead host comes back, as a replica of the new primary
     // (MIN_REPLICAS_ACK=1 needs one behind every primary).
@@ -162,12 +147,10 @@ async fn a_primary_killed_mid_load_loses_no_accepted_event() {
     })
     .await
     .expect("failover");
-    let mut tries = 0;
-    for sender in senders {
-        tries += sender.await.expect("sender");
-    }
+    let accepted_ids = load.accepted.clone();
+    let tries = load.finish().await;
     assert!(at_kill < N, "the primary died while webhooks were still arriving");
-    let accepted: HashSet<String> = accepted.lock().unwrap().iter().cloned().collect();
+    let accepted: HashSet<String> = accepted_ids.lock().unwrap().iter().cloned().collect();
     assert_eq!(accepted.len(), N);
     let seen = eventually("every accepted event forwarded", || {
         let seen = forwarded(&api);

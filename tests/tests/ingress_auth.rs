@@ -10,6 +10,15 @@ fn v2_body() -> Vec<u8> {
     fixture("meeting-baas/v2/bot_status_change.json")
 }
 
+/// POSTs `body` as JSON to the webhook route with `headers`.
+async fn post_with(ingress: &TestIngress, headers: &[(&str, &str)], body: Vec<u8>) -> reqwest::Response {
+    let mut request = client().post(ingress.webhook_url()).header("content-type", "application/json");
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    request.body(body).send().await.unwrap()
+}
+
 #[tokio::test]
 async fn standard_webhooks_signatures_with_svix_and_webhook_headers() {
     let redis = RedisServer::start();
@@ -48,16 +57,12 @@ async fn bad_signatures_are_401_and_write_nothing() {
     }
     // Signed for another body.
     let signature = ingress::auth::sign(SECRET, "m3", now(), b"{}").unwrap();
-    let r = client()
-        .post(ingress.webhook_url())
-        .header("content-type", "application/json")
-        .header("svix-id", "m3")
-        .header("svix-timestamp", now().to_string())
-        .header("svix-signature", signature)
-        .body(body.clone())
-        .send()
-        .await
-        .unwrap();
+    let r = post_with(
+        &ingress,
+        &[("svix-id", "m3"), ("svix-timestamp", &now().to_string()), ("svix-signature", &signature)],
+        body.clone(),
+    )
+    .await;
     assert_error(r, 401, "unauthorized").await;
     assert_eq!(dbsize(&redis), 0);
 }
@@ -67,28 +72,20 @@ async fn a_wrong_signature_is_refused_even_with_a_valid_api_key() {
     let redis = RedisServer::start();
     let ingress = start_ingress(&redis.url()).await;
     for (header, value) in [("x-meeting-baas-api-key", API_KEY), ("x-mb-secret", CALLBACK_SECRET)] {
-        let r = client()
-            .post(ingress.webhook_url())
-            .header("content-type", "application/json")
-            .header(header, value)
-            .header("svix-id", "msg_forged")
-            .header("svix-timestamp", now().to_string())
-            .header("svix-signature", "v1,Zm9yZ2VkIHNpZ25hdHVyZSBmb3JnZWQgc2lnbmF0dXJl")
-            .body(v2_body())
-            .send()
-            .await
-            .unwrap();
+        let r = post_with(
+            &ingress,
+            &[
+                (header, value),
+                ("svix-id", "msg_forged"),
+                ("svix-timestamp", &now().to_string()),
+                ("svix-signature", "v1,Zm9yZ2VkIHNpZ25hdHVyZSBmb3JnZWQgc2lnbmF0dXJl"),
+            ],
+            v2_body(),
+        )
+        .await;
         assert_error(r, 401, "unauthorized").await;
         // Only part of the signature headers: also no fallback.
-        let r = client()
-            .post(ingress.webhook_url())
-            .header("content-type", "application/json")
-            .header(header, value)
-            .header("webhook-id", "msg_partial")
-            .body(v2_body())
-            .send()
-            .await
-            .unwrap();
+        let r = post_with(&ingress, &[(header, value), ("webhook-id", "msg_partial")], v2_body()).await;
         assert_error(r, 401, "unauthorized").await;
     }
     assert_eq!(dbsize(&redis), 0);
@@ -115,13 +112,7 @@ async fn api_key_and_callback_secret() {
     assert_error(send("x-meeting-baas-api-key", CALLBACK_SECRET, body.clone()).await.unwrap(), 401, "unauthorized")
         .await;
     // No credentials at all.
-    let r = client()
-        .post(ingress.webhook_url())
-        .header("content-type", "application/json")
-        .body(body.clone())
-        .send()
-        .await
-        .unwrap();
+    let r = post_with(&ingress, &[], body.clone()).await;
     assert_error(r, 401, "unauthorized").await;
     assert_eq!(dbsize(&redis), 0);
 
@@ -139,14 +130,7 @@ async fn a_credential_that_is_not_configured_never_matches() {
     vars.remove("WEBHOOK_SECRETS");
     let ingress = start_with(vars, |_| {}).await;
     let body = fixture("meeting-baas/v2/bot_completed.json");
-    let r = client()
-        .post(ingress.webhook_url())
-        .header("content-type", "application/json")
-        .header("x-mb-secret", "")
-        .body(body.clone())
-        .send()
-        .await
-        .unwrap();
+    let r = post_with(&ingress, &[("x-mb-secret", "")], body.clone()).await;
     assert_error(r, 401, "unauthorized").await;
     // No secret configured: a signed request cannot be verified, so it is refused.
     assert_error(post_signed(&ingress, "svix", SECRET, "m", now(), &body).await, 401, "unauthorized").await;
@@ -161,13 +145,7 @@ async fn allow_unsigned_accepts_everything() {
         .map(|(k, v)| (k.to_string(), v))
         .collect();
     let ingress = start_with(vars, |_| {}).await;
-    let r = client()
-        .post(ingress.webhook_url())
-        .header("content-type", "application/json")
-        .body(fixture("meeting-baas/v1/failed.json"))
-        .send()
-        .await
-        .unwrap();
+    let r = post_with(&ingress, &[], fixture("meeting-baas/v1/failed.json")).await;
     assert_eq!(r.status(), 200);
     assert_eq!(xlen(&redis), 1);
 }

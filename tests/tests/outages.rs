@@ -4,64 +4,20 @@
 mod common;
 
 use common::*;
-use hookstream_tests::fake_api::{FakeApi, Reply};
+use hookstream_tests::fake_api::{flaky_v1, FakeApi, Reply};
 use hookstream_tests::{eventually, fixture, fixture_json, RedisServer};
 use processor::cli::{self, Command};
 use serde_json::json;
 use shared::config::Reader;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 const RETRY: &str = "{hookstream}:retry";
 
 fn parked(redis: &RedisServer) -> u64 {
     redis::cmd("ZCARD").arg(RETRY).query(&mut redis.con()).expect("ZCARD")
-}
-
-/// A v1 API for `uuids` that answers 503 to everything while `down` is set; otherwise every
-/// event is upcoming and a POST schedules its bot (counted per meeting). `calls_while_down`
-/// counts the calls that reached it during the outage.
-struct FlakyV1 {
-    api: FakeApi,
-    down: Arc<AtomicBool>,
-    bots: Arc<Mutex<HashMap<String, usize>>>,
-    calls_while_down: Arc<AtomicUsize>,
-}
-
-async fn flaky_v1(uuids: &[String]) -> FlakyV1 {
-    let api = FakeApi::start().await;
-    let down = Arc::new(AtomicBool::new(true));
-    let bots: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
-    let calls_while_down = Arc::new(AtomicUsize::new(0));
-    let upcoming = fixture_json("meeting-baas/api/v1_calendar_event_upcoming.json");
-    for uuid in uuids {
-        let (d, c, b, u, event) =
-            (down.clone(), calls_while_down.clone(), bots.clone(), uuid.clone(), upcoming.clone());
-        api.route("GET", &format!("/calendar_events/{uuid}"), move |_, _| {
-            if d.load(Ordering::SeqCst) {
-                c.fetch_add(1, Ordering::SeqCst);
-                return Reply::status(503);
-            }
-            let mut e = event.clone();
-            e["uuid"] = json!(u);
-            if b.lock().unwrap().contains_key(&u) {
-                e["bot_param"] = json!({"bot_name": "hookstream recorder"});
-            }
-            Reply::json(200, serde_json::to_vec(&e).unwrap())
-        });
-        let (d, c, b, u) = (down.clone(), calls_while_down.clone(), bots.clone(), uuid.clone());
-        api.route("POST", &format!("/calendar_events/{uuid}/bot"), move |_, _| {
-            if d.load(Ordering::SeqCst) {
-                c.fetch_add(1, Ordering::SeqCst);
-                return Reply::status(503);
-            }
-            *b.lock().unwrap().entry(u.clone()).or_default() += 1;
-            Reply::json(200, fixture("meeting-baas/api/v1_schedule_response.json"))
-        });
-    }
-    FlakyV1 { api, down, bots, calls_while_down }
 }
 
 /// Short in-place budget and park delays, a breaker that opens after 3 failures.

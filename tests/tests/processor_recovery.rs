@@ -381,47 +381,50 @@ async fn the_trimmer_runs_by_itself() {
     processor.stop().await;
 }
 
-#[tokio::test]
-async fn reclaimed_entries_that_were_deleted_from_the_stream_are_dropped() {
+/// Three entries pending under `consumer`, the second deleted from the stream by hand (XDEL);
+/// a processor started with `vars` changed by `adjust` handles the others and leaves nothing
+/// pending.
+async fn a_deleted_pending_entry(prefix: &str, consumer: &str, adjust: impl FnOnce(&mut HashMap<String, String>)) {
     let redis = RedisServer::start();
     let (target, mut vars) = forward_target(&redis, Reply::status(200)).await;
     create_group(&redis);
-    let ids: Vec<String> =
-        (0..3).map(|i| add_event(&redis, "bot.completed", br#"{"event":"bot.completed"}"#, &format!("x{i}"))).collect();
-    assert_eq!(ghost_read(&redis, "crashed", 3), 3);
-    // Someone deletes a pending entry by hand (XDEL): XAUTOCLAIM reports it as deleted.
+    let ids: Vec<String> = (0..3)
+        .map(|i| add_event(&redis, "bot.completed", br#"{"event":"bot.completed"}"#, &format!("{prefix}{i}")))
+        .collect();
+    assert_eq!(ghost_read(&redis, consumer, 3), 3);
     let _: i64 = redis::cmd("XDEL").arg(EVENTS).arg(&ids[1]).query(&mut redis.con()).unwrap();
-    vars.insert("CLAIM_IDLE_MS".into(), "400".into());
+    adjust(&mut vars);
     let processor = start_processor(vars).await;
     all_acked(&redis).await;
     processor.stop().await;
     let mut forwarded = forwarded_ids(&target);
     forwarded.sort();
-    assert_eq!(forwarded, vec!["x0", "x2"], "the others are handled; the deleted one is not");
-    assert_eq!(pending_of(&redis, "crashed"), 0, "nothing is left pending");
+    assert_eq!(
+        forwarded,
+        vec![format!("{prefix}0"), format!("{prefix}2")],
+        "the others are handled; the deleted one is not"
+    );
+    assert_eq!(pending_of(&redis, consumer), 0, "the deleted entry is acked, not left pending for ever");
     assert_eq!(xlen_dead(&redis), 0);
 }
 
 #[tokio::test]
+async fn reclaimed_entries_that_were_deleted_from_the_stream_are_dropped() {
+    // Someone deletes a pending entry by hand (XDEL): XAUTOCLAIM reports it as deleted.
+    a_deleted_pending_entry("x", "crashed", |vars| {
+        vars.insert("CLAIM_IDLE_MS".into(), "400".into());
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn own_pending_entries_that_were_deleted_are_acked_on_the_re_read() {
-    let redis = RedisServer::start();
-    let (target, mut vars) = forward_target(&redis, Reply::status(200)).await;
-    create_group(&redis);
-    let ids: Vec<String> =
-        (0..3).map(|i| add_event(&redis, "bot.completed", br#"{"event":"bot.completed"}"#, &format!("y{i}"))).collect();
-    assert_eq!(ghost_read(&redis, "replica-a", 3), 3);
     // Deleted while pending: the re-read from id 0 returns its id with no fields. (CLAIM_IDLE_MS
     // stays long, so no XAUTOCLAIM cleans it up instead.)
-    let _: i64 = redis::cmd("XDEL").arg(EVENTS).arg(&ids[1]).query(&mut redis.con()).unwrap();
-    vars.insert("CONSUMER_NAME".into(), "replica-a".into());
-    let processor = start_processor(vars).await;
-    all_acked(&redis).await;
-    processor.stop().await;
-    let mut forwarded = forwarded_ids(&target);
-    forwarded.sort();
-    assert_eq!(forwarded, vec!["y0", "y2"]);
-    assert_eq!(pending_of(&redis, "replica-a"), 0, "the deleted entry is acked, not left pending for ever");
-    assert_eq!(xlen_dead(&redis), 0);
+    a_deleted_pending_entry("y", "replica-a", |vars| {
+        vars.insert("CONSUMER_NAME".into(), "replica-a".into());
+    })
+    .await;
 }
 
 #[tokio::test]

@@ -8,7 +8,7 @@ mod common;
 
 use common::*;
 use hookstream_tests::fake_api::{FakeApi, Reply};
-use hookstream_tests::{eventually, fixture, RedisServer, Sentinels};
+use hookstream_tests::{eventually, RedisServer, Sentinels};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -46,28 +46,13 @@ async fn the_primary_killed_mid_load_loses_no_accepted_event() {
 
     const N: usize = 200;
     const SENDERS: usize = 4;
-    let accepted = Arc::new(Mutex::new(Vec::<String>::new()));
-    let body = Arc::new(fixture("meeting-baas/v2/bot_completed.json"));
-    let mut senders = Vec::new();
-    for s in 0..SENDERS {
-        let (accepted, body, url) = (accepted.clone(), body.clone(), ingress.webhook_url());
-        senders.push(tokio::spawn(async move {
-            let client = reqwest::Client::new();
-            let mut tries = 0;
-            for i in (s..N).step_by(SENDERS) {
-                let id = format!("msg_sentinel_{i}");
-                tries += deliver(&client, &url, &id, &body).await;
-                accepted.lock().unwrap().push(id);
-            }
-            tries
-        }));
-    }
+    let load = Load::start(ingress.webhook_url(), "msg_sentinel", N, SENDERS);
     eventually("a quarter of the load accepted", || {
-        let n = accepted.lock().unwrap().len();
+        let n = load.accepted();
         async move { (n >= N / 4).then_some(()) }
     })
     .await;
-    let at_kill = accepted.lock().unwrap().len();
+    let at_kill = load.accepted();
     primary.kill();
     // The Sentinels promote the replica; the dead host comes back, and the Sentinels make it a
     // replica of the new primary (MIN_REPLICAS_ACK=1 needs one behind it).
@@ -83,12 +68,10 @@ async fn the_primary_killed_mid_load_loses_no_accepted_event() {
     })
     .await
     .expect("failover");
-    let mut tries = 0;
-    for sender in senders {
-        tries += sender.await.expect("sender");
-    }
+    let accepted_ids = load.accepted.clone();
+    let tries = load.finish().await;
     assert!(at_kill < N, "the primary died while webhooks were still arriving");
-    let accepted: HashSet<String> = accepted.lock().unwrap().iter().cloned().collect();
+    let accepted: HashSet<String> = accepted_ids.lock().unwrap().iter().cloned().collect();
     assert_eq!(accepted.len(), N);
     let seen = eventually("every accepted event forwarded", || {
         let seen = delivered.lock().unwrap().clone();

@@ -1,7 +1,6 @@
 //! The dead stream: list, show, replay (atomically, one entry at a time), purge.
 
 use super::Ops;
-use crate::clock::now_ms;
 use crate::replies::{Entries, StreamEntry};
 use crate::stream::DEAD_FIELDS;
 use redis::{RedisResult, Script};
@@ -137,14 +136,7 @@ impl Ops {
 
     /// Deletes dead entries that died more than `age` ago; how many.
     pub async fn purge_older_than(&self, age: Duration) -> RedisResult<u64> {
-        // Saturating: an age longer than since the epoch purges nothing (never a wrapped value).
-        let cutoff = now_ms().saturating_sub(u64::try_from(age.as_millis()).unwrap_or(u64::MAX));
-        redis::cmd("XTRIM")
-            .arg(&self.keys.dead)
-            .arg("MINID")
-            .arg(format!("{cutoff}-0"))
-            .query_async(&mut self.con())
-            .await
+        crate::stream::trim_older_than(&mut self.con(), &self.keys.dead, age).await
     }
 
     /// Deletes the given dead entries; how many existed.

@@ -41,6 +41,7 @@
 
 mod gauges;
 mod trim;
+pub use trim::trim_older_than;
 mod verdict;
 
 pub use gauges::{lengths, Gauges};

@@ -39,13 +39,7 @@ impl Stream {
         if retention.is_zero() {
             return Ok(0);
         }
-        let cutoff = now_ms().saturating_sub(u64::try_from(retention.as_millis()).unwrap_or(u64::MAX));
-        redis::cmd("XTRIM")
-            .arg(&self.keys.dead)
-            .arg("MINID")
-            .arg(format!("{cutoff}-0"))
-            .query_async(&mut self.con())
-            .await
+        trim_older_than(&mut self.con(), &self.keys.dead, retention).await
     }
 
     /// XTRIM MINID ~ [`Self::trim_point`]; the number of entries removed.
@@ -53,4 +47,12 @@ impl Stream {
         let Some(min_id) = self.trim_point(retention).await? else { return Ok(0) };
         redis::cmd("XTRIM").arg(&self.keys.events).arg("MINID").arg("~").arg(min_id).query_async(&mut self.con()).await
     }
+}
+
+/// Deletes the entries of `stream` older than `age` (their ids' time, against Redis's clock),
+/// exactly (`XTRIM MINID`); how many. Saturating: an age longer than since the epoch trims
+/// nothing (never a wrapped value).
+pub async fn trim_older_than(con: &mut shared::conn::Conn, stream: &str, age: Duration) -> RedisResult<u64> {
+    let cutoff = now_ms().saturating_sub(u64::try_from(age.as_millis()).unwrap_or(u64::MAX));
+    redis::cmd("XTRIM").arg(stream).arg("MINID").arg(format!("{cutoff}-0")).query_async(con).await
 }

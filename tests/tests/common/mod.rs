@@ -446,3 +446,49 @@ pub fn sync_body(uuids: &[String]) -> Vec<u8> {
 pub fn uuids(prefix: &str, n: usize) -> Vec<String> {
     (0..n).map(|i| format!("{prefix}-{i:04}")).collect()
 }
+
+/// A load of `n` signed webhooks (`<prefix>_<i>`) sent by `senders` concurrent senders through
+/// a failover, each retrying a 503 ([`deliver`]): the ids accepted so far, and the senders
+/// (each answering the tries it took).
+pub struct Load {
+    pub accepted: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    senders: Vec<tokio::task::JoinHandle<u32>>,
+}
+
+impl Load {
+    pub fn start(url: String, prefix: &str, n: usize, senders: usize) -> Self {
+        let accepted = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+        let body = std::sync::Arc::new(hookstream_tests::fixture("meeting-baas/v2/bot_completed.json"));
+        let senders = (0..senders)
+            .map(|s| {
+                let (accepted, body, url, prefix, step) =
+                    (accepted.clone(), body.clone(), url.clone(), prefix.to_string(), senders);
+                tokio::spawn(async move {
+                    let client = reqwest::Client::new();
+                    let mut tries = 0;
+                    for i in (s..n).step_by(step) {
+                        let id = format!("{prefix}_{i}");
+                        tries += deliver(&client, &url, &id, &body).await;
+                        accepted.lock().expect("accepted").push(id);
+                    }
+                    tries
+                })
+            })
+            .collect();
+        Self { accepted, senders }
+    }
+
+    /// How many are accepted so far.
+    pub fn accepted(&self) -> usize {
+        self.accepted.lock().expect("accepted").len()
+    }
+
+    /// Waits for every sender; the tries they took in all.
+    pub async fn finish(self) -> u32 {
+        let mut tries = 0;
+        for sender in self.senders {
+            tries += sender.await.expect("sender");
+        }
+        tries
+    }
+}
