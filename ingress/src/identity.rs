@@ -2,14 +2,18 @@
 //! in a JSON object).
 //!
 //! First rule that applies:
-//! 1. the sender's message id (`svix-id` / `webhook-id`), stable across its retries;
-//! 2. for the v1 events that Meeting BaaS documents as retried without an id, the fields its
+//! 1. a v2 bot's final result — `bot.completed` or `bot.failed` with a string `data.bot_id` —
+//!    `{event}:{bot_id}`: one result per bot, whichever message carries it (a Meeting BaaS
+//!    retry, a resend asked for by the reconciler, a per-bot callback), each of which has a new
+//!    message id;
+//! 2. the sender's message id (`svix-id` / `webhook-id`), stable across its retries;
+//! 3. for the v1 events that Meeting BaaS documents as retried without an id, the fields its
 //!    guidance names: `calendar.sync_events:{calendar_id}:{last_updated_ts}`,
 //!    `bot.status_change:{bot_id}:{status.code}:{status.created_at}`, `{event}:{bot_id}` for
 //!    `complete`, `failed` and `transcription_complete`;
-//! 3. otherwise `sha256:` + the hex SHA-256 of the raw body.
+//! 4. otherwise `sha256:` + the hex SHA-256 of the raw body.
 //!
-//! When a rule-2 event lacks one of its fields, rule 3 applies: the body is still stored, and a
+//! When a rule-3 event lacks one of its fields, rule 4 applies: the body is still stored, and a
 //! byte-identical retry is still recognised.
 
 use serde::Deserialize;
@@ -66,6 +70,9 @@ pub fn envelope(body: &[u8]) -> Result<Envelope<'_>, PayloadError> {
 
 /// The dedup identity, by the rules in the module docs.
 pub fn dedup_identity(message_id: Option<&str>, envelope: &Envelope<'_>, body: &[u8]) -> String {
+    if let Some(identity) = final_result_identity(envelope) {
+        return identity;
+    }
     if let Some(id) = message_id {
         return id.to_string();
     }
@@ -80,7 +87,23 @@ pub fn body_identity(body: &[u8]) -> String {
     identity
 }
 
-/// The v1 fields a rule-2 identity is made of. Each may be of any JSON type in the body; only
+/// Rule 1: `{event}:{bot_id}` for a `bot.completed` / `bot.failed` with a string `data.bot_id`.
+fn final_result_identity(envelope: &Envelope<'_>) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Data<'a> {
+        #[serde(borrow)]
+        bot_id: Option<std::borrow::Cow<'a, str>>,
+    }
+    let event = envelope.event.as_str();
+    if !matches!(event, "bot.completed" | "bot.failed") {
+        return None;
+    }
+    let data: Data<'_> = serde_json::from_str(envelope.data?.get()).ok()?;
+    let bot_id = data.bot_id.filter(|id| !id.is_empty())?;
+    Some(format!("{event}:{bot_id}"))
+}
+
+/// The v1 fields a rule-3 identity is made of. Each may be of any JSON type in the body; only
 /// strings and numbers make an identity.
 #[derive(Debug, Default, Deserialize)]
 struct V1Data {
@@ -137,6 +160,22 @@ mod tests {
         dedup_identity(None, &envelope(body.as_bytes()).expect("envelope"), body.as_bytes())
     }
 
+    /// SPEC §3.3 rule 1: one result per bot, whatever message carries it — before the message
+    /// id, which a Meeting BaaS retry, a resend and a per-bot callback each have anew.
+    #[test]
+    fn a_bot_s_final_result_is_one_identity_whatever_the_message() {
+        for event in ["bot.completed", "bot.failed"] {
+            let body = format!(r#"{{"event":"{event}","data":{{"bot_id":"b-1","extra":{{}}}}}}"#);
+            let env = envelope(body.as_bytes()).expect("envelope");
+            for message_id in [None, Some("msg_first"), Some("msg_resent")] {
+                assert_eq!(dedup_identity(message_id, &env, body.as_bytes()), format!("{event}:b-1"));
+            }
+        }
+        // Not a final result: the message id still wins.
+        let body = br#"{"event":"bot.status_change","data":{"bot_id":"b-1"}}"#;
+        assert_eq!(dedup_identity(Some("msg_1"), &envelope(body).expect("envelope"), body), "msg_1");
+    }
+
     #[test]
     fn message_id_wins() {
         let body = br#"{"event":"complete","data":{"bot_id":"b"}}"#;
@@ -172,7 +211,8 @@ mod tests {
             r#"{"event":"complete","data":{"bot_id":{"x":1}}}"#,
             r#"{"event":"bot.status_change","data":{"bot_id":"b"}}"#,
             r#"{"event":"calendar.sync_events","data":{"calendar_id":"c"}}"#,
-            r#"{"event":"bot.completed","data":{"bot_id":"b"}}"#,
+            r#"{"event":"bot.completed","data":{"bot_id":7}}"#,
+            r#"{"event":"bot.failed","data":{"bot_id":""}}"#,
             r#"{"event":"complete"}"#,
         ] {
             assert_eq!(identity(body), body_identity(body.as_bytes()), "{body}");

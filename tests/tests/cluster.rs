@@ -53,7 +53,7 @@ async fn webhooks_spread_over_partitions_on_a_cluster_and_every_one_is_processed
     let api = FakeApi::start().await;
     api.always("POST", "/downstream", Reply::status(200));
     let ingress = start_with(cluster_vars(default_vars(&cluster.urls()), &cluster.urls()), |_| {}).await;
-    let body = fixture("meeting-baas/v2/bot_completed.json");
+    let body = fixture("meeting-baas/v2/bot_status_change.json");
     const N: usize = 120;
     for i in 0..N {
         let r = post_signed(&ingress, "svix", SECRET, &format!("msg_cluster_{i}"), now(), &body).await;
@@ -176,7 +176,7 @@ async fn both_binaries_start_while_the_cluster_is_down_and_work_once_it_is_up() 
     let mut vars = cluster_vars(processor_vars(&urls, &api.url()), &urls);
     vars.insert("FORWARD_URL".into(), format!("{}/downstream", api.url()));
     let _processor = start_processor(vars).await;
-    let body = fixture("meeting-baas/v2/bot_completed.json");
+    let body = fixture("meeting-baas/v2/bot_status_change.json");
     let r = post_signed(&ingress, "svix", SECRET, "msg_down_0", now(), &body).await;
     assert_error(r, 503, "unavailable").await;
 
@@ -214,7 +214,7 @@ async fn entries_parked_during_an_outage_on_a_cluster_come_back_in_their_partiti
         vars.insert(k.into(), v.into());
     }
     let ingress = start_with(cluster_vars(default_vars(&cluster.urls()), &cluster.urls()), |_| {}).await;
-    let body = fixture("meeting-baas/v2/bot_completed.json");
+    let body = fixture("meeting-baas/v2/bot_status_change.json");
     const N: usize = 40;
     for i in 0..N {
         let r = post_signed(&ingress, "svix", SECRET, &format!("msg_parked_{i}"), now(), &body).await;

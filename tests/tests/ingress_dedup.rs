@@ -103,8 +103,9 @@ async fn dedup_key_holds_the_first_id_with_the_configured_ttl() {
 async fn signed_events_dedup_on_the_message_id() {
     let redis = RedisServer::start();
     let ingress = start_ingress(&redis.url()).await;
-    let a = fixture("meeting-baas/v2/bot_completed.json");
-    let b = fixture("meeting-baas/v2/bot_failed.json");
+    // Not a bot's final result (rule 1 would name those by their bot): the message id decides.
+    let a = fixture("meeting-baas/v2/bot_status_change.json");
+    let b = fixture("meeting-baas/v2/bot_chat_message.json");
     let (_, first) = answer(post_signed(&ingress, "svix", SECRET, "msg_same", now(), &a).await).await;
     assert_eq!(first["status"], "accepted");
     // Same message id (a retry, re-signed later): duplicate, even with other bytes.
@@ -123,7 +124,7 @@ async fn signed_events_dedup_on_the_message_id() {
 async fn v2_callbacks_without_a_message_id_dedup_on_the_body_hash() {
     let redis = RedisServer::start();
     let ingress = start_ingress(&redis.url()).await;
-    let body = fixture("meeting-baas/v2/bot_completed.json");
+    let body = fixture("meeting-baas/v2/bot_chat_message.json");
     let send = || {
         client()
             .post(ingress.webhook_url())
@@ -136,6 +137,41 @@ async fn v2_callbacks_without_a_message_id_dedup_on_the_body_hash() {
     let (_, second) = answer(send().await.unwrap()).await;
     assert_eq!((first["status"].as_str(), second["status"].as_str()), (Some("accepted"), Some("duplicate")));
     assert_eq!(entries(&redis)[0].1["dedup_id"], ingress::identity::body_identity(&body).as_bytes());
+}
+
+/// SPEC §3.3 rule 1: a bot's final result is accepted once, whichever message carries it — the
+/// first webhook, Meeting BaaS's retry with a new message id, a resend, the per-bot callback.
+#[tokio::test]
+async fn one_result_per_bot_whichever_message_carries_it() {
+    let redis = RedisServer::start();
+    let ingress = start_ingress(&redis.url()).await;
+    let body = fixture("meeting-baas/v2/bot_completed.json");
+    let bot_id =
+        serde_json::from_slice::<serde_json::Value>(&body).unwrap()["data"]["bot_id"].as_str().unwrap().to_string();
+    let (_, first) = answer(post_signed(&ingress, "svix", SECRET, "msg_first", now(), &body).await).await;
+    assert_eq!(first["status"], "accepted");
+    let (_, resent) = answer(post_signed(&ingress, "webhook", SECRET, "msg_resent", now(), &body).await).await;
+    assert_eq!((resent["status"].as_str(), &resent["id"]), (Some("duplicate"), &first["id"]));
+    let callback = client()
+        .post(ingress.webhook_url())
+        .header("content-type", "application/json")
+        .header("x-mb-secret", CALLBACK_SECRET)
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    let (_, callback) = answer(callback).await;
+    assert_eq!(callback["status"], "duplicate");
+    // The same bot's other final event is its own result.
+    let mut failed: serde_json::Value = serde_json::from_slice(&fixture("meeting-baas/v2/bot_failed.json")).unwrap();
+    failed["data"]["bot_id"] = serde_json::json!(bot_id);
+    let failed = serde_json::to_vec(&failed).unwrap();
+    let (_, other) = answer(post_signed(&ingress, "svix", SECRET, "msg_failed", now(), &failed).await).await;
+    assert_eq!(other["status"], "accepted");
+    let stored = entries(&redis);
+    assert_eq!(stored.len(), 2);
+    assert_eq!(stored[0].1["dedup_id"], format!("bot.completed:{bot_id}").as_bytes());
+    assert_eq!(stored[1].1["dedup_id"], format!("bot.failed:{bot_id}").as_bytes());
 }
 
 /// N distinct events, each sent M times at once: exactly N entries, N "accepted" and N×(M−1)

@@ -56,7 +56,7 @@ async fn a_different_partition_count_is_refused_by_both_binaries() {
         assert!(message.contains("PARTITIONS=4") && message.contains("created with 8"), "{message}");
     }
     // The recorded count is accepted, and events land in the partitions.
-    let body = fixture("meeting-baas/v2/bot_completed.json");
+    let body = fixture("meeting-baas/v2/bot_status_change.json");
     for i in 0..16 {
         let r = post_signed(&ingress, "svix", SECRET, &format!("msg_p_{i}"), now(), &body).await;
         assert_eq!(r.status(), 200);
@@ -100,7 +100,7 @@ async fn repartition_changes_the_count_of_a_drained_namespace_only() {
     let api = FakeApi::start().await;
     api.always("POST", "/downstream", Reply::status(200));
     let ingress = start_ingress(&redis.url()).await;
-    let body = fixture("meeting-baas/v2/bot_completed.json");
+    let body = fixture("meeting-baas/v2/bot_status_change.json");
     for i in 0..3 {
         let r = post_signed(&ingress, "svix", SECRET, &format!("msg_r_{i}"), now(), &body).await;
         assert_eq!(r.status(), 200);
@@ -230,7 +230,7 @@ async fn a_running_ingress_stops_appending_when_the_layout_changes_under_it() {
     let redis = RedisServer::start();
     let ingress =
         start_with(default_vars(&redis.url()), |c| c.backlog_refresh = std::time::Duration::from_millis(20)).await;
-    let body = fixture("meeting-baas/v2/bot_completed.json");
+    let body = fixture("meeting-baas/v2/bot_status_change.json");
     assert_eq!(post_signed(&ingress, "svix", SECRET, "msg_before", now(), &body).await.status(), 200);
     // Someone repartitioned the namespace (or started a process with another count).
     let () = redis::cmd("SET").arg("{hookstream}:partitions").arg(8).query(&mut redis.con()).expect("SET");
@@ -279,7 +279,7 @@ async fn backpressure_sums_the_lag_of_every_partition() {
     let mut vars = with_partitions(default_vars(&redis.url()), 4);
     vars.insert("MAX_BACKLOG".into(), "7".into());
     let ingress = start_with(vars, |c| c.backlog_refresh = std::time::Duration::from_millis(20)).await;
-    let body = fixture("meeting-baas/v2/bot_completed.json");
+    let body = fixture("meeting-baas/v2/bot_status_change.json");
     let refused = eventually("8 > 7: backlog_full", || async {
         let r = post_signed(&ingress, "svix", SECRET, "msg_full", now(), &body).await;
         (r.status() == 503).then_some(r)

@@ -27,7 +27,7 @@ async fn one_webhook_end_to_end(plain: &RedisServer, url: &str, tls: &[(&str, &s
     target.always("POST", "/hook", Reply::status(200));
     let ingress = start_with(with(default_vars(url), tls), |_| {}).await;
     assert_eq!(readyz(&ingress).await, 200);
-    let body = fixture("meeting-baas/v2/bot_completed.json");
+    let body = fixture("meeting-baas/v2/bot_status_change.json");
     let response = post_signed(&ingress, "svix", SECRET, "msg_secure_1", now(), &body).await;
     assert_eq!(answer(response).await.1["status"], "accepted");
     assert_eq!(xlen(plain), 1);
@@ -56,7 +56,7 @@ async fn mutual_tls_needs_the_client_certificate() {
     // Without a client certificate the server refuses the handshake: an outage, answered 503.
     let ingress = start_with(with(default_vars(&redis.tls_url()), &[("REDIS_TLS_CA_FILE", &ca)]), |_| {}).await;
     assert_eq!(readyz(&ingress).await, 503);
-    let body = fixture("meeting-baas/v2/bot_completed.json");
+    let body = fixture("meeting-baas/v2/bot_status_change.json");
     let response = post_signed(&ingress, "svix", SECRET, "msg_no_client_cert", now(), &body).await;
     assert_error(response, 503, "unavailable").await;
     ingress.stop().await;
@@ -74,7 +74,7 @@ async fn a_server_the_ca_does_not_vouch_for_is_refused() {
     for url in [redis.tls_url()] {
         let ingress = start_with(with(default_vars(&url), &[("REDIS_TLS_CA_FILE", &other)]), |_| {}).await;
         assert_eq!(readyz(&ingress).await, 503);
-        let body = fixture("meeting-baas/v2/bot_completed.json");
+        let body = fixture("meeting-baas/v2/bot_status_change.json");
         let response = post_signed(&ingress, "svix", SECRET, "msg_wrong_ca", now(), &body).await;
         assert_error(response, 503, "unavailable").await;
         ingress.stop().await;
@@ -116,7 +116,7 @@ async fn an_acl_user_over_tls() {
     let ingress = start_with(with(default_vars(&url), &[("REDIS_TLS_CA_FILE", &ca)]), |_| {}).await;
     assert_eq!(readyz(&ingress).await, 200);
     let response =
-        post_signed(&ingress, "svix", SECRET, "msg_acl_tls", now(), &fixture("meeting-baas/v2/bot_completed.json"))
+        post_signed(&ingress, "svix", SECRET, "msg_acl_tls", now(), &fixture("meeting-baas/v2/bot_status_change.json"))
             .await;
     assert_eq!(answer(response).await.1["status"], "accepted");
     ingress.stop().await;
@@ -128,7 +128,7 @@ async fn a_wrong_password_is_an_outage_not_a_crash() {
     let wrong = redis.url().replace("w0nderland", "not-the-password");
     let ingress = start_with(default_vars(&wrong), |_| {}).await;
     assert_eq!(readyz(&ingress).await, 503);
-    let body = fixture("meeting-baas/v2/bot_completed.json");
+    let body = fixture("meeting-baas/v2/bot_status_change.json");
     let response = post_signed(&ingress, "svix", SECRET, "msg_wrong_password", now(), &body).await;
     assert_error(response, 503, "unavailable").await;
     ingress.stop().await;
@@ -151,7 +151,7 @@ async fn both_binaries_work_on_a_redis_cluster_over_tls() {
     let target = FakeApi::start().await;
     target.always("POST", "/hook", Reply::status(200));
     let ingress = start_with(with(default_vars(&urls), &tls), |_| {}).await;
-    let body = fixture("meeting-baas/v2/bot_completed.json");
+    let body = fixture("meeting-baas/v2/bot_status_change.json");
     const N: usize = 24;
     for i in 0..N {
         let response = post_signed(&ingress, "svix", SECRET, &format!("msg_cluster_tls_{i}"), now(), &body).await;
@@ -185,7 +185,7 @@ async fn both_binaries_find_the_primary_through_sentinels_over_tls() {
     target.always("POST", "/hook", Reply::status(200));
     let ingress = start_with(with(default_vars(&urls), &tls), |_| {}).await;
     assert_eq!(readyz(&ingress).await, 200);
-    let body = fixture("meeting-baas/v2/bot_completed.json");
+    let body = fixture("meeting-baas/v2/bot_status_change.json");
     for i in 0..5 {
         let response = post_signed(&ingress, "svix", SECRET, &format!("msg_sentinel_tls_{i}"), now(), &body).await;
         assert_eq!(answer(response).await.1["status"], "accepted", "webhook {i}");
@@ -222,7 +222,7 @@ async fn an_acl_user_with_min_replicas_ack_waits_for_the_replica() {
     let mut vars = default_vars(&primary.url());
     vars.insert("MIN_REPLICAS_ACK".into(), "1".into());
     let ingress = start_with(vars, |_| {}).await;
-    let body = fixture("meeting-baas/v2/bot_completed.json");
+    let body = fixture("meeting-baas/v2/bot_status_change.json");
     let response = post_signed(&ingress, "svix", SECRET, "msg_acl_wait", now(), &body).await;
     assert_eq!(answer(response).await.1["status"], "accepted");
     ingress.stop().await;
@@ -242,7 +242,7 @@ async fn an_acl_user_works_for_every_cluster_node() {
     let target = FakeApi::start().await;
     target.always("POST", "/hook", Reply::status(200));
     let ingress = start_with(with(default_vars(&urls), &mode), |_| {}).await;
-    let body = fixture("meeting-baas/v2/bot_completed.json");
+    let body = fixture("meeting-baas/v2/bot_status_change.json");
     const N: usize = 16;
     for i in 0..N {
         let response = post_signed(&ingress, "svix", SECRET, &format!("msg_cluster_acl_{i}"), now(), &body).await;

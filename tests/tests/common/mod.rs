@@ -458,7 +458,7 @@ pub struct Load {
 impl Load {
     pub fn start(url: String, prefix: &str, n: usize, senders: usize) -> Self {
         let accepted = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
-        let body = std::sync::Arc::new(hookstream_tests::fixture("meeting-baas/v2/bot_completed.json"));
+        let body = std::sync::Arc::new(hookstream_tests::fixture("meeting-baas/v2/bot_status_change.json"));
         let senders = (0..senders)
             .map(|s| {
                 let (accepted, body, url, prefix, step) =
