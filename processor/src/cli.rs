@@ -190,6 +190,7 @@ pub async fn operate(config: &crate::ProcessorConfig, partition: Option<usize>, 
                 let namespace = shared::keys::Keys::new(ns);
                 done.stdout.push_str(&try_redis!(crate::ops::breaker_status(&mut con, &namespace).await));
                 done.stdout.push_str(&try_redis!(crate::ops::reconcile_status(&mut con, ns).await));
+                done.stdout.push_str(&try_redis!(crate::ops::calendar_status(&mut con, &namespace).await));
             }
             done
         }
@@ -205,12 +206,17 @@ pub async fn reconcile(config: &crate::ProcessorConfig, con: shared::conn::Conn,
     match reconciler.pass(dry_run).await {
         Ok(report) => {
             let mut out: String = report.drift.iter().map(|d| format!("{d}\n")).collect();
+            for bot in &report.missing_results {
+                out.push_str(&format!("v2 bot {bot} missing result\n"));
+            }
             let verb = if dry_run { "found (dry run: nothing appended)" } else { "queued" };
             out.push_str(&format!(
-                "{} calendars, {} events, {} drifted {verb}\n",
+                "{} calendars, {} events, {} drifted, {} bots ended, {} missing results {verb}\n",
                 report.calendars,
                 report.events,
-                report.drift.len()
+                report.drift.len(),
+                report.bots,
+                report.missing_results.len()
             ));
             let stderr = report.errors.join("\n");
             Done { code: 0, stdout: out, stderr }

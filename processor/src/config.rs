@@ -76,6 +76,17 @@ pub const PROCESSOR_VARS: &[Var] = &[
         help: "API versions to reconcile: auto (those with calendar webhooks in 30 days), v1, v2, v1,v2, none",
     },
     Var { name: "RECONCILE_READS_PER_SEC", default: "20", help: "the reconciler's API reads per second, all replicas" },
+    Var {
+        name: "RECONCILE_RESULTS_HOURS",
+        default: "24",
+        help: "each pass asks again for the final webhook of v2 bots that ended this far back and whose result \
+               never came (0 = off; at most DEDUP_TTL_SECS)",
+    },
+    Var {
+        name: "RECONCILE_RESULTS_GRACE_SECS",
+        default: "600",
+        help: "a bot that ended more recently is not yet missing its result",
+    },
     Var { name: "OTEL_SERVICE_NAME", default: "hookstream-processor", help: "service.name of the exported spans" },
 ];
 
@@ -187,7 +198,16 @@ impl ProcessorConfig {
         // Its Api never writes: the write limiter it carries is never asked.
         let no_writes = crate::downstream::limiter::WriteLimiter::new(String::new(), con.clone(), 0);
         let api = crate::downstream::meeting_baas::Api::new(http, &self.api_settings(), no_writes, None, breaker);
-        Ok(crate::reconcile::Reconciler::new(api, con, partitions, self.record_policy, self.reconcile.clone()))
+        let connections =
+            crate::calendars::Connections::new(con.clone(), partitions.namespace(), !self.reconcile.interval.is_zero());
+        Ok(crate::reconcile::Reconciler::new(
+            api,
+            con,
+            partitions,
+            self.record_policy,
+            self.reconcile.clone(),
+            connections,
+        ))
     }
 
     pub fn read(r: &Reader<'_>) -> Result<Self, ConfigError> {
@@ -256,6 +276,8 @@ impl ProcessorConfig {
                 horizon: Duration::from_secs(r.number("RECONCILE_HORIZON_HOURS", 168, 1, 24 * 366)? * 3_600),
                 apis: r.parse("RECONCILE_APIS", crate::reconcile::Apis::Auto)?,
                 reads_per_sec: r.number("RECONCILE_READS_PER_SEC", 20, 1, 1_000_000)? as u32,
+                results_lookback: Duration::from_secs(r.number("RECONCILE_RESULTS_HOURS", 24, 0, 366 * 24)? * 3_600),
+                results_grace: Duration::from_secs(r.number("RECONCILE_RESULTS_GRACE_SECS", 600, 0, 7 * 86_400)?),
             },
             trim_interval: Duration::from_secs(10),
             timing: Timing::new(claim_idle, block)?,

@@ -1,6 +1,6 @@
 //! The event names hookstream knows, and which handler does each: the one table that drives
-//! both the handler registry ([`crate::handlers::Registry::standard`]) and the `event` label of
-//! the metrics ([`crate::metrics`]). Adding a handler: its file in `handlers/`, a [`Family`] for
+//! both the handler registry (the handler registry (`handlers::Registry::standard`)) and the `event` label of
+//! the metrics (`metrics`). Adding a handler: its file in `handlers/`, a [`Family`] for
 //! it, and its rows here.
 //!
 //! Senders choose event names, so every name outside this table is counted as [`OTHER_EVENT`]
@@ -10,16 +10,20 @@
 /// Which handler does an event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Family {
-    /// `calendar.sync_events` (API v1): [`crate::handlers::calendar_v1`].
+    /// `calendar.sync_events` (API v1): `handlers/calendar_v1.rs`.
     CalendarV1,
-    /// The v2 calendar events that name instances to schedule: [`crate::handlers::calendar_v2`].
+    /// The v2 calendar events that name instances to schedule: `handlers/calendar_v2.rs`.
     CalendarV2,
-    /// `calendar.event_cancelled` (API v2): [`crate::handlers::calendar_v2`].
+    /// `calendar.event_cancelled` (API v2): `handlers/calendar_v2.rs`.
     CalendarV2Cancelled,
-    /// `hookstream.reconcile`, one drifted meeting: [`crate::handlers::reconcile`].
+    /// `hookstream.reconcile`, one drifted meeting: `handlers/reconcile.rs`.
     Reconcile,
-    /// Forwarded to `FORWARD_URL`: [`crate::handlers::forward`] (also every unknown name).
+    /// Forwarded to `FORWARD_URL`: the forwarder (also every unknown name).
     Forward,
+    /// `calendar.connection_*` (API v2): the calendar's connection record, no bot changed.
+    Connection,
+    /// `hookstream.resend`, one bot whose final webhook never came: ask for it again.
+    Resend,
 }
 
 /// One known event name.
@@ -46,15 +50,16 @@ pub const EVENTS: &[Known] = &[
     known("calendar.event_updated", Family::CalendarV2),
     known("calendar.event_cancelled", Family::CalendarV2Cancelled),
     known("calendar.events_synced", Family::CalendarV2),
-    known("calendar.connection_created", Family::Forward),
-    known("calendar.connection_updated", Family::Forward),
-    known("calendar.connection_deleted", Family::Forward),
-    known("calendar.connection_error", Family::Forward),
+    known("calendar.connection_created", Family::Connection),
+    known("calendar.connection_updated", Family::Connection),
+    known("calendar.connection_deleted", Family::Connection),
+    known("calendar.connection_error", Family::Connection),
     known("bot.completed", Family::Forward),
     known("bot.failed", Family::Forward),
     known("bot.chat_message", Family::Forward),
     // hookstream's own
     known("hookstream.reconcile", Family::Reconcile),
+    known("hookstream.resend", Family::Resend),
 ];
 
 /// The `event` label of every event name outside [`EVENTS`].

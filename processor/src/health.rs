@@ -69,6 +69,9 @@ pub async fn answer(streams: &[Stream], req: Request<Incoming>) -> Response<Body
             }
             if let Some(stream) = streams.first() {
                 set_breaker_gauges(stream).await;
+                if let Ok(records) = crate::calendars::all(&mut stream.connection(), &stream.keys.calendars).await {
+                    crate::metrics::calendar_connections(&crate::calendars::count(&records));
+                }
             }
             metrics_response()
         }

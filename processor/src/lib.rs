@@ -13,6 +13,7 @@
 //! (API client, breaker, limiter, meeting lock, waits) → `traces`, `http` (a downstream call),
 //! `stream` (commands) → `replies`, `clock`, `timing`, `metrics`, `events` below everything.
 
+pub mod calendars;
 pub mod cli;
 pub mod clock;
 pub mod config;

@@ -19,6 +19,7 @@ pub const BREAKER_OPEN: &str = "hookstream_breaker_open";
 pub const RECONCILE_RUNS_TOTAL: &str = "hookstream_reconcile_runs_total";
 pub const RECONCILE_DRIFT_TOTAL: &str = "hookstream_reconcile_drift_total";
 pub const RECONCILE_LAST_SUCCESS: &str = "hookstream_reconcile_last_success_timestamp_seconds";
+pub const CALENDAR_CONNECTIONS: &str = "hookstream_calendar_connections";
 
 /// What became of an entry: the `outcome` label of [`ENTRIES_TOTAL`].
 #[derive(Debug, Clone, Copy)]
@@ -125,5 +126,14 @@ pub fn reconcile_init() {
         for kind in ["missing_bot", "extra_bot"] {
             metrics::counter!(RECONCILE_DRIFT_TOTAL, "api" => api, "kind" => kind).increment(0);
         }
+    }
+    metrics::counter!(RECONCILE_DRIFT_TOTAL, "api" => "v2", "kind" => "missing_result").increment(0);
+}
+
+/// `hookstream_calendar_connections{status}`: how many v2 calendars are in each connection
+/// status (SPEC §4.6), as `{ns}:calendars` has it when scraped.
+pub fn calendar_connections(counts: &[(&'static str, u64)]) {
+    for (status, n) in counts {
+        metrics::gauge!(CALENDAR_CONNECTIONS, "status" => *status).set(*n as f64);
     }
 }

@@ -109,7 +109,13 @@ impl Processor {
         let breakers = crate::downstream::breaker::Breakers::new(&partitions, &commands, config.breakers);
         let registry = match registry {
             Some(registry) => registry,
-            None => Registry::standard(&config.handler_settings(), limiter, Some(seen), breakers)?,
+            None => Registry::standard(
+                &config.handler_settings(),
+                limiter,
+                Some(seen),
+                breakers,
+                crate::calendars::Connections::new(commands.clone(), &namespace, !config.reconcile.interval.is_zero()),
+            )?,
         };
         let reconciler = config.reconciler(commands.clone())?.with_traces(traces.clone());
         // A meeting's lock lives as long as a dead holder's entries stay unclaimed.

@@ -43,6 +43,13 @@ pub struct Keys {
     pub reconcile_last: String,
     /// `{ns}:ratelimit:reconcile-reads` — the reconciler's read limiter, shared by replicas.
     pub reconcile_reads: String,
+    /// `{ns}:reconcile:now` — calendars to reconcile at once (a set: connections back to active).
+    pub reconcile_now: String,
+    /// `{ns}:calendars` — v2 calendar id → its connection record (JSON), SPEC §4.6.
+    pub calendars: String,
+    /// `{ns}:resend:` — prefix of the keys that hold back a second resend of a bot's result for
+    /// an hour; the rest is the bot id.
+    resend_prefix: String,
     /// `{ns}:dedup:` or `{ns:i}:dedup:` — prefix of the dedup keys; the rest is a hex SHA-256.
     dedup_prefix: String,
     /// `{ns}:lock:` — prefix of the per-meeting locks; the rest is a hex SHA-256.
@@ -74,6 +81,9 @@ impl Keys {
             reconcile_apis: format!("{{{ns}}}:reconcile:apis"),
             reconcile_last: format!("{{{ns}}}:reconcile:last"),
             reconcile_reads: format!("{{{ns}}}:ratelimit:reconcile-reads"),
+            reconcile_now: format!("{{{ns}}}:reconcile:now"),
+            calendars: format!("{{{ns}}}:calendars"),
+            resend_prefix: format!("{{{ns}}}:resend:"),
             lock_prefix: format!("{{{ns}}}:lock:"),
             breaker_prefix: format!("{{{ns}}}:breaker:"),
         }
@@ -83,6 +93,12 @@ impl Keys {
     /// on that meeting (v1: `v1:<event uuid>`; v2: `v2:<calendar_id>:<event_id>`).
     pub fn lock(&self, meeting_key: &str) -> String {
         format!("{}{}", self.lock_prefix, hex::encode(Sha256::digest(meeting_key.as_bytes())))
+    }
+
+    /// `{ns}:resend:<bot_id>`: set for an hour when the reconciler asked for a bot's final
+    /// webhook again (SPEC §4.5: at most once an hour per bot).
+    pub fn resend(&self, bot_id: &str) -> String {
+        format!("{}{bot_id}", self.resend_prefix)
     }
 
     /// `{ns}:breaker:<downstream>`: a downstream's breaker, shared by every replica.

@@ -927,6 +927,8 @@ pub const SPEC_VARS: &[(&str, &str, &str)] = &[
     ("RECONCILE_HORIZON_HOURS", "168", "processor"),
     ("RECONCILE_APIS", "auto", "processor"),
     ("RECONCILE_READS_PER_SEC", "20", "processor"),
+    ("RECONCILE_RESULTS_HOURS", "24", "processor"),
+    ("RECONCILE_RESULTS_GRACE_SECS", "600", "processor"),
     ("REDIS_MODE", "standalone", "both"),
     ("PARTITIONS", "1", "both"),
     ("MIN_REPLICAS_ACK", "0", "ingress"),

@@ -15,9 +15,11 @@
 
 pub mod calendar_v1;
 pub mod calendar_v2;
+pub mod connection;
 pub mod decision;
 pub mod forward;
 pub mod reconcile;
+pub mod resend;
 
 pub use crate::http::HandlerError;
 
@@ -107,6 +109,7 @@ impl Registry {
         limiter: crate::downstream::limiter::WriteLimiter,
         seen: Option<crate::downstream::meeting_baas::Seen>,
         breakers: crate::downstream::breaker::Breakers,
+        connections: crate::calendars::Connections,
     ) -> Result<Self, reqwest::Error> {
         let http = crate::http::http_client(settings.timeout)?;
         let api = Arc::new(crate::downstream::meeting_baas::Api::new(
@@ -123,7 +126,9 @@ impl Registry {
         let calendar = Arc::new(calendar_v2::Calendar::new(api.clone(), policy, false));
         let reconcile: Arc<dyn Handler> = Arc::new(reconcile::Reconcile::new(sync.clone(), calendar.clone()));
         let (v1, v2): (Arc<dyn Handler>, Arc<dyn Handler>) = (sync, calendar);
-        let v2_cancelled: Arc<dyn Handler> = Arc::new(calendar_v2::Calendar::new(api, policy, true));
+        let v2_cancelled: Arc<dyn Handler> = Arc::new(calendar_v2::Calendar::new(api.clone(), policy, true));
+        let resend: Arc<dyn Handler> = Arc::new(resend::Resend::new(api));
+        let connection: Arc<dyn Handler> = Arc::new(connection::Connection::new(connections));
         let mut registry = Self::new(forward.clone());
         for known in crate::events::EVENTS {
             let handler = match known.family {
@@ -132,6 +137,8 @@ impl Registry {
                 Family::CalendarV2Cancelled => &v2_cancelled,
                 Family::Reconcile => &reconcile,
                 Family::Forward => &forward,
+                Family::Connection => &connection,
+                Family::Resend => &resend,
             };
             registry.register(known.name, handler.clone());
         }

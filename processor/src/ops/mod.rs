@@ -14,7 +14,7 @@ mod status;
 pub use crate::replies::ConsumerInfo;
 pub use dead::{format_entry, format_list, DeadEntry, ReplayError};
 pub use retry::{format_list as format_retry_list, format_summary as format_retry_summary, ParkedEntry, ParkedSummary};
-pub use status::{breaker_status, reconcile_status};
+pub use status::{breaker_status, calendar_status, reconcile_status};
 
 use crate::stream::parse_id;
 use redis::RedisResult;

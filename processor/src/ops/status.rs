@@ -64,18 +64,31 @@ pub async fn reconcile_status(con: &mut shared::conn::Conn, ns: &str) -> RedisRe
     }
     let get = |k: &str| last.get(k).map(String::as_str).unwrap_or("-");
     let mut out = format!(
-        "\nreconcile  last pass {} ({}): {} ms, {} calendars, {} events, {} drifted",
+        "\nreconcile  last pass {} ({}): {} ms, {} calendars, {} events, {} drifted, {} missing results",
         get("at"),
         get("result"),
         get("duration_ms"),
         get("calendars"),
         get("events"),
-        get("drift")
+        get("drift"),
+        get("missing_results")
     );
     if let Some(error) = last.get("error").filter(|e| !e.is_empty()) {
         let _ = write!(out, "; {error}");
     }
     out.push('\n');
+    Ok(out)
+}
+
+/// The `processor status` lines about the v2 calendars whose connection is not `active`
+/// (`{ns}:calendars`, SPEC §4.6): id, status, since, message.
+pub async fn calendar_status(con: &mut shared::conn::Conn, keys: &shared::keys::Keys) -> RedisResult<String> {
+    let records = crate::calendars::all(con, &keys.calendars).await?;
+    let broken: Vec<_> = records.iter().filter(|(_, c)| crate::calendars::normalise(&c.status) != "active").collect();
+    let mut out = format!("\ncalendars  {} known, {} not active\n", records.len(), broken.len());
+    for (id, c) in broken {
+        let _ = writeln!(out, "calendar  {id}  {}  since {}  {}", c.status, c.since, c.message);
+    }
     Ok(out)
 }
 

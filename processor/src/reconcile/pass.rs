@@ -2,6 +2,7 @@
 //! `hookstream.reconcile` entry per drifted meeting (see the module docs of `reconcile`).
 
 use super::settings::{Apis, Settings};
+use crate::calendars::Connections;
 use crate::clock::now_ms;
 use crate::downstream::limiter::WriteLimiter;
 use crate::downstream::meeting_baas::{is_uuid, name, Api, ApiVersion};
@@ -77,6 +78,11 @@ pub struct Report {
     pub errors: Vec<String>,
     /// Drifted meetings not queued this pass: their last reconcile entry is dead (SPEC §4.4).
     pub held_back: usize,
+    /// Ended bots listed by the results pass (SPEC §4.5).
+    pub bots: usize,
+    /// Bots whose final webhook never came (SPEC §4.5): queued to be resent (or, in a dry run,
+    /// found).
+    pub missing_results: Vec<String>,
     pub duration: Duration,
 }
 
@@ -92,6 +98,19 @@ struct V2Page<T> {
 #[derive(Deserialize)]
 struct V2Calendar {
     calendar_id: String,
+    #[serde(default)]
+    calendar_platform: Option<String>,
+    /// `active`, `error`, `revoked`, `permission_denied` (SPEC §4.6).
+    #[serde(default)]
+    status: Option<String>,
+}
+
+/// A listed v2 bot: what the results pass reads.
+#[derive(Deserialize)]
+struct V2Bot {
+    bot_id: String,
+    #[serde(default)]
+    ended_at: Option<String>,
 }
 
 /// A v2 listed event: the fields of the current event the decision reads, but no attendees
@@ -150,6 +169,8 @@ pub struct Reconciler {
     pub(super) partitions: Partitions,
     policy: RecordPolicy,
     pub(super) settings: Settings,
+    /// The calendars' connection records (SPEC §4.6).
+    pub(super) connections: Connections,
     /// Spans, when tracing is on: one `INTERNAL` span per pass, its API reads inside it.
     pub(super) traces: Option<shared::otel::Traces>,
 }
@@ -196,10 +217,24 @@ where
 impl Reconciler {
     /// The reconciler: `api` reads (paced at `RECONCILE_READS_PER_SEC` across replicas), `con`
     /// appends the drift's entries.
-    pub fn new(api: Api, con: Conn, partitions: Partitions, policy: RecordPolicy, settings: Settings) -> Self {
+    pub fn new(
+        api: Api,
+        con: Conn,
+        partitions: Partitions,
+        policy: RecordPolicy,
+        settings: Settings,
+        connections: Connections,
+    ) -> Self {
         let reads =
             WriteLimiter::new(partitions.namespace().reconcile_reads.clone(), con.clone(), settings.reads_per_sec);
-        Self { api, reads, con, partitions, policy, settings, traces: None }
+        Self { api, reads, con, partitions, policy, settings, connections, traces: None }
+    }
+
+    /// The window a pass lists: now to now + `RECONCILE_HORIZON_HOURS`, on Redis's clock.
+    fn window(&self) -> (String, String) {
+        let from = crate::clock::now();
+        let to = from + chrono::Duration::from_std(self.settings.horizon).unwrap_or(chrono::Duration::days(7));
+        (from.to_rfc3339_opts(chrono::SecondsFormat::Secs, true), to.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
     }
 
     /// Makes a span per pass with `traces` ([`crate::traces`]).
@@ -239,25 +274,29 @@ impl Reconciler {
     pub async fn pass(&self, dry_run: bool) -> Result<Report, String> {
         let started = Instant::now();
         let mut report = Report::default();
-        if self.policy == RecordPolicy::None {
-            return Ok(report); // hookstream leaves every bot as it is
-        }
         let versions = self.versions().await.map_err(|e| format!("Redis: {e}"))?;
-        let from = crate::clock::now();
-        let to = from + chrono::Duration::from_std(self.settings.horizon).unwrap_or(chrono::Duration::days(7));
-        let (from, to) = (
-            from.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-            to.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-        );
-        for api in versions {
+        let (from, to) = self.window();
+        // RECORD_POLICY=none: hookstream leaves every bot as it is (results are still asked for).
+        for api in versions.iter().filter(|_| self.policy != RecordPolicy::None) {
             match api {
                 ApiVersion::V2 => self.pass_v2(&from, &to, &mut report).await?,
                 ApiVersion::V1 => self.pass_v1(&from, &to, &mut report).await?,
             }
         }
+        self.queue_drift(&mut report, dry_run).await?;
+        if versions.contains(&ApiVersion::V2) && !self.settings.results_lookback.is_zero() {
+            self.pass_results(dry_run, &mut report).await?;
+        }
+        report.duration = started.elapsed();
+        Ok(report)
+    }
+
+    /// Appends one entry per drifted meeting of `report` (once per meeting; unless `dry_run`),
+    /// except those held back.
+    async fn queue_drift(&self, report: &mut Report, dry_run: bool) -> Result<(), String> {
         let mut seen = HashSet::new();
         report.drift.retain(|d| seen.insert((d.api, d.calendar_id.clone(), d.event_id.clone())));
-        let held = self.held_back(&report).await.map_err(|e| format!("Redis: {e}"))?;
+        let held = self.held_back(report).await.map_err(|e| format!("Redis: {e}"))?;
         for drift in &report.drift {
             if let Some(wait) = held.get(&drift.dedup_id()) {
                 tracing::info!(
@@ -282,8 +321,7 @@ impl Reconciler {
                 self.append(drift).await.map_err(|e| format!("Redis: {e}"))?;
             }
         }
-        report.duration = started.elapsed();
-        Ok(report)
+        Ok(())
     }
 
     /// The drifted meetings whose last reconcile entry is dead and whose delay is not over, with
@@ -336,42 +374,158 @@ impl Reconciler {
         if calendars.is_empty() && !calendars_failed.is_empty() {
             return Err(calendars_failed.join("; "));
         }
+        let listed_all = calendars_failed.is_empty();
         report.errors.extend(calendars_failed);
-        for calendar in calendars.iter().filter(|c| is_uuid(&c.calendar_id)) {
-            report.calendars += 1;
-            let id = calendar.calendar_id.as_str();
-            let what = format!("v2 calendar {id}");
-            let events: Vec<V2Event> = follow(
-                &what,
-                |cursor| async move {
-                    let mut query =
-                        vec![("limit", "250"), ("show_cancelled", "true"), ("start_date", from), ("end_date", to)];
-                    if let Some(c) = &cursor {
-                        query.push(("cursor", c.as_str()));
-                    }
-                    let page: Option<V2Page<V2Event>> = self.read(&["v2", "calendars", id, "events"], &query).await?;
-                    let page = page.ok_or("the calendar is gone (404)")?;
-                    Ok((page.data, page.cursor))
-                },
-                &mut report.errors,
-            )
-            .await;
-            report.events += events.len();
-            for e in events.into_iter().filter(|e| is_uuid(&e.event_id)) {
-                let facts = Facts { owner_organises: true, ..e.event.facts() };
-                if let Some(kind) = drift_of(facts, self.policy, true) {
-                    let series_id = e.event.series_id.filter(|s| is_uuid(s));
-                    report.drift.push(Drift {
-                        api: ApiVersion::V2,
-                        calendar_id: id.to_string(),
-                        event_id: e.event_id,
-                        series_id,
-                        kind,
-                    });
+        let calendars: Vec<V2Calendar> = calendars.into_iter().filter(|c| is_uuid(&c.calendar_id)).collect();
+        self.record_connections(&calendars, listed_all).await.map_err(|e| format!("Redis: {e}"))?;
+        for calendar in &calendars {
+            self.calendar_v2(&calendar.calendar_id, from, to, report).await;
+        }
+        Ok(())
+    }
+
+    /// Keeps `{ns}:calendars` in step with the listed calendars (SPEC §4.6): a status change
+    /// that no webhook reported is seen here; a calendar no longer listed (when the whole list
+    /// was read) is forgotten.
+    async fn record_connections(&self, calendars: &[V2Calendar], listed_all: bool) -> RedisResult<()> {
+        for c in calendars {
+            let status = c.status.as_deref().unwrap_or("active");
+            let platform = c.calendar_platform.as_deref().unwrap_or_default();
+            self.connections.record(&c.calendar_id, status, platform, "").await?;
+        }
+        if listed_all {
+            let listed: HashSet<&str> = calendars.iter().map(|c| c.calendar_id.as_str()).collect();
+            for (id, _) in self.connections.all().await? {
+                if !listed.contains(id.as_str()) {
+                    self.connections.remove(&id).await?;
                 }
             }
         }
         Ok(())
+    }
+
+    /// One v2 calendar's events from `from` to `to`, every page, and their drift.
+    async fn calendar_v2(&self, id: &str, from: &str, to: &str, report: &mut Report) {
+        report.calendars += 1;
+        let what = format!("v2 calendar {id}");
+        let events: Vec<V2Event> = follow(
+            &what,
+            |cursor| async move {
+                let mut query =
+                    vec![("limit", "250"), ("show_cancelled", "true"), ("start_date", from), ("end_date", to)];
+                if let Some(c) = &cursor {
+                    query.push(("cursor", c.as_str()));
+                }
+                let page: Option<V2Page<V2Event>> = self.read(&["v2", "calendars", id, "events"], &query).await?;
+                let page = page.ok_or("the calendar is gone (404)")?;
+                Ok((page.data, page.cursor))
+            },
+            &mut report.errors,
+        )
+        .await;
+        report.events += events.len();
+        for e in events.into_iter().filter(|e| is_uuid(&e.event_id)) {
+            let facts = Facts { owner_organises: true, ..e.event.facts() };
+            if let Some(kind) = drift_of(facts, self.policy, true) {
+                let series_id = e.event.series_id.filter(|s| is_uuid(s));
+                report.drift.push(Drift {
+                    api: ApiVersion::V2,
+                    calendar_id: id.to_string(),
+                    event_id: e.event_id,
+                    series_id,
+                    kind,
+                });
+            }
+        }
+    }
+
+    /// Reconciles one v2 calendar now, on its own (a connection back to `active`, SPEC §4.6):
+    /// its events listed in the window, its drift appended as a pass does.
+    pub async fn calendar_now(&self, id: &str) -> Result<Report, String> {
+        let started = Instant::now();
+        let mut report = Report::default();
+        if self.policy == RecordPolicy::None || !is_uuid(id) {
+            return Ok(report);
+        }
+        let (from, to) = self.window();
+        self.calendar_v2(id, &from, &to, &mut report).await;
+        self.queue_drift(&mut report, false).await?;
+        report.duration = started.elapsed();
+        Ok(report)
+    }
+
+    /// Results (SPEC §4.5): the v2 bots that ended in the last `RECONCILE_RESULTS_HOURS`, every
+    /// page; one that ended more than `RECONCILE_RESULTS_GRACE_SECS` ago and whose final webhook
+    /// the ingress never accepted (no dedup key for `bot.completed:{id}` nor `bot.failed:{id}`)
+    /// is missing its result. Unless `dry_run`, one `hookstream.resend` entry each, at most once
+    /// an hour per bot (`{ns}:resend:<bot_id>`).
+    async fn pass_results(&self, dry_run: bool, report: &mut Report) -> Result<(), String> {
+        let now = crate::clock::now();
+        let lookback =
+            chrono::Duration::from_std(self.settings.results_lookback).unwrap_or(chrono::Duration::hours(24));
+        let grace = chrono::Duration::from_std(self.settings.results_grace).unwrap_or(chrono::Duration::minutes(10));
+        let ended_after = (now - lookback).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let ended_after = ended_after.as_str();
+        let mut failed = Vec::new();
+        let bots: Vec<V2Bot> = follow(
+            "v2 bots",
+            |cursor| async move {
+                let mut query = vec![("status", "completed,failed"), ("ended_after", ended_after), ("limit", "250")];
+                if let Some(c) = &cursor {
+                    query.push(("cursor", c.as_str()));
+                }
+                let page: Option<V2Page<V2Bot>> = self.read(&["v2", "bots"], &query).await?;
+                let page = page.ok_or("GET /v2/bots answered 404")?;
+                Ok((page.data, page.cursor))
+            },
+            &mut failed,
+        )
+        .await;
+        report.errors.extend(failed);
+        report.bots = bots.len();
+        let mut con = self.con.clone();
+        for bot in bots.into_iter().filter(|b| is_uuid(&b.bot_id)) {
+            let ended = bot.ended_at.as_deref().and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok());
+            if ended.is_none_or(|t| t.with_timezone(&chrono::Utc) > now - grace) {
+                continue; // still in its grace period (or not ended, as far as the API says)
+            }
+            if self.result_accepted(&mut con, &bot.bot_id).await.map_err(|e| format!("Redis: {e}"))? {
+                continue;
+            }
+            if !dry_run {
+                let key = self.partitions.namespace().resend(&bot.bot_id);
+                let first: Option<String> = redis::cmd("SET")
+                    .arg(&key)
+                    .arg(1)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(3_600_000)
+                    .query_async(&mut con)
+                    .await
+                    .map_err(|e| format!("Redis: {e}"))?;
+                if first.is_none() {
+                    continue; // asked for within the hour
+                }
+                tracing::warn!(bot_id = %bot.bot_id, "reconcile: a bot's final webhook never came; asking Meeting BaaS to resend it");
+                self.append_resend(&bot.bot_id).await.map_err(|e| format!("Redis: {e}"))?;
+            }
+            report.missing_results.push(bot.bot_id);
+        }
+        Ok(())
+    }
+
+    /// Whether the ingress accepted a final webhook of `bot_id` (its dedup key is there, in the
+    /// partition its identity names).
+    async fn result_accepted(&self, con: &mut Conn, bot_id: &str) -> RedisResult<bool> {
+        for event in ["bot.completed", "bot.failed"] {
+            let identity = format!("{event}:{bot_id}");
+            let (keys, _) = self.partitions.of(&identity);
+            let exists: i64 = redis::cmd("EXISTS").arg(keys.dedup(&identity)).query_async(con).await?;
+            if exists > 0 {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     async fn pass_v1(&self, from: &str, to: &str, report: &mut Report) -> Result<(), String> {
@@ -413,22 +567,33 @@ impl Reconciler {
 
     /// One `hookstream.reconcile` entry, in the partition its dedup identity names.
     async fn append(&self, drift: &Drift) -> RedisResult<String> {
-        use shared::entry::{DEDUP_ID, EVENT as EVENT_FIELD, PAYLOAD, RECEIVED_AT, REQUEST_ID, SOURCE};
-        let dedup_id = drift.dedup_id();
-        let (keys, _) = self.partitions.of(&dedup_id);
         let mut payload = json!({"api": name(drift.api), "calendar_id": drift.calendar_id, "event_id": drift.event_id});
         if let Some(series_id) = &drift.series_id {
             payload["series_id"] = json!(series_id);
         }
+        self.append_entry(EVENT, &drift.dedup_id(), &payload).await
+    }
+
+    /// One `hookstream.resend` entry for `bot_id` (SPEC §4.5).
+    async fn append_resend(&self, bot_id: &str) -> RedisResult<String> {
+        let payload = json!({"api": "v2", "bot_id": bot_id});
+        self.append_entry(crate::handlers::resend::EVENT, &format!("resend:{bot_id}"), &payload).await
+    }
+
+    /// Appends an entry of the reconciler's (`source` = `reconciler`), in the partition its
+    /// dedup identity names.
+    async fn append_entry(&self, event: &str, dedup_id: &str, payload: &serde_json::Value) -> RedisResult<String> {
+        use shared::entry::{DEDUP_ID, EVENT as EVENT_FIELD, PAYLOAD, RECEIVED_AT, REQUEST_ID, SOURCE};
+        let (keys, _) = self.partitions.of(dedup_id);
         redis::cmd("XADD")
             .arg(&keys.events)
             .arg("*")
             .arg(EVENT_FIELD)
-            .arg(EVENT)
+            .arg(event)
             .arg(SOURCE)
             .arg("reconciler")
             .arg(DEDUP_ID)
-            .arg(&dedup_id)
+            .arg(dedup_id)
             .arg(PAYLOAD)
             .arg(payload.to_string())
             .arg(RECEIVED_AT)

@@ -45,6 +45,9 @@ impl Reconciler {
                 for d in &r.drift {
                     crate::metrics::reconcile_drift(name(d.api), d.kind.label());
                 }
+                for _ in &r.missing_results {
+                    crate::metrics::reconcile_drift("v2", "missing_result");
+                }
                 cmd.arg("duration_ms")
                     .arg(r.duration.as_millis() as u64)
                     .arg("calendars")
@@ -53,6 +56,8 @@ impl Reconciler {
                     .arg(r.events)
                     .arg("drift")
                     .arg(r.drift.len())
+                    .arg("missing_results")
+                    .arg(r.missing_results.len())
                     .arg("error")
                     .arg(r.errors.join("; "));
             }
@@ -78,8 +83,17 @@ impl Reconciler {
             ttl: interval,
             con: self.con.clone(),
         };
+        let mut next = tokio::time::Instant::now() + crate::clock::jitter(interval, 0.1);
         loop {
-            tokio::time::sleep(crate::clock::jitter(interval, 0.1)).await;
+            // Between passes, the calendars queued to be reconciled at once (SPEC §4.6).
+            tokio::select! {
+                _ = tokio::time::sleep_until(next) => {}
+                _ = tokio::time::sleep(NOW_POLL) => {
+                    self.reconcile_queued().await;
+                    continue;
+                }
+            }
+            next = tokio::time::Instant::now() + crate::clock::jitter(interval, 0.1);
             if !matches!(lease.take().await, Ok(true)) {
                 continue; // another replica reconciles this interval (or Redis is down)
             }
@@ -99,6 +113,7 @@ impl Reconciler {
                     events = r.events,
                     drift = r.drift.len(),
                     held_back = r.held_back,
+                    missing_results = r.missing_results.len(),
                     errors = r.errors.len(),
                     duration_ms = r.duration.as_millis() as u64,
                     "reconcile pass done"
@@ -106,6 +121,32 @@ impl Reconciler {
                 Err(why) => tracing::warn!(error = %why, "reconcile pass failed: cannot list"),
             }
             self.record(&report).await;
+        }
+    }
+}
+
+/// How often every replica looks for calendars queued in `{ns}:reconcile:now`.
+const NOW_POLL: Duration = Duration::from_secs(1);
+
+impl Reconciler {
+    /// Reconciles the calendars queued in `{ns}:reconcile:now` (a connection back to active),
+    /// each by the one replica whose SPOP took it.
+    async fn reconcile_queued(&self) {
+        let key = &self.partitions.namespace().reconcile_now;
+        let ids: RedisResult<Vec<String>> =
+            redis::cmd("SPOP").arg(key).arg(16).query_async(&mut self.con.clone()).await;
+        for id in ids.unwrap_or_default() {
+            match self.calendar_now(&id).await {
+                Ok(r) => tracing::info!(
+                    calendar_id = %id,
+                    events = r.events,
+                    drift = r.drift.len(),
+                    "reconciled a calendar whose connection is active again"
+                ),
+                Err(why) => {
+                    tracing::warn!(calendar_id = %id, error = %why, "reconciling a calendar back to active failed")
+                }
+            }
         }
     }
 }

@@ -44,6 +44,12 @@ pub struct Settings {
     pub horizon: Duration,
     pub apis: Apis,
     pub reads_per_sec: u32,
+    /// `RECONCILE_RESULTS_HOURS`: how far back ended bots are listed for missing results
+    /// (SPEC §4.5); zero: off.
+    pub results_lookback: Duration,
+    /// `RECONCILE_RESULTS_GRACE_SECS`: a bot that ended more recently is not yet missing its
+    /// result (its webhook may be on its way).
+    pub results_grace: Duration,
 }
 
 #[cfg(test)]
