@@ -327,3 +327,134 @@ pub async fn flaky_v1(uuids: &[String]) -> FlakyV1 {
     }
     FlakyV1 { api, down, bots, calls_while_down }
 }
+
+/// A v2 bot that ended, as Meeting BaaS lists it (`GET /v2/bots`) and resends its final webhook.
+#[derive(Debug, Clone)]
+pub struct EndedBot {
+    pub bot_id: String,
+    /// `completed` or `failed`.
+    pub status: &'static str,
+    /// RFC 3339 UTC, seconds (`2026-12-07T10:00:00Z`).
+    pub ended_at: String,
+}
+
+impl EndedBot {
+    /// A bot that ended `ago` before now.
+    pub fn ended(bot_id: &str, status: &'static str, ago: Duration) -> Self {
+        let ended = std::time::SystemTime::now() - ago;
+        let secs = ended.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        Self { bot_id: bot_id.to_string(), status, ended_at: rfc3339(secs) }
+    }
+
+    /// Its final webhook (`bot.completed` / `bot.failed`), the fixture with its id.
+    pub fn final_webhook(&self) -> Vec<u8> {
+        let (event, fixture) = match self.status {
+            "failed" => ("bot.failed", "meeting-baas/v2/bot_failed.json"),
+            _ => ("bot.completed", "meeting-baas/v2/bot_completed.json"),
+        };
+        let mut body = crate::fixture_json(fixture);
+        body["event"] = json!(event);
+        body["data"]["bot_id"] = json!(self.bot_id);
+        serde_json::to_vec(&body).unwrap()
+    }
+}
+
+/// `secs` (Unix) as RFC 3339 UTC with seconds, as the API writes times.
+fn rfc3339(secs: u64) -> String {
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", rem / 3_600, (rem % 3_600) / 60, rem % 60)
+}
+
+/// What [`FakeApi::serve_results`] saw.
+#[derive(Clone, Default)]
+pub struct Results {
+    /// The bots whose final webhook was asked for again, in order.
+    pub resent: Arc<Mutex<Vec<String>>>,
+}
+
+impl FakeApi {
+    /// Serves Meeting BaaS's side of results (SPEC §4.5): `GET /v2/bots` lists `bots` with the
+    /// filters hookstream sends (`status`, `ended_after`), in pages of `limit` (a cursor is the
+    /// offset); `POST /v2/bots/{bot_id}/resend-webhook` answers 200 and, as Meeting BaaS does,
+    /// sends the bot's final webhook again — a new message id, newly signed with `secret` — to
+    /// `ingress` (the webhook URL). An unknown bot is a 404.
+    pub fn serve_results(&self, bots: Vec<EndedBot>, ingress: String, secret: String) -> Results {
+        let results = Results::default();
+        let listed = bots.clone();
+        self.route("GET", "/v2/bots", move |call, _| {
+            let query = call.query.clone().unwrap_or_default();
+            let param =
+                |name: &str| query.split('&').find_map(|p| p.strip_prefix(&format!("{name}="))).map(percent_decode);
+            let statuses = param("status").unwrap_or_default();
+            let after = param("ended_after").unwrap_or_default();
+            let limit: usize = param("limit").and_then(|l| l.parse().ok()).unwrap_or(50);
+            let offset: usize = param("cursor").and_then(|c| c.parse().ok()).unwrap_or(0);
+            let matching: Vec<&EndedBot> = listed
+                .iter()
+                .filter(|b| statuses.is_empty() || statuses.split(',').any(|s| s == b.status))
+                .filter(|b| b.ended_at.as_str() > after.as_str())
+                .collect();
+            let page: Vec<serde_json::Value> = matching
+                .iter()
+                .skip(offset)
+                .take(limit)
+                .map(
+                    |b| json!({"bot_id": b.bot_id, "status": b.status, "ended_at": b.ended_at, "bot_name": "recorder"}),
+                )
+                .collect();
+            let next = (offset + limit < matching.len()).then(|| (offset + limit).to_string());
+            Reply::json(200, serde_json::to_vec(&json!({"success": true, "data": page, "cursor": next})).unwrap())
+        });
+        for bot in bots {
+            let (resent, ingress, secret) = (results.resent.clone(), ingress.clone(), secret.clone());
+            self.route("POST", &format!("/v2/bots/{}/resend-webhook", bot.bot_id), move |_, n| {
+                resent.lock().unwrap().push(bot.bot_id.clone());
+                let (body, ingress, secret) = (bot.final_webhook(), ingress.clone(), secret.clone());
+                let id = format!("msg_resent_{}_{n}", bot.bot_id);
+                tokio::spawn(async move {
+                    let ts = crate::unix_now();
+                    let _ = reqwest::Client::new()
+                        .post(&ingress)
+                        .header("content-type", "application/json")
+                        .header("webhook-id", &id)
+                        .header("webhook-timestamp", ts.to_string())
+                        .header("webhook-signature", crate::sign_webhook(&secret, &id, ts, &body))
+                        .body(body)
+                        .send()
+                        .await;
+                });
+                Reply::json(200, crate::fixture("meeting-baas/api/v2_resend_webhook.json"))
+            });
+        }
+        results
+    }
+}
+
+/// `%XX` escapes decoded (query values hookstream sends: `,` and `:` may be escaped).
+fn percent_decode(value: &str) -> String {
+    let bytes = value.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let Ok(b) = u8::from_str_radix(&value[i + 1..i + 3], 16) {
+                out.push(b);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(if bytes[i] == b'+' { b' ' } else { bytes[i] });
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
