@@ -517,10 +517,17 @@ impl Reconciler {
     /// Whether the ingress accepted a final webhook of `bot_id` (its dedup key is there, in the
     /// partition its identity names).
     async fn result_accepted(&self, con: &mut Conn, bot_id: &str) -> RedisResult<bool> {
-        for event in ["bot.completed", "bot.failed"] {
-            let identity = format!("{event}:{bot_id}");
-            let (keys, _) = self.partitions.of(&identity);
-            let exists: i64 = redis::cmd("EXISTS").arg(keys.dedup(&identity)).query_async(con).await?;
+        let keys = ["bot.completed", "bot.failed"].map(|event| {
+            let (keys, dedup_key) = self.partitions.of(&format!("{event}:{bot_id}"));
+            (keys.partition, dedup_key)
+        });
+        if keys[0].0 == keys[1].0 {
+            // One partition (always so with PARTITIONS=1): one EXISTS for both, one round trip.
+            let exists: i64 = redis::cmd("EXISTS").arg(&keys[0].1).arg(&keys[1].1).query_async(con).await?;
+            return Ok(exists > 0);
+        }
+        for (_, key) in keys {
+            let exists: i64 = redis::cmd("EXISTS").arg(key).query_async(con).await?;
             if exists > 0 {
                 return Ok(true);
             }
