@@ -4,6 +4,9 @@ use std::time::Instant;
 
 pub const REQUESTS_TOTAL: &str = "hookstream_ingress_requests_total";
 pub const REQUEST_DURATION: &str = "hookstream_ingress_request_duration_seconds";
+/// The consumer groups' lag (entries not yet delivered), summed over partitions, as the ingress
+/// reads it for `MAX_BACKLOG`; the same name as the processor's gauge.
+pub const GROUP_LAG: &str = "hookstream_group_lag";
 
 /// The `outcome` label of [`REQUESTS_TOTAL`] (the discriminant indexes the handles).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -91,7 +91,8 @@ pub enum BuildError {
 impl BuildError {
     /// A setting to fix (exit code 64), not a failure to retry.
     pub fn is_configuration(&self) -> bool {
-        matches!(self, BuildError::Layout(_))
+        // A LISTEN_ADDR another process holds is a setting to change, not an outage.
+        matches!(self, BuildError::Layout(_) | BuildError::Bind { .. })
     }
 }
 
@@ -187,7 +188,11 @@ async fn watch_backlog(state: Arc<State>) {
         if state.layout.recheck(&mut con).await.is_err() {
             continue;
         }
-        if let Some(backlog) = read_backlog(&state, &mut con).await {
+        if let Some((lag, parked)) = read_backlog(&state, &mut con).await {
+            // The processors' lag, seen from the ingress: with no processor running, nothing
+            // else exports it, and the alert "webhooks wait, nothing consumes them" needs it.
+            metrics::gauge!(crate::metrics::GROUP_LAG).set(lag as f64);
+            let backlog = lag + parked;
             let before = state.backlog.swap(backlog, Ordering::Relaxed);
             let (was_full, full) = (before > state.max_backlog, backlog > state.max_backlog);
             if full && !was_full {
@@ -203,8 +208,10 @@ async fn watch_backlog(state: Arc<State>) {
     }
 }
 
-/// The backlog over every partition (see [`watch_backlog`]); `None` when Redis fails.
-async fn read_backlog(state: &State, con: &mut Conn) -> Option<u64> {
+/// The backlog over every partition (see [`watch_backlog`]): the lag (the largest group's,
+/// summed over partitions, plus the entries of partitions no group reads) and the parked
+/// entries; `None` when Redis fails.
+async fn read_backlog(state: &State, con: &mut Conn) -> Option<(u64, u64)> {
     let mut lag_by_group: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
     let mut unconsumed = 0u64; // entries of partitions without any group
     let mut parked = 0u64;
@@ -219,7 +226,7 @@ async fn read_backlog(state: &State, con: &mut Conn) -> Option<u64> {
             *lag_by_group.entry(group.name).or_default() += group.lag.unwrap_or(0) as u64;
         }
     }
-    Some(lag_by_group.values().map(|lag| lag + unconsumed).max().unwrap_or(unconsumed) + parked)
+    Some((lag_by_group.values().map(|lag| lag + unconsumed).max().unwrap_or(unconsumed), parked))
 }
 
 /// The caller's `x-request-id` when it is a sane token, else a new one.

@@ -117,6 +117,11 @@ impl Done {
         Self { code: 0, stdout, stderr: String::new() }
     }
 
+    /// A listing with nothing in it: exit 0 (a `set -e` script goes on), the note on stderr.
+    fn empty(note: &str) -> Self {
+        Self { code: 0, stdout: String::new(), stderr: note.to_string() }
+    }
+
     fn nothing(stderr: impl Into<String>) -> Self {
         Self { code: EXIT_NOTHING, stdout: String::new(), stderr: stderr.into() }
     }
@@ -258,7 +263,7 @@ pub async fn retry(ops: &[Ops], action: Retry) -> Done {
                 entries.extend(try_redis!(part.retry_list(count).await));
             }
             if entries.is_empty() {
-                return Done::nothing("no parked entries");
+                return Done::empty("no parked entries");
             }
             entries.sort_by_key(|e| e.due_ms);
             entries.truncate(count);
@@ -274,6 +279,22 @@ pub async fn retry(ops: &[Ops], action: Retry) -> Done {
                     return Done::bad(e);
                 }
             }
+            // An open breaker is made half open first: the first entry made due probes the
+            // downstream now (the fix is usually why this command is run), and the others,
+            // refused while the probe is under way, wait for it to close — no doubled delay.
+            let mut out = String::new();
+            if let Some(part) = ops.first() {
+                for downstream in crate::downstream::breaker::Downstream::ALL {
+                    let key = part.keys.breaker(downstream.label());
+                    if try_redis!(crate::downstream::breaker::half_open_now(&mut part.con(), &key).await) {
+                        out.push_str(&format!(
+                            "breaker {} was open: made half open, the first entry probes {}\n",
+                            downstream.label(),
+                            downstream.describe()
+                        ));
+                    }
+                }
+            }
             let mut made = 0;
             for part in ops {
                 made += try_redis!(part.retry_now(id.as_deref()).await);
@@ -284,7 +305,8 @@ pub async fn retry(ops: &[Ops], action: Retry) -> Done {
                     None => "no parked entries waiting".into(),
                 });
             }
-            Done::ok(format!("made due now: {made}\n"))
+            out.push_str(&format!("made due now: {made}\n"));
+            Done::ok(out)
         }
     }
 }
@@ -299,7 +321,7 @@ pub async fn dead(ops: &[Ops], action: Dead) -> Done {
                 entries.extend(try_redis!(part.dead_list(count, event.as_deref()).await));
             }
             if entries.is_empty() {
-                return Done::nothing("no dead entries");
+                return Done::empty("no dead entries");
             }
             // Newest first across partitions (ids are times).
             entries.sort_by_key(|e| std::cmp::Reverse(crate::stream::parse_id(&e.id)));

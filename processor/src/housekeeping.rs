@@ -47,6 +47,19 @@ pub async fn tidy(dispatcher: &Dispatcher, every: Duration, retention: Retention
     }
 }
 
+/// At a clean stop: removes this process's own consumer from the group, when nothing is pending
+/// under its name (the same script as the reaper: a consumer with pending entries is never
+/// removed, or they would never be processed). `true` when removed.
+pub async fn remove_own_consumer(stream: &Stream) -> RedisResult<bool> {
+    let deleted: i64 = Script::new(REAP_SCRIPT)
+        .key(&stream.keys.events)
+        .arg(&stream.group)
+        .arg(&stream.consumer)
+        .invoke_async(&mut stream.connection())
+        .await?;
+    Ok(deleted == 1)
+}
+
 /// How long processed entries (`STREAM_RETENTION_SECS`) and dead ones (`DEAD_RETENTION_DAYS`)
 /// are kept.
 #[derive(Debug, Clone, Copy)]

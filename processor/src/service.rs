@@ -65,7 +65,8 @@ pub enum BuildError {
 impl BuildError {
     /// A setting to fix (exit code 64), not a failure to retry.
     pub fn is_configuration(&self) -> bool {
-        matches!(self, BuildError::Layout(_))
+        // A METRICS_ADDR another process holds is a setting to change, not an outage.
+        matches!(self, BuildError::Layout(_) | BuildError::Bind { .. })
     }
 }
 
@@ -276,6 +277,22 @@ impl Processor {
             })
             .await;
         }
+        // A clean stop leaves no consumer behind (it would show in `processor status` until
+        // reaped): removed when nothing is pending under its name. Bounded: a silent Redis must
+        // not hold the exit up.
+        let _ = tokio::time::timeout(Duration::from_millis(500), async {
+            for d in &dispatchers {
+                match crate::housekeeping::remove_own_consumer(&d.worker.stream).await {
+                    Ok(true) => tracing::info!(consumer = %config.consumer, "removed this consumer from the group"),
+                    Ok(false) => tracing::info!(
+                        consumer = %config.consumer,
+                        "this consumer still has entries pending (handed back for another replica); kept"
+                    ),
+                    Err(err) => tracing::debug!(error = %err, "removing this consumer failed; the reaper will"),
+                }
+            }
+        })
+        .await;
         lease_keepers.iter().for_each(|t| t.abort());
         reconciling.abort();
         clock.abort();

@@ -115,9 +115,15 @@ fn operator_commands_exit_codes() {
     let redis = RedisServer::start();
     let url = redis.url();
     let vars = [("REDIS_URL", url.as_str())];
-    let out = run(&["dead", "list"], &vars);
-    assert_eq!(out.status.code(), Some(1), "nothing matched");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("no dead entries"));
+    // An empty listing is not a failure: exit 0 (set -e scripts go on), the note on stderr.
+    for args in [&["dead", "list"][..], &["retry", "list"][..]] {
+        let out = run(args, &vars);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: an empty list");
+        assert!(out.stdout.is_empty(), "{args:?}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("no "), "{args:?}");
+    }
+    // Naming an entry that is not there is: exit 1.
+    assert_eq!(run(&["dead", "show", "1-0"], &vars).status.code(), Some(1), "nothing matched");
     assert_eq!(run(&["dead", "replay"], &vars).status.code(), Some(64));
     assert_eq!(run(&["dead", "replay", "1-0", "--all"], &vars).status.code(), Some(64));
     assert_eq!(run(&["dead", "purge", "--older-than", "a week"], &vars).status.code(), Some(64));
@@ -162,6 +168,8 @@ async fn a_bot_is_logged_as_scheduled_only_when_the_api_scheduled_it() {
         .arg("calendar.sync_events")
         .arg("payload")
         .arg(&body[..])
+        .arg("request_id")
+        .arg("req-follow-1")
         .query(&mut redis.con())
         .unwrap();
     eventually("both POSTs sent", || async {
@@ -190,6 +198,25 @@ async fn a_bot_is_logged_as_scheduled_only_when_the_api_scheduled_it() {
     assert!(!about("gone-1").iter().any(|m| m == "bot scheduled"), "{:?}", about("gone-1"));
     assert!(about("gone-1").iter().any(|m| m.contains("gone")), "{:?}", about("gone-1"));
     assert!(about("kept-1").iter().any(|m| m == "bot scheduled"), "{:?}", about("kept-1"));
+    // Every line about the entry names it — the handler's own "bot scheduled" included — by the
+    // delivery's span: its stream id, the webhook's request id, the event (SPEC §6; followed
+    // with grep or jq, docs/observability.md).
+    let scheduled = lines.iter().find(|l| l["message"] == "bot scheduled").expect("a bot scheduled line");
+    let span = &scheduled["span"];
+    assert_eq!(span["request_id"], "req-follow-1", "{scheduled}");
+    assert_eq!(span["event"], "calendar.sync_events", "{scheduled}");
+    let stream_id = span["stream_id"].as_str().unwrap_or_default();
+    let entries: Vec<String> = redis::cmd("XRANGE")
+        .arg(EVENTS)
+        .arg("-")
+        .arg("+")
+        .query::<redis::streams::StreamRangeReply>(&mut redis.con())
+        .unwrap()
+        .ids
+        .into_iter()
+        .map(|e| e.id)
+        .collect();
+    assert!(entries.contains(&stream_id.to_string()), "{stream_id} is not an entry: {entries:?}");
 }
 
 #[tokio::test]
@@ -370,4 +397,25 @@ async fn a_tls_failure_at_start_is_one_line_naming_redis_url() {
     assert_eq!(child.exited(Duration::from_secs(15)).await.code(), Some(0));
     assert!(line.contains("REDIS_URL") && line.contains(&url), "{line}");
     assert!(line.contains("TLS handshake failed"), "{line}");
+}
+
+/// A `METRICS_ADDR` another process holds is a setting to change: exit 64, one line naming it.
+#[test]
+fn a_metrics_addr_in_use_exits_64_with_one_line() {
+    let redis = RedisServer::start();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let url = redis.url();
+    let out = run(&[], &[("REDIS_URL", url.as_str()), ("METRICS_ADDR", addr.as_str())]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("METRICS_ADDR") && stderr.contains(&addr), "{stderr}");
+}
+
+#[test]
+fn version_is_printed() {
+    let out = run(&["--version"], &[]);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("processor {}", env!("CARGO_PKG_VERSION")));
 }

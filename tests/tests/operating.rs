@@ -358,3 +358,22 @@ async fn dead_entries_past_their_retention_are_trimmed_and_zero_keeps_them() {
     let ids: Vec<String> = dead_entries(&redis).into_iter().map(|(id, _)| id).collect();
     assert_eq!(ids, vec![young], "only the old one ({old}) is trimmed");
 }
+
+/// A clean stop leaves no consumer behind: once nothing is pending under its name, a stopping
+/// processor removes its own consumer (seven restarts used to leave seven rows in `status`).
+#[tokio::test]
+async fn a_clean_stop_removes_its_own_consumer() {
+    let redis = RedisServer::start();
+    let vars: HashMap<String, String> = processor_vars(&redis.url(), "http://127.0.0.1:9");
+    let ops = ops(&redis);
+    for i in 0..3 {
+        let processor = start_processor(vars.clone()).await;
+        add_event(&redis, "bot.completed", b"{}", &format!("restart-{i}"));
+        all_acked(&redis).await;
+        let names: Vec<String> = ops.consumers().await.unwrap().into_iter().map(|c| c.name).collect();
+        assert!(names.contains(&processor.consumer), "running: {names:?}");
+        processor.stop().await;
+        let names: Vec<String> = ops.consumers().await.unwrap().into_iter().map(|c| c.name).collect();
+        assert!(names.is_empty(), "after a clean stop: {names:?}");
+    }
+}

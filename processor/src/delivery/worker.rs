@@ -22,7 +22,7 @@ use crate::outcome::retry::{RetryPolicy, Verdict};
 use crate::replies::Fields;
 use crate::stream::{RedisState, Stream};
 use shared::entry;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Why an entry is retried later, and what the downstream asked for.
 struct Later<'a> {
@@ -72,6 +72,23 @@ impl Worker {
     /// verdict is written: `CONCURRENCY` bounds the handlers running at once, and an entry
     /// waiting only for its (batched) ack does not keep the next one from starting.
     pub async fn process(&self, delivery: Delivery) {
+        // Every line logged while this delivery is handled — the handlers' too ("bot scheduled",
+        // a failed attempt, the verdict) — carries the entry's stream id, request id and event
+        // as the fields of this span: one meeting or one webhook is followed with `grep`.
+        use tracing::Instrument;
+        let text = |name: &str| {
+            delivery.entry.bytes(name).map(|v| String::from_utf8_lossy(v).into_owned()).unwrap_or_default()
+        };
+        let span = tracing::info_span!(
+            "entry",
+            stream_id = %delivery.entry.id,
+            request_id = %text(entry::REQUEST_ID),
+            event = %text(entry::EVENT)
+        );
+        self.traced(delivery).instrument(span).await
+    }
+
+    async fn traced(&self, delivery: Delivery) {
         let Some(traces) = &self.traces else { return self.handle(delivery).await };
         use opentelemetry::context::FutureExt;
         use opentelemetry::trace::TraceContextExt;
@@ -220,16 +237,17 @@ impl Worker {
             );
             return self.dead_letter(delivery, &reason, attempts).await;
         };
-        // Never parked past the horizon: the retry at the horizon is the last one.
-        let delay = park.delay(history.parked, asked).min(left);
-        let mut record = crate::outcome::parking::Record::new(
-            &delivery.entry,
-            &event.name,
-            total,
-            first,
-            history.parked + 1,
-            reason,
-        );
+        // Behind an open breaker the entry made no attempt: it waits for the breaker (woken when
+        // it closes), and its park delay does not double — a probe that `retry now` asked for
+        // must not push the entries it made due a doubled delay away. Never parked past the
+        // horizon: the retry at the horizon is the last one.
+        let (delay, parked) = match (breaker, asked) {
+            (Some(_), Some(wait)) => (wait.clamp(park.initial.min(Duration::from_secs(1)), park.max), history.parked),
+            _ => (park.delay(history.parked, asked), history.parked + 1),
+        };
+        let delay = delay.min(left);
+        let mut record =
+            crate::outcome::parking::Record::new(&delivery.entry, &event.name, total, first, parked, reason);
         // Woken at once when that breaker closes (see `crate::downstream::breaker`), not at its due time.
         record.waits_for = breaker.map(str::to_string);
         if let Settled::Parked(due) =
@@ -241,7 +259,7 @@ impl Worker {
                 stream_id = %event.id,
                 event = %event.name,
                 attempts = total,
-                parked = history.parked + 1,
+                parked,
                 delay_ms = delay.as_millis() as u64,
                 due_ms = due.unwrap_or_default(),
                 error = %reason,

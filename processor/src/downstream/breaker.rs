@@ -36,24 +36,24 @@ const ADMIT_SCRIPT: &str = concat!(
 -- KEYS[1] breaker; ARGV[1] how long a probe may take, ms.
 -- Returns {0, failures} closed; {1, ms until it half-opens} open; {2, 0} the probe is yours;
 -- {3, ms until the probe under way is given up} half open, another replica probes.
-local h = redis.call('HMGET', KEYS[1], 'open_until', 'probe_until', 'failures')
+local h = redis.call('HMGET', KEYS[1], 'open_until', 'probe_until', 'failures', 'last_error')
 local open_until = tonumber(h[1] or '0')
 if open_until == 0 then
-  return {0, tonumber(h[3] or '0')}
+  return {0, tonumber(h[3] or '0'), ''}
 end
 if now < open_until then
-  return {1, open_until - now}
+  return {1, open_until - now, h[4] or ''}
 end
 local probe_until = tonumber(h[2] or '0')
 if probe_until > now then
-  return {3, probe_until - now}
+  return {3, probe_until - now, h[4] or ''}
 end
 redis.call('HSET', KEYS[1], 'probe_until', now + tonumber(ARGV[1]))
 -- The probe's answer must find the breaker: kept at least until the probe is given up.
 if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[1]) then
   redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[1]) * 2)
 end
-return {2, 0}
+return {2, 0, ''}
 "#
 );
 
@@ -62,10 +62,12 @@ const FAILED_SCRIPT: &str = concat!(
     r#"
 -- KEYS[1] breaker; ARGV[1] BREAKER_FAILURES, ARGV[2] BREAKER_COOLDOWN_MS, ARGV[3] how long
 -- failures are remembered while closed, ms; ARGV[4] 1 when the failed call was the probe;
--- ARGV[5] how long an open breaker is kept once its cooldown is over and nobody probes it, ms.
+-- ARGV[5] how long an open breaker is kept once its cooldown is over and nobody probes it, ms;
+-- ARGV[6] the failure (kept as `last_error`: what an entry parked behind the breaker shows).
 -- Returns {0, failures} still closed; {1, 0} already open; {2, cooldown} opened now;
 -- {3, cooldown} the probe failed: open again.
 local cooldown = tonumber(ARGV[2])
+redis.call('HSET', KEYS[1], 'last_error', ARGV[6])
 local open_until = tonumber(redis.call('HGET', KEYS[1], 'open_until') or '0')
 if open_until > 0 then
   if ARGV[4] == '1' then
@@ -240,6 +242,8 @@ struct Local {
     closed_until: Option<Instant>,
     /// Redis may hold failures that a success must forget.
     dirty: bool,
+    /// The downstream's own last failure, as Redis had it when the breaker was found open.
+    last_error: String,
 }
 
 impl Breaker {
@@ -286,19 +290,19 @@ impl Breaker {
         {
             let local = inner.local();
             if let Some(until) = local.open_until.filter(|until| *until > now) {
-                return Err(inner.refusal(until - now));
+                return Err(inner.refusal_with(until - now, &local.last_error));
             }
             if local.closed_until.is_some_and(|until| until > now) {
                 return Ok(Pass::Closed);
             }
         }
-        let answer: redis::RedisResult<(i64, i64)> = inner
+        let answer: redis::RedisResult<(i64, i64, String)> = inner
             .admit
             .key(&inner.key)
             .arg(inner.settings.probe_timeout.as_millis() as u64)
             .invoke_async(&mut inner.con.clone())
             .await;
-        let (state, value) = match answer {
+        let (state, value, last_error) = match answer {
             Ok(answer) => answer,
             Err(err) => {
                 tracing::debug!(downstream = inner.downstream.label(), error = %err, "breaker not readable; calling");
@@ -323,6 +327,7 @@ impl Breaker {
                 let wait = Duration::from_millis(value.max(1) as u64);
                 local.open_until = Some(now + wait);
                 local.closed_until = None;
+                local.last_error = last_error;
                 Err(inner.refusal(wait))
             }
             _ => {
@@ -331,6 +336,7 @@ impl Breaker {
                 let wait = Duration::from_millis(value.max(1) as u64).min(CLOSED_FRESH);
                 local.open_until = Some(now + wait);
                 local.closed_until = None;
+                local.last_error = last_error;
                 Err(inner.refusal(wait))
             }
         }
@@ -365,11 +371,16 @@ impl Breaker {
                 .arg(remember.as_millis() as u64)
                 .arg(probe)
                 .arg(inner.settings.idle_half_open().as_millis() as u64)
+                .arg(reason.chars().take(500).collect::<String>())
                 .invoke_async(&mut inner.con.clone())
                 .await;
             match answer {
                 Ok((2, _)) => {
-                    inner.local().open_until = Some(Instant::now() + inner.settings.cooldown);
+                    {
+                        let mut local = inner.local();
+                        local.open_until = Some(Instant::now() + inner.settings.cooldown);
+                        local.last_error = reason.clone();
+                    }
                     tracing::warn!(
                         downstream = inner.downstream.label(),
                         failures = inner.settings.failures,
@@ -382,7 +393,11 @@ impl Breaker {
                     );
                 }
                 Ok((3, _)) => {
-                    inner.local().open_until = Some(Instant::now() + inner.settings.cooldown);
+                    {
+                        let mut local = inner.local();
+                        local.open_until = Some(Instant::now() + inner.settings.cooldown);
+                        local.last_error = reason.clone();
+                    }
                     tracing::debug!(downstream = inner.downstream.label(), error = %reason, "breaker probe failed; open again");
                 }
                 Ok(_) => {}
@@ -419,9 +434,17 @@ impl Inner {
     }
 
     fn refusal(&self, wait: Duration) -> Refused {
+        let last_error = self.local().last_error.clone();
+        self.refusal_with(wait, &last_error)
+    }
+
+    /// The refusal, naming the downstream's own last error (SPEC: a parked entry shows it,
+    /// not only the breaker's state).
+    fn refusal_with(&self, wait: Duration, last_error: &str) -> Refused {
+        let last = if last_error.is_empty() { String::new() } else { format!("; its last error: {last_error}") };
         Refused {
             reason: format!(
-                "{} was not called: its breaker is open after {} transient failures in a row",
+                "{} was not called: its breaker is open after {} transient failures in a row{last}",
                 self.downstream.describe(),
                 self.settings.failures
             ),
@@ -473,9 +496,17 @@ impl Breakers {
 /// A breaker's state as `processor status` and the gauges read it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum State {
-    Closed { failures: u64 },
-    Open { for_ms: u64 },
-    HalfOpen,
+    Closed {
+        failures: u64,
+    },
+    /// With the downstream's own last error.
+    Open {
+        for_ms: u64,
+        last_error: String,
+    },
+    HalfOpen {
+        last_error: String,
+    },
 }
 
 impl State {
@@ -489,8 +520,20 @@ impl std::fmt::Display for State {
         match self {
             State::Closed { failures: 0 } => write!(f, "closed"),
             State::Closed { failures } => write!(f, "closed ({failures} failures in a row)"),
-            State::Open { for_ms } => write!(f, "open (probe in {:.1} s)", *for_ms as f64 / 1000.0),
-            State::HalfOpen => write!(f, "half open (one probe goes)"),
+            State::Open { for_ms, last_error } => {
+                write!(f, "open (probe in {:.1} s)", *for_ms as f64 / 1000.0)?;
+                if !last_error.is_empty() {
+                    write!(f, "; last error: {last_error}")?;
+                }
+                Ok(())
+            }
+            State::HalfOpen { last_error } => {
+                write!(f, "half open (one probe goes)")?;
+                if !last_error.is_empty() {
+                    write!(f, "; last error: {last_error}")?;
+                }
+                Ok(())
+            }
         }
     }
 }
@@ -499,20 +542,43 @@ const STATE_SCRIPT: &str = concat!(
     crate::clock::lua_now!(),
     r#"
 -- KEYS[1] breaker. Returns {0, failures} closed, {1, ms until half open} open, {2, 0} half open.
-local h = redis.call('HMGET', KEYS[1], 'open_until', 'failures')
+local h = redis.call('HMGET', KEYS[1], 'open_until', 'failures', 'last_error')
 local open_until = tonumber(h[1] or '0')
-if open_until == 0 then return {0, tonumber(h[2] or '0')} end
-if open_until > now then return {1, open_until - now} end
-return {2, 0}
+if open_until == 0 then return {0, tonumber(h[2] or '0'), h[3] or ''} end
+if open_until > now then return {1, open_until - now, h[3] or ''} end
+return {2, 0, h[3] or ''}
 "#
 );
 
 /// Reads the state of the breaker at `key` (no probe taken).
 pub async fn state(con: &mut Conn, key: &str) -> redis::RedisResult<State> {
-    let (state, value): (i64, u64) = Script::new(STATE_SCRIPT).key(key).invoke_async(con).await?;
+    let (state, value, last_error): (i64, u64, String) = Script::new(STATE_SCRIPT).key(key).invoke_async(con).await?;
     Ok(match state {
         0 => State::Closed { failures: value },
-        1 => State::Open { for_ms: value },
-        _ => State::HalfOpen,
+        1 => State::Open { for_ms: value, last_error },
+        _ => State::HalfOpen { last_error },
     })
+}
+
+const HALF_OPEN_SCRIPT: &str = concat!(
+    crate::clock::lua_now!(),
+    r#"
+-- KEYS[1] breaker. An open breaker whose cooldown is not over is made half open now, and a probe
+-- under way forgotten: the next call (any replica's) is its probe. Returns 1 when it changed.
+local open_until = tonumber(redis.call('HGET', KEYS[1], 'open_until') or '0')
+if open_until > now then
+  redis.call('HSET', KEYS[1], 'open_until', now)
+  redis.call('HDEL', KEYS[1], 'probe_until')
+  return 1
+end
+return 0
+"#
+);
+
+/// `processor retry now`: the breaker at `key`, if open, is made half open at once, so the
+/// first entry made due probes the downstream instead of meeting the cooldown (and a probe's
+/// success wakes every entry parked behind it). `true` when it was open.
+pub async fn half_open_now(con: &mut Conn, key: &str) -> redis::RedisResult<bool> {
+    let changed: i64 = Script::new(HALF_OPEN_SCRIPT).key(key).invoke_async(con).await?;
+    Ok(changed == 1)
 }
