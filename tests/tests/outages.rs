@@ -412,3 +412,42 @@ async fn an_open_breaker_nobody_probes_is_forgotten_and_its_gauge_falls_to_zero(
     assert_eq!(parked(&redis), 1, "the entry still waits for its due time");
     processor.stop().await;
 }
+
+/// The measured case of the operator's issue: meetings parked behind an open breaker, the API
+/// fixed, `processor retry now --all` at once, the breaker's cooldown far from over. The first
+/// entry made due probes the API (the command made the breaker half open), its success closes
+/// the breaker, and every meeting gets its bot — none is parked again at a doubled delay. The
+/// parked records and `retry list` show the API's own error, not only the breaker's state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn retry_now_after_a_fix_probes_the_breaker_and_brings_the_work_back() {
+    let redis = RedisServer::start();
+    let all = uuids("fixed", 6);
+    let fake = flaky_v1(&all).await;
+    let mut vars = outage_vars(&redis, &fake.api);
+    vars.insert("BREAKER_FAILURES".into(), "2".into());
+    // Minutes: only the probe `retry now` asks for can bring anything back in this test's time.
+    vars.insert("BREAKER_COOLDOWN_MS".into(), "600000".into());
+    vars.insert("RETRY_PARK_INITIAL_MS".into(), "600000".into());
+    vars.insert("RETRY_PARK_MAX_MS".into(), "600000".into());
+    let processor = start_processor(vars.clone()).await;
+    add_event(&redis, "calendar.sync_events", &sync_body(&all), "sync-before-the-fix");
+    eventually("every meeting parked", || async { (parked(&redis) == all.len() as u64).then_some(()) }).await;
+    let config = processor::ProcessorConfig::read(&Reader::new(&vars)).expect("config");
+    let list = cli::operate(&config, None, Command::Retry { action: cli::Retry::List { count: 20 } }).await;
+    // Behind the breaker or not, each parked entry shows the API's own answer.
+    assert_eq!(list.stdout.lines().filter(|l| l.contains("503")).count(), all.len(), "{}", list.stdout);
+    let status = status_text(&vars).await;
+    assert!(status.contains("breaker  meeting_baas  open") && status.contains("503"), "{status}");
+
+    fake.down.store(false, Ordering::SeqCst);
+    let now = cli::operate(&config, None, Command::Retry { action: cli::Retry::Now { id: None, all: true } }).await;
+    assert_eq!(now.code, 0, "{now:?}");
+    assert!(now.stdout.contains("breaker meeting_baas was open"), "{}", now.stdout);
+    eventually("every meeting has its bot", || async { (fake.bots.lock().unwrap().len() == all.len()).then_some(()) })
+        .await;
+    eventually("nothing parked", || async { (parked(&redis) == 0).then_some(()) }).await;
+    all_acked(&redis).await;
+    processor.stop().await;
+    assert!(fake.bots.lock().unwrap().values().all(|n| *n == 1));
+    assert_eq!(xlen_dead(&redis), 0);
+}

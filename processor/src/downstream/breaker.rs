@@ -16,7 +16,9 @@
 //! matter. To keep the healthy path free of Redis round trips, each replica remembers what it
 //! last learned: a breaker found closed with nothing counted is not asked again for
 //! [`CLOSED_FRESH`] (so a breaker opened by another replica is seen here within that time), and
-//! one found open is not asked again before its `open_until`. A success is written only when
+//! one found open is not asked again for [`CLOSED_FRESH`] either (its `open_until` is kept, so
+//! a refused entry still waits the whole cooldown; but a breaker that `processor retry now` made
+//! half open, or another replica's probe closed, is seen within that time). A success is written only when
 //! Redis may hold failures to forget (this replica saw some, or made the probe).
 
 use crate::http::HandlerError;
@@ -238,6 +240,8 @@ struct Inner {
 struct Local {
     /// Open (or probed by another replica) until then: refused without asking Redis.
     open_until: Option<Instant>,
+    /// While open: when to ask Redis again all the same.
+    recheck_at: Option<Instant>,
     /// Closed with no failure counted, until then: let through without asking Redis.
     closed_until: Option<Instant>,
     /// Redis may hold failures that a success must forget.
@@ -289,7 +293,8 @@ impl Breaker {
         let now = Instant::now();
         {
             let local = inner.local();
-            if let Some(until) = local.open_until.filter(|until| *until > now) {
+            let fresh = local.recheck_at.is_some_and(|at| at > now);
+            if let Some(until) = local.open_until.filter(|until| *until > now && fresh) {
                 return Err(inner.refusal_with(until - now, &local.last_error));
             }
             if local.closed_until.is_some_and(|until| until > now) {
@@ -326,18 +331,20 @@ impl Breaker {
                 // Open until it half-opens: nothing to ask Redis before then.
                 let wait = Duration::from_millis(value.max(1) as u64);
                 local.open_until = Some(now + wait);
+                local.recheck_at = Some(now + CLOSED_FRESH);
                 local.closed_until = None;
                 local.last_error = last_error;
-                Err(inner.refusal(wait))
+                Err(inner.refusal_with(wait, &local.last_error))
             }
             _ => {
                 // Another replica probes: its answer may come any moment, so this is remembered
                 // briefly, not for the probe's whole time limit.
                 let wait = Duration::from_millis(value.max(1) as u64).min(CLOSED_FRESH);
                 local.open_until = Some(now + wait);
+                local.recheck_at = Some(now + CLOSED_FRESH);
                 local.closed_until = None;
                 local.last_error = last_error;
-                Err(inner.refusal(wait))
+                Err(inner.refusal_with(wait, &local.last_error))
             }
         }
     }
@@ -379,6 +386,7 @@ impl Breaker {
                     {
                         let mut local = inner.local();
                         local.open_until = Some(Instant::now() + inner.settings.cooldown);
+                        local.recheck_at = Some(Instant::now() + CLOSED_FRESH);
                         local.last_error = reason.clone();
                     }
                     tracing::warn!(
@@ -396,6 +404,7 @@ impl Breaker {
                     {
                         let mut local = inner.local();
                         local.open_until = Some(Instant::now() + inner.settings.cooldown);
+                        local.recheck_at = Some(Instant::now() + CLOSED_FRESH);
                         local.last_error = reason.clone();
                     }
                     tracing::debug!(downstream = inner.downstream.label(), error = %reason, "breaker probe failed; open again");
@@ -431,11 +440,6 @@ impl Breaker {
 impl Inner {
     fn local(&self) -> std::sync::MutexGuard<'_, Local> {
         self.local.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    fn refusal(&self, wait: Duration) -> Refused {
-        let last_error = self.local().last_error.clone();
-        self.refusal_with(wait, &last_error)
     }
 
     /// The refusal, naming the downstream's own last error (SPEC: a parked entry shows it,
