@@ -24,6 +24,10 @@ async fn redis_blackholed_then_reset_loses_nothing_and_forwards_nothing_twice() 
     let mut vars = processor_vars(&proxy.redis_url(), "http://127.0.0.1:9");
     vars.insert("FORWARD_URL".into(), format!("{}/hook", target.url()));
     vars.insert("CONCURRENCY".into(), "4".into());
+    // A read whose answer the blackhole swallowed leaves its entries pending under that
+    // consumer, found by the reclaimer after CLAIM_IDLE_MS: well past the blackhole (so no live
+    // lease is taken over), well inside the test's deadline.
+    vars.insert("CLAIM_IDLE_MS".into(), "15000".into());
     let a = start_processor(vars.clone()).await;
     let mut b_vars = vars.clone();
     b_vars.insert("CONSUMER_NAME".into(), format!("{}-b", vars["CONSUMER_NAME"]));
