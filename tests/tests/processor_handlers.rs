@@ -470,11 +470,13 @@ async fn forwarder_posts_the_payload_with_its_headers() {
         // API v2 may put `extra` inside `data`: forwarded as it came, like any other.
         "meeting-baas/v2/bot_completed_extra_in_data.json",
         "meeting-baas/v1/complete.json",
-        "meeting-baas/v2/calendar_connection_created.json",
+        "meeting-baas/v2/bot_chat_message.json",
     ];
     for name in names {
         add_fixture(&redis, name);
     }
+    // A calendar connection event is the calendar's record (SPEC §4.6), not forwarded.
+    add_fixture(&redis, "meeting-baas/v2/calendar_connection_created.json");
     all_acked(&redis).await;
     processor.stop().await;
     let calls = target.calls_to("POST", "/hook");
