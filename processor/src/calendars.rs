@@ -85,9 +85,17 @@ impl Connections {
         Self { con, key: keys.calendars.clone(), reconcile_now: reconcile.then(|| keys.reconcile_now.clone()) }
     }
 
-    /// Records calendar `id`'s connection: logs a change of status, and queues a calendar that
-    /// is new and active, or back to active, to be reconciled at once.
-    pub async fn record(&self, id: &str, status: &str, platform: &str, message: &str) -> RedisResult<Change> {
+    /// Records calendar `id`'s connection: logs a change of status, and — when `catch_up` (a
+    /// webhook said so; a pass reconciles the calendars it lists anyway) — queues a calendar
+    /// that is new and active, or back to active, to be reconciled at once.
+    pub async fn record(
+        &self,
+        id: &str,
+        status: &str,
+        platform: &str,
+        message: &str,
+        catch_up: bool,
+    ) -> RedisResult<Change> {
         let status = normalise(status);
         let prev: String = redis::Script::new(RECORD_SCRIPT)
             .key(&self.key)
@@ -119,7 +127,7 @@ impl Connections {
             }
             Change::New | Change::Same => {}
         }
-        if matches!(change, Change::New | Change::Returned) {
+        if catch_up && matches!(change, Change::New | Change::Returned) {
             if let Some(queue) = &self.reconcile_now {
                 let _: i64 = redis::cmd("SADD").arg(queue).arg(id).query_async(&mut self.con.clone()).await?;
             }

@@ -73,6 +73,8 @@ fn v2_api_organised(api: &FakeApi, organizer: bool) -> V2State {
         &format!("/v2/calendars/{CAL_B}/events"),
         Reply::json(200, br#"{"success":true,"data":[],"cursor":null}"#.to_vec()),
     );
+    // No bot ended: the results pass (SPEC §4.5) finds nothing to ask for.
+    api.always("GET", "/v2/bots", Reply::json(200, br#"{"success":true,"data":[],"cursor":null}"#.to_vec()));
     for id in [WANTED, CANCELLED, MATCHING] {
         let s = state.clone();
         api.route("GET", &format!("/v2/calendars/{CAL_A}/events/{id}"), move |_, _| {
@@ -306,7 +308,12 @@ async fn auto_reconciles_the_versions_whose_calendar_webhooks_were_processed_and
     add_event(&redis, "calendar.event_updated", &serde_json::to_vec(&body).unwrap(), "v2-webhook");
     eventually("v2 is reconciled", || async { (state.lock().unwrap()[WANTED].1).then_some(()) }).await;
     all_acked(&redis).await;
-    let metrics = scrape(&format!("http://{}/metrics", processor.metrics)).await;
+    // The pass records its metrics once it is over (the entries it queued may be done before).
+    let metrics = eventually("the pass recorded", || async {
+        let text = scrape(&format!("http://{}/metrics", processor.metrics)).await;
+        (metric(&text, "hookstream_reconcile_drift_total", r#"{api="v2",kind="missing_bot"}"#) >= 1.0).then_some(text)
+    })
+    .await;
     processor.stop().await;
     assert!(api.calls_to("GET", "/calendars/").is_empty(), "v1 was never seen: not listed");
     assert!(metric(&metrics, "hookstream_reconcile_runs_total", r#"{result="ok"}"#) >= 1.0, "{metrics}");
@@ -466,7 +473,10 @@ async fn a_meeting_whose_reconcile_entry_died_is_held_back_with_a_doubling_delay
     // Once a pass, it would be one dead entry per pass; held back (1, 2, 4 intervals) it is at
     // most four in eight passes.
     assert!((1..=4).contains(&dead), "{dead} dead entries in {} passes", passes());
-    assert!(record.as_deref().is_some_and(|r| r.starts_with(&format!("{dead}:"))), "{record:?}");
+    // The record counts the dead entries in a row; read a moment apart from the stream's
+    // length, it may differ from it by the one dead-lettered in between.
+    let counted: u64 = record.as_deref().and_then(|r| r.split(':').next()).and_then(|n| n.parse().ok()).unwrap_or(0);
+    assert!(counted.abs_diff(dead) <= 1 && counted >= 1, "{record:?} vs {dead} dead");
     // The write works again: the meeting is fixed when its delay is over, then forgotten.
     refuse.store(false, std::sync::atomic::Ordering::SeqCst);
     eventually_within("the meeting gets its bot", std::time::Duration::from_secs(30), || async {

@@ -56,7 +56,7 @@ impl Handler for Connection {
             };
             let message = d.error.or(d.message).unwrap_or_default();
             let platform = d.calendar_platform.unwrap_or_default();
-            self.connections.record(&d.calendar_id, status, &platform, &message).await.map_err(redis)?;
+            self.connections.record(&d.calendar_id, status, &platform, &message, true).await.map_err(redis)?;
             Ok(())
         })
     }

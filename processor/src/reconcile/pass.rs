@@ -279,7 +279,7 @@ impl Reconciler {
         // RECORD_POLICY=none: hookstream leaves every bot as it is (results are still asked for).
         for api in versions.iter().filter(|_| self.policy != RecordPolicy::None) {
             match api {
-                ApiVersion::V2 => self.pass_v2(&from, &to, &mut report).await?,
+                ApiVersion::V2 => self.pass_v2(&from, &to, dry_run, &mut report).await?,
                 ApiVersion::V1 => self.pass_v1(&from, &to, &mut report).await?,
             }
         }
@@ -355,7 +355,7 @@ impl Reconciler {
             .collect())
     }
 
-    async fn pass_v2(&self, from: &str, to: &str, report: &mut Report) -> Result<(), String> {
+    async fn pass_v2(&self, from: &str, to: &str, dry_run: bool, report: &mut Report) -> Result<(), String> {
         let mut calendars_failed = Vec::new();
         let calendars: Vec<V2Calendar> = follow(
             "v2 calendars",
@@ -377,7 +377,9 @@ impl Reconciler {
         let listed_all = calendars_failed.is_empty();
         report.errors.extend(calendars_failed);
         let calendars: Vec<V2Calendar> = calendars.into_iter().filter(|c| is_uuid(&c.calendar_id)).collect();
-        self.record_connections(&calendars, listed_all).await.map_err(|e| format!("Redis: {e}"))?;
+        if !dry_run {
+            self.record_connections(&calendars, listed_all).await.map_err(|e| format!("Redis: {e}"))?;
+        }
         for calendar in &calendars {
             self.calendar_v2(&calendar.calendar_id, from, to, report).await;
         }
@@ -391,7 +393,8 @@ impl Reconciler {
         for c in calendars {
             let status = c.status.as_deref().unwrap_or("active");
             let platform = c.calendar_platform.as_deref().unwrap_or_default();
-            self.connections.record(&c.calendar_id, status, platform, "").await?;
+            // No catch-up queued: this pass lists the calendar's events right after.
+            self.connections.record(&c.calendar_id, status, platform, "", false).await?;
         }
         if listed_all {
             let listed: HashSet<&str> = calendars.iter().map(|c| c.calendar_id.as_str()).collect();
