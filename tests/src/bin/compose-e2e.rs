@@ -91,6 +91,8 @@ fn sign(secret: &str, id: &str, ts: i64, body: &[u8]) -> String {
 struct Webhook {
     n: usize,
     dedup_id: String,
+    /// The Standard Webhooks message id of a signed one.
+    message_id: String,
     body: String,
     signed: bool,
 }
@@ -103,12 +105,21 @@ fn webhook(n: usize) -> Webhook {
         Webhook {
             n,
             dedup_id: format!("bot.status_change:e2e-bot-{n}:joining_call:2026-05-19T13:58:02.417Z"),
+            message_id: String::new(),
             body,
             signed: false,
         }
     } else {
         let body = format!(r#"{{"event":"bot.completed","data":{{"bot_id":"e2e-bot-{n}"}}}}"#);
-        Webhook { n, dedup_id: format!("msg_e2e_{n}"), body, signed: true }
+        // A bot's final result: its dedup identity is the bot's, whatever the message id
+        // (SPEC §3.3 rule 1).
+        Webhook {
+            n,
+            dedup_id: format!("bot.completed:e2e-bot-{n}"),
+            message_id: format!("msg_e2e_{n}"),
+            body,
+            signed: true,
+        }
     }
 }
 
@@ -118,9 +129,9 @@ async fn send(client: &reqwest::Client, url: &str, key: &str, secret: &str, w: &
         if w.signed {
             let ts = now();
             req = req
-                .header("webhook-id", &w.dedup_id)
+                .header("webhook-id", &w.message_id)
                 .header("webhook-timestamp", ts.to_string())
-                .header("webhook-signature", sign(secret, &w.dedup_id, ts, w.body.as_bytes()));
+                .header("webhook-signature", sign(secret, &w.message_id, ts, w.body.as_bytes()));
         } else {
             req = req.header("x-meeting-baas-api-key", key);
         }
