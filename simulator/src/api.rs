@@ -1,0 +1,462 @@
+//! The Meeting BaaS endpoints hookstream calls, answered from the [`World`]: v2 calendars,
+//! events (listed with `start_date`/`end_date` and a cursor, and one by one), calendar bots
+//! (create, delete), bots (listed with `status`/`ended_after` and a cursor) and
+//! `resend-webhook`; v1 calendars, calendar events (listed with paging, and one by one) and
+//! their bot (schedule, unschedule). Answers follow the published OpenAPI documents (a test
+//! validates them). Every call needs `x-meeting-baas-api-key` when the simulator has a key.
+//!
+//! Control routes, for a user or a test (no key needed): `GET /_sim/state`,
+//! `POST /_sim/outage?secs=N`, `POST /_sim/misbehave?rate_limit_share=F&drop_webhooks_share=F`.
+
+use crate::server::{Call, Reply};
+use crate::webhooks::Webhooks;
+use crate::world::{v1_time, v2_time, Account, Api, Bot, BotStatus, Calendar, Meeting, World};
+use chrono::{DateTime, Utc};
+use serde_json::{json, Value};
+use std::sync::Arc;
+
+/// The simulated account, its webhooks, and what the API expects of its callers.
+pub struct Simulator {
+    pub world: Arc<World>,
+    pub webhooks: Webhooks,
+    /// Calls without this `x-meeting-baas-api-key` are answered 401 (`None`: any key).
+    pub api_key: Option<String>,
+}
+
+/// Answers of the v2 error shape (`ErrorResponse`).
+fn v2_error(status: u16, code: &str, message: &str) -> Reply {
+    let error = match status {
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        404 => "Not Found",
+        409 => "Conflict",
+        429 => "Too Many Requests",
+        503 => "Service Unavailable",
+        _ => "Error",
+    };
+    Reply::value(status, &json!({"success": false, "error": error, "code": code, "statusCode": status,
+        "message": message, "details": null}))
+}
+
+/// A listing's page: `cursor` is the offset of the page (a string, as the API's cursors are
+/// opaque), `limit` its size.
+fn page<T: Clone>(items: &[T], call: &Call, default_limit: usize) -> Result<(Vec<T>, Option<String>), Reply> {
+    let offset = match call.param("cursor").filter(|c| !c.is_empty()) {
+        None => 0,
+        Some(c) => c.parse::<usize>().map_err(|_| v2_error(400, "FST_ERR_VALIDATION", "cursor is not valid"))?,
+    };
+    let limit = match call.param("limit") {
+        None => default_limit,
+        Some(l) => l
+            .parse::<usize>()
+            .ok()
+            .filter(|l| (1..=250).contains(l))
+            .ok_or_else(|| v2_error(400, "FST_ERR_VALIDATION", "limit must be between 1 and 250"))?,
+    };
+    let slice: Vec<T> = items.iter().skip(offset).take(limit).cloned().collect();
+    let next = (offset + limit < items.len()).then(|| (offset + limit).to_string());
+    Ok((slice, next))
+}
+
+fn time_param(call: &Call, name: &str) -> Result<Option<DateTime<Utc>>, Reply> {
+    match call.param(name) {
+        None => Ok(None),
+        Some(v) => DateTime::parse_from_rfc3339(&v)
+            .map(|t| Some(t.with_timezone(&Utc)))
+            .map_err(|_| v2_error(400, "FST_ERR_VALIDATION", &format!("{name} is not an ISO 8601 time"))),
+    }
+}
+
+impl Simulator {
+    /// Answers `call`, or `None` for a route the simulator does not serve (a 404).
+    pub fn answer(&self, call: &Call) -> Option<Reply> {
+        let path: Vec<&str> = call.path.trim_start_matches('/').split('/').collect();
+        if path.first() == Some(&"_sim") {
+            return self.control(call, &path[1..]);
+        }
+        let known = matches!(path.first(), Some(&"v2") | Some(&"calendars") | Some(&"calendar_events"));
+        if !known {
+            return None;
+        }
+        let mut account = self.world.lock();
+        account.stats.api_calls += 1;
+        if let Some(key) = &self.api_key {
+            if call.header("x-meeting-baas-api-key") != Some(key.as_str()) {
+                return Some(v2_error(401, "UNAUTHORIZED", "missing or wrong x-meeting-baas-api-key"));
+            }
+        }
+        if account.is_down() {
+            account.stats.answered_down += 1;
+            return Some(v2_error(503, "SERVICE_UNAVAILABLE", "the simulator is in an outage (asked for)"));
+        }
+        let share = account.misbehaviour.rate_limit_share;
+        if share > 0.0 && fastrand::f64() < share {
+            account.stats.answered_429 += 1;
+            let mut body = json!({"success": false, "error": "Too Many Requests", "code": "FST_ERR_TOO_MANY_REQUESTS",
+                "statusCode": 429, "message": "Rate limit reached (the simulator's --rate-limit-share)",
+                "details": null, "retryAfter": 1});
+            if path.first() != Some(&"v2") {
+                body = json!({"error": "Too Many Requests"});
+            }
+            return Some(Reply::value(429, &body).header("retry-after", "1"));
+        }
+        let now = Utc::now();
+        let reply = match (call.method.as_str(), path.as_slice()) {
+            ("GET", ["v2", "calendars"]) => self.v2_calendars(&account, call),
+            ("GET", ["v2", "calendars", cid, "events"]) => v2_events(&account, cid, call),
+            ("GET", ["v2", "calendars", cid, "events", eid]) => v2_event(&account, cid, eid),
+            ("POST", ["v2", "calendars", cid, "bots"]) => v2_schedule(&mut account, cid, call, now),
+            ("DELETE", ["v2", "calendars", cid, "bots"]) => v2_unschedule(&mut account, cid, call, now),
+            ("GET", ["v2", "bots"]) => v2_bots(&account, call),
+            ("POST", ["v2", "bots", bot_id, "resend-webhook"]) => {
+                let bot = account.bot(bot_id).cloned();
+                match bot {
+                    None => v2_error(404, "BOT_NOT_FOUND", "no such bot"),
+                    Some(bot) if !bot.ended() => v2_error(409, "BOT_NOT_ENDED", "the bot has not ended yet"),
+                    Some(bot) => {
+                        account.stats.results_resent += 1;
+                        let body = final_webhook(&bot, account.meeting(&bot.meeting_id));
+                        drop(account);
+                        self.webhooks.send(bot.api, body);
+                        Reply::value(200, &json!({"success": true, "data": {"message": "Final webhook resent"}}))
+                    }
+                }
+            }
+            ("GET", ["calendars", ""]) => {
+                let list: Vec<Value> =
+                    account.calendars.iter().filter(|c| c.api == Api::V1).map(v1_calendar).collect();
+                Reply::value(200, &Value::from(list))
+            }
+            ("GET", ["calendar_events", ""]) => v1_events(&account, call),
+            ("GET", ["calendar_events", uuid]) => match account.meeting(uuid).filter(|m| m.api == Api::V1) {
+                Some(m) => Reply::value(200, &v1_event(m, &account)),
+                None => Reply::value(404, &json!({"error": "event not found"})),
+            },
+            ("POST", ["calendar_events", uuid, "bot"]) => v1_bot(&mut account, uuid, true, call, now),
+            ("DELETE", ["calendar_events", uuid, "bot"]) => v1_bot(&mut account, uuid, false, call, now),
+            _ => return None,
+        };
+        Some(reply)
+    }
+
+    fn v2_calendars(&self, account: &Account, call: &Call) -> Reply {
+        let all: Vec<&Calendar> = account.calendars.iter().filter(|c| c.api == Api::V2).collect();
+        match page(&all, call, 50) {
+            Err(e) => e,
+            Ok((items, next)) => {
+                let data: Vec<Value> = items.into_iter().map(v2_calendar).collect();
+                Reply::value(200, &json!({"success": true, "data": data, "cursor": next, "prev_cursor": null}))
+            }
+        }
+    }
+
+    fn control(&self, call: &Call, path: &[&str]) -> Option<Reply> {
+        let reply = match (call.method.as_str(), path) {
+            ("GET", ["state"]) => Reply::value(200, &self.world.lock().summary(Utc::now())),
+            ("POST", ["outage"]) => match call.param("secs").map(|s| s.parse::<u64>()) {
+                Some(Ok(secs)) => {
+                    self.world.outage(secs);
+                    eprintln!("simulator: the API is down for {secs} s (asked for)");
+                    Reply::value(200, &json!({"down_for_secs": secs}))
+                }
+                _ => Reply::value(400, &json!({"error": "secs must be a whole number of seconds"})),
+            },
+            ("POST", ["misbehave"]) => {
+                let share = |name: &str| -> Result<Option<f64>, Reply> {
+                    match call.param(name) {
+                        None => Ok(None),
+                        Some(v) => v.parse::<f64>().ok().filter(|s| (0.0..=1.0).contains(s)).map(Some).ok_or_else(
+                            || Reply::value(400, &json!({"error": format!("{name} must be a share from 0 to 1")})),
+                        ),
+                    }
+                };
+                match (share("rate_limit_share"), share("drop_webhooks_share")) {
+                    (Err(e), _) | (_, Err(e)) => e,
+                    (Ok(rate), Ok(drop)) => {
+                        let mut account = self.world.lock();
+                        let m = &mut account.misbehaviour;
+                        if let Some(rate) = rate {
+                            m.rate_limit_share = rate;
+                        }
+                        if let Some(drop) = drop {
+                            m.drop_webhooks_share = drop;
+                        }
+                        eprintln!(
+                            "simulator: rate_limit_share={} drop_webhooks_share={} (asked for)",
+                            m.rate_limit_share, m.drop_webhooks_share
+                        );
+                        Reply::value(200, &json!({"rate_limit_share": m.rate_limit_share,
+                            "drop_webhooks_share": m.drop_webhooks_share}))
+                    }
+                }
+            }
+            _ => return None,
+        };
+        Some(reply)
+    }
+}
+
+fn v2_calendar(c: &Calendar) -> Value {
+    json!({"calendar_id": c.id, "calendar_platform": "google", "account_email": c.email, "status": c.status,
+        "synced_at": v2_time(c.created_at), "created_at": v2_time(c.created_at)})
+}
+
+fn v1_calendar(c: &Calendar) -> Value {
+    json!({"uuid": c.id, "email": c.email, "google_id": c.email, "name": c.email, "resource_id": null})
+}
+
+fn status(m: &Meeting) -> &'static str {
+    if m.cancelled {
+        "cancelled"
+    } else {
+        "confirmed"
+    }
+}
+
+/// A v2 event as `GET /v2/calendars/{id}/events` lists it.
+pub fn v2_listed(m: &Meeting) -> Value {
+    json!({"series_id": m.series_id, "event_type": "one_off", "event_id": m.id, "title": m.title,
+        "start_time": v2_time(m.start), "end_time": v2_time(m.end), "status": status(m), "is_exception": false,
+        "meeting_url": m.meeting_url, "meeting_platform": "meet", "calendar_id": m.calendar_id,
+        "bot_scheduled": m.bot_id.is_some(), "created_at": v2_time(m.created_at)})
+}
+
+/// A v2 event's details, as `GET /v2/calendars/{id}/events/{event_id}` answers them. The
+/// calendar's owner organises every simulated meeting.
+pub fn v2_details(m: &Meeting, email: &str) -> Value {
+    json!({"event_id": m.id, "series_id": m.series_id, "event_type": "one_off", "title": m.title,
+        "description": null, "location": null, "start_time": v2_time(m.start), "end_time": v2_time(m.end),
+        "timezone": "UTC", "is_all_day": false, "status": status(m), "organizer_email": email,
+        "organizer_name": null,
+        "attendees": [{"email": email, "name": null, "response_status": "accepted", "organizer": true, "self": true}],
+        "meeting_url": m.meeting_url, "meeting_platform": "meet", "calendar_id": m.calendar_id,
+        "calendar_platform": "google", "bot_scheduled": m.bot_id.is_some(),
+        "raw_payload": {"id": m.id, "status": status(m), "summary": m.title},
+        "created_at": v2_time(m.created_at), "updated_at": v2_time(m.updated_at)})
+}
+
+fn v2_events(account: &Account, cid: &str, call: &Call) -> Reply {
+    if account.calendar(Api::V2, cid).is_none() {
+        return v2_error(404, "CALENDAR_NOT_FOUND", "no such calendar");
+    }
+    let (from, to) = match (time_param(call, "start_date"), time_param(call, "end_date")) {
+        (Ok(from), Ok(to)) => (from, to),
+        (Err(e), _) | (_, Err(e)) => return e,
+    };
+    let show_cancelled = call.param("show_cancelled").as_deref() == Some("true");
+    let listed: Vec<&Meeting> = account
+        .meetings
+        .iter()
+        .filter(|m| m.api == Api::V2 && m.calendar_id == cid)
+        .filter(|m| show_cancelled || !m.cancelled)
+        .filter(|m| from.is_none_or(|f| m.start >= f) && to.is_none_or(|t| m.start <= t))
+        .collect();
+    match page(&listed, call, 50) {
+        Err(e) => e,
+        Ok((items, next)) => {
+            let data: Vec<Value> = items.into_iter().map(v2_listed).collect();
+            Reply::value(200, &json!({"success": true, "data": data, "cursor": next, "prev_cursor": null}))
+        }
+    }
+}
+
+fn v2_event(account: &Account, cid: &str, eid: &str) -> Reply {
+    let Some(calendar) = account.calendar(Api::V2, cid) else {
+        return v2_error(404, "CALENDAR_NOT_FOUND", "no such calendar");
+    };
+    match account.meeting(eid).filter(|m| m.api == Api::V2 && m.calendar_id == cid) {
+        Some(m) => Reply::value(200, &json!({"success": true, "data": v2_details(m, &calendar.email)})),
+        None => v2_error(404, "EVENT_NOT_FOUND", "no such event"),
+    }
+}
+
+/// The body's `event_id`, or the 400 its absence earns.
+fn event_id_of(call: &Call) -> Result<String, Reply> {
+    call.json()
+        .get("event_id")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .ok_or_else(|| v2_error(400, "FST_ERR_VALIDATION", "body must have an event_id (one instance)"))
+}
+
+fn v2_schedule(account: &mut Account, cid: &str, call: &Call, now: DateTime<Utc>) -> Reply {
+    if account.calendar(Api::V2, cid).is_none() {
+        return v2_error(404, "CALENDAR_NOT_FOUND", "no such calendar");
+    }
+    let event_id = match event_id_of(call) {
+        Ok(id) => id,
+        Err(e) => return e,
+    };
+    let bot_name = call.json().get("bot_name").and_then(Value::as_str).unwrap_or("recorder").to_string();
+    let refused = |code: &str, message: &str| {
+        Reply::value(201, &json!({"success": true, "data": [], "errors": [{"event_id": event_id, "code": code,
+            "message": message, "details": null}]}))
+    };
+    let meeting = account.meeting(&event_id).filter(|m| m.api == Api::V2 && m.calendar_id == cid).cloned();
+    match meeting {
+        None => refused("EVENT_NOT_FOUND", "no such event instance in this calendar"),
+        Some(m) if m.bot_id.is_some() => refused("BOT_ALREADY_EXISTS", "A bot is already scheduled for this event instance"),
+        Some(m) if m.end <= now => refused("EVENT_ENDED", "the event has ended"),
+        Some(m) => {
+            account.schedule(&m.id, &bot_name, now);
+            Reply::value(201, &json!({"success": true, "data": [{"event_id": m.id}], "errors": []}))
+        }
+    }
+}
+
+fn v2_unschedule(account: &mut Account, cid: &str, call: &Call, now: DateTime<Utc>) -> Reply {
+    if account.calendar(Api::V2, cid).is_none() {
+        return v2_error(404, "CALENDAR_NOT_FOUND", "no such calendar");
+    }
+    let event_id = match event_id_of(call) {
+        Ok(id) => id,
+        Err(e) => return e,
+    };
+    let meeting = account.meeting(&event_id).filter(|m| m.api == Api::V2 && m.calendar_id == cid).cloned();
+    match meeting {
+        Some(m) if m.bot_id.is_some() && m.start <= now => {
+            v2_error(409, "BOT_ALREADY_STARTED", "the meeting has started; its bot can no longer be changed")
+        }
+        Some(m) if account.unschedule(&m.id, now) => {
+            Reply::value(200, &json!({"success": true, "data": [{"event_id": m.id}], "errors": []}))
+        }
+        _ => v2_error(404, "BOT_NOT_FOUND", "no bot is scheduled for this event instance"),
+    }
+}
+
+fn bot_status(b: &Bot) -> &'static str {
+    match b.status {
+        BotStatus::Scheduled => "queued",
+        BotStatus::InCall => "in_call_recording",
+        BotStatus::Completed => "completed",
+        BotStatus::Failed => "failed",
+    }
+}
+
+fn v2_bot(b: &Bot) -> Value {
+    let duration = b.ended_at.zip(b.joined_at).map(|(e, j)| (e - j).num_seconds().max(0));
+    json!({"bot_id": b.id, "bot_name": b.bot_name, "meeting_url": b.meeting_url, "meeting_platform": "meet",
+        "extra": null, "duration": duration, "created_at": v2_time(b.created_at),
+        "ended_at": b.ended_at.map(v2_time), "joined_at": b.joined_at.map(v2_time),
+        "exited_at": b.ended_at.map(v2_time), "status": bot_status(b), "error_code": null,
+        "error_message": null, "tokens": null})
+}
+
+fn v2_bots(account: &Account, call: &Call) -> Reply {
+    let statuses: Vec<String> =
+        call.param("status").map(|s| s.split(',').map(str::to_string).collect()).unwrap_or_default();
+    let after = match time_param(call, "ended_after") {
+        Ok(a) => a,
+        Err(e) => return e,
+    };
+    let listed: Vec<&Bot> = account
+        .bots
+        .iter()
+        .filter(|b| b.api == Api::V2)
+        .filter(|b| statuses.is_empty() || statuses.iter().any(|s| s == bot_status(b)))
+        .filter(|b| after.is_none_or(|a| b.ended_at.is_some_and(|e| e > a)))
+        .collect();
+    match page(&listed, call, 50) {
+        Err(e) => e,
+        Ok((items, next)) => {
+            let data: Vec<Value> = items.into_iter().map(v2_bot).collect();
+            Reply::value(200, &json!({"success": true, "data": data, "cursor": next, "prev_cursor": null}))
+        }
+    }
+}
+
+/// A v1 calendar event, as `GET /calendar_events/{uuid}` answers it.
+pub fn v1_event(m: &Meeting, account: &Account) -> Value {
+    let email = account.calendar(Api::V1, &m.calendar_id).map(|c| c.email.clone()).unwrap_or_default();
+    let bot_param = m.bot_id.as_ref().and_then(|id| account.bot(id)).map(|b| {
+        json!({"bot_name": b.bot_name, "extra": {"bot_id": b.id}, "webhook_url": null})
+    });
+    json!({"uuid": m.id, "calendar_uuid": m.calendar_id, "google_id": m.id, "name": m.title,
+        "meeting_url": m.meeting_url, "start_time": v1_time(m.start), "end_time": v1_time(m.end),
+        "is_organizer": true, "is_recurring": false, "recurring_event_id": null, "deleted": m.cancelled,
+        "last_updated_at": v1_time(m.updated_at), "attendees": [{"email": email, "name": null}],
+        "raw": {"id": m.id, "summary": m.title}, "bot_param": bot_param})
+}
+
+fn v1_events(account: &Account, call: &Call) -> Reply {
+    let Some(cid) = call.param("calendar_id") else {
+        return Reply::value(400, &json!({"error": "calendar_id is required"}));
+    };
+    let (from, to) = match (time_param(call, "start_date_gte"), time_param(call, "start_date_lte")) {
+        (Ok(from), Ok(to)) => (from, to),
+        _ => return Reply::value(400, &json!({"error": "start_date_gte and start_date_lte are ISO 8601 times"})),
+    };
+    let listed: Vec<&Meeting> = account
+        .meetings
+        .iter()
+        .filter(|m| m.api == Api::V1 && m.calendar_id == cid)
+        .filter(|m| from.is_none_or(|f| m.start >= f) && to.is_none_or(|t| m.start <= t))
+        .collect();
+    match page(&listed, call, 100) {
+        Err(_) => Reply::value(400, &json!({"error": "cursor is not valid"})),
+        Ok((items, next)) => {
+            let data: Vec<Value> = items.into_iter().map(|m| v1_event(m, account)).collect();
+            Reply::value(200, &json!({"data": data, "next": next}))
+        }
+    }
+}
+
+fn v1_bot(account: &mut Account, uuid: &str, schedule: bool, call: &Call, now: DateTime<Utc>) -> Reply {
+    let Some(meeting) = account.meeting(uuid).filter(|m| m.api == Api::V1).cloned() else {
+        return Reply::value(404, &json!({"error": "event not found"}));
+    };
+    if schedule {
+        if meeting.end <= now {
+            return Reply::value(400, &json!({"error": "the event has ended"}));
+        }
+        let bot_name = call.json().get("bot_name").and_then(Value::as_str).unwrap_or("recorder").to_string();
+        // Scheduling again keeps the bot there is (the v1 API updates its parameters).
+        account.schedule(uuid, &bot_name, now);
+    } else {
+        account.unschedule(uuid, now);
+    }
+    let event = account.meeting(uuid).map(|m| v1_event(m, account)).unwrap_or(Value::Null);
+    Reply::value(200, &Value::from(vec![event]))
+}
+
+/// A bot's final webhook: v2 `bot.completed` / `bot.failed`, v1 `complete` / `failed`.
+pub fn final_webhook(bot: &Bot, meeting: Option<&Meeting>) -> Value {
+    let ended = bot.ended_at.unwrap_or(bot.created_at);
+    let joined = bot.joined_at.unwrap_or(ended);
+    let media = |kind: &str| format!("https://simulator.invalid/recordings/{}/{kind}", bot.id);
+    match bot.api {
+        Api::V2 => {
+            let event = if bot.status == BotStatus::Failed { "bot.failed" } else { "bot.completed" };
+            json!({"event": event, "data": {"bot_id": bot.id, "event_id": meeting.map(|m| m.id.clone()),
+                "participants": [{"name": "Simulated participant", "id": 1}],
+                "speakers": [{"name": "Simulated participant", "id": 1}],
+                "duration_seconds": (ended - joined).num_seconds().max(0),
+                "joined_at": v1_time(joined), "exited_at": v1_time(ended), "data_deleted": false,
+                "video": media("video.mp4"), "audio": media("audio.flac"),
+                "transcription": media("transcription.json")}})
+        }
+        Api::V1 => {
+            let event = if bot.status == BotStatus::Failed { "failed" } else { "complete" };
+            json!({"event": event, "data": {"bot_id": bot.id, "event_uuid": meeting.map(|m| m.id.clone()),
+                "transcript": [], "speakers": ["Simulated participant"], "mp4": media("recording.mp4"),
+                "audio": media("recording.wav")}})
+        }
+    }
+}
+
+impl World {
+    /// Creates a calendar (id, a made-up owner) in `api`.
+    pub fn add_calendar(&self, api: Api) -> Calendar {
+        let mut account = self.lock();
+        let n = account.calendars.len() + 1;
+        let calendar = Calendar {
+            api,
+            id: uuid::Uuid::new_v4().to_string(),
+            email: format!("owner{n}@simulator.example"),
+            status: "active".into(),
+            created_at: Utc::now(),
+        };
+        account.calendars.push(calendar.clone());
+        calendar
+    }
+}
