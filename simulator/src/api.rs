@@ -5,8 +5,10 @@
 //! their bot (schedule, unschedule). Answers follow the published OpenAPI documents (a test
 //! validates them). Every call needs `x-meeting-baas-api-key` when the simulator has a key.
 //!
-//! Control routes, for a user or a test (no key needed): `GET /_sim/state`,
-//! `POST /_sim/outage?secs=N`, `POST /_sim/misbehave?rate_limit_share=F&drop_webhooks_share=F`.
+//! Control routes, for a user or a test (no key needed; docs/simulator.md): `GET /_sim/state`,
+//! `GET /_sim/bots`, `POST /_sim/outage?secs=N`,
+//! `POST /_sim/misbehave?rate_limit_share=F&drop_webhooks_share=F`, `POST /_sim/pause`,
+//! `POST /_sim/resume`, `POST /_sim/meetings?count=N&lead_secs=S&length_secs=L`.
 
 use crate::server::{Call, Reply};
 use crate::webhooks::Webhooks;
@@ -34,8 +36,12 @@ fn v2_error(status: u16, code: &str, message: &str) -> Reply {
         503 => "Service Unavailable",
         _ => "Error",
     };
-    Reply::value(status, &json!({"success": false, "error": error, "code": code, "statusCode": status,
-        "message": message, "details": null}))
+    // A 400 is a `ValidationErrorResponse`, which has no `details`.
+    let mut body = json!({"success": false, "error": error, "code": code, "statusCode": status, "message": message});
+    if status != 400 {
+        body["details"] = Value::Null;
+    }
+    Reply::value(status, &body)
 }
 
 /// A listing's page: `cursor` is the offset of the page (a string, as the API's cursors are
@@ -115,6 +121,7 @@ impl Simulator {
                     Some(bot) if !bot.ended() => v2_error(409, "BOT_NOT_ENDED", "the bot has not ended yet"),
                     Some(bot) => {
                         account.stats.results_resent += 1;
+                        account.resent.push(bot.id.clone());
                         let body = final_webhook(&bot, account.meeting(&bot.meeting_id));
                         drop(account);
                         self.webhooks.send(bot.api, body);
@@ -123,8 +130,7 @@ impl Simulator {
                 }
             }
             ("GET", ["calendars", ""]) => {
-                let list: Vec<Value> =
-                    account.calendars.iter().filter(|c| c.api == Api::V1).map(v1_calendar).collect();
+                let list: Vec<Value> = account.calendars.iter().filter(|c| c.api == Api::V1).map(v1_calendar).collect();
                 Reply::value(200, &Value::from(list))
             }
             ("GET", ["calendar_events", ""]) => v1_events(&account, call),
@@ -153,6 +159,51 @@ impl Simulator {
     fn control(&self, call: &Call, path: &[&str]) -> Option<Reply> {
         let reply = match (call.method.as_str(), path) {
             ("GET", ["state"]) => Reply::value(200, &self.world.lock().summary(Utc::now())),
+            ("GET", ["bots"]) => {
+                let account = self.world.lock();
+                let bots: Vec<Value> = account
+                    .bots
+                    .iter()
+                    .map(|b| {
+                        json!({"api": b.api.name(), "bot_id": b.id, "meeting_id": b.meeting_id,
+                            "calendar_id": b.calendar_id, "status": bot_status(b), "ended_at": b.ended_at.map(v2_time)})
+                    })
+                    .collect();
+                Reply::value(200, &Value::from(bots))
+            }
+            ("POST", [verb @ ("pause" | "resume")]) => {
+                self.world.lock().paused = *verb == "pause";
+                eprintln!("simulator: timeline {verb}d (asked for)");
+                Reply::value(200, &json!({"paused": *verb == "pause"}))
+            }
+            ("POST", ["meetings"]) => {
+                let number = |name: &str, default: u64| -> Option<u64> {
+                    call.param(name).map_or(Some(default), |v| v.parse::<u64>().ok())
+                };
+                match (number("count", 1), number("lead_secs", 300), number("length_secs", 30)) {
+                    (Some(count), Some(lead), Some(length)) if count <= 1000 && length > 0 => {
+                        let plan = crate::timeline::Plan {
+                            lead: std::time::Duration::from_secs(lead),
+                            length: std::time::Duration::from_secs(length),
+                            ..Default::default()
+                        };
+                        let mut made = Vec::new();
+                        for _ in 0..count {
+                            let turn = self.world.lock().meetings.len();
+                            if let Some(m) = crate::timeline::create_meeting(self, &plan, turn) {
+                                made.push(
+                                    json!({"api": m.api.name(), "meeting_id": m.id, "calendar_id": m.calendar_id}),
+                                );
+                            }
+                        }
+                        Reply::value(200, &Value::from(made))
+                    }
+                    _ => Reply::value(
+                        400,
+                        &json!({"error": "count (at most 1000), lead_secs and length_secs (> 0) are whole numbers"}),
+                    ),
+                }
+            }
             ("POST", ["outage"]) => match call.param("secs").map(|s| s.parse::<u64>()) {
                 Some(Ok(secs)) => {
                     self.world.outage(secs);
@@ -165,9 +216,11 @@ impl Simulator {
                 let share = |name: &str| -> Result<Option<f64>, Reply> {
                     match call.param(name) {
                         None => Ok(None),
-                        Some(v) => v.parse::<f64>().ok().filter(|s| (0.0..=1.0).contains(s)).map(Some).ok_or_else(
-                            || Reply::value(400, &json!({"error": format!("{name} must be a share from 0 to 1")})),
-                        ),
+                        Some(v) => {
+                            v.parse::<f64>().ok().filter(|s| (0.0..=1.0).contains(s)).map(Some).ok_or_else(|| {
+                                Reply::value(400, &json!({"error": format!("{name} must be a share from 0 to 1")}))
+                            })
+                        }
                     }
                 };
                 match (share("rate_limit_share"), share("drop_webhooks_share")) {
@@ -185,8 +238,11 @@ impl Simulator {
                             "simulator: rate_limit_share={} drop_webhooks_share={} (asked for)",
                             m.rate_limit_share, m.drop_webhooks_share
                         );
-                        Reply::value(200, &json!({"rate_limit_share": m.rate_limit_share,
-                            "drop_webhooks_share": m.drop_webhooks_share}))
+                        Reply::value(
+                            200,
+                            &json!({"rate_limit_share": m.rate_limit_share,
+                            "drop_webhooks_share": m.drop_webhooks_share}),
+                        )
                     }
                 }
             }
@@ -289,13 +345,18 @@ fn v2_schedule(account: &mut Account, cid: &str, call: &Call, now: DateTime<Utc>
     };
     let bot_name = call.json().get("bot_name").and_then(Value::as_str).unwrap_or("recorder").to_string();
     let refused = |code: &str, message: &str| {
-        Reply::value(201, &json!({"success": true, "data": [], "errors": [{"event_id": event_id, "code": code,
-            "message": message, "details": null}]}))
+        Reply::value(
+            201,
+            &json!({"success": true, "data": [], "errors": [{"event_id": event_id, "code": code,
+            "message": message, "details": null}]}),
+        )
     };
     let meeting = account.meeting(&event_id).filter(|m| m.api == Api::V2 && m.calendar_id == cid).cloned();
     match meeting {
         None => refused("EVENT_NOT_FOUND", "no such event instance in this calendar"),
-        Some(m) if m.bot_id.is_some() => refused("BOT_ALREADY_EXISTS", "A bot is already scheduled for this event instance"),
+        Some(m) if m.bot_id.is_some() => {
+            refused("BOT_ALREADY_EXISTS", "A bot is already scheduled for this event instance")
+        }
         Some(m) if m.end <= now => refused("EVENT_ENDED", "the event has ended"),
         Some(m) => {
             account.schedule(&m.id, &bot_name, now);
@@ -369,7 +430,8 @@ fn v2_bots(account: &Account, call: &Call) -> Reply {
 pub fn v1_event(m: &Meeting, account: &Account) -> Value {
     let email = account.calendar(Api::V1, &m.calendar_id).map(|c| c.email.clone()).unwrap_or_default();
     let bot_param = m.bot_id.as_ref().and_then(|id| account.bot(id)).map(|b| {
-        json!({"bot_name": b.bot_name, "extra": {"bot_id": b.id}, "webhook_url": null})
+        json!({"bot_name": b.bot_name, "extra": {"bot_id": b.id}, "transcription_custom_parameters": {},
+            "webhook_url": ""})
     });
     json!({"uuid": m.id, "calendar_uuid": m.calendar_id, "google_id": m.id, "name": m.title,
         "meeting_url": m.meeting_url, "start_time": v1_time(m.start), "end_time": v1_time(m.end),

@@ -9,7 +9,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Parser)]
-#[command(name = "simulator", version, about = "A Meeting BaaS simulator for hookstream: the API it calls, and the webhooks Meeting BaaS sends.")]
+#[command(
+    name = "simulator",
+    version,
+    about = "A Meeting BaaS simulator for hookstream: the API it calls, and the webhooks Meeting BaaS sends."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -94,7 +98,19 @@ fn secs(n: u64) -> Option<Duration> {
 
 #[tokio::main]
 async fn main() {
-    let cli = Cli::parse();
+    // A usage error exits 64 (EX_USAGE) with clap's message, as the services' configuration
+    // errors do; --help and --version print and exit 0.
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if e.use_stderr() => {
+            let _ = e.print();
+            std::process::exit(64);
+        }
+        Err(e) => {
+            let _ = e.print();
+            std::process::exit(0);
+        }
+    };
     let code = match cli.command {
         Some(Command::Sink { listen }) => sink(listen).await,
         Some(Command::Api(args)) => api(args).await,
@@ -144,7 +160,10 @@ async fn api(args: ApiArgs) -> i32 {
         lead: Duration::from_secs(args.meeting_lead_secs),
         length: Duration::from_secs(args.meeting_length_secs.max(1)),
         cancel_share: args.cancel_share,
-        outage: args.outage_after_secs.zip(args.outage_for_secs).map(|(a, f)| (Duration::from_secs(a), Duration::from_secs(f))),
+        outage: args
+            .outage_after_secs
+            .zip(args.outage_for_secs)
+            .map(|(a, f)| (Duration::from_secs(a), Duration::from_secs(f))),
         fail_share: args.fail_share,
     };
     println!(
@@ -154,7 +173,9 @@ async fn api(args: ApiArgs) -> i32 {
         args.webhook_url.as_deref().unwrap_or("nowhere (no --webhook-url)")
     );
     if args.webhook_url.is_some() && args.webhook_secret.is_none() && args.v2_calendars > 0 {
-        eprintln!("simulator: no --webhook-secret: v2 webhooks go unsigned (the ingress refuses them unless ALLOW_UNSIGNED)");
+        eprintln!(
+            "simulator: no --webhook-secret: v2 webhooks go unsigned (the ingress refuses them unless ALLOW_UNSIGNED)"
+        );
     }
     let timeline = tokio::spawn(timeline::run(sim.clone(), plan));
     let code = stopped().await;

@@ -340,10 +340,9 @@ async fn answer(
     let mut response = Response::new(Full::new(Bytes::from(reply.body)));
     *response.status_mut() = hyper::StatusCode::from_u16(reply.status)?;
     for (k, v) in reply.headers {
-        response.headers_mut().insert(
-            hyper::header::HeaderName::from_bytes(k.as_bytes())?,
-            hyper::header::HeaderValue::from_str(&v)?,
-        );
+        response
+            .headers_mut()
+            .insert(hyper::header::HeaderName::from_bytes(k.as_bytes())?, hyper::header::HeaderValue::from_str(&v)?);
     }
     Ok(response)
 }

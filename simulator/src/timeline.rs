@@ -95,8 +95,9 @@ pub async fn run(sim: Arc<Simulator>, plan: Plan) {
                 outage = None;
             }
         }
+        let paused = sim.world.lock().paused;
         if let (Some(at), Some(every)) = (next_calendar, plan.calendar_every) {
-            if Instant::now() >= at {
+            if Instant::now() >= at && !paused {
                 if sim.world.lock().calendars.len() < plan.max_calendars {
                     connect(&sim, Api::V2);
                 }
@@ -104,7 +105,7 @@ pub async fn run(sim: Arc<Simulator>, plan: Plan) {
             }
         }
         if let (Some(at), Some(every)) = (next_meeting, plan.meeting_every) {
-            if Instant::now() >= at {
+            if Instant::now() >= at && !paused {
                 if let Some(meeting) = create_meeting(&sim, &plan, turn) {
                     turn += 1;
                     if plan.cancel_share > 0.0 && fastrand::f64() < plan.cancel_share {
@@ -172,16 +173,19 @@ pub fn create_meeting(sim: &Simulator, plan: &Plan, turn: usize) -> Option<Meeti
         meeting.calendar_id,
         v2_time(meeting.start)
     );
-    sim.webhooks.send(meeting.api, calendar_webhook(&meeting, "calendar.event_created"));
+    sim.webhooks.send(meeting.api, calendar_webhook(sim, &meeting, "calendar.event_created"));
     Some(meeting)
 }
 
 /// The calendar webhook about one meeting: v2 `event` (created / cancelled), v1
 /// `calendar.sync_events` naming it.
-fn calendar_webhook(m: &Meeting, event: &str) -> serde_json::Value {
+fn calendar_webhook(sim: &Simulator, m: &Meeting, event: &str) -> serde_json::Value {
     match m.api {
-        Api::V1 => json!({"event": "calendar.sync_events", "data": {"calendar_id": m.calendar_id,
-            "last_updated_ts": v2_time(m.updated_at), "affected_event_uuids": [m.id]}}),
+        Api::V1 => {
+            let stamp = sim.world.lock().sync_stamp(&m.calendar_id, m.updated_at);
+            json!({"event": "calendar.sync_events", "data": {"calendar_id": m.calendar_id,
+                "last_updated_ts": v2_time(stamp), "affected_event_uuids": [m.id]}})
+        }
         Api::V2 => {
             let instance = json!({"event_id": m.id, "start": v2_time(m.start), "end": v2_time(m.end),
                 "title": m.title, "status": if m.cancelled { "cancelled" } else { "confirmed" },
@@ -194,7 +198,8 @@ fn calendar_webhook(m: &Meeting, event: &str) -> serde_json::Value {
     }
 }
 
-fn cancel(sim: &Simulator, id: &str) {
+/// Cancels meeting `id` and sends its webhook.
+pub fn cancel(sim: &Simulator, id: &str) {
     let meeting = {
         let mut account = sim.world.lock();
         let Some(m) = account.meeting_mut(id) else { return };
@@ -203,7 +208,7 @@ fn cancel(sim: &Simulator, id: &str) {
         m.clone()
     };
     println!("simulator: {} meeting {} cancelled", meeting.api.name(), meeting.id);
-    sim.webhooks.send(meeting.api, calendar_webhook(&meeting, "calendar.event_cancelled"));
+    sim.webhooks.send(meeting.api, calendar_webhook(sim, &meeting, "calendar.event_cancelled"));
 }
 
 /// Bots join meetings that started and end with meetings that ended; each ended bot's final

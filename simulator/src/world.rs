@@ -113,6 +113,13 @@ pub struct Account {
     pub bots: Vec<Bot>,
     pub stats: Stats,
     pub misbehaviour: Misbehaviour,
+    /// The bots whose final webhook was asked for again (`resend-webhook`), in order.
+    pub resent: Vec<String>,
+    /// Each v1 calendar's last `last_updated_ts` sent: a sync webhook's identity includes it,
+    /// so two syncs of one calendar never share one.
+    pub synced: std::collections::HashMap<String, DateTime<Utc>>,
+    /// The timeline creates no meeting and connects no calendar (bots still join and end).
+    pub paused: bool,
 }
 
 impl Account {
@@ -130,6 +137,18 @@ impl Account {
 
     pub fn calendar(&self, api: Api, id: &str) -> Option<&Calendar> {
         self.calendars.iter().find(|c| c.api == api && c.id == id)
+    }
+
+    /// A v1 calendar's sync time for a webhook sent now: later than its last one.
+    pub fn sync_stamp(&mut self, calendar_id: &str, now: DateTime<Utc>) -> DateTime<Utc> {
+        // Whole milliseconds, as the stamp is written.
+        let now = DateTime::from_timestamp_millis(now.timestamp_millis()).unwrap_or(now);
+        let stamp = match self.synced.get(calendar_id).copied() {
+            Some(last) if last >= now => last + chrono::Duration::milliseconds(1),
+            _ => now,
+        };
+        self.synced.insert(calendar_id.to_string(), stamp);
+        stamp
     }
 
     pub fn is_down(&self) -> bool {
@@ -209,6 +228,7 @@ impl Account {
             "api_answered_down_total": s.answered_down,
             "api_answered_429_total": s.answered_429,
             "api_down": self.is_down(),
+            "paused": self.paused,
             "rate_limit_share": self.misbehaviour.rate_limit_share,
             "drop_webhooks_share": self.misbehaviour.drop_webhooks_share,
         })

@@ -1018,16 +1018,9 @@ pub fn processor_bin_vars(
 }
 
 /// A Standard Webhooks signature (`v1,<base64 HMAC-SHA256>`) of `{id}.{ts}.{body}` with the
-/// `whsec_` secret, as Meeting BaaS signs a v2 webhook.
+/// `whsec_` secret, as Meeting BaaS signs a v2 webhook (the simulator's signing).
 pub fn sign_webhook(secret: &str, id: &str, ts: i64, body: &[u8]) -> String {
-    use base64::engine::general_purpose::STANDARD as BASE64;
-    use base64::Engine;
-    use hmac::Mac;
-    let key = BASE64.decode(secret.trim_start_matches("whsec_")).expect("a whsec_ base64 secret");
-    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&key).expect("any key length");
-    mac.update(format!("{id}.{ts}.").as_bytes());
-    mac.update(body);
-    format!("v1,{}", BASE64.encode(mac.finalize().into_bytes()))
+    simulator::webhooks::sign(secret, id, ts, body).expect("a whsec_ base64 secret")
 }
 
 /// Now, in Unix seconds (a webhook's timestamp).

@@ -186,3 +186,45 @@ pub fn assert_valid(calls: &[Call]) {
         calls.iter().filter_map(|c| check(c).err().map(|e| format!("{} {}: {e}", c.method, c.path))).collect();
     assert!(bad.is_empty(), "requests not valid for the OpenAPI documents:\n{}", bad.join("\n"));
 }
+
+/// `Ok` when `body`, answered to `call` with `status`, is valid for the operation's documented
+/// response (JSON Schema of `responses.{status}`). A 2xx the operation does not document is an
+/// error; an error status it does not document (v1 documents none) is not checked.
+pub fn check_answer(call: &Call, status: u16, body: &[u8]) -> Result<(), String> {
+    let method = call.method.to_ascii_lowercase();
+    for doc in docs() {
+        let Some(paths) = doc.doc["paths"].as_object() else { continue };
+        // The most specific template first: `/calendar_events/` before `/calendar_events/{uuid}`.
+        let mut matching: Vec<(&String, &Value)> =
+            paths.iter().filter(|(t, _)| match_template(t, &call.path).is_some()).collect();
+        matching.sort_by_key(|(t, _)| t.matches('{').count());
+        for (template, item) in matching {
+            let Some(op) = item.get(&method) else { continue };
+            let Some(response) = op["responses"].get(status.to_string()) else {
+                return if (200..300).contains(&status) {
+                    Err(format!("{} {template} documents no {status} answer", call.method))
+                } else {
+                    Ok(())
+                };
+            };
+            let Some(schema) = response.get("content").and_then(|c| c.get("application/json")).map(|c| &c["schema"])
+            else {
+                return Ok(());
+            };
+            let instance: Value = serde_json::from_slice(body)
+                .map_err(|e| format!("{} {template}: the answer is not JSON: {e}", call.method))?;
+            return validate(doc, schema, &instance).map_err(|e| format!("{} {template} {status}: {e}", call.method));
+        }
+    }
+    Err(format!("no operation {} {} in the OpenAPI documents", call.method, call.path))
+}
+
+/// Panics naming every answer of `api` (the simulator) that is not valid for the documents.
+pub fn assert_answers_valid(answered: &[(Call, u16, Vec<u8>)]) {
+    let bad: Vec<String> = answered
+        .iter()
+        .filter(|(c, _, _)| !c.path.starts_with("/_"))
+        .filter_map(|(c, s, b)| check_answer(c, *s, b).err().map(|e| format!("{} {} -> {s}: {e}", c.method, c.path)))
+        .collect();
+    assert!(bad.is_empty(), "answers not valid for the OpenAPI documents:\n{}", bad.join("\n"));
+}

@@ -9,7 +9,7 @@
 mod common;
 
 use common::*;
-use hookstream_tests::fake_api::{EndedBot, FakeApi, Reply};
+use hookstream_tests::fake_api::{EndedBot, FakeApi, Reply, ServeResults};
 use hookstream_tests::RedisServer;
 use serde_json::json;
 use std::collections::HashMap;
@@ -130,9 +130,9 @@ async fn reconcile_benchmark() {
     all_acked(&redis).await;
     processor.stop().await;
     ingress.stop().await;
-    let resends = results.resent.lock().unwrap().len();
+    let resends = results.resent().len();
     // The hour's hold on a second resend is not what keeps a converged pass quiet: drop it.
-    for bot in results.resent.lock().unwrap().iter() {
+    for bot in results.resent().iter() {
         let _: i64 = redis::cmd("DEL").arg(format!("{{hookstream}}:resend:{bot}")).query(&mut redis.con()).unwrap();
     }
     let appended = xlen(&redis);
@@ -162,8 +162,8 @@ async fn reconcile_benchmark() {
     println!(
         "| converged pass: Redis commands | {redis_commands} | (INFO commandstats, commands inside scripts included: the read limiter's script per read, and its retries while it waits; no entry appended) |"
     );
-    println!("| converged pass: resends | {} | none |", results.resent.lock().unwrap().len() - resends);
+    println!("| converged pass: resends | {} | none |", results.resent().len() - resends);
     assert_eq!(xlen(&redis), appended, "a converged pass appends nothing");
     assert_eq!(resends, missing, "one resend per missing result");
-    assert_eq!(results.resent.lock().unwrap().len(), resends, "a converged pass asks for nothing");
+    assert_eq!(results.resent().len(), resends, "a converged pass asks for nothing");
 }

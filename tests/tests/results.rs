@@ -6,7 +6,7 @@
 mod common;
 
 use common::*;
-use hookstream_tests::fake_api::{EndedBot, FakeApi, Reply};
+use hookstream_tests::fake_api::{EndedBot, FakeApi, Reply, ServeResults};
 use hookstream_tests::openapi::assert_valid;
 use hookstream_tests::{eventually, fixture, fixture_json, RedisServer};
 use serde_json::json;
@@ -95,7 +95,7 @@ async fn a_result_that_never_came_is_asked_for_once_and_forwarded_once() {
     eventually("two more passes", || async { (passes(&api) >= seen + 2).then_some(()) }).await;
     processor.stop().await;
     ingress.stop().await;
-    assert_eq!(*results.resent.lock().unwrap(), vec![MISSING.to_string()], "only the missing one, once");
+    assert_eq!(results.resent(), vec![MISSING.to_string()], "only the missing one, once");
     assert_eq!(forwarded(&api, &format!("bot.completed:{MISSING}")), 1);
     assert_eq!(forwarded(&api, &format!("bot.failed:{CAME}")), 1, "the one that came, forwarded once");
     assert_eq!(xlen_dead(&redis), 0);
@@ -137,7 +137,7 @@ async fn the_bot_list_is_read_page_by_page_at_the_api_s_minimum() {
         3,
         "⌈600 ÷ 250⌉ = 3 pages: the API's minimum (the last one answers no cursor)"
     );
-    assert!(results.resent.lock().unwrap().is_empty(), "a converged pass asks nothing");
+    assert!(results.resent().is_empty(), "a converged pass asks nothing");
     assert_eq!(xlen(&redis), 0, "and appends nothing");
 }
 
@@ -169,7 +169,7 @@ async fn dry_run_names_missing_results_and_appends_nothing() {
     let again = processor::cli::operate(&config, None, processor::cli::Command::Reconcile { dry_run: false }).await;
     assert!(!again.stdout.contains("missing result\n"), "{}", again.stdout);
     assert_eq!(xlen(&redis), 1);
-    assert!(results.resent.lock().unwrap().is_empty(), "the entry is what asks, once processed");
+    assert!(results.resent().is_empty(), "the entry is what asks, once processed");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
