@@ -31,6 +31,9 @@ enum Command {
         /// Where to listen.
         #[arg(long, env = "SINK_LISTEN_ADDR", default_value = "0.0.0.0:8001")]
         listen: SocketAddr,
+        /// Each answer waits this long, in milliseconds (a slow downstream).
+        #[arg(long, env = "SINK_DELAY_MS", default_value_t = 0)]
+        delay_ms: u64,
     },
 }
 
@@ -112,7 +115,7 @@ async fn main() {
         }
     };
     let code = match cli.command {
-        Some(Command::Sink { listen }) => sink(listen).await,
+        Some(Command::Sink { listen, delay_ms }) => sink(listen, Duration::from_millis(delay_ms)).await,
         Some(Command::Api(args)) => api(args).await,
         None => api(cli.api).await,
     };
@@ -183,12 +186,12 @@ async fn api(args: ApiArgs) -> i32 {
     code
 }
 
-async fn sink(listen: SocketAddr) -> i32 {
+async fn sink(listen: SocketAddr, delay: Duration) -> i32 {
     let server = match bind("sink", listen).await {
         Ok(s) => s,
         Err(code) => return code,
     };
-    server.fallback(Arc::new(|call| {
+    server.fallback(Arc::new(move |call| {
         let event = call.header("x-hookstream-event").unwrap_or("-");
         let id = call.header("x-hookstream-id").unwrap_or("-");
         let mut body = String::from_utf8_lossy(&call.body).replace('\n', " ");
@@ -201,7 +204,7 @@ async fn sink(listen: SocketAddr) -> i32 {
             body.push('…');
         }
         println!("sink: {} {} event={event} id={id} {body}", call.method, call.path);
-        Some(Reply::value(200, &serde_json::json!({"received": true})))
+        Some(Reply::value(200, &serde_json::json!({"received": true})).delayed(delay))
     }));
     println!("sink: listening on http://{}; every request is printed here", server.addr);
     stopped().await

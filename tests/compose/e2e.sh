@@ -17,8 +17,13 @@
 #   - the builder stage of ./Dockerfile (rust image + cargo-chef) -> binaries built on the
 #     host with cargo (debug profile, which CI has already compiled for the tests) and copied
 #     into an image that repeats the Dockerfile's runtime stage (tests/compose/Dockerfile.hookstream).
-# The fake Meeting BaaS API / forward target runs as one more container (not part of
-# compose.yaml) on the compose network, reachable as http://fake-api:8000.
+# The forward target of the load test is the simulator's sink (`simulator sink`, from the same
+# image), run as one more container (not part of compose.yaml) on the compose network,
+# reachable as http://fake-api:8000.
+#
+# Then the demo profile (`--profile demo`): the simulator as the Meeting BaaS API, its sink,
+# the demo's ingress and processor; bots scheduled and results forwarded; then an outage with
+# half the webhooks lost, after which everything converges (the driver's E2E_MODE=demo).
 #
 # CACHING. The root filesystems are kept under $HOOKSTREAM_E2E_CACHE (default
 # /var/cache/hookstream-e2e) and the imported images stay in Docker, so a second run skips
@@ -33,7 +38,7 @@ CACHE=${HOOKSTREAM_E2E_CACHE:-/var/cache/hookstream-e2e}
 BASE_VERSION=1 # bump to rebuild the cached images
 BASE_IMAGE=hookstream-e2e/base:bookworm
 REDIS_IMAGE=hookstream-e2e/redis:bookworm
-FAKE_IMAGE=hookstream-e2e/fake-api:local
+HOOKSTREAM_E2E_IMAGE=hookstream-e2e/hookstream:local
 # A project of its own per run: two runs on one engine never tear each other down.
 RUN=hookstream-e2e-$$-$RANDOM
 PROJECT=$RUN
@@ -97,16 +102,17 @@ build_base_images() {
 }
 
 build_binaries() {
-  log "building ingress, processor and the fake API (cargo, debug profile)"
-  cargo build --quiet -p ingress -p processor -p hookstream-tests --bins
-  # One build context per image, with the binaries' debug information stripped: each context
-  # is copied into the engine for every build, and a CI machine's disk can be small.
-  rm -rf tests/compose/.build && mkdir -p tests/compose/.build/hookstream tests/compose/.build/fake-api
-  cp target/debug/ingress target/debug/processor tests/compose/Dockerfile.hookstream tests/compose/.build/hookstream/
-  cp target/debug/fake-api tests/compose/Dockerfile.fake-api tests/compose/.build/fake-api/
+  log "building ingress, processor, simulator and the driver (cargo, debug profile)"
+  cargo build --quiet -p ingress -p processor -p simulator -p hookstream-tests --bins
+  # The build context, with the binaries' debug information stripped: it is copied into the
+  # engine for every build, and a CI machine's disk can be small.
+  rm -rf tests/compose/.build && mkdir -p tests/compose/.build/hookstream
+  cp target/debug/ingress target/debug/processor target/debug/simulator tests/compose/Dockerfile.hookstream \
+    tests/compose/.build/hookstream/
   strip --strip-debug tests/compose/.build/hookstream/ingress tests/compose/.build/hookstream/processor \
-    tests/compose/.build/fake-api/fake-api
-  docker build -q -f tests/compose/.build/fake-api/Dockerfile.fake-api -t "$FAKE_IMAGE" tests/compose/.build/fake-api >/dev/null
+    tests/compose/.build/hookstream/simulator
+  docker build -q -f tests/compose/.build/hookstream/Dockerfile.hookstream -t "$HOOKSTREAM_E2E_IMAGE" \
+    tests/compose/.build/hookstream >/dev/null
 }
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
@@ -118,17 +124,18 @@ cleanup() {
 
 # At the very end: the run's images and build contexts go too (the cached base images stay).
 remove_run_images() {
-  docker image rm -f hookstream-e2e/hookstream:local "$FAKE_IMAGE" >/dev/null 2>&1 || true
+  docker image rm -f "$HOOKSTREAM_E2E_IMAGE" >/dev/null 2>&1 || true
   docker builder prune -f >/dev/null 2>&1 || true
   rm -rf tests/compose/.build
 }
 
-# Starts the fake API on the project's network.
+# Starts the forward target (the simulator's sink, answering after $1 ms) on the project's network.
 start_fake_api() {
   local network
   network=$(docker network ls -q --filter "label=com.docker.compose.project=$PROJECT" | head -n1)
   docker run -d --name "$PROJECT-fake-api" --network "$network" --network-alias fake-api \
-    -e FORWARD_DELAY_MS="$1" -p "127.0.0.1:$FAKE_PORT:8000" "$FAKE_IMAGE" >/dev/null
+    -p "127.0.0.1:$FAKE_PORT:8000" --entrypoint simulator "$HOOKSTREAM_E2E_IMAGE" \
+    sink --listen 0.0.0.0:8000 --delay-ms "$1" >/dev/null
 }
 
 # `stop`: every container exits 0 (with $1 = allow-killed, one processor may have exited 137:
@@ -158,7 +165,7 @@ stop_and_down() {
   [ "$failed" = 0 ] || exit 1
 
   log "docker compose down -v: nothing may be left behind"
-  docker rm -f "$PROJECT-fake-api" >/dev/null
+  docker rm -f "$PROJECT-fake-api" >/dev/null 2>&1 || true
   $COMPOSE down -v >/dev/null 2>&1
   left=$(docker ps -aq --filter "label=com.docker.compose.project=$PROJECT"; docker volume ls -q --filter "label=com.docker.compose.project=$PROJECT"; docker network ls -q --filter "label=com.docker.compose.project=$PROJECT")
   if [ -n "$left" ]; then
@@ -172,6 +179,8 @@ build_binaries
 cleanup
 trap 'cleanup; remove_run_images' EXIT
 
+# E2E_ONLY=demo runs the demo profile alone (a quicker check of the demo).
+if [ "${E2E_ONLY:-}" != demo ]; then
 export INGRESS_PORT; INGRESS_PORT=$(free_port)
 FAKE_PORT=$(free_port)
 export MEETING_BAAS_API_KEY=e2e-api-key
@@ -205,6 +214,27 @@ $COMPOSE up -d --build --scale processor=2 >/dev/null 2>"$CACHE/compose-up.log" 
 start_fake_api 0
 INGRESS_URL="http://127.0.0.1:$INGRESS_PORT" FAKE_URL="http://127.0.0.1:$FAKE_PORT" COMPOSE="$COMPOSE" \
   API_KEY="$MEETING_BAAS_API_KEY" SECRET="$WEBHOOK_SECRETS" E2E_MODE=cluster target/debug/compose-e2e
+stop_and_down no-kill
+log "cluster stack passed"
+fi
+
+# The demo profile: the simulator as Meeting BaaS (quick meetings), its sink, the demo's
+# ingress and processor (fast reconciler), beside the regular services.
+PROJECT=$RUN-demo
+COMPOSE="$COMPOSE_BIN -p $PROJECT -f compose.yaml -f tests/compose/compose.e2e.yaml --profile demo"
+export SIMULATOR_PORT; SIMULATOR_PORT=$(free_port)
+export SINK_PORT; SINK_PORT=$(free_port)
+export DEMO_INGRESS_PORT; DEMO_INGRESS_PORT=$(free_port)
+export DEMO_METRICS_PORT; DEMO_METRICS_PORT=$(free_port)
+export INGRESS_PORT; INGRESS_PORT=$(free_port)
+export SIM_MEETING_EVERY_SECS=2 SIM_MEETING_LEAD_SECS=20 SIM_MEETING_LENGTH_SECS=3 SIM_CALENDAR_EVERY_SECS=0
+export DEMO_RECONCILE_INTERVAL_SECS=5 DEMO_RECONCILE_RESULTS_GRACE_SECS=5 DEMO_RETRY_PARK_INITIAL_MS=3000
+export DEMO_BREAKER_COOLDOWN_MS=3000 DEMO_RETRY_MAX_ELAPSED_MS=3000 RUST_LOG=info
+log "starting the demo profile: redis, ingress, processor, simulator, sink, demo-ingress, demo-processor"
+$COMPOSE up -d --build >/dev/null 2>"$CACHE/compose-up.log" || { cat "$CACHE/compose-up.log"; exit 1; }
+INGRESS_URL="http://127.0.0.1:$DEMO_INGRESS_PORT" FAKE_URL="http://127.0.0.1:$SINK_PORT" \
+  SIM_URL="http://127.0.0.1:$SIMULATOR_PORT" COMPOSE="$COMPOSE" API_KEY=demo-api-key SECRET=unused \
+  E2E_MODE=demo target/debug/compose-e2e || { $COMPOSE logs --tail 60 demo-processor simulator >&2; exit 1; }
 stop_and_down no-kill
 trap - EXIT
 remove_run_images

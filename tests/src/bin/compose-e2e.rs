@@ -6,6 +6,12 @@
 //! - `COMPOSE`: the compose command with its project and files (`docker-compose -p … -f …`);
 //! - `API_KEY`, `SECRET`: the ingress's `MEETING_BAAS_API_KEY` and one `WEBHOOK_SECRETS` entry.
 //!
+//! With `E2E_MODE=demo` it checks the demo profile (`--profile demo`; `INGRESS_URL` is the
+//! demo's ingress, `FAKE_URL` the sink, `SIM_URL` the simulator): bots scheduled and results
+//! forwarded; then an API outage with half the webhooks lost and meetings created meanwhile,
+//! after which every upcoming meeting has its bot (a cancelled one none) and every v2 result
+//! has been forwarded exactly once.
+//!
 //! With `E2E_MODE=cluster` it checks the stack of `compose.cluster.yaml` instead (Redis Cluster,
 //! `PARTITIONS=8`, `MIN_REPLICAS_ACK=1`): load with duplicates, every event processed exactly
 //! once, and `processor status` covering every partition.
@@ -239,6 +245,9 @@ async fn main() {
     if std::env::var("E2E_MODE").as_deref() == Ok("cluster") {
         return cluster(client, ingress, fake, compose, key, secret).await;
     }
+    if std::env::var("E2E_MODE").as_deref() == Ok("demo") {
+        return demo(client, env("SIM_URL"), fake).await;
+    }
 
     // 400 events and 100 copies of some of them, interleaved (a fixed shuffle).
     let mut plan: Vec<Webhook> = (0..UNIQUE).map(webhook).collect();
@@ -360,4 +369,115 @@ async fn main() {
         let pending = redis_cli(&compose, &format!("XPENDING '{EVENTS}' processors - + 100 {consumer}"));
         check(pending.trim().is_empty(), &format!("the killed consumer {consumer} has nothing pending: reclaimed"));
     }
+}
+
+async fn get_json(client: &reqwest::Client, url: &str) -> serde_json::Value {
+    match client.get(url).send().await {
+        Ok(r) => r.json().await.unwrap_or(serde_json::Value::Null),
+        Err(_) => serde_json::Value::Null,
+    }
+}
+
+async fn post_ok(client: &reqwest::Client, url: &str) {
+    let ok = client.post(url).send().await.is_ok_and(|r| r.status().is_success());
+    check(ok, &format!("POST {url}"));
+}
+
+/// How many times the sink received each forwarded identity.
+async fn sink_results(client: &reqwest::Client, sink: &str) -> HashMap<String, usize> {
+    let mut seen = HashMap::new();
+    let log = get_json(client, &format!("{sink}/_calls")).await;
+    for call in log.as_array().into_iter().flatten() {
+        if call["path"] == "/results" && call["method"] == "POST" {
+            if let Some(id) = call["id"].as_str() {
+                *seen.entry(id.to_string()).or_insert(0) += 1;
+            }
+        }
+    }
+    seen
+}
+
+/// Polls `check` every half second until it holds, or fails after `secs`.
+async fn wait_until<F, Fut>(what: &str, secs: u64, mut check_once: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        match check_once().await {
+            Ok(()) => {
+                check(true, what);
+                return;
+            }
+            Err(why) if Instant::now() > deadline => fail(&format!("{what}: {why}")),
+            Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+        }
+    }
+}
+
+/// The demo profile (see the module docs).
+async fn demo(client: reqwest::Client, sim: String, sink: String) {
+    wait_until("the demo schedules bots and forwards their results", 180, || async {
+        let state = get_json(&client, &format!("{sim}/_sim/state")).await;
+        let scheduled = state["bots_scheduled_total"].as_u64().unwrap_or(0);
+        let results = sink_results(&client, &sink).await;
+        let finals = results.keys().filter(|id| id.starts_with("bot.completed:") || id.starts_with("complete:")).count();
+        if scheduled >= 3 && finals >= 2 {
+            Ok(())
+        } else {
+            Err(format!("{scheduled} bots scheduled, {finals} results forwarded"))
+        }
+    })
+    .await;
+
+    // The bad day: the API down for 15 s, half the webhooks lost, six meetings created meanwhile
+    // (far enough ahead to still be upcoming when it is over).
+    post_ok(&client, &format!("{sim}/_sim/misbehave?drop_webhooks_share=0.5")).await;
+    post_ok(&client, &format!("{sim}/_sim/outage?secs=15")).await;
+    post_ok(&client, &format!("{sim}/_sim/meetings?count=6&lead_secs=240&length_secs=3")).await;
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    // Webhooks come again before the API does, so no result asked for again is lost with them.
+    post_ok(&client, &format!("{sim}/_sim/misbehave?drop_webhooks_share=0")).await;
+    wait_until("the outage is over", 60, || async {
+        let state = get_json(&client, &format!("{sim}/_sim/state")).await;
+        if state["api_down"] == false {
+            Ok(())
+        } else {
+            Err("the API is still down".into())
+        }
+    })
+    .await;
+    post_ok(&client, &format!("{sim}/_sim/pause")).await;
+    let state = get_json(&client, &format!("{sim}/_sim/state")).await;
+    check(
+        state["webhooks_dropped_total"].as_u64().unwrap_or(0) > 0 && state["api_answered_down_total"].as_u64().unwrap_or(0) > 0,
+        &format!("the bad day happened: {} webhooks lost, {} calls answered 503", state["webhooks_dropped_total"], state["api_answered_down_total"]),
+    );
+
+    wait_until("everything converges: every upcoming meeting as its calendar says, every v2 result forwarded", 180, || async {
+        let state = get_json(&client, &format!("{sim}/_sim/state")).await;
+        let (missing, extra) = (state["upcoming_missing_bot"].as_u64(), state["upcoming_extra_bot"].as_u64());
+        if missing != Some(0) || extra != Some(0) {
+            return Err(format!("upcoming meetings without their bot: {missing:?}, cancelled with one: {extra:?}"));
+        }
+        let bots = get_json(&client, &format!("{sim}/_sim/bots")).await;
+        let results = sink_results(&client, &sink).await;
+        let ended: Vec<String> = bots
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|b| b["api"] == "v2" && (b["status"] == "completed" || b["status"] == "failed"))
+            .map(|b| format!("bot.{}:{}", b["status"].as_str().unwrap_or_default(), b["bot_id"].as_str().unwrap_or_default()))
+            .collect();
+        let absent: Vec<&String> = ended.iter().filter(|id| !results.contains_key(*id)).collect();
+        if !absent.is_empty() {
+            return Err(format!("{} of {} v2 results not forwarded yet", absent.len(), ended.len()));
+        }
+        Ok(())
+    })
+    .await;
+    let results = sink_results(&client, &sink).await;
+    let twice: Vec<(&String, &usize)> = results.iter().filter(|(_, n)| **n > 1).collect();
+    check(twice.is_empty(), &format!("no result forwarded twice ({twice:?})"));
 }
