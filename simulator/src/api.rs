@@ -10,20 +10,14 @@
 //! `POST /_sim/misbehave?rate_limit_share=F&drop_webhooks_share=F`, `POST /_sim/pause`,
 //! `POST /_sim/resume`, `POST /_sim/meetings?count=N&lead_secs=S&length_secs=L`.
 
-use crate::server::{Call, Reply};
-use crate::webhooks::Webhooks;
-use crate::world::{v1_time, v2_time, Account, Api, Bot, BotStatus, Calendar, Meeting, World};
+use crate::payloads::{bot_status, final_webhook, v1_calendar, v1_event, v2_bot, v2_calendar, v2_details, v2_listed};
+use crate::server::{Call, FakeApi, Reply};
+use crate::sim::Simulator;
+use crate::world::{v2_time, Account, Api, Bot, Calendar, Meeting};
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 use std::sync::Arc;
-
-/// The simulated account, its webhooks, and what the API expects of its callers.
-pub struct Simulator {
-    pub world: Arc<World>,
-    pub webhooks: Webhooks,
-    /// Calls without this `x-meeting-baas-api-key` are answered 401 (`None`: any key).
-    pub api_key: Option<String>,
-}
+use std::time::Duration;
 
 /// Answers of the v2 error shape (`ErrorResponse`).
 fn v2_error(status: u16, code: &str, message: &str) -> Reply {
@@ -74,6 +68,12 @@ fn time_param(call: &Call, name: &str) -> Result<Option<DateTime<Utc>>, Reply> {
 }
 
 impl Simulator {
+    /// Makes `server` answer as Meeting BaaS wherever no script says otherwise.
+    pub fn install(self: &Arc<Self>, server: &FakeApi) {
+        let sim = self.clone();
+        server.fallback(Arc::new(move |call| sim.answer(call)));
+    }
+
     /// Answers `call`, or `None` for a route the simulator does not serve (a 404).
     pub fn answer(&self, call: &Call) -> Option<Reply> {
         let path: Vec<&str> = call.path.trim_start_matches('/').split('/').collect();
@@ -182,15 +182,11 @@ impl Simulator {
                 };
                 match (number("count", 1), number("lead_secs", 300), number("length_secs", 30)) {
                     (Some(count), Some(lead), Some(length)) if count <= 1000 && length > 0 => {
-                        let plan = crate::timeline::Plan {
-                            lead: std::time::Duration::from_secs(lead),
-                            length: std::time::Duration::from_secs(length),
-                            ..Default::default()
-                        };
+                        let (lead, length) = (Duration::from_secs(lead), Duration::from_secs(length));
                         let mut made = Vec::new();
                         for _ in 0..count {
                             let turn = self.world.lock().meetings.len();
-                            if let Some(m) = crate::timeline::create_meeting(self, &plan, turn) {
+                            if let Some(m) = self.create_meeting(lead, length, turn) {
                                 made.push(
                                     json!({"api": m.api.name(), "meeting_id": m.id, "calendar_id": m.calendar_id}),
                                 );
@@ -250,45 +246,6 @@ impl Simulator {
         };
         Some(reply)
     }
-}
-
-fn v2_calendar(c: &Calendar) -> Value {
-    json!({"calendar_id": c.id, "calendar_platform": "google", "account_email": c.email, "status": c.status,
-        "synced_at": v2_time(c.created_at), "created_at": v2_time(c.created_at)})
-}
-
-fn v1_calendar(c: &Calendar) -> Value {
-    json!({"uuid": c.id, "email": c.email, "google_id": c.email, "name": c.email, "resource_id": null})
-}
-
-fn status(m: &Meeting) -> &'static str {
-    if m.cancelled {
-        "cancelled"
-    } else {
-        "confirmed"
-    }
-}
-
-/// A v2 event as `GET /v2/calendars/{id}/events` lists it.
-pub fn v2_listed(m: &Meeting) -> Value {
-    json!({"series_id": m.series_id, "event_type": "one_off", "event_id": m.id, "title": m.title,
-        "start_time": v2_time(m.start), "end_time": v2_time(m.end), "status": status(m), "is_exception": false,
-        "meeting_url": m.meeting_url, "meeting_platform": "meet", "calendar_id": m.calendar_id,
-        "bot_scheduled": m.bot_id.is_some(), "created_at": v2_time(m.created_at)})
-}
-
-/// A v2 event's details, as `GET /v2/calendars/{id}/events/{event_id}` answers them. The
-/// calendar's owner organises every simulated meeting.
-pub fn v2_details(m: &Meeting, email: &str) -> Value {
-    json!({"event_id": m.id, "series_id": m.series_id, "event_type": "one_off", "title": m.title,
-        "description": null, "location": null, "start_time": v2_time(m.start), "end_time": v2_time(m.end),
-        "timezone": "UTC", "is_all_day": false, "status": status(m), "organizer_email": email,
-        "organizer_name": null,
-        "attendees": [{"email": email, "name": null, "response_status": "accepted", "organizer": true, "self": true}],
-        "meeting_url": m.meeting_url, "meeting_platform": "meet", "calendar_id": m.calendar_id,
-        "calendar_platform": "google", "bot_scheduled": m.bot_id.is_some(),
-        "raw_payload": {"id": m.id, "status": status(m), "summary": m.title},
-        "created_at": v2_time(m.created_at), "updated_at": v2_time(m.updated_at)})
 }
 
 fn v2_events(account: &Account, cid: &str, call: &Call) -> Reply {
@@ -385,24 +342,6 @@ fn v2_unschedule(account: &mut Account, cid: &str, call: &Call, now: DateTime<Ut
     }
 }
 
-fn bot_status(b: &Bot) -> &'static str {
-    match b.status {
-        BotStatus::Scheduled => "queued",
-        BotStatus::InCall => "in_call_recording",
-        BotStatus::Completed => "completed",
-        BotStatus::Failed => "failed",
-    }
-}
-
-fn v2_bot(b: &Bot) -> Value {
-    let duration = b.ended_at.zip(b.joined_at).map(|(e, j)| (e - j).num_seconds().max(0));
-    json!({"bot_id": b.id, "bot_name": b.bot_name, "meeting_url": b.meeting_url, "meeting_platform": "meet",
-        "extra": null, "duration": duration, "created_at": v2_time(b.created_at),
-        "ended_at": b.ended_at.map(v2_time), "joined_at": b.joined_at.map(v2_time),
-        "exited_at": b.ended_at.map(v2_time), "status": bot_status(b), "error_code": null,
-        "error_message": null, "tokens": null})
-}
-
 fn v2_bots(account: &Account, call: &Call) -> Reply {
     let statuses: Vec<String> =
         call.param("status").map(|s| s.split(',').map(str::to_string).collect()).unwrap_or_default();
@@ -424,20 +363,6 @@ fn v2_bots(account: &Account, call: &Call) -> Reply {
             Reply::value(200, &json!({"success": true, "data": data, "cursor": next, "prev_cursor": null}))
         }
     }
-}
-
-/// A v1 calendar event, as `GET /calendar_events/{uuid}` answers it.
-pub fn v1_event(m: &Meeting, account: &Account) -> Value {
-    let email = account.calendar(Api::V1, &m.calendar_id).map(|c| c.email.clone()).unwrap_or_default();
-    let bot_param = m.bot_id.as_ref().and_then(|id| account.bot(id)).map(|b| {
-        json!({"bot_name": b.bot_name, "extra": {"bot_id": b.id}, "transcription_custom_parameters": {},
-            "webhook_url": ""})
-    });
-    json!({"uuid": m.id, "calendar_uuid": m.calendar_id, "google_id": m.id, "name": m.title,
-        "meeting_url": m.meeting_url, "start_time": v1_time(m.start), "end_time": v1_time(m.end),
-        "is_organizer": true, "is_recurring": false, "recurring_event_id": null, "deleted": m.cancelled,
-        "last_updated_at": v1_time(m.updated_at), "attendees": [{"email": email, "name": null}],
-        "raw": {"id": m.id, "summary": m.title}, "bot_param": bot_param})
 }
 
 fn v1_events(account: &Account, call: &Call) -> Reply {
@@ -479,46 +404,4 @@ fn v1_bot(account: &mut Account, uuid: &str, schedule: bool, call: &Call, now: D
     }
     let event = account.meeting(uuid).map(|m| v1_event(m, account)).unwrap_or(Value::Null);
     Reply::value(200, &Value::from(vec![event]))
-}
-
-/// A bot's final webhook: v2 `bot.completed` / `bot.failed`, v1 `complete` / `failed`.
-pub fn final_webhook(bot: &Bot, meeting: Option<&Meeting>) -> Value {
-    let ended = bot.ended_at.unwrap_or(bot.created_at);
-    let joined = bot.joined_at.unwrap_or(ended);
-    let media = |kind: &str| format!("https://simulator.invalid/recordings/{}/{kind}", bot.id);
-    match bot.api {
-        Api::V2 => {
-            let event = if bot.status == BotStatus::Failed { "bot.failed" } else { "bot.completed" };
-            json!({"event": event, "data": {"bot_id": bot.id, "event_id": meeting.map(|m| m.id.clone()),
-                "participants": [{"name": "Simulated participant", "id": 1}],
-                "speakers": [{"name": "Simulated participant", "id": 1}],
-                "duration_seconds": (ended - joined).num_seconds().max(0),
-                "joined_at": v1_time(joined), "exited_at": v1_time(ended), "data_deleted": false,
-                "video": media("video.mp4"), "audio": media("audio.flac"),
-                "transcription": media("transcription.json")}})
-        }
-        Api::V1 => {
-            let event = if bot.status == BotStatus::Failed { "failed" } else { "complete" };
-            json!({"event": event, "data": {"bot_id": bot.id, "event_uuid": meeting.map(|m| m.id.clone()),
-                "transcript": [], "speakers": ["Simulated participant"], "mp4": media("recording.mp4"),
-                "audio": media("recording.wav")}})
-        }
-    }
-}
-
-impl World {
-    /// Creates a calendar (id, a made-up owner) in `api`.
-    pub fn add_calendar(&self, api: Api) -> Calendar {
-        let mut account = self.lock();
-        let n = account.calendars.len() + 1;
-        let calendar = Calendar {
-            api,
-            id: uuid::Uuid::new_v4().to_string(),
-            email: format!("owner{n}@simulator.example"),
-            status: "active".into(),
-            created_at: Utc::now(),
-        };
-        account.calendars.push(calendar.clone());
-        calendar
-    }
 }

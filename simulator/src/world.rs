@@ -255,6 +255,23 @@ impl World {
     }
 }
 
+impl World {
+    /// Creates a calendar (id, a made-up owner) in `api`.
+    pub fn add_calendar(&self, api: Api) -> Calendar {
+        let mut account = self.lock();
+        let n = account.calendars.len() + 1;
+        let calendar = Calendar {
+            api,
+            id: uuid::Uuid::new_v4().to_string(),
+            email: format!("owner{n}@simulator.example"),
+            status: "active".into(),
+            created_at: Utc::now(),
+        };
+        account.calendars.push(calendar.clone());
+        calendar
+    }
+}
+
 /// RFC 3339 UTC with milliseconds, as the v2 API writes times.
 pub fn v2_time(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Millis, true)

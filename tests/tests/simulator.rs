@@ -89,7 +89,7 @@ async fn the_simulator_s_meetings_get_bots_cancelled_ones_lose_them_and_results_
     let plan = meetings_plan(8, 1);
     let timeline = tokio::spawn(timeline::run(s.sim.clone(), plan.clone()));
     s.calendars(2).await;
-    let meetings: Vec<_> = (0..6).filter_map(|turn| timeline::create_meeting(&s.sim, &plan, turn)).collect();
+    let meetings: Vec<_> = (0..6).filter_map(|turn| s.sim.create_meeting(plan.lead, plan.length, turn)).collect();
     assert_eq!(meetings.len(), 6);
     assert!(meetings.iter().any(|m| m.api == Api::V1) && meetings.iter().any(|m| m.api == Api::V2));
     eventually("every meeting has a bot", || async {
@@ -103,7 +103,7 @@ async fn the_simulator_s_meetings_get_bots_cancelled_ones_lose_them_and_results_
         .filter_map(|api| meetings.iter().find(|m| m.api == *api).map(|m| m.id.clone()))
         .collect();
     for id in &cancelled {
-        timeline::cancel(&s.sim, id);
+        s.sim.cancel(id);
     }
     eventually("the cancelled meetings' bots are unscheduled", || async {
         let account = s.sim.world.lock();
@@ -146,7 +146,7 @@ async fn after_an_outage_with_every_webhook_lost_the_reconciler_brings_bots_and_
     s.sim.world.lock().misbehaviour.drop_webhooks_share = 1.0;
     s.sim.world.outage(3);
     let plan = meetings_plan(600, 30);
-    let meetings: Vec<_> = (0..4).filter_map(|turn| timeline::create_meeting(&s.sim, &plan, turn)).collect();
+    let meetings: Vec<_> = (0..4).filter_map(|turn| s.sim.create_meeting(plan.lead, plan.length, turn)).collect();
     // Two v2 recordings ended an hour ago; their results never came.
     let ended: Vec<String> = (0..2).map(|_| uuid::Uuid::new_v4().to_string()).collect();
     {

@@ -422,7 +422,8 @@ async fn demo(client: reqwest::Client, sim: String, sink: String) {
         let state = get_json(&client, &format!("{sim}/_sim/state")).await;
         let scheduled = state["bots_scheduled_total"].as_u64().unwrap_or(0);
         let results = sink_results(&client, &sink).await;
-        let finals = results.keys().filter(|id| id.starts_with("bot.completed:") || id.starts_with("complete:")).count();
+        let finals =
+            results.keys().filter(|id| id.starts_with("bot.completed:") || id.starts_with("complete:")).count();
         if scheduled >= 3 && finals >= 2 {
             Ok(())
         } else {
@@ -451,31 +452,45 @@ async fn demo(client: reqwest::Client, sim: String, sink: String) {
     post_ok(&client, &format!("{sim}/_sim/pause")).await;
     let state = get_json(&client, &format!("{sim}/_sim/state")).await;
     check(
-        state["webhooks_dropped_total"].as_u64().unwrap_or(0) > 0 && state["api_answered_down_total"].as_u64().unwrap_or(0) > 0,
-        &format!("the bad day happened: {} webhooks lost, {} calls answered 503", state["webhooks_dropped_total"], state["api_answered_down_total"]),
+        state["webhooks_dropped_total"].as_u64().unwrap_or(0) > 0
+            && state["api_answered_down_total"].as_u64().unwrap_or(0) > 0,
+        &format!(
+            "the bad day happened: {} webhooks lost, {} calls answered 503",
+            state["webhooks_dropped_total"], state["api_answered_down_total"]
+        ),
     );
 
-    wait_until("everything converges: every upcoming meeting as its calendar says, every v2 result forwarded", 180, || async {
-        let state = get_json(&client, &format!("{sim}/_sim/state")).await;
-        let (missing, extra) = (state["upcoming_missing_bot"].as_u64(), state["upcoming_extra_bot"].as_u64());
-        if missing != Some(0) || extra != Some(0) {
-            return Err(format!("upcoming meetings without their bot: {missing:?}, cancelled with one: {extra:?}"));
-        }
-        let bots = get_json(&client, &format!("{sim}/_sim/bots")).await;
-        let results = sink_results(&client, &sink).await;
-        let ended: Vec<String> = bots
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|b| b["api"] == "v2" && (b["status"] == "completed" || b["status"] == "failed"))
-            .map(|b| format!("bot.{}:{}", b["status"].as_str().unwrap_or_default(), b["bot_id"].as_str().unwrap_or_default()))
-            .collect();
-        let absent: Vec<&String> = ended.iter().filter(|id| !results.contains_key(*id)).collect();
-        if !absent.is_empty() {
-            return Err(format!("{} of {} v2 results not forwarded yet", absent.len(), ended.len()));
-        }
-        Ok(())
-    })
+    wait_until(
+        "everything converges: every upcoming meeting as its calendar says, every v2 result forwarded",
+        180,
+        || async {
+            let state = get_json(&client, &format!("{sim}/_sim/state")).await;
+            let (missing, extra) = (state["upcoming_missing_bot"].as_u64(), state["upcoming_extra_bot"].as_u64());
+            if missing != Some(0) || extra != Some(0) {
+                return Err(format!("upcoming meetings without their bot: {missing:?}, cancelled with one: {extra:?}"));
+            }
+            let bots = get_json(&client, &format!("{sim}/_sim/bots")).await;
+            let results = sink_results(&client, &sink).await;
+            let ended: Vec<String> = bots
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|b| b["api"] == "v2" && (b["status"] == "completed" || b["status"] == "failed"))
+                .map(|b| {
+                    format!(
+                        "bot.{}:{}",
+                        b["status"].as_str().unwrap_or_default(),
+                        b["bot_id"].as_str().unwrap_or_default()
+                    )
+                })
+                .collect();
+            let absent: Vec<&String> = ended.iter().filter(|id| !results.contains_key(*id)).collect();
+            if !absent.is_empty() {
+                return Err(format!("{} of {} v2 results not forwarded yet", absent.len(), ended.len()));
+            }
+            Ok(())
+        },
+    )
     .await;
     let results = sink_results(&client, &sink).await;
     let twice: Vec<(&String, &usize)> = results.iter().filter(|(_, n)| **n > 1).collect();
