@@ -58,6 +58,18 @@ fn page<T: Clone>(items: &[T], call: &Call, default_limit: usize) -> Result<(Vec
     Ok((slice, next))
 }
 
+/// A v2 listing's answer: one page of `items` (see [`page`]) as `to_json` shapes each, with
+/// the cursor of the next.
+fn v2_page<T: Copy>(items: &[T], call: &Call, to_json: impl Fn(T) -> Value) -> Reply {
+    match page(items, call, 50) {
+        Err(e) => e,
+        Ok((items, next)) => {
+            let data: Vec<Value> = items.into_iter().map(to_json).collect();
+            Reply::value(200, &json!({"success": true, "data": data, "cursor": next, "prev_cursor": null}))
+        }
+    }
+}
+
 fn time_param(call: &Call, name: &str) -> Result<Option<DateTime<Utc>>, Reply> {
     match call.param(name) {
         None => Ok(None),
@@ -147,13 +159,7 @@ impl Simulator {
 
     fn v2_calendars(&self, account: &Account, call: &Call) -> Reply {
         let all: Vec<&Calendar> = account.calendars.iter().filter(|c| c.api == Api::V2).collect();
-        match page(&all, call, 50) {
-            Err(e) => e,
-            Ok((items, next)) => {
-                let data: Vec<Value> = items.into_iter().map(v2_calendar).collect();
-                Reply::value(200, &json!({"success": true, "data": data, "cursor": next, "prev_cursor": null}))
-            }
-        }
+        v2_page(&all, call, v2_calendar)
     }
 
     fn control(&self, call: &Call, path: &[&str]) -> Option<Reply> {
@@ -264,13 +270,7 @@ fn v2_events(account: &Account, cid: &str, call: &Call) -> Reply {
         .filter(|m| show_cancelled || !m.cancelled)
         .filter(|m| from.is_none_or(|f| m.start >= f) && to.is_none_or(|t| m.start <= t))
         .collect();
-    match page(&listed, call, 50) {
-        Err(e) => e,
-        Ok((items, next)) => {
-            let data: Vec<Value> = items.into_iter().map(v2_listed).collect();
-            Reply::value(200, &json!({"success": true, "data": data, "cursor": next, "prev_cursor": null}))
-        }
-    }
+    v2_page(&listed, call, v2_listed)
 }
 
 fn v2_event(account: &Account, cid: &str, eid: &str) -> Reply {
@@ -283,21 +283,25 @@ fn v2_event(account: &Account, cid: &str, eid: &str) -> Reply {
     }
 }
 
-/// The body's `event_id`, or the 400 its absence earns.
-fn event_id_of(call: &Call) -> Result<String, Reply> {
-    call.json()
+/// The instance a calendar-bots call names: the body's `event_id` and its meeting in calendar
+/// `cid`, if any; or the 404 (no such calendar) or 400 (no `event_id`) it earns.
+fn v2_instance(account: &Account, cid: &str, call: &Call) -> Result<(String, Option<Meeting>), Reply> {
+    if account.calendar(Api::V2, cid).is_none() {
+        return Err(v2_error(404, "CALENDAR_NOT_FOUND", "no such calendar"));
+    }
+    let event_id = call
+        .json()
         .get("event_id")
         .and_then(Value::as_str)
         .map(str::to_string)
-        .ok_or_else(|| v2_error(400, "FST_ERR_VALIDATION", "body must have an event_id (one instance)"))
+        .ok_or_else(|| v2_error(400, "FST_ERR_VALIDATION", "body must have an event_id (one instance)"))?;
+    let meeting = account.meeting(&event_id).filter(|m| m.api == Api::V2 && m.calendar_id == cid).cloned();
+    Ok((event_id, meeting))
 }
 
 fn v2_schedule(account: &mut Account, cid: &str, call: &Call, now: DateTime<Utc>) -> Reply {
-    if account.calendar(Api::V2, cid).is_none() {
-        return v2_error(404, "CALENDAR_NOT_FOUND", "no such calendar");
-    }
-    let event_id = match event_id_of(call) {
-        Ok(id) => id,
+    let (event_id, meeting) = match v2_instance(account, cid, call) {
+        Ok(found) => found,
         Err(e) => return e,
     };
     let bot_name = call.json().get("bot_name").and_then(Value::as_str).unwrap_or("recorder").to_string();
@@ -308,7 +312,6 @@ fn v2_schedule(account: &mut Account, cid: &str, call: &Call, now: DateTime<Utc>
             "message": message, "details": null}]}),
         )
     };
-    let meeting = account.meeting(&event_id).filter(|m| m.api == Api::V2 && m.calendar_id == cid).cloned();
     match meeting {
         None => refused("EVENT_NOT_FOUND", "no such event instance in this calendar"),
         Some(m) if m.bot_id.is_some() => {
@@ -323,14 +326,10 @@ fn v2_schedule(account: &mut Account, cid: &str, call: &Call, now: DateTime<Utc>
 }
 
 fn v2_unschedule(account: &mut Account, cid: &str, call: &Call, now: DateTime<Utc>) -> Reply {
-    if account.calendar(Api::V2, cid).is_none() {
-        return v2_error(404, "CALENDAR_NOT_FOUND", "no such calendar");
-    }
-    let event_id = match event_id_of(call) {
-        Ok(id) => id,
+    let (_, meeting) = match v2_instance(account, cid, call) {
+        Ok(found) => found,
         Err(e) => return e,
     };
-    let meeting = account.meeting(&event_id).filter(|m| m.api == Api::V2 && m.calendar_id == cid).cloned();
     match meeting {
         Some(m) if m.bot_id.is_some() && m.start <= now => {
             v2_error(409, "BOT_ALREADY_STARTED", "the meeting has started; its bot can no longer be changed")
@@ -356,13 +355,7 @@ fn v2_bots(account: &Account, call: &Call) -> Reply {
         .filter(|b| statuses.is_empty() || statuses.iter().any(|s| s == bot_status(b)))
         .filter(|b| after.is_none_or(|a| b.ended_at.is_some_and(|e| e > a)))
         .collect();
-    match page(&listed, call, 50) {
-        Err(e) => e,
-        Ok((items, next)) => {
-            let data: Vec<Value> = items.into_iter().map(v2_bot).collect();
-            Reply::value(200, &json!({"success": true, "data": data, "cursor": next, "prev_cursor": null}))
-        }
-    }
+    v2_page(&listed, call, v2_bot)
 }
 
 fn v1_events(account: &Account, call: &Call) -> Reply {
