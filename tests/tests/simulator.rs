@@ -264,3 +264,31 @@ async fn the_simulated_api_checks_the_key_misbehaves_on_request_and_pages() {
     assert_eq!(state["api_answered_429_total"], 1);
     assert_answers_valid(&api.answered());
 }
+
+/// A newcomer's first command against the simulator: `processor reconcile --dry-run` lists the
+/// meetings whose webhooks never came (here: none was sent) and exits 0 — not 69.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn processor_reconcile_dry_run_against_the_simulator_lists_the_meetings_without_a_bot() {
+    let redis = RedisServer::start();
+    let api = FakeApi::start().await;
+    // No webhook URL: Meeting BaaS's side happens, and no webhook reaches hookstream.
+    let sim = Simulator::new(Some(API_KEY.into()), None, None);
+    sim.install(&api);
+    sim.connect(Api::V2);
+    sim.connect(Api::V1);
+    let meetings: Vec<_> =
+        (0..4).filter_map(|turn| sim.create_meeting(Duration::from_secs(600), Duration::from_secs(60), turn)).collect();
+    let mut vars = processor_vars(&redis.url(), &api.url());
+    vars.insert("RECONCILE_APIS".into(), "v1,v2".into());
+    let config = processor::ProcessorConfig::read(&shared::config::Reader::new(&vars)).unwrap();
+    let dry = processor::cli::operate(&config, None, processor::cli::Command::Reconcile { dry_run: true }).await;
+    assert_eq!(dry.code, 0, "{dry:?}");
+    for m in &meetings {
+        let line = format!("{} calendar {} event {}: missing bot", m.api.name(), m.calendar_id, m.id);
+        assert!(dry.stdout.contains(&line), "{line} in:\n{}", dry.stdout);
+    }
+    let drift = dry.stdout.lines().filter(|l| l.ends_with("missing bot") || l.ends_with("extra bot")).count();
+    assert_eq!(drift, 4, "one line per meeting, nothing else drifted:\n{}", dry.stdout);
+    assert_valid(&api.calls());
+    assert_answers_valid(&api.answered());
+}
