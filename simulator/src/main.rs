@@ -133,7 +133,7 @@ async fn bind(what: &str, addr: SocketAddr) -> Result<FakeApi, i32> {
 async fn api(args: ApiArgs) -> i32 {
     if let Some(url) = &args.webhook_url {
         if reqwest::Url::parse(url).is_err() {
-            eprintln!("simulator: --webhook-url {url:?} is not a URL");
+            eprintln!("simulator: --webhook-url is not a URL");
             return 64;
         }
     }
@@ -173,7 +173,7 @@ async fn api(args: ApiArgs) -> i32 {
         "simulator: Meeting BaaS API on http://{} (key {}), webhooks to {}",
         server.addr,
         if args.api_key.is_some() { "required" } else { "not checked" },
-        args.webhook_url.as_deref().unwrap_or("nowhere (no --webhook-url)")
+        args.webhook_url.as_deref().map_or("nowhere (no --webhook-url)".into(), simulator::webhooks::redacted)
     );
     if args.webhook_url.is_some() && args.webhook_secret.is_none() && args.v2_calendars > 0 {
         eprintln!(

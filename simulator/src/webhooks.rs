@@ -25,6 +25,19 @@ pub fn sign(secret: &str, id: &str, ts: i64, body: &[u8]) -> Option<String> {
     Some(format!("v1,{}", BASE64.encode(mac.finalize().into_bytes())))
 }
 
+/// `url` for printing: its user and password (if any) replaced by `***`.
+pub fn redacted(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut u) if !u.username().is_empty() || u.password().is_some() => {
+            let _ = u.set_username("***");
+            let _ = u.set_password(None);
+            u.to_string()
+        }
+        Ok(u) => u.to_string(),
+        Err(_) => "(not a URL)".into(),
+    }
+}
+
 /// Now, in Unix seconds (a webhook's timestamp).
 pub fn unix_now() -> i64 {
     chrono::Utc::now().timestamp()
@@ -102,7 +115,8 @@ impl Webhooks {
                     return;
                 }
                 Ok(r) => last = format!("answered {}", r.status()),
-                Err(e) => last = format!("not delivered: {e}"),
+                // Without its URL: a webhook URL may carry credentials.
+                Err(e) => last = format!("not delivered: {}", e.without_url()),
             }
             if attempt < ATTEMPTS {
                 tokio::time::sleep(delay).await;

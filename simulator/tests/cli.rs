@@ -63,6 +63,29 @@ fn bad_input_exits_64_with_one_clear_reason() {
 }
 
 #[test]
+fn no_secret_is_printed() {
+    // A webhook URL with credentials, a key and a secret: none of them in any output.
+    let port = free_port().to_string();
+    let listen = format!("127.0.0.1:{port}");
+    let out = Command::new("timeout")
+        .args(["-s", "TERM", "2", BIN, "--listen", &listen, "--meeting-every-secs", "0"])
+        .args(["--webhook-url", "http://user:hunter2-pass@127.0.0.1:9/hook"])
+        .env_clear()
+        .env("MEETING_BAAS_API_KEY", "the-api-key-42")
+        .env("SIM_WEBHOOK_SECRET", "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD")
+        .output()
+        .expect("run the simulator");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("webhooks to"), "{text}");
+    for secret in ["hunter2-pass", "the-api-key-42", "C2FVsBQIhrscChlQIMV"] {
+        assert!(!text.contains(secret), "{secret} printed:\n{text}");
+    }
+    let bad = run(&["--webhook-url", "http://user:hunter2-pass@[bad", "--listen", &listen]);
+    assert_eq!(bad.status.code(), Some(64));
+    assert!(!String::from_utf8_lossy(&bad.stderr).contains("hunter2-pass"));
+}
+
+#[test]
 fn a_port_in_use_exits_64_naming_it() {
     let taken = TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = taken.local_addr().expect("addr").to_string();
