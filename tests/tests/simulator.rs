@@ -8,7 +8,7 @@ mod common;
 use common::*;
 use hookstream_tests::fake_api::{FakeApi, Reply};
 use hookstream_tests::openapi::{assert_answers_valid, assert_valid};
-use hookstream_tests::{eventually, RedisServer};
+use hookstream_tests::{eventually, eventually_within, RedisServer};
 use simulator::timeline::{self, Plan};
 use simulator::world::{Bot, BotStatus};
 use simulator::{Api, Simulator};
@@ -112,7 +112,8 @@ async fn the_simulator_s_meetings_get_bots_cancelled_ones_lose_them_and_results_
     .await;
     // The four left are recorded: their bots end with the meetings, and each result is
     // forwarded once.
-    let bots: Vec<Bot> = eventually("the four bots end", || async {
+    // Their meetings end about 9 s after they were made: a deadline of its own, past that.
+    let bots: Vec<Bot> = eventually_within("the four bots end", Duration::from_secs(60), || async {
         let account = s.sim.world.lock();
         let ended: Vec<Bot> = account.bots.iter().filter(|b| b.ended()).cloned().collect();
         (ended.len() == 4).then_some(ended)
