@@ -6,9 +6,11 @@
 //! validates them). Every call needs `x-meeting-baas-api-key` when the simulator has a key.
 //!
 //! Control routes, for a user or a test (no key needed; docs/simulator.md): `GET /_sim/state`,
-//! `GET /_sim/bots`, `POST /_sim/outage?secs=N`,
+//! `GET /_sim/bots`, `GET /_sim/calendars`, `POST /_sim/outage?secs=N`,
 //! `POST /_sim/misbehave?rate_limit_share=F&drop_webhooks_share=F`, `POST /_sim/pause`,
-//! `POST /_sim/resume`, `POST /_sim/meetings?count=N&lead_secs=S&length_secs=L`.
+//! `POST /_sim/resume`, `POST /_sim/meetings?count=N&lead_secs=S&length_secs=L`,
+//! `POST /_sim/calendars/{id}/connection?status=revoked` (a v2 calendar's connection breaks, or
+//! with `active` comes back).
 
 use crate::payloads::{bot_status, final_webhook, v1_calendar, v1_event, v2_bot, v2_calendar, v2_details, v2_listed};
 use crate::server::{Call, FakeApi, Reply};
@@ -177,6 +179,24 @@ impl Simulator {
                     .collect();
                 Reply::value(200, &Value::from(bots))
             }
+            ("GET", ["calendars"]) => {
+                let account = self.world.lock();
+                let calendars: Vec<Value> = account
+                    .calendars
+                    .iter()
+                    .map(|c| json!({"api": c.api.name(), "calendar_id": c.id, "email": c.email, "status": c.status}))
+                    .collect();
+                Reply::value(200, &Value::from(calendars))
+            }
+            ("POST", ["calendars", id, "connection"]) => match call.param("status") {
+                Some(status) if Simulator::CONNECTION_STATUSES.contains(&status.as_str()) => {
+                    match self.set_connection(id, &status) {
+                        Some(c) => Reply::value(200, &json!({"calendar_id": c.id, "status": c.status})),
+                        None => Reply::value(404, &json!({"error": "no such v2 calendar"})),
+                    }
+                }
+                _ => Reply::value(400, &json!({"error": "status must be active, error, revoked or permission_denied"})),
+            },
             ("POST", [verb @ ("pause" | "resume")]) => {
                 self.world.lock().paused = *verb == "pause";
                 eprintln!("simulator: timeline {verb}d (asked for)");

@@ -13,9 +13,10 @@ use std::time::Duration;
     name = "simulator",
     version,
     about = "A Meeting BaaS simulator for hookstream: the API it calls, and the webhooks Meeting BaaS sends.",
-    after_help = "Control routes, while it runs (no key): GET /_sim/state, GET /_sim/bots, \
+    after_help = "Control routes, while it runs (no key): GET /_sim/state, GET /_sim/bots, GET /_sim/calendars, \
 POST /_sim/outage?secs=N, POST /_sim/misbehave?rate_limit_share=F&drop_webhooks_share=F, \
-POST /_sim/pause, POST /_sim/resume, POST /_sim/meetings?count=N&lead_secs=S&length_secs=L. \
+POST /_sim/pause, POST /_sim/resume, POST /_sim/meetings?count=N&lead_secs=S&length_secs=L, \
+POST /_sim/calendars/ID/connection?status=revoked|error|permission_denied|active. \
 GET /_calls lists the calls it received. More: docs/simulator.md."
 )]
 struct Cli {

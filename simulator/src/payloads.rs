@@ -124,6 +124,19 @@ pub fn calendar_webhook(m: &Meeting, event: &str, stamp: DateTime<Utc>) -> Value
     }
 }
 
+/// A v2 calendar's connection changing to its `status` now: `calendar.connection_error` for
+/// `error` (with `message`), `calendar.connection_updated` otherwise.
+pub fn connection_changed(c: &Calendar, message: &str) -> Value {
+    let now = v2_time(Utc::now());
+    let mut data = json!({"calendar_id": c.id, "calendar_platform": "google", "account_email": c.email,
+        "status": c.status, "created_at": v2_time(c.created_at), "updated_at": now});
+    if c.status == "error" {
+        data["error"] = json!(message);
+        return json!({"event": "calendar.connection_error", "data": data});
+    }
+    json!({"event": "calendar.connection_updated", "data": data})
+}
+
 /// A v2 calendar's `calendar.connection_created`.
 pub fn connection_created(c: &Calendar) -> Value {
     json!({"event": "calendar.connection_created", "data": {"calendar_id": c.id,

@@ -89,9 +89,42 @@ impl Simulator {
         self.send_calendar(&meeting, "calendar.event_cancelled");
     }
 
-    /// Sends the calendar webhook about `meeting` (a v1 sync gets its next stamp).
+    /// The connection statuses a v2 calendar can have.
+    pub const CONNECTION_STATUSES: [&'static str; 4] = ["active", "error", "revoked", "permission_denied"];
+
+    /// Changes v2 calendar `id`'s connection to `status` (one of [`Self::CONNECTION_STATUSES`])
+    /// and sends its `calendar.connection_updated` / `_error`. While it is not `active` its
+    /// calendar webhooks stop (its meetings still change: a broken sync, not a quiet calendar).
+    /// `None`: no such v2 calendar.
+    pub fn set_connection(&self, id: &str, status: &str) -> Option<Calendar> {
+        let calendar = {
+            let mut account = self.world.lock();
+            let calendar = account.calendars.iter_mut().find(|c| c.api == Api::V2 && c.id == id)?;
+            calendar.status = status.to_string();
+            calendar.clone()
+        };
+        println!("simulator: v2 calendar {} connection {status}", calendar.id);
+        self.webhooks.send(Api::V2, payloads::connection_changed(&calendar, "OAuth token refresh failed (simulated)"));
+        Some(calendar)
+    }
+
+    /// Sends the calendar webhook about `meeting` (a v1 sync gets its next stamp), unless its
+    /// calendar's connection is broken.
     fn send_calendar(&self, meeting: &Meeting, event: &str) {
-        let stamp = self.world.lock().sync_stamp(&meeting.calendar_id, meeting.updated_at);
+        let stamp = {
+            let mut account = self.world.lock();
+            let status = account.calendar(meeting.api, &meeting.calendar_id).map(|c| c.status.clone());
+            if let Some(status) = status.filter(|s| s != "active") {
+                account.stats.webhooks_unsynced += 1;
+                drop(account);
+                println!(
+                    "simulator: webhook {event} about {} NOT sent: its calendar's connection is {status}",
+                    meeting.id
+                );
+                return;
+            }
+            account.sync_stamp(&meeting.calendar_id, meeting.updated_at)
+        };
         self.webhooks.send(meeting.api, payloads::calendar_webhook(meeting, event, stamp));
     }
 }

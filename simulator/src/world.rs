@@ -90,6 +90,8 @@ pub struct Stats {
     pub api_calls: u64,
     pub answered_down: u64,
     pub answered_429: u64,
+    /// Calendar webhooks not sent because their calendar's connection was not `active`.
+    pub webhooks_unsynced: u64,
     pub bots_scheduled: u64,
     pub bots_unscheduled: u64,
     pub results_resent: u64,
@@ -224,6 +226,8 @@ impl Account {
             "webhooks_sent_total": s.webhooks_sent,
             "webhooks_dropped_total": s.webhooks_dropped,
             "webhooks_failed_total": s.webhooks_failed,
+            "webhooks_unsynced_total": s.webhooks_unsynced,
+            "calendars_not_active": self.calendars.iter().filter(|c| c.status != "active").count(),
             "api_calls_total": s.api_calls,
             "api_answered_down_total": s.answered_down,
             "api_answered_429_total": s.answered_429,

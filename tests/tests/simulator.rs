@@ -293,3 +293,40 @@ async fn processor_reconcile_dry_run_against_the_simulator_lists_the_meetings_wi
     assert_valid(&api.calls());
     assert_answers_valid(&api.answered());
 }
+
+/// A calendar whose connection breaks: hookstream records it, the meetings made meanwhile send
+/// no webhook, and when the connection is back the calendar is caught up at once (SPEC §4.6) —
+/// with passes an hour apart, only the return to `active` can explain the bots.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_calendar_whose_connection_broke_is_caught_up_at_once_when_it_is_back() {
+    let s = stack().await;
+    let processor = start_processor(s.processor_vars(&[
+        ("RECONCILE_INTERVAL_SECS", "3600"),
+        ("RECONCILE_APIS", "v2"),
+        ("RECONCILE_READS_PER_SEC", "1000"),
+    ]))
+    .await;
+    let calendar = s.sim.connect(Api::V2);
+    let record = || {
+        let raw: Option<String> =
+            redis::cmd("HGET").arg("{hookstream}:calendars").arg(&calendar.id).query(&mut s.redis.con()).unwrap();
+        raw.and_then(|r| serde_json::from_str::<serde_json::Value>(&r).ok())
+    };
+    eventually("the calendar is known, active", || async { record().filter(|r| r["status"] == "active") }).await;
+    s.sim.set_connection(&calendar.id, "revoked").expect("a v2 calendar");
+    eventually("hookstream saw it revoked", || async { record().filter(|r| r["status"] == "revoked") }).await;
+    let plan = meetings_plan(600, 30);
+    let meetings: Vec<_> = (0..2).filter_map(|turn| s.sim.create_meeting(plan.lead, plan.length, turn)).collect();
+    assert_eq!(s.sim.world.lock().stats.webhooks_unsynced, 2, "a broken calendar sends no webhook");
+    s.sim.set_connection(&calendar.id, "active").expect("a v2 calendar");
+    eventually("the meetings made while it was broken get their bots", || async {
+        let account = s.sim.world.lock();
+        meetings.iter().all(|m| account.meeting(&m.id).is_some_and(|m| m.bot_id.is_some())).then_some(())
+    })
+    .await;
+    processor.stop().await;
+    s.ingress.stop().await;
+    assert!(s.api.calls_to("GET", "/v2/calendars").is_empty(), "no pass ran: the return to active caught it up");
+    assert_valid(&s.api.calls().into_iter().filter(|c| !c.path.starts_with("/_")).collect::<Vec<_>>());
+    assert_answers_valid(&s.api.answered());
+}
