@@ -112,12 +112,13 @@ impl Simulator {
         let share = account.misbehaviour.rate_limit_share;
         if share > 0.0 && fastrand::f64() < share {
             account.stats.answered_429 += 1;
-            let mut body = json!({"success": false, "error": "Too Many Requests", "code": "FST_ERR_TOO_MANY_REQUESTS",
-                "statusCode": 429, "message": "Rate limit reached (the simulator's --rate-limit-share)",
-                "details": null, "retryAfter": 1});
-            if path.first() != Some(&"v2") {
-                body = json!({"error": "Too Many Requests"});
-            }
+            let body = if path.first() == Some(&"v2") {
+                json!({"success": false, "error": "Too Many Requests", "code": "FST_ERR_TOO_MANY_REQUESTS",
+                    "statusCode": 429, "message": "Rate limit reached (the simulator's --rate-limit-share)",
+                    "details": null, "retryAfter": 1})
+            } else {
+                json!({"error": "Too Many Requests"})
+            };
             return Some(Reply::value(429, &body).header("retry-after", "1"));
         }
         let now = Utc::now();
@@ -134,7 +135,6 @@ impl Simulator {
                     None => v2_error(404, "BOT_NOT_FOUND", "no such bot"),
                     Some(bot) if !bot.ended() => v2_error(409, "BOT_NOT_ENDED", "the bot has not ended yet"),
                     Some(bot) => {
-                        account.stats.results_resent += 1;
                         account.resent.push(bot.id.clone());
                         let body = final_webhook(&bot, account.meeting(&bot.meeting_id));
                         drop(account);

@@ -199,13 +199,9 @@ async fn sink(listen: SocketAddr, delay: Duration) -> i32 {
     server.fallback(Arc::new(move |call| {
         let event = call.header("x-hookstream-event").unwrap_or("-");
         let id = call.header("x-hookstream-id").unwrap_or("-");
-        let mut body = String::from_utf8_lossy(&call.body).replace('\n', " ");
-        if body.len() > 240 {
-            let mut cut = 240;
-            while !body.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            body.truncate(cut);
+        let text = String::from_utf8_lossy(&call.body).replace('\n', " ");
+        let mut body: String = text.chars().take(240).collect();
+        if body.len() < text.len() {
             body.push('…');
         }
         println!("sink: {} {} event={event} id={id} {body}", call.method, call.path);

@@ -94,7 +94,6 @@ pub struct Stats {
     pub webhooks_unsynced: u64,
     pub bots_scheduled: u64,
     pub bots_unscheduled: u64,
-    pub results_resent: u64,
 }
 
 /// Misbehaviour on request.
@@ -186,6 +185,23 @@ impl Account {
         Some(id)
     }
 
+    /// Adds a v2 bot that ended at `ended_at` on no meeting of this account: a recording made
+    /// before the simulator started, whose result a test wants asked for again.
+    pub fn add_ended_bot(&mut self, id: &str, failed: bool, ended_at: DateTime<Utc>) {
+        self.bots.push(Bot {
+            api: Api::V2,
+            id: id.to_string(),
+            meeting_id: String::new(),
+            calendar_id: String::new(),
+            bot_name: "recorder".into(),
+            meeting_url: "https://meet.example.com/abc-defg-hij".into(),
+            status: if failed { BotStatus::Failed } else { BotStatus::Completed },
+            created_at: ended_at - chrono::Duration::minutes(30),
+            joined_at: Some(ended_at - chrono::Duration::minutes(29)),
+            ended_at: Some(ended_at),
+        });
+    }
+
     /// Removes the bot of `meeting_id`; `false` when it had none.
     pub fn unschedule(&mut self, meeting_id: &str, now: DateTime<Utc>) -> bool {
         let Some(bot_id) = self.meeting_mut(meeting_id).and_then(|m| {
@@ -199,9 +215,9 @@ impl Account {
         true
     }
 
-    /// What converged means for the demo: every meeting not yet started is as its calendar
-    /// says (a bot on each wanted one, none on a cancelled one), and every bot that ended has
-    /// had its result accepted (`results_pending` is counted by the timeline).
+    /// The account in numbers (`GET /_sim/state`). Converged, for the demo: every meeting not
+    /// yet started is as its calendar says — a bot on each wanted one (`upcoming_missing_bot`
+    /// 0), none on a cancelled one (`upcoming_extra_bot` 0).
     pub fn summary(&self, now: DateTime<Utc>) -> Value {
         let upcoming: Vec<&Meeting> = self.meetings.iter().filter(|m| m.start > now).collect();
         let missing = upcoming.iter().filter(|m| !m.cancelled && m.bot_id.is_none()).count();
@@ -222,7 +238,7 @@ impl Account {
             "bots_ended": ended,
             "bots_scheduled_total": s.bots_scheduled,
             "bots_unscheduled_total": s.bots_unscheduled,
-            "results_resent_total": s.results_resent,
+            "results_resent_total": self.resent.len(),
             "webhooks_sent_total": s.webhooks_sent,
             "webhooks_dropped_total": s.webhooks_dropped,
             "webhooks_failed_total": s.webhooks_failed,
@@ -257,9 +273,7 @@ impl World {
     pub fn outage(&self, secs: u64) {
         self.lock().misbehaviour.down_until = (secs > 0).then(|| Instant::now() + Duration::from_secs(secs));
     }
-}
 
-impl World {
     /// Creates a calendar (id, a made-up owner) in `api`.
     pub fn add_calendar(&self, api: Api) -> Calendar {
         let mut account = self.lock();

@@ -5,8 +5,7 @@
 
 use serde_json::json;
 pub use simulator::server::{Call, FakeApi, Fallback, Gate, Reply, CALL_LOG_PATH};
-use simulator::world::{Bot, BotStatus};
-use simulator::{Api, Simulator};
+use simulator::Simulator;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -118,18 +117,7 @@ impl ServeResults for FakeApi {
                 let ended = chrono::DateTime::parse_from_rfc3339(&b.ended_at)
                     .map(|t| t.with_timezone(&chrono::Utc))
                     .unwrap_or_else(|_| chrono::Utc::now());
-                account.bots.push(Bot {
-                    api: Api::V2,
-                    id: b.bot_id,
-                    meeting_id: String::new(),
-                    calendar_id: String::new(),
-                    bot_name: "recorder".into(),
-                    meeting_url: "https://meet.example.com/abc-defg-hij".into(),
-                    status: if b.status == "failed" { BotStatus::Failed } else { BotStatus::Completed },
-                    created_at: ended - chrono::Duration::minutes(30),
-                    joined_at: Some(ended - chrono::Duration::minutes(29)),
-                    ended_at: Some(ended),
-                });
+                account.add_ended_bot(&b.bot_id, b.status == "failed", ended);
             }
         }
         sim.install(self);

@@ -10,7 +10,7 @@ use hookstream_tests::fake_api::{FakeApi, Reply};
 use hookstream_tests::openapi::{assert_answers_valid, assert_valid};
 use hookstream_tests::{eventually, eventually_within, RedisServer};
 use simulator::timeline::{self, Plan};
-use simulator::world::{Bot, BotStatus};
+use simulator::world::Bot;
 use simulator::{Api, Simulator};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -154,18 +154,7 @@ async fn after_an_outage_with_every_webhook_lost_the_reconciler_brings_bots_and_
         let mut account = s.sim.world.lock();
         let at = chrono::Utc::now() - chrono::Duration::hours(1);
         for id in &ended {
-            account.bots.push(Bot {
-                api: Api::V2,
-                id: id.clone(),
-                meeting_id: String::new(),
-                calendar_id: String::new(),
-                bot_name: "recorder".into(),
-                meeting_url: "https://meet.example.com/abc-defg-hij".into(),
-                status: BotStatus::Completed,
-                created_at: at - chrono::Duration::minutes(30),
-                joined_at: Some(at - chrono::Duration::minutes(29)),
-                ended_at: Some(at),
-            });
+            account.add_ended_bot(id, false, at);
         }
     }
     let processor = start_processor(s.processor_vars(&[
