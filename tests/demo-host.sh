@@ -36,8 +36,10 @@ while kill -0 "$DEMO" 2>/dev/null; do
 done
 # Nothing of it is left running (its processes are in its own session; a zombie, exited and
 # not yet reaped by this machine's init, is not running).
-sleep 1
-left=$(ps -e -o pid=,sid=,stat=,cmd= | awk -v s="$DEMO" '$2 == s && $3 !~ /^Z/')
-[ -z "$left" ] || fail "left running after SIGTERM: $left"
+deadline=$((SECONDS + 10))
+while left=$(ps -e -o pid=,sid=,stat=,cmd= | awk -v s="$DEMO" '$2 == s && $3 !~ /^Z/') && [ -n "$left" ]; do
+  [ $SECONDS -lt $deadline ] || fail "left running after SIGTERM: $left"
+  sleep 0.2
+done
 echo "demo-host: ok: SIGTERM stopped every process"
 rm -f "$LOG"
