@@ -4,6 +4,7 @@
 use clap::{Parser, Subcommand};
 use simulator::timeline::{self, Plan};
 use simulator::{FakeApi, Reply, Simulator};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -119,10 +120,13 @@ async fn main() {
             std::process::exit(0);
         }
     };
+    // Listening for SIGTERM/SIGINT from here on, before anything is bound or sent: a signal
+    // that comes while the simulator starts is then a clean stop, not the default action.
+    let stop = shared::shutdown::signal();
     let code = match cli.command {
-        Some(Command::Sink { listen, delay_ms }) => sink(listen, Duration::from_millis(delay_ms)).await,
-        Some(Command::Api(args)) => api(args).await,
-        None => api(cli.api).await,
+        Some(Command::Sink { listen, delay_ms }) => sink(listen, Duration::from_millis(delay_ms), stop).await,
+        Some(Command::Api(args)) => api(args, stop).await,
+        None => api(cli.api, stop).await,
     };
     std::process::exit(code);
 }
@@ -135,7 +139,7 @@ async fn bind(what: &str, addr: SocketAddr) -> Result<FakeApi, i32> {
     })
 }
 
-async fn api(args: ApiArgs) -> i32 {
+async fn api(args: ApiArgs, stop: impl Future<Output = ()>) -> i32 {
     if let Some(url) = &args.webhook_url {
         if reqwest::Url::parse(url).is_err() {
             eprintln!("simulator: --webhook-url is not a URL");
@@ -186,12 +190,12 @@ async fn api(args: ApiArgs) -> i32 {
         );
     }
     let timeline = tokio::spawn(timeline::run(sim.clone(), plan));
-    let code = stopped().await;
+    stop.await;
     timeline.abort();
-    code
+    0
 }
 
-async fn sink(listen: SocketAddr, delay: Duration) -> i32 {
+async fn sink(listen: SocketAddr, delay: Duration, stop: impl Future<Output = ()>) -> i32 {
     let server = match bind("sink", listen).await {
         Ok(s) => s,
         Err(code) => return code,
@@ -208,18 +212,6 @@ async fn sink(listen: SocketAddr, delay: Duration) -> i32 {
         Some(Reply::value(200, &serde_json::json!({"received": true})).delayed(delay))
     }));
     println!("sink: listening on http://{}; every request is printed here", server.addr);
-    stopped().await
-}
-
-/// Waits for SIGTERM (as PID 1 in a container it must be handled) or Ctrl-C.
-async fn stopped() -> i32 {
-    let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) else {
-        eprintln!("simulator: cannot handle SIGTERM");
-        return 70;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
+    stop.await;
     0
 }
