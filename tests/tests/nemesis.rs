@@ -25,8 +25,9 @@ async fn redis_blackholed_then_reset_loses_nothing_and_forwards_nothing_twice() 
     vars.insert("FORWARD_URL".into(), format!("{}/hook", target.url()));
     vars.insert("CONCURRENCY".into(), "4".into());
     // A read whose answer the blackhole swallowed leaves its entries pending under that
-    // consumer, found by the reclaimer after CLAIM_IDLE_MS: well past the blackhole (so no live
-    // lease is taken over), well inside the test's deadline.
+    // consumer: it reads them again once it reconnects (see the next test); the reclaimer is the
+    // backstop, after CLAIM_IDLE_MS: well past the blackhole (so no live lease is taken over),
+    // well inside the test's deadline.
     vars.insert("CLAIM_IDLE_MS".into(), "15000".into());
     let a = start_processor(vars.clone()).await;
     let mut b_vars = vars.clone();
@@ -62,6 +63,58 @@ async fn redis_blackholed_then_reset_loses_nothing_and_forwards_nothing_twice() 
     assert!(twice.is_empty(), "forwarded more than once: {twice:?}");
     assert_eq!(per_id.len(), 120);
     assert_eq!(xlen_dead(&redis), 0, "{:?}", dead_entries(&redis).first());
+}
+
+/// A read whose answer is lost — Redis handed the entry to this consumer (it is pending under
+/// its name) and the answer never arrived, as when a primary dies right after serving a blocked
+/// XREADGROUP — is read again as soon as the consumer reconnects, not left to the reclaimer
+/// after `CLAIM_IDLE_MS` (set to ten minutes here, so only the consumer's own re-read explains
+/// the forward).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_read_whose_answer_was_lost_is_read_again_at_reconnect() {
+    let redis = RedisServer::start();
+    let proxy = Proxy::start(format!("127.0.0.1:{}", redis.port()).parse().unwrap()).await;
+    let target = FakeApi::start().await;
+    target.always("POST", "/hook", Reply::status(200));
+    let mut vars = processor_vars(&proxy.redis_url(), "http://127.0.0.1:9");
+    vars.insert("FORWARD_URL".into(), format!("{}/hook", target.url()));
+    vars.insert("CLAIM_IDLE_MS".into(), "600000".into());
+    vars.insert("BLOCK_MS".into(), "5000".into());
+    let consumer = vars["CONSUMER_NAME"].clone();
+    let processor = start_processor(vars).await;
+    let body = fixture("meeting-baas/v2/bot_completed.json");
+    add_event(&redis, "bot.completed", &body, "before");
+    all_acked(&redis).await;
+    // The reader is blocked in XREADGROUP … > (Redis counts a blocked client): freeze every
+    // connection there, so Redis serves the read and its answer goes nowhere.
+    eventually("the reader blocked in XREADGROUP", || async {
+        let clients: String = redis::cmd("CLIENT").arg("LIST").query(&mut redis.con()).unwrap();
+        clients.lines().any(|l| l.contains("cmd=xreadgroup") && l.contains("flags=b")).then_some(())
+    })
+    .await;
+    proxy.freeze();
+    let lost = add_event(&redis, "bot.completed", &body, "lost");
+    // The entry is this consumer's now (the blocked read took it), its answer swallowed.
+    eventually("the entry pending under the frozen consumer", || async {
+        let pending: redis::streams::StreamPendingCountReply =
+            redis::cmd("XPENDING").arg(EVENTS).arg(GROUP).arg("-").arg("+").arg(10).query(&mut redis.con()).unwrap();
+        pending.ids.iter().any(|p| p.id == lost && p.consumer == consumer).then_some(())
+    })
+    .await;
+    // The reader gives the silent read up (BLOCK_MS plus a margin), reconnects and finds it.
+    eventually_within("the lost read's entry forwarded", Duration::from_secs(30), || async {
+        let ids: Vec<String> = target
+            .calls_to("POST", "/hook")
+            .iter()
+            .filter_map(|c| c.header("x-hookstream-id").map(str::to_string))
+            .collect();
+        ids.iter().any(|id| id == "lost").then_some(())
+    })
+    .await;
+    proxy.reset();
+    all_acked(&redis).await;
+    processor.stop().await;
+    assert_eq!(target.calls_to("POST", "/hook").len(), 2, "each forwarded once");
 }
 
 /// v1: the bot's POST is applied (the meeting has its bot now), and the connection is dropped

@@ -13,6 +13,7 @@
 use crate::delivery::worker::Worker;
 use crate::delivery::{Delivery, Held, Lease};
 use crate::replies::StreamEntry;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
@@ -29,13 +30,16 @@ pub struct Dispatcher {
     /// Every delivery task, from its start until its verdict is written.
     pub tasks: TaskTracker,
     stop: watch::Receiver<bool>,
+    /// Set when this consumer's pending list may hold entries nobody here holds (a reclaim
+    /// whose answer was lost); the reader then reads its own pending entries again.
+    reread: AtomicBool,
 }
 
 impl Dispatcher {
     /// A dispatcher for one partition's `worker`; `permits` are the `CONCURRENCY` slots, shared
     /// by every partition.
     pub fn new(worker: Arc<Worker>, permits: Arc<Semaphore>, stop: watch::Receiver<bool>) -> Self {
-        Self { worker, held: Arc::default(), permits, tasks: TaskTracker::new(), stop }
+        Self { worker, held: Arc::default(), permits, tasks: TaskTracker::new(), stop, reread: AtomicBool::new(false) }
     }
 
     pub fn stopping(&self) -> bool {
@@ -54,6 +58,16 @@ impl Dispatcher {
             _ = tokio::time::sleep(delay) => !self.stopping(),
             _ = self.stopped() => false,
         }
+    }
+
+    /// Asks the reader to read this consumer's own pending entries again before its next read.
+    pub fn reread(&self) {
+        self.reread.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether a re-read was asked for since the last call.
+    pub fn take_reread(&self) -> bool {
+        self.reread.swap(false, Ordering::SeqCst)
     }
 
     /// Free `CONCURRENCY` slots right now.

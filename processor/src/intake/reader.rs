@@ -8,6 +8,15 @@
 //! queued behind it), whose response timeout is `BLOCK_MS` plus a margin
 //! ([`crate::timing::Timing::reader_timeout`]): a Redis that falls
 //! silent mid-read is noticed, and the next read opens a fresh connection.
+//!
+//! **After a failed read, or a failed reclaim, the own pending entries are read again first.**
+//! A read whose answer was lost — Redis handed the entries to this consumer, and the answer
+//! never arrived (the primary died right after serving it, the connection fell silent) —
+//! leaves them pending under this consumer's name, held by nobody; so does a lost XAUTOCLAIM
+//! answer. Reading from `0` again finds them at once, instead of after `CLAIM_IDLE_MS` in
+//! another replica's reclaimer; entries this process holds already are skipped
+//! ([`Dispatcher::hold`]). (Such a re-read counts one more delivery for each pending entry it
+//! returns, the held ones included: `MAX_DELIVERIES` counts reads, not handler runs.)
 
 use crate::intake::dispatch::{Dispatcher, HeldEntry};
 use crate::stream::is_nogroup;
@@ -41,6 +50,9 @@ async fn read_batches(
     let mut pending_from: Option<String> = Some("0".into());
     let mut group_checked = false;
     while !dispatcher.stopping() {
+        if dispatcher.take_reread() {
+            pending_from = Some("0".into());
+        }
         if !group_checked {
             // Redis was down at start: the partition layout is checked before the first read.
             if let Err(err) = dispatcher.worker.layout.ensure(&mut stream.connection()).await {
@@ -102,6 +114,9 @@ async fn read_batches(
             }
             Err(err) => {
                 redis.failed("reading the stream", &err);
+                // Its answer may be what was lost: what it delivered is pending under this
+                // consumer, held by nobody. The next read starts from this consumer's own `0`.
+                pending_from = Some("0".into());
                 if !dispatcher.pause(backoff.next_backoff().unwrap_or(Duration::from_secs(5))).await {
                     break;
                 }

@@ -42,6 +42,9 @@ pub async fn run(dispatcher: &Dispatcher, timing: Timing, batch: usize) {
                 Err(err) if is_nogroup(&err) => break, // the reader recreates the group
                 Err(err) => {
                     redis.failed("reclaiming", &err);
+                    // Entries it claimed may be this consumer's now, their answer lost: the
+                    // reader reads this consumer's own pending entries again.
+                    dispatcher.reread();
                     break;
                 }
             }
