@@ -30,8 +30,8 @@ pub struct Dispatcher {
     /// Every delivery task, from its start until its verdict is written.
     pub tasks: TaskTracker,
     stop: watch::Receiver<bool>,
-    /// Set when this consumer's pending list may hold entries nobody here holds (a reclaim
-    /// whose answer was lost); the reader then reads its own pending entries again.
+    /// Set when this consumer's pending list may hold entries nobody here holds (a read or a
+    /// reclaim whose answer was lost); the reader then reads its own pending entries again.
     reread: AtomicBool,
 }
 

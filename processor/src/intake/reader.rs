@@ -116,7 +116,7 @@ async fn read_batches(
                 redis.failed("reading the stream", &err);
                 // Its answer may be what was lost: what it delivered is pending under this
                 // consumer, held by nobody. The next read starts from this consumer's own `0`.
-                pending_from = Some("0".into());
+                dispatcher.reread();
                 if !dispatcher.pause(backoff.next_backoff().unwrap_or(Duration::from_secs(5))).await {
                     break;
                 }
