@@ -222,13 +222,7 @@ async fn status_shows_the_numbers() {
     add_event(&redis, "bot.completed", b"{}", "w2");
     // A consumer with nothing pending (a processor that stopped cleanly removes its own, so one
     // is made here).
-    let _: i64 = redis::cmd("XGROUP")
-        .arg("CREATECONSUMER")
-        .arg(EVENTS)
-        .arg(GROUP)
-        .arg("idle-one")
-        .query(&mut redis.con())
-        .unwrap();
+    create_consumer(&redis, "idle-one");
     let done = cli::status(&[ops(&redis)], Duration::from_secs(3600)).await;
     assert_eq!(done.code, 0);
     let out = done.stdout;
@@ -318,13 +312,7 @@ async fn idle_consumers_without_pending_entries_are_reaped_and_others_kept() {
     // so is `gone-with-work`: the pass that reaps one has seen the other past the limit too.
     add_event(&redis, "bot.completed", b"{}", "held");
     assert_eq!(ghost_read(&redis, "gone-with-work", 1), 1);
-    let _: i64 = redis::cmd("XGROUP")
-        .arg("CREATECONSUMER")
-        .arg(EVENTS)
-        .arg(GROUP)
-        .arg("gone-idle")
-        .query(&mut redis.con())
-        .unwrap();
+    create_consumer(&redis, "gone-idle");
     let mut vars: HashMap<String, String> = processor_vars(&redis.url(), "http://127.0.0.1:9");
     vars.insert("CONSUMER_IDLE_REAP_SECS".into(), "1".into());
     let processor = start_processor_with(vars, |c| c.trim_interval = Duration::from_millis(50)).await;

@@ -348,6 +348,17 @@ pub async fn dead_after(redis: &hookstream_tests::RedisServer, n: u64) -> Vec<(S
     dead_entries(redis)
 }
 
+/// Adds `consumer` to the group with nothing pending (XGROUP CREATECONSUMER).
+pub fn create_consumer(redis: &hookstream_tests::RedisServer, consumer: &str) {
+    let _: i64 = redis::cmd("XGROUP")
+        .arg("CREATECONSUMER")
+        .arg(EVENTS)
+        .arg(GROUP)
+        .arg(consumer)
+        .query(&mut redis.con())
+        .unwrap();
+}
+
 /// A consumer that takes up to `count` new entries and never acks them (it "crashed").
 pub fn ghost_read(redis: &hookstream_tests::RedisServer, consumer: &str, count: usize) -> usize {
     let reply: redis::streams::StreamReadReply = redis::cmd("XREADGROUP")
